@@ -1,0 +1,100 @@
+"""Assemble a stack from config through the plugin manager."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from .config import BUILTIN_SECTIONS, TransportConfig, validate_section
+from .errors import PluginError
+from .hookspecs import BuildContext, LayerSpec
+from .plugins import PluginManager, get_plugin_manager
+from .stack import AsyncTransportStack, TransportStack
+
+ConfigLike = TransportConfig | Mapping[str, Any] | str | os.PathLike[str] | None
+
+
+def resolve_layers(config: TransportConfig, pm: PluginManager) -> list[tuple[LayerSpec, Any]]:
+    """The enabled layers, outermost first, each with its validated settings."""
+    known = pm.layers()
+    for name in config.plugins:
+        pm.get(name)  # unknown names are an error listing the known ones
+        if name in BUILTIN_SECTIONS:
+            raise PluginError(f"{name!r} is a built-in layer: switch it with `{name}.enabled`, not `plugins`")
+    for name in config.plugin_settings:
+        if name not in known:
+            raise PluginError(f"plugin_settings names unknown plugin {name!r}; known: {', '.join(known)}")
+    chosen: list[tuple[LayerSpec, Any]] = []
+    for name, source in known.items():
+        if name in BUILTIN_SECTIONS:
+            section = getattr(config, name)
+            if section.enabled:
+                chosen.append((source.spec, section))
+        elif name in config.plugins:
+            settings = validate_section(
+                source.spec.config_model, config.plugin_settings.get(name, {}), f"plugin_settings.{name}"
+            )
+            chosen.append((source.spec, settings))
+    return chosen
+
+
+def _context(config: TransportConfig, metrics_collector: Any) -> BuildContext:
+    if metrics_collector is None and config.metrics.enabled:
+        from .metrics import default_collector
+
+        metrics_collector = default_collector()
+    return BuildContext(metrics_collector=metrics_collector)
+
+
+def _assemble(config: ConfigLike, metrics_collector: Any, plugin_manager: PluginManager | None,
+              flags: dict[str, Any]) -> tuple[TransportConfig, PluginManager, list[Any], Any]:
+    cfg = TransportConfig.load(config, **flags)
+    pm = plugin_manager or get_plugin_manager()
+    return cfg, pm, resolve_layers(cfg, pm), _context(cfg, metrics_collector)
+
+
+def build_transport(
+    config: ConfigLike = None,
+    *,
+    inner: httpx.BaseTransport | None = None,
+    metrics_collector: Any = None,
+    plugin_manager: PluginManager | None = None,
+    **flags: Any,
+) -> TransportStack:
+    """Build a sync stack from config, environment and flags; use it as ``httpx.Client(transport=...)``."""
+    cfg, pm, chosen, ctx = _assemble(config, metrics_collector, plugin_manager, flags)
+    base = inner if inner is not None else httpx.HTTPTransport()
+    layers: list[Any] = []
+    nxt: httpx.BaseTransport = base
+    for spec, settings in reversed(chosen):
+        nxt = spec.sync_factory(nxt, settings, ctx)
+        layers.insert(0, nxt)
+    stack = TransportStack(layers, base)
+    stack.config = cfg
+    pm.notify_built(stack, cfg)
+    return stack
+
+
+def build_async_transport(
+    config: ConfigLike = None,
+    *,
+    inner: httpx.AsyncBaseTransport | None = None,
+    metrics_collector: Any = None,
+    plugin_manager: PluginManager | None = None,
+    **flags: Any,
+) -> AsyncTransportStack:
+    """Build an async stack from config, environment and flags; use it as ``httpx.AsyncClient(transport=...)``."""
+    cfg, pm, chosen, ctx = _assemble(config, metrics_collector, plugin_manager, flags)
+    base = inner if inner is not None else httpx.AsyncHTTPTransport()
+    layers: list[Any] = []
+    nxt: httpx.AsyncBaseTransport = base
+    for spec, settings in reversed(chosen):
+        nxt = spec.async_factory(nxt, settings, ctx)
+        layers.insert(0, nxt)
+    stack = AsyncTransportStack(layers, base)
+    stack.config = cfg
+    pm.notify_built(stack, cfg)
+    return stack

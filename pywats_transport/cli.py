@@ -1,0 +1,97 @@
+"""The ``pywats-transport`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import TransportError
+
+Command = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, Command] = {}
+
+
+def _cmd_stack(args: argparse.Namespace) -> int:
+    from .builder import build_transport
+
+    stack = build_transport(args.config)
+    try:
+        chain = stack.describe()
+        if args.json:
+            print(json.dumps(chain, indent=2))
+        else:
+            for i, item in enumerate(chain, 1):
+                settings = ", ".join(f"{k}={v}" for k, v in item["settings"].items())
+                print(f"{i}. {item['name']:<16} {item['class']}" + (f"\n   {settings}" if settings else ""))
+    finally:
+        stack.close()
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import get_plugin_manager
+
+    rows = [
+        {"name": name, "position": src.spec.position, "source": src.origin, "description": src.spec.description}
+        for name, src in get_plugin_manager().layers().items()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(f"{row['name']:<16} position {row['position']:<5} {row['source']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pywats-transport", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stack", help="print the assembled transport chain")
+    p.add_argument("--config", help="JSON config file (TransportConfig)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_stack)
+
+    p = sub.add_parser("plugins", help="list the discovered layer plugins and where they come from")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_plugins)
+
+    for register in _EXTENSIONS:
+        register(sub)
+    return parser
+
+
+def _extensions() -> list[Callable[[Any], None]]:
+    """Subcommands defined next to what they run (emulator, demo, service, bench)."""
+    out: list[Callable[[Any], None]] = []
+    for module_name in ("pywats_transport.emulator.cli", "pywats_transport.demo", "pywats_transport.service.cli"):
+        try:
+            module = __import__(module_name, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                continue
+            raise
+        out.append(module.register)
+    return out
+
+
+_EXTENSIONS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _EXTENSIONS[:] = _extensions()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TransportError as exc:
+        print(f"pywats-transport: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

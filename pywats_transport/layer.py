@@ -1,0 +1,121 @@
+"""The layer model: a layer wraps an inner transport and is a transport itself.
+
+Following the httpx convention the wrapped transport is the first constructor
+argument. A layer may also be created unbound (``inner=None``) and handed to a
+stack, which binds it to the next layer inward.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Generic, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+T = TypeVar("T", httpx.BaseTransport, httpx.AsyncBaseTransport)
+
+
+class LayerBase(Generic[T]):
+    """What sync and async layers share: name, settings, statistics, binding."""
+
+    name: ClassVar[str] = "layer"
+
+    def __init__(self, inner: T | None = None, *, settings: BaseModel | None = None) -> None:
+        self._inner: T | None = inner
+        self.settings = settings
+        self._closed = False
+
+    @property
+    def inner(self) -> T:
+        if self._inner is None:
+            raise RuntimeError(f"layer {self.name!r} is not bound to an inner transport; put it in a stack or pass inner=")
+        return self._inner
+
+    def bind(self, inner: T) -> None:
+        if self._inner is not None and self._inner is not inner:
+            raise ValueError(f"layer {self.name!r} already wraps {type(self._inner).__name__}; create a new layer per stack")
+        self._inner = inner
+
+    def describe(self) -> dict[str, Any]:
+        """Name and effective settings, JSON-serialisable."""
+        settings = self.settings.model_dump(mode="json") if self.settings is not None else {}
+        return {"name": self.name, "class": f"{type(self).__module__}.{type(self).__qualname__}", "settings": settings}
+
+    def stats(self) -> dict[str, Any]:
+        """Per-layer statistics as a plain dict; layers with counters override this."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r}>"
+
+
+class Layer(LayerBase[httpx.BaseTransport], httpx.BaseTransport):
+    """A synchronous layer. Subclasses implement :meth:`handle_request` and may override :meth:`close_layer`."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.inner.handle_request(request)
+
+    def close_layer(self) -> None:
+        """Release what this layer owns (not the inner transport)."""
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.close_layer()
+        finally:
+            if self._inner is not None:
+                self._inner.close()
+
+
+class AsyncLayer(LayerBase[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport):
+    """An asynchronous layer. Subclasses implement :meth:`handle_async_request` and may override :meth:`aclose_layer`."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.inner.handle_async_request(request)
+
+    async def aclose_layer(self) -> None:
+        """Release what this layer owns (not the inner transport)."""
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.aclose_layer()
+        finally:
+            if self._inner is not None:
+                await self._inner.aclose()
+
+
+class PassThroughLayer(Layer):
+    """A layer that forwards every request unchanged; counts them."""
+
+    name = "passthrough"
+
+    def __init__(self, inner: httpx.BaseTransport | None = None, *, settings: BaseModel | None = None) -> None:
+        super().__init__(inner, settings=settings)
+        self.requests = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        return self.inner.handle_request(request)
+
+    def stats(self) -> dict[str, Any]:
+        return {"requests": self.requests}
+
+
+class AsyncPassThroughLayer(AsyncLayer):
+    name = "passthrough"
+
+    def __init__(self, inner: httpx.AsyncBaseTransport | None = None, *, settings: BaseModel | None = None) -> None:
+        super().__init__(inner, settings=settings)
+        self.requests = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        return await self.inner.handle_async_request(request)
+
+    def stats(self) -> dict[str, Any]:
+        return {"requests": self.requests}

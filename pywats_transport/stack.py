@@ -1,0 +1,112 @@
+"""A stack: an ordered list of layers (outermost first) plus the innermost transport."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
+
+import httpx
+
+from .layer import AsyncLayer, Layer, LayerBase
+
+L = TypeVar("L", Layer, AsyncLayer)
+
+
+class _StackBase(Generic[L]):
+    layers: list[L]
+    #: the resolved TransportConfig when the stack was built from config
+    config: Any = None
+
+    def _chain(self, layers: Sequence[L], inner: Any) -> Any:
+        names = [layer.name for layer in layers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"a stack holds each layer once; repeated: {', '.join(dupes)}")
+        nxt = inner
+        for layer in reversed(layers):
+            layer.bind(nxt)
+            nxt = layer
+        return nxt
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The layers outermost first, each with its name and effective settings, then the inner transport."""
+        chain = [layer.describe() for layer in self.layers]
+        inner = self.inner  # type: ignore[attr-defined]
+        chain.append({"name": "transport", "class": f"{type(inner).__module__}.{type(inner).__qualname__}", "settings": {}})
+        return chain
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {layer.name: layer.stats() for layer in self.layers}
+
+    def layer(self, name: str) -> L:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no layer named {name!r} in this stack; layers: {', '.join(self.names) or '(none)'}")
+
+    def get_layer(self, name: str) -> L | None:
+        return next((layer for layer in self.layers if layer.name == name), None)
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    # Cache controls, reachable from the stack so that clients need not know the layer.
+    def clear_cache(self) -> int:
+        cache = self.get_layer("cache")
+        return cache.clear() if cache is not None else 0  # type: ignore[attr-defined, no-any-return]
+
+    def invalidate_cache(self, prefix: str) -> int:
+        cache = self.get_layer("cache")
+        return cache.invalidate(prefix) if cache is not None else 0  # type: ignore[attr-defined, no-any-return]
+
+    def __repr__(self) -> str:
+        inner = type(self.inner).__name__  # type: ignore[attr-defined]
+        return f"<{type(self).__name__} {' -> '.join([*self.names, inner])}>"
+
+
+class TransportStack(_StackBase[Layer], httpx.BaseTransport):
+    """A synchronous stack, usable as ``httpx.Client(transport=stack)``."""
+
+    def __init__(self, layers: Sequence[Layer] = (), inner: httpx.BaseTransport | None = None) -> None:
+        for layer in layers:
+            if not isinstance(layer, Layer):
+                raise TypeError(f"a sync stack takes sync layers; got {type(layer).__name__}")
+        self.layers = list(layers)
+        self.inner = inner if inner is not None else httpx.HTTPTransport()
+        self._entry: httpx.BaseTransport = self._chain(self.layers, self.inner)
+        self._closed = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._entry.handle_request(request)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._entry.close()
+
+
+class AsyncTransportStack(_StackBase[AsyncLayer], httpx.AsyncBaseTransport):
+    """An asynchronous stack, usable as ``httpx.AsyncClient(transport=stack)``."""
+
+    def __init__(self, layers: Sequence[AsyncLayer] = (), inner: httpx.AsyncBaseTransport | None = None) -> None:
+        for layer in layers:
+            if not isinstance(layer, AsyncLayer):
+                raise TypeError(f"an async stack takes async layers; got {type(layer).__name__}")
+        self.layers = list(layers)
+        self.inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+        self._entry: httpx.AsyncBaseTransport = self._chain(self.layers, self.inner)
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._entry.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._entry.aclose()
+
+
+__all__ = ["TransportStack", "AsyncTransportStack", "LayerBase"]

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pywats_transport import ConfigError, TransportConfig, build_transport
+
+
+def test_defaults() -> None:
+    cfg = TransportConfig()
+    assert cfg.cache.enabled and cfg.cache.ttl == 300 and cfg.cache.max_size == 1000
+    assert cfg.retry.max_attempts == 3 and cfg.throttle.rate == 10 and not cfg.metrics.enabled
+    assert cfg.enabled_names() == ["cache", "retry", "throttle"]
+
+
+def test_from_flags_sections_aliases_and_prefixed_names() -> None:
+    cfg = TransportConfig.from_flags(enable_cache=False, retry={"max_attempts": 4}, throttle_rate=2.5, rate_limit=None)
+    assert not cfg.cache.enabled and cfg.retry.max_attempts == 4 and cfg.throttle.rate == 2.5
+
+
+def test_from_json_file_and_comments(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"_comment": "x", "cache": {"ttl": 12, "_why": "short"}, "plugins": []}))
+    assert TransportConfig.from_file(path).cache.ttl == 12
+
+
+def test_env_overrides_file_and_flags_override_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"cache": {"ttl": 12, "max_size": 5}}))
+    monkeypatch.setenv("PYWATS_TRANSPORT_CACHE__TTL", "60")
+    monkeypatch.setenv("PYWATS_TRANSPORT_RETRY__ENABLED", "false")
+    monkeypatch.setenv("PYWATS_TRANSPORT_PLUGINS", "stamp")
+    cfg = TransportConfig.load(path, cache_max_size=7)
+    assert (cfg.cache.ttl, cfg.cache.max_size, cfg.retry.enabled, cfg.plugins) == (60, 7, False, ["stamp"])
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"cache": {"ttl": -1}}, r"cache\.ttl = -1: Input should be greater than or equal to 0"),
+        ({"cache": {"mode": "sometimes"}}, r"cache\.mode = 'sometimes': Input should be 'ttl' or 'rfc'"),
+        ({"cache": {"tll": 5}}, r"cache\.tll: unknown key .*allowed keys: enabled, identity_headers"),
+        ({"retry": {"max_attempts": "many"}}, r"retry\.max_attempts = 'many': Input should be a valid integer"),
+        ({"bogus": 1}, r"bogus: unknown key .*allowed keys: cache, metrics, plugin_settings, plugins, retry, throttle"),
+        ({"retry": {"statuses": [200, 999]}}, r"statuses must be HTTP status codes 100-599, got \[999\]"),
+    ],
+)
+def test_invalid_input_names_field_value_and_allowed(data: dict, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        TransportConfig.from_dict(data)
+
+
+def test_several_problems_in_one_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        TransportConfig.from_dict({"cache": {"ttl": -1, "max_size": 0}})
+    assert len(info.value.problems) == 2
+
+
+def test_unknown_flag_lists_allowed() -> None:
+    with pytest.raises(ConfigError, match="unknown flag 'cach_ttl'; allowed: .*enable_cache"):
+        build_transport(cach_ttl=5)
+
+
+def test_bad_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json is not valid JSON"):
+        TransportConfig.from_file(path)
+    path.write_text(json.dumps({"throttle": {"rate": 0}}))
+    with pytest.raises(ConfigError, match=r"in .*bad.json: throttle\.rate = 0"):
+        TransportConfig.from_file(path)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        TransportConfig.from_file(tmp_path / "missing.json")
+
+
+def test_secret_values_are_masked_in_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        TransportConfig.from_dict({"plugin_settings": {"x": 1}, "api_token": "s3cr3t"})
+    assert "s3cr3t" not in str(info.value)
