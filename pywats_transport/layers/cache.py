@@ -1,18 +1,244 @@
-"""The cache layer (placeholder: forwards requests unchanged)."""
+"""The cache layer: hishel's CacheTransport with our storage choice, keys, invalidation and statistics."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
+import hishel
+import httpx
+from hishel.httpx import AsyncCacheTransport, CacheTransport
+
+from ..caching.health import FAILURES
+from ..caching.memory import AsyncMemoryStorage, MemoryStorage
+from ..caching.policy import CachePolicy, Plan
 from ..config import CacheSettings
-from ..hookspecs import LayerSpec, hookimpl
-from ..layer import AsyncPassThroughLayer, PassThroughLayer
+from ..hookspecs import BuildContext, LayerSpec, hookimpl
+from ..layer import AsyncLayer, Layer
+
+NOT_CACHED = {"from_cache": False, "revalidated": False, "stored": False}
 
 
-class CacheLayer(PassThroughLayer):
+class _FromInner(Exception):
+    """Carries an exception raised below the cache through hishel, so it is not taken for a storage failure."""
+
+    def __init__(self, original: BaseException) -> None:
+        self.original = original
+
+
+def _make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_async: bool) -> Any:
+    if settings.storage == "memory":
+        cls = AsyncMemoryStorage if is_async else MemoryStorage
+        return cls(max_entries=settings.max_size, default_ttl=settings.ttl, clock=clock)
+    if settings.storage == "sqlite":
+        if is_async:
+            return hishel.AsyncSqliteStorage(database_path=settings.sqlite_path, default_ttl=settings.ttl)
+        return hishel.SqliteStorage(database_path=settings.sqlite_path, default_ttl=settings.ttl)
+    try:
+        import redis
+        import redis.asyncio
+    except ImportError:
+        raise ImportError("cache storage 'redis' needs the redis package: pip install 'pywats-transport[redis]'") from None
+    if is_async:
+        return hishel.AsyncRedisStorage(client=redis.asyncio.Redis.from_url(settings.redis_url), default_ttl=settings.ttl)
+    return hishel.RedisStorage(client=redis.Redis.from_url(settings.redis_url), default_ttl=settings.ttl)
+
+
+class _CacheCore:
+    """What the sync and async cache layers share."""
+
     name = "cache"
+    settings: CacheSettings
+
+    def _setup(self, settings: CacheSettings | None, clock: Callable[[], float], collector: Any, backend: Any,
+               is_async: bool, overrides: dict[str, Any]) -> None:
+        if settings is None:
+            settings = CacheSettings(**overrides)
+        elif overrides:
+            settings = settings.model_copy(update=overrides)
+        self.settings = settings
+        self.policy = CachePolicy(settings, clock)
+        self.storage = backend if backend is not None else _make_storage(settings, clock, is_async=is_async)
+        self.collector = collector
+        self._rfc: bool | hishel.CacheOptions = hishel.CacheOptions(shared=False) if settings.mode == "rfc" else False
+        self._failures_at_start = FAILURES.count
+        self._evictions_seen = 0
+
+    def _prepare(self, request: httpx.Request, plan: Plan) -> None:
+        caching = dict(request.extensions.get("caching") or {})
+        caching.update(key=plan.key, ttl=plan.ttl)
+        request.extensions = {**request.extensions, "caching": caching}
+
+    def _after_lookup(self, plan: Plan, request: httpx.Request, response: httpx.Response) -> None:
+        status = response.extensions.get("caching")
+        result = self.policy.record_lookup(plan, request, status)
+        response.extensions["caching"] = {**(status or NOT_CACHED), "lookup": result}
+        if self.collector is not None:
+            self.collector.add_cache_lookup(result)
+            if status and status.get("stored"):
+                self.collector.add_cache_event("store")
+            evictions = getattr(self.storage, "evictions", 0)
+            if evictions != self._evictions_seen:
+                self.collector.add_cache_event("eviction", evictions - self._evictions_seen)
+                self._evictions_seen = evictions
+
+    def _bypassed(self, response: httpx.Response) -> httpx.Response:
+        self.policy.stats.bypasses += 1
+        response.extensions["caching"] = {**NOT_CACHED, "lookup": "bypass"}
+        if self.collector is not None:
+            self.collector.add_cache_lookup("bypass")
+        return response
+
+    def _invalidate_keys(self, keys: list[str]) -> int:
+        """Drop keys: at once from the memory storage; in other storages on the key's next lookup."""
+        if not keys:
+            return 0
+        self.policy.mark_stale(keys)
+        if isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage)):
+            self.storage.drop_keys(keys)
+        self.policy.stats.invalidations += len(keys)
+        if self.collector is not None:
+            self.collector.add_cache_event("invalidation", len(keys))
+        return len(keys)
+
+    def _storage_failed(self, exc: BaseException) -> None:
+        FAILURES.note(exc)
+        if self.collector is not None:
+            self.collector.add_cache_event("storage_error")
+
+    # -- public API ---------------------------------------------------------------------
+
+    def invalidate(self, prefix: str) -> int:
+        """Drop cached entries whose path is ``prefix`` or under it (``prefix`` may be a full URL); returns how many."""
+        return self._invalidate_keys(self.policy.keys_under(prefix))
+
+    def clear(self) -> int:
+        """Drop every cached entry this layer stored; returns how many."""
+        keys = self.policy.keys_under("")
+        n = self._invalidate_keys(keys)
+        if isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage)):
+            self.storage.clear()
+        return n
+
+    def stats(self) -> dict[str, Any]:
+        entries = len(self.storage) if isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage)) else None
+        out = self.policy.stats.as_dict(entries, getattr(self.storage, "evictions", 0))
+        out["storage_errors"] += FAILURES.count - self._failures_at_start
+        return out
 
 
-class AsyncCacheLayer(AsyncPassThroughLayer):
-    name = "cache"
+class CacheLayer(_CacheCore, Layer):
+    """Sync cache layer. ``CacheLayer(inner, ttl=60)`` or ``CacheLayer(settings=CacheSettings(...))``.
+
+    ``backend`` takes a ready hishel storage instead of the one ``settings.storage`` names.
+    """
+
+    def __init__(self, inner: httpx.BaseTransport | None = None, *, settings: CacheSettings | None = None,
+                 backend: hishel.BaseStorage | None = None, clock: Callable[[], float] = time.time,
+                 metrics_collector: Any = None, **overrides: Any) -> None:
+        Layer.__init__(self, inner)
+        self._setup(settings, clock, metrics_collector, backend, False, overrides)
+        self._hishel = CacheTransport(_SyncToInner(self), storage=self.storage, rfc=self._rfc)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        plan = self.policy.plan(request)
+        if plan.action == "bypass":
+            return self._bypassed(self.inner.handle_request(request))
+        if plan.action == "write":
+            response = self.inner.handle_request(request)
+            self._invalidate_keys(self.policy.write_invalidates(request, response))
+            return response
+        if plan.refresh:
+            self._remove_now(plan.key)
+        self._prepare(request, plan)
+        try:
+            response = self._hishel.handle_request(request)
+        except _FromInner as wrapped:
+            raise wrapped.original from None
+        except Exception as exc:  # the storage failed: the request still gets its answer
+            self._storage_failed(exc)
+            return self._bypassed(self.inner.handle_request(request))
+        self._after_lookup(plan, request, response)
+        return response
+
+    def _remove_now(self, key: str) -> None:
+        try:
+            for entry in self.storage.get_entries(key):
+                self.storage.remove_entry(entry.id)
+        except Exception as exc:
+            self._storage_failed(exc)
+
+    def close_layer(self) -> None:
+        self.storage.close()
+
+
+class AsyncCacheLayer(_CacheCore, AsyncLayer):
+    """Async cache layer; the memory storage never leaves the event loop's thread."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport | None = None, *, settings: CacheSettings | None = None,
+                 backend: hishel.AsyncBaseStorage | None = None, clock: Callable[[], float] = time.time,
+                 metrics_collector: Any = None, **overrides: Any) -> None:
+        AsyncLayer.__init__(self, inner)
+        self._setup(settings, clock, metrics_collector, backend, True, overrides)
+        self._hishel = AsyncCacheTransport(_AsyncToInner(self), storage=self.storage, rfc=self._rfc)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        plan = self.policy.plan(request)
+        if plan.action == "bypass":
+            return self._bypassed(await self.inner.handle_async_request(request))
+        if plan.action == "write":
+            response = await self.inner.handle_async_request(request)
+            self._invalidate_keys(self.policy.write_invalidates(request, response))
+            return response
+        if plan.refresh:
+            await self._remove_now(plan.key)
+        self._prepare(request, plan)
+        try:
+            response = await self._hishel.handle_async_request(request)
+        except _FromInner as wrapped:
+            raise wrapped.original from None
+        except Exception as exc:
+            self._storage_failed(exc)
+            return self._bypassed(await self.inner.handle_async_request(request))
+        self._after_lookup(plan, request, response)
+        return response
+
+    async def _remove_now(self, key: str) -> None:
+        try:
+            for entry in await self.storage.get_entries(key):
+                await self.storage.remove_entry(entry.id)
+        except Exception as exc:
+            self._storage_failed(exc)
+
+    async def aclose_layer(self) -> None:
+        await self.storage.close()
+
+
+class _SyncToInner(httpx.BaseTransport):
+    def __init__(self, layer: CacheLayer) -> None:
+        self.layer = layer
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return self.layer.inner.handle_request(request)
+        except Exception as exc:
+            raise _FromInner(exc) from exc
+
+
+class _AsyncToInner(httpx.AsyncBaseTransport):
+    def __init__(self, layer: AsyncCacheLayer) -> None:
+        self.layer = layer
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self.layer.inner.handle_async_request(request)
+        except Exception as exc:
+            raise _FromInner(exc) from exc
+
+
+def _ctx_collector(ctx: BuildContext) -> Any:
+    return ctx.metrics_collector
 
 
 @hookimpl
@@ -22,7 +248,10 @@ def pywats_transport_layers() -> list[LayerSpec]:
             name="cache",
             position=200,
             config_model=CacheSettings,
-            sync_factory=lambda inner, settings, ctx: CacheLayer(inner, settings=settings),
-            async_factory=lambda inner, settings, ctx: AsyncCacheLayer(inner, settings=settings),
+            sync_factory=lambda inner, settings, ctx: CacheLayer(inner, settings=settings, metrics_collector=_ctx_collector(ctx)),
+            async_factory=lambda inner, settings, ctx: AsyncCacheLayer(
+                inner, settings=settings, metrics_collector=_ctx_collector(ctx)
+            ),
+            description="HTTP cache on hishel: memory (LRU), SQLite or Redis storage",
         )
     ]

@@ -1,0 +1,241 @@
+"""An in-process hishel storage bounded by entry count (LRU), for sync and async use.
+
+Both storages share one ``_LRUCore`` guarded by a ``threading.Lock`` that is
+never held across an ``await``: safe for threads and tasks alike, and the async
+path never hops to a thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
+
+from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Response
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class _Record:
+    id: uuid.UUID
+    key: str
+    request: Request
+    status_code: int
+    headers: Headers
+    body: bytes
+    ttl_deadline: float | None
+    tti: float | None
+    expires_at: float | None
+
+
+class _LRUCore:
+    def __init__(self, max_entries: int, clock: Clock) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self.max_entries = max_entries
+        self.clock = clock
+        self._records: OrderedDict[uuid.UUID, _Record] = OrderedDict()
+        self._by_key: dict[str, list[uuid.UUID]] = {}
+        self._lock = threading.Lock()
+        self.evictions = 0
+        self.expirations = 0
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def add(self, record: _Record) -> None:
+        with self._lock:
+            self._records[record.id] = record
+            self._by_key.setdefault(record.key, []).append(record.id)
+            while len(self._records) > self.max_entries:
+                _, oldest = self._records.popitem(last=False)
+                self._unindex(oldest)
+                self.evictions += 1
+
+    def _unindex(self, record: _Record) -> None:
+        ids = self._by_key.get(record.key)
+        if ids is not None:
+            if record.id in ids:
+                ids.remove(record.id)
+            if not ids:
+                del self._by_key[record.key]
+
+    def lookup(self, key: str) -> list[_Record]:
+        now = self.clock()
+        with self._lock:
+            ids = self._by_key.get(key)
+            if not ids:
+                return []
+            found = []
+            for record_id in list(ids):
+                record = self._records[record_id]
+                if record.expires_at is not None and record.expires_at <= now:
+                    del self._records[record_id]
+                    self._unindex(record)
+                    self.expirations += 1
+                    continue
+                if record.tti is not None:
+                    record.expires_at = min(
+                        x for x in (record.ttl_deadline, now + record.tti) if x is not None
+                    )
+                self._records.move_to_end(record_id)
+                found.append(record)
+            return found
+
+    def update_headers(self, record_id: uuid.UUID, headers: Headers) -> None:
+        with self._lock:
+            record = self._records.get(record_id)
+            if record is not None:
+                record.headers = headers
+
+    def remove(self, record_id: uuid.UUID) -> None:
+        with self._lock:
+            record = self._records.pop(record_id, None)
+            if record is not None:
+                self._unindex(record)
+
+    def drop_keys(self, keys: list[str]) -> int:
+        with self._lock:
+            n = 0
+            for key in keys:
+                for record_id in self._by_key.pop(key, ()):
+                    if self._records.pop(record_id, None) is not None:
+                        n += 1
+            return n
+
+    def clear(self) -> int:
+        with self._lock:
+            n = len(self._records)
+            self._records.clear()
+            self._by_key.clear()
+            return n
+
+
+class _MemoryBase:
+    def __init__(
+        self,
+        *,
+        max_entries: int = 1000,
+        default_ttl: float | None = None,
+        default_tti: float | None = None,
+        max_stream_size: int | None = 10 * 1024 * 1024,
+        clock: Clock = time.time,
+    ) -> None:
+        self.default_ttl = default_ttl
+        self.default_tti = default_tti
+        self.max_stream_size = max_stream_size
+        self._core = _LRUCore(max_entries, clock)
+
+    @property
+    def evictions(self) -> int:
+        return self._core.evictions
+
+    def __len__(self) -> int:
+        return len(self._core)
+
+    def __bool__(self) -> bool:
+        # An empty storage is still a storage (hishel tests `storage or default`).
+        return True
+
+    def clear(self) -> int:
+        return self._core.clear()
+
+    def drop_keys(self, keys: list[str]) -> int:
+        return self._core.drop_keys(keys)
+
+    def _new_record(self, request: Request, response: Response, key: str, ttl: float | None, tti: float | None) -> _Record:
+        now = self._core.clock()
+        ttl = ttl if ttl is not None else self.default_ttl
+        tti = tti if tti is not None else self.default_tti
+        deadline = now + ttl if ttl is not None else None
+        expires = min((x for x in (deadline, now + tti if tti is not None else None) if x is not None), default=None)
+        return _Record(uuid.uuid4(), key, request, response.status_code, response.headers, b"", deadline, tti, expires)
+
+    def _saved(self, record: _Record, chunks: list[bytes]) -> None:
+        self._core.add(replace(record, body=b"".join(chunks)))
+
+    def _too_big(self, size: int) -> bool:
+        return self.max_stream_size is not None and size > self.max_stream_size
+
+    @staticmethod
+    def _entry(record: _Record, stream: Iterator[bytes] | AsyncIterator[bytes]) -> Entry:
+        return Entry(record.id, record.request, Response(record.status_code, record.headers, stream))
+
+
+class MemoryStorage(_MemoryBase, BaseStorage):
+    """Sync in-process storage with LRU eviction at ``max_entries``."""
+
+    def create_entry(
+        self, request: Request, response: Response, key: str, *, ttl: float | None = None, tti: float | None = None
+    ) -> Entry:
+        record = self._new_record(request, response, key, ttl, tti)
+        source = response.stream if response.stream is not None else iter(())
+        assert isinstance(source, Iterator), "sync storage needs a sync stream"
+
+        def saving() -> Iterator[bytes]:
+            chunks: list[bytes] = []
+            size, keep = 0, True
+            for chunk in source:
+                if keep:
+                    size += len(chunk)
+                    keep = not self._too_big(size)
+                    if keep:
+                        chunks.append(chunk)
+                yield chunk
+            if keep:
+                self._saved(record, chunks)
+
+        return self._entry(record, saving())
+
+    def get_entries(self, key: str) -> list[Entry]:
+        return [self._entry(r, iter((r.body,))) for r in self._core.lookup(key)]
+
+    def update_headers(self, id: uuid.UUID, headers: Headers) -> None:  # noqa: A002
+        self._core.update_headers(id, headers)
+
+    def remove_entry(self, id: uuid.UUID) -> None:  # noqa: A002
+        self._core.remove(id)
+
+
+async def _one(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+class AsyncMemoryStorage(_MemoryBase, AsyncBaseStorage):
+    """Async in-process storage with LRU eviction at ``max_entries``; no thread hop."""
+
+    async def create_entry(
+        self, request: Request, response: Response, key: str, *, ttl: float | None = None, tti: float | None = None
+    ) -> Entry:
+        record = self._new_record(request, response, key, ttl, tti)
+        source = response.stream
+
+        async def saving() -> AsyncIterator[bytes]:
+            chunks: list[bytes] = []
+            size, keep = 0, True
+            if source is not None:
+                assert isinstance(source, AsyncIterator) or hasattr(source, "__aiter__"), "async storage needs an async stream"
+                async for chunk in source:  # type: ignore[union-attr]
+                    if keep:
+                        size += len(chunk)
+                        keep = not self._too_big(size)
+                        if keep:
+                            chunks.append(chunk)
+                    yield chunk
+            if keep:
+                self._saved(record, chunks)
+
+        return self._entry(record, saving())
+
+    async def get_entries(self, key: str) -> list[Entry]:
+        return [self._entry(r, _one(r.body)) for r in self._core.lookup(key)]
+
+    async def update_headers(self, id: uuid.UUID, headers: Headers) -> None:  # noqa: A002
+        self._core.update_headers(id, headers)
+
+    async def remove_entry(self, id: uuid.UUID) -> None:  # noqa: A002
+        self._core.remove(id)

@@ -1,0 +1,177 @@
+"""The cache layer's decisions, free of I/O: keys, per-request control, invalidation, statistics.
+
+RFC 9111 itself is hishel's; this adds what sits around it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from ..config import CacheSettings
+
+CACHEABLE = frozenset({"GET", "HEAD"})
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+#: request extension for per-request control: {"bypass": bool, "refresh": bool, "ttl": seconds}
+EXTENSION = "cache"
+#: response extension holding {"from_cache", "stored", "revalidated", "lookup"}
+RESPONSE_EXTENSION = "caching"
+
+
+@dataclass(slots=True)
+class Plan:
+    action: str  # "lookup", "bypass" (not cacheable or asked), "write" (may invalidate)
+    key: str = ""
+    ttl: float | None = None
+    refresh: bool = False
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    bypasses: int = 0
+    stores: int = 0
+    invalidations: int = 0
+    storage_errors: int = 0
+
+    def as_dict(self, entries: int | None, evictions: int) -> dict[str, Any]:
+        lookups = self.hits + self.misses
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "bypasses": self.bypasses,
+            "stores": self.stores,
+            "evictions": evictions,
+            "invalidations": self.invalidations,
+            "storage_errors": self.storage_errors,
+            "entries": entries,
+            "hit_rate": round(self.hits / lookups, 4) if lookups else 0.0,
+        }
+
+
+def identity_digest(request: httpx.Request, headers: tuple[str, ...]) -> str:
+    """A short hash of the credential-bearing headers; the secret itself never leaves this function."""
+    values = [request.headers.get(h) for h in headers]
+    if not any(values):
+        return "anon"
+    h = hashlib.sha256()
+    for name, value in zip(headers, values):
+        h.update(name.encode())
+        h.update(b"\0")
+        h.update((value or "").encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+@dataclass
+class _Indexed:
+    origin: str
+    path: str
+    expires_at: float
+
+
+@dataclass
+class CachePolicy:
+    """Decides, per request, what the cache layer does, and keeps the invalidation index."""
+
+    settings: CacheSettings
+    clock: Callable[[], float] = time.time
+    stats: CacheStats = field(default_factory=CacheStats)
+
+    def __post_init__(self) -> None:
+        self.rfc = self.settings.mode == "rfc"
+        self.identity_headers = tuple(h.lower() for h in self.settings.identity_headers)
+        # key -> where it was fetched from, for prefix invalidation in any storage.
+        self._index: dict[str, _Indexed] = {}
+        # Invalidated keys whose stored entries are removed on their next lookup (any storage).
+        self._stale: dict[str, float] = {}
+        self._prune_at = 1024
+
+    # -- before the request ---------------------------------------------------------------
+
+    def plan(self, request: httpx.Request) -> Plan:
+        method = request.method
+        if method not in CACHEABLE:
+            return Plan("write" if method in WRITES and self.settings.invalidate_on_write else "bypass")
+        control = request.extensions.get(EXTENSION) or {}
+        refresh = bool(control.get("refresh"))
+        cache_control = request.headers.get("cache-control", "").lower()
+        if control.get("bypass") or "no-store" in cache_control:
+            return Plan("bypass")
+        if "no-cache" in cache_control and not self.rfc:
+            refresh = True  # in RFC mode hishel revalidates no-cache itself
+        ttl = control.get("ttl")
+        if ttl is not None and (not isinstance(ttl, (int, float)) or ttl < 0):
+            raise ValueError(f"request extension cache.ttl must be a number >= 0, got {ttl!r}")
+        url = str(request.url)
+        ident = identity_digest(request, self.identity_headers)
+        basis = f"RFC {url} {ident}" if self.rfc else f"{method} {url} {ident}"
+        key = hashlib.sha256(basis.encode()).hexdigest()
+        if self._stale and self._stale.pop(key, None) is not None:
+            refresh = True
+        return Plan("lookup", key, float(ttl) if ttl is not None else self.settings.ttl, refresh)
+
+    # -- after the response ---------------------------------------------------------------
+
+    def record_lookup(self, plan: Plan, request: httpx.Request, status: dict[str, Any] | None) -> str:
+        """Count a looked-up request; returns "hit" or "miss"."""
+        if status is not None and status.get("from_cache"):
+            self.stats.hits += 1
+            return "hit"
+        self.stats.misses += 1
+        if status is not None and status.get("stored"):
+            self.stats.stores += 1
+            url = request.url
+            ttl = plan.ttl if plan.ttl is not None else self.settings.ttl
+            self._index[plan.key] = _Indexed(_origin(url), url.path, self.clock() + ttl)
+            if len(self._index) + len(self._stale) >= self._prune_at:
+                self._prune()
+        return "miss"
+
+    def write_invalidates(self, request: httpx.Request, response: httpx.Response | None) -> list[str]:
+        """Keys a finished write drops: only when it succeeded."""
+        if response is None or not response.is_success:
+            return []
+        return self.keys_under(request.url.path, _origin(request.url))
+
+    # -- explicit invalidation -----------------------------------------------------------
+
+    def keys_under(self, prefix: str, origin: str | None = None) -> list[str]:
+        """Keys whose path equals ``prefix`` or lies under it (``prefix/...``); ``prefix`` may be a full URL."""
+        if "://" in prefix:
+            parts = urlsplit(prefix)
+            origin, prefix = f"{parts.scheme}://{parts.netloc}".lower(), parts.path or "/"
+        base = prefix.rstrip("/")
+        under = base + "/"
+        return [
+            key
+            for key, item in self._index.items()
+            if (origin is None or item.origin == origin) and (item.path == base or item.path.startswith(under) or base == "")
+        ]
+
+    def mark_stale(self, keys: list[str]) -> None:
+        """Invalidated keys leave the index; their entries must not be served again."""
+        for key in keys:
+            item = self._index.pop(key, None)
+            self._stale[key] = item.expires_at if item is not None else self.clock() + self.settings.ttl
+
+    def _prune(self) -> None:
+        now = self.clock()
+        for key in [k for k, v in self._index.items() if v.expires_at <= now]:
+            del self._index[key]
+        for key in [k for k, t in self._stale.items() if t <= now]:
+            del self._stale[key]
+        self._prune_at = max(1024, 2 * len(self._index))
+
+
+def _origin(url: httpx.URL) -> str:
+    port = f":{url.port}" if url.port else ""
+    return f"{url.scheme}://{url.host}{port}".lower()

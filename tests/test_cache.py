@@ -1,0 +1,347 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from pywats_transport._server import BackgroundServer
+from pywats_transport.config import CacheSettings
+from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
+
+from .helpers import Caller, Counter
+
+MODES = ["sync", "async"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(kind: str, handler: Any, clock: Clock | None = None, **settings: Any) -> tuple[Caller, Any]:
+    cls = CacheLayer if kind == "sync" else AsyncCacheLayer
+    layer = cls(httpx.MockTransport(handler), clock=clock or Clock(), **settings)
+    return Caller(kind, layer), layer
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
+async def test_hit_miss_and_expiry(mode: str, cache_mode: str) -> None:
+    clock, server = Clock(), Counter(headers={"Cache-Control": "max-age=600"})
+    caller, layer = make(mode, server, clock, ttl=60, mode=cache_mode)
+    first = await caller.get("/a")
+    assert first.extensions["caching"]["from_cache"] is False
+    second = await caller.get("/a")
+    assert second.extensions["caching"]["from_cache"] is True and second.json() == first.json()
+    assert server.count == 1
+    clock.now += 61
+    assert (await caller.get("/a")).json()["n"] == 2
+    stats = layer.stats()
+    assert (stats["hits"], stats["misses"], stats["stores"], stats["hit_rate"]) == (1, 2, 2, pytest.approx(1 / 3, abs=1e-3))
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_lru_bound_is_exact(mode: str) -> None:
+    server = Counter()
+    caller, layer = make(mode, server, max_size=3)
+    for i in range(3):
+        await caller.get(f"/p/{i}")
+    await caller.get("/p/0")  # /p/0 becomes most recent; /p/1 is the oldest
+    await caller.get("/p/3")  # evicts /p/1
+    assert len(layer.storage) == 3 and layer.stats()["evictions"] == 1
+    before = server.count
+    await caller.get("/p/0")
+    await caller.get("/p/2")
+    await caller.get("/p/3")
+    assert server.count == before
+    await caller.get("/p/1")
+    assert server.count == before + 1
+    await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+async def test_successful_write_invalidates_url_and_prefix(mode: str, cache_mode: str, method: str) -> None:
+    server = Counter(headers={"Cache-Control": "max-age=600"})
+    caller, layer = make(mode, server, mode=cache_mode)
+    for url in ("/api/Product/PN-1", "/api/Product/Query?x=1", "/api/Productivity", "/api/Asset/A1"):
+        await caller.get(url)
+    await caller.request(method, "/api/Product")
+    n = server.count
+    await caller.get("/api/Product/PN-1")
+    await caller.get("/api/Product/Query?x=1")
+    assert server.count == n + 2
+    await caller.get("/api/Productivity")  # a sibling path, not under the prefix
+    await caller.get("/api/Asset/A1")
+    assert server.count == n + 2
+    assert layer.stats()["invalidations"] == 2
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_failed_write_invalidates_nothing(mode: str) -> None:
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if request.method == "PUT":
+            return httpx.Response(500)
+        if request.method == "DELETE":
+            raise httpx.ConnectError("down", request=request)
+        return httpx.Response(200, json={"n": calls["n"]})
+
+    caller, layer = make(mode, handler)
+    await caller.get("/api/Product/1")
+    assert (await caller.request("PUT", "/api/Product")).status_code == 500
+    with pytest.raises(httpx.ConnectError):
+        await caller.request("DELETE", "/api/Product/1")
+    assert (await caller.get("/api/Product/1")).extensions["caching"]["from_cache"] is True
+    assert layer.stats()["invalidations"] == 0
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_explicit_invalidate_and_clear(mode: str) -> None:
+    server = Counter()
+    caller, layer = make(mode, server)
+    for url in ("/api/Product/1", "/api/Product/2", "/api/Asset/1"):
+        await caller.get(url)
+    assert layer.invalidate("/api/Product") == 2
+    assert len(layer.storage) == 1
+    assert layer.invalidate("http://test/api/Asset") == 1
+    await caller.get("/api/Asset/1")
+    assert layer.clear() == 1 and len(layer.storage) == 0
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_credentials_never_share_a_response(mode: str, caplog: pytest.LogCaptureFixture) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"who": request.headers.get("authorization") or request.headers.get("x-api-key")})
+
+    caplog.set_level(logging.DEBUG)
+    caller, layer = make(mode, handler)
+    alice = (await caller.get("/me", headers={"Authorization": "Basic alice-secret"})).json()
+    bob = (await caller.get("/me", headers={"Authorization": "Basic bob-secret"})).json()
+    anon = (await caller.get("/me")).json()
+    key = (await caller.get("/me", headers={"X-Api-Key": "k-secret"})).json()
+    again = await caller.get("/me", headers={"Authorization": "Basic alice-secret"})
+    assert (alice["who"], bob["who"], anon["who"], key["who"]) == ("Basic alice-secret", "Basic bob-secret", None, "k-secret")
+    assert again.extensions["caching"]["from_cache"] and again.json() == alice
+    secrets = ("alice-secret", "bob-secret", "k-secret")
+    keys = list(layer.storage._core._by_key)
+    assert len(keys) == 4 and not any(s in k for s in secrets for k in keys)
+    assert not any(s in str(layer.stats()) or s in caplog.text for s in secrets)
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_request_controls(mode: str) -> None:
+    clock, server = Clock(), Counter()
+    caller, layer = make(mode, server, clock, ttl=100)
+    await caller.get("/a")
+    assert (await caller.get("/a", extensions={"cache": {"bypass": True}})).json()["n"] == 2
+    assert (await caller.get("/a", headers={"Cache-Control": "no-store"})).json()["n"] == 3
+    assert (await caller.get("/a")).json()["n"] == 1  # bypasses neither read nor wrote
+    assert (await caller.get("/a", extensions={"cache": {"refresh": True}})).json()["n"] == 4
+    assert (await caller.get("/a")).json()["n"] == 4
+    assert (await caller.get("/a", headers={"Cache-Control": "no-cache"})).json()["n"] == 5
+    await caller.get("/short", extensions={"cache": {"ttl": 5}})
+    clock.now += 6
+    assert (await caller.get("/short")).extensions["caching"]["from_cache"] is False
+    assert (await caller.get("/a")).json()["n"] == 5
+    assert layer.stats()["bypasses"] == 2
+    with pytest.raises(ValueError, match="cache.ttl must be a number >= 0"):
+        await caller.get("/a", extensions={"cache": {"ttl": -1}})
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_only_2xx_get_head_cached(mode: str) -> None:
+    server = Counter(status=404)
+    caller, layer = make(mode, server)
+    await caller.get("/missing")
+    await caller.get("/missing")
+    assert server.count == 2 and layer.stats()["stores"] == 0
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_concurrent_identical_requests_all_answered() -> None:
+    server = Counter()
+    layer = AsyncCacheLayer(httpx.MockTransport(server))
+    async with httpx.AsyncClient(transport=layer, base_url="http://t") as client:
+        responses = await asyncio.gather(*(client.get("/same") for _ in range(20)))
+        assert all(r.status_code == 200 and r.json()["path"] == "/same" for r in responses)
+        n = server.count
+        assert (await client.get("/same")).extensions["caching"]["from_cache"]
+        assert server.count == n
+    stats = layer.stats()
+    assert stats["hits"] + stats["misses"] == 21
+
+
+def test_threads_share_one_memory_storage_safely() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = Counter()
+    layer = CacheLayer(httpx.MockTransport(server), max_size=50)
+    with httpx.Client(transport=layer, base_url="http://t") as client:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: client.get(f"/t/{i % 80}").json()["path"], range(800)))
+    assert results == [f"/t/{i % 80}" for i in range(800)]
+    assert len(layer.storage) == 50
+
+
+# -- RFC revalidation against a real loopback server --------------------------------------------
+
+def _etag_app() -> tuple[Starlette, dict[str, int]]:
+    seen = {"200": 0, "304": 0}
+
+    async def item(request: Request) -> Response:
+        if request.headers.get("if-none-match") == '"v1"':
+            seen["304"] += 1
+            return Response(status_code=304, headers={"ETag": '"v1"', "Cache-Control": "max-age=0"})
+        seen["200"] += 1
+        return JSONResponse({"v": 1}, headers={"ETag": '"v1"', "Cache-Control": "max-age=0"})
+
+    return Starlette(routes=[Route("/item", item)]), seen
+
+
+@pytest.mark.anyio
+async def test_rfc_revalidation_with_304_from_loopback(mode: str) -> None:
+    app, seen = _etag_app()
+    with BackgroundServer(app) as srv:
+        cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+        inner = httpx.HTTPTransport() if mode == "sync" else httpx.AsyncHTTPTransport()
+        caller = Caller(mode, cls(inner, mode="rfc"), base_url=srv.url)
+        assert (await caller.get("/item")).json() == {"v": 1}
+        second = await caller.get("/item")
+        assert second.json() == {"v": 1}
+        assert second.extensions["caching"]["revalidated"] is True
+        assert seen == {"200": 1, "304": 1}
+        await caller.close()
+
+
+# -- other storages -----------------------------------------------------------------------------
+
+@pytest.mark.anyio
+async def test_sqlite_storage_hits_and_invalidates(mode: str, tmp_path: Path) -> None:
+    server = Counter()
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    layer = cls(httpx.MockTransport(server), storage="sqlite", sqlite_path=str(tmp_path / "c.db"))
+    caller = Caller(mode, layer)
+    await caller.get("/api/Product/1")
+    assert (await caller.get("/api/Product/1")).extensions["caching"]["from_cache"]
+    await caller.request("PUT", "/api/Product")
+    assert (await caller.get("/api/Product/1")).extensions["caching"]["from_cache"] is False
+    assert server.count == 3
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_storage_failure_falls_back_to_network(mode: str, tmp_path: Path) -> None:
+    server = Counter()
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    db = tmp_path / "c.db"
+    layer = cls(httpx.MockTransport(server), storage="sqlite", sqlite_path=str(db))
+    caller = Caller(mode, layer)
+    await caller.get("/x")
+    # Break the database under the storage: every further storage call fails.
+    if mode == "sync":
+        layer.storage.close()
+    else:
+        await layer.storage.close()
+    r1 = await caller.get("/x")
+    r2 = await caller.get("/y")
+    assert r1.status_code == r2.status_code == 200 and server.count == 3
+    assert layer.stats()["storage_errors"] >= 2
+    await caller.close()
+
+
+# -- redis: a real redis-server on loopback -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (.ci/run installs the Debian package redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.skip(f"redis-server could not start (exit code {proc.poll()})")
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_redis_storage_hits_invalidates_and_isolates(mode: str, redis_url: str) -> None:
+    server = Counter()
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    layer = cls(httpx.MockTransport(server), storage="redis", redis_url=redis_url)
+    caller = Caller(mode, layer)
+    path = f"/api/Product/{mode}"
+    await caller.get(path)
+    assert (await caller.get(path)).extensions["caching"]["from_cache"]
+    assert not (await caller.get(path, headers={"Authorization": "Basic other"})).extensions["caching"]["from_cache"]
+    await caller.request("POST", "/api/Product")
+    assert not (await caller.get(path)).extensions["caching"]["from_cache"]
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_redis_down_falls_back_to_network(mode: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here
+    server = Counter()
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    layer = cls(httpx.MockTransport(server), storage="redis", redis_url=f"redis://127.0.0.1:{port}/0")
+    caller = Caller(mode, layer)
+    assert (await caller.get("/x")).status_code == 200
+    assert (await caller.get("/x")).status_code == 200
+    assert server.count == 2 and layer.stats()["storage_errors"] >= 1
+    await caller.close()
+
+
+def test_settings_validation_names_field() -> None:
+    with pytest.raises(Exception, match="max_size"):
+        CacheSettings(max_size=0)
