@@ -1,18 +1,124 @@
-"""The retry layer (placeholder: forwards requests unchanged)."""
+"""The retry layer: re-sends failed attempts as the sans-IO RetryPolicy decides."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx
+
 from ..config import RetrySettings
 from ..hookspecs import LayerSpec, hookimpl
-from ..layer import AsyncPassThroughLayer, PassThroughLayer
+from ..layer import AsyncLayer, Layer
+from ..policies.retry import Attempt, Decision, RetryPolicy
 
 
-class RetryLayer(PassThroughLayer):
+class _RetryCore:
     name = "retry"
+    settings: RetrySettings
+
+    def _setup(self, settings: RetrySettings | None, overrides: dict[str, Any], collector: Any,
+               policy_kwargs: dict[str, Any]) -> None:
+        if settings is None:
+            settings = RetrySettings(**overrides)
+        elif overrides:
+            settings = settings.model_copy(update=overrides)
+        self.settings = settings
+        self.policy = RetryPolicy(settings, **policy_kwargs)
+        self.collector = collector
+
+    def _note(self, decision: Decision) -> None:
+        if self.collector is not None:
+            if decision.retry:
+                self.collector.add_retry(decision.reason)
+            elif decision.reason not in ("ok", "not_retryable"):
+                self.collector.add_retry_exhausted(decision.reason)
+
+    def _finish(self, attempt: Attempt, response: httpx.Response) -> httpx.Response:
+        self.policy.stats.attempts += attempt.number
+        response.extensions["retry"] = {"attempts": attempt.number}
+        return response
+
+    def _failed(self, attempt: Attempt, exc: BaseException) -> None:
+        self.policy.stats.attempts += attempt.number
+        # The caller's exception type is unchanged; the count travels as a note.
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"pywats-transport retry: gave up after {attempt.number} attempt(s)")
+        try:
+            exc.retry_attempts = attempt.number  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+
+    def stats(self) -> dict[str, Any]:
+        out = self.policy.stats.as_dict()
+        out["budget"] = self.policy.budget.snapshot()
+        return out
 
 
-class AsyncRetryLayer(AsyncPassThroughLayer):
-    name = "retry"
+class RetryLayer(_RetryCore, Layer):
+    """Sync retry layer: ``RetryLayer(inner, max_attempts=5)``."""
+
+    def __init__(self, inner: httpx.BaseTransport | None = None, *, settings: RetrySettings | None = None,
+                 metrics_collector: Any = None, sleep: Callable[[float], None] = time.sleep,
+                 policy_kwargs: dict[str, Any] | None = None, **overrides: Any) -> None:
+        Layer.__init__(self, inner)
+        self._setup(settings, overrides, metrics_collector, policy_kwargs or {})
+        self._sleep = sleep
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        attempt = self.policy.start(request)
+        while True:
+            try:
+                response = self.inner.handle_request(request)
+            except Exception as exc:
+                decision = self.policy.on_exception(attempt, exc)
+                self._note(decision)
+                if not decision.retry:
+                    self._failed(attempt, exc)
+                    raise
+            else:
+                decision = self.policy.on_response(attempt, response)
+                if not decision.retry:
+                    self._note(decision)
+                    return self._finish(attempt, response)
+                self._note(decision)
+                response.close()  # hand the connection back before sleeping
+            if decision.delay > 0:
+                self._sleep(decision.delay)
+
+
+class AsyncRetryLayer(_RetryCore, AsyncLayer):
+    """Async retry layer; backoff sleeps on the event loop."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport | None = None, *, settings: RetrySettings | None = None,
+                 metrics_collector: Any = None, sleep: Callable[[float], Any] = anyio.sleep,
+                 policy_kwargs: dict[str, Any] | None = None, **overrides: Any) -> None:
+        AsyncLayer.__init__(self, inner)
+        self._setup(settings, overrides, metrics_collector, policy_kwargs or {})
+        self._sleep = sleep
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        attempt = self.policy.start(request)
+        while True:
+            try:
+                response = await self.inner.handle_async_request(request)
+            except Exception as exc:
+                decision = self.policy.on_exception(attempt, exc)
+                self._note(decision)
+                if not decision.retry:
+                    self._failed(attempt, exc)
+                    raise
+            else:
+                decision = self.policy.on_response(attempt, response)
+                if not decision.retry:
+                    self._note(decision)
+                    return self._finish(attempt, response)
+                self._note(decision)
+                await response.aclose()
+            if decision.delay > 0:
+                await self._sleep(decision.delay)
 
 
 @hookimpl
@@ -22,7 +128,10 @@ def pywats_transport_layers() -> list[LayerSpec]:
             name="retry",
             position=300,
             config_model=RetrySettings,
-            sync_factory=lambda inner, settings, ctx: RetryLayer(inner, settings=settings),
-            async_factory=lambda inner, settings, ctx: AsyncRetryLayer(inner, settings=settings),
+            sync_factory=lambda inner, settings, ctx: RetryLayer(inner, settings=settings, metrics_collector=ctx.metrics_collector),
+            async_factory=lambda inner, settings, ctx: AsyncRetryLayer(
+                inner, settings=settings, metrics_collector=ctx.metrics_collector
+            ),
+            description="retries with backoff, jitter, Retry-After, deadline and a retry budget",
         )
     ]

@@ -1,0 +1,222 @@
+"""Retry decisions: given attempt n, its response or exception, elapsed time and the budget,
+retry after d seconds or stop. No I/O, no sleeping: the transports do that."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from ..config import RetrySettings
+
+#: request extension: {"enabled": bool, "max_attempts": int, "idempotent": bool}
+EXTENSION = "retry"
+IDEMPOTENCY_HEADER = "idempotency-key"
+
+# Errors raised before the request left: safe to re-send whatever the method.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Errors after the request may have reached the server: only idempotent requests are re-sent.
+MAYBE_SENT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.WriteTimeout)
+
+
+def parse_retry_after(value: str | None, now_wall: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None when absent or invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - now_wall)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    retry: bool
+    delay: float = 0.0
+    reason: str = ""  # why it retries, or why it stops
+
+
+class RetryBudget:
+    """Retries may add at most ``ratio`` of the requests seen in the last ``window`` seconds, plus ``floor``."""
+
+    def __init__(self, ratio: float, floor: int, window: float, clock: Callable[[], float]) -> None:
+        self.ratio, self.floor, self.window, self.clock = ratio, floor, window, clock
+        self._requests: deque[float] = deque()
+        self._retries: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def _prune(self, now: float) -> None:
+        edge = now - self.window
+        for q in (self._requests, self._retries):
+            while q and q[0] <= edge:
+                q.popleft()
+
+    def record_request(self) -> None:
+        now = self.clock()
+        with self._lock:
+            self._requests.append(now)
+            if self._requests[0] <= now - self.window:
+                self._prune(now)
+
+    def try_spend(self) -> bool:
+        now = self.clock()
+        with self._lock:
+            self._prune(now)
+            if len(self._retries) < self.floor + self.ratio * len(self._requests):
+                self._retries.append(now)
+                return True
+            return False
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            self._prune(self.clock())
+            return {"recent_requests": len(self._requests), "recent_retries": len(self._retries)}
+
+
+@dataclass(slots=True)
+class Attempt:
+    """The state of one logical request across its attempts."""
+
+    method: str
+    started: float
+    max_attempts: int
+    idempotent: bool
+    replayable: bool
+    enabled: bool
+    number: int = 1
+
+
+@dataclass
+class RetryStats:
+    requests: int = 0
+    attempts: int = 0
+    retries: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)
+    budget_exhausted: int = 0
+    gave_up: int = 0
+    backoff_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "retries_by_reason": dict(self.by_reason),
+            "budget_exhausted": self.budget_exhausted,
+            "gave_up": self.gave_up,
+            "backoff_seconds": round(self.backoff_seconds, 6),
+        }
+
+
+class RetryPolicy:
+    def __init__(
+        self,
+        settings: RetrySettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.clock, self.wall_clock, self.rng = clock, wall_clock, rng
+        self.statuses = frozenset(settings.statuses)
+        self.methods = frozenset(settings.methods)
+        self.budget = RetryBudget(settings.budget_ratio, settings.budget_floor, settings.budget_window, clock)
+        self.stats = RetryStats()
+
+    def start(self, request: httpx.Request) -> Attempt:
+        override = request.extensions.get(EXTENSION) or {}
+        max_attempts = int(override.get("max_attempts", self.settings.max_attempts))
+        if max_attempts < 1:
+            raise ValueError(f"request extension retry.max_attempts must be >= 1, got {max_attempts}")
+        idempotent = (
+            request.method in self.methods
+            or bool(override.get("idempotent"))
+            or IDEMPOTENCY_HEADER in request.headers
+        )
+        self.stats.requests += 1
+        self.budget.record_request()
+        return Attempt(
+            method=request.method,
+            started=self.clock(),
+            max_attempts=max_attempts,
+            idempotent=idempotent,
+            replayable=isinstance(request.stream, httpx.ByteStream),
+            enabled=self.settings.enabled and override.get("enabled", True) is not False,
+        )
+
+    def backoff(self, retry_number: int) -> float:
+        """Delay before retry ``retry_number`` (1 = first retry), jitter applied."""
+        s = self.settings
+        base = min(s.backoff_max, s.backoff_base * (2 ** (retry_number - 1)))
+        if s.jitter == "full":
+            return base * self.rng()
+        if s.jitter == "equal":
+            return base / 2 + (base / 2) * self.rng()
+        return base
+
+    def on_response(self, attempt: Attempt, response: httpx.Response) -> Decision:
+        if response.status_code not in self.statuses:
+            return Decision(False, reason="ok")
+        reason = f"status_{response.status_code}"
+        if not attempt.idempotent:
+            return self._stop(attempt, "not_idempotent")
+        retry_after = None
+        if self.settings.respect_retry_after:
+            retry_after = parse_retry_after(response.headers.get("retry-after"), self.wall_clock())
+        return self._decide(attempt, reason, retry_after)
+
+    def on_exception(self, attempt: Attempt, exc: BaseException) -> Decision:
+        s = self.settings
+        if isinstance(exc, NOT_SENT):
+            if not s.retry_connect_errors:
+                return self._stop(attempt, "connect_error_disabled")
+            return self._decide(attempt, "connect_error", None)
+        if isinstance(exc, httpx.ReadTimeout):
+            if not (s.retry_read_timeouts and attempt.idempotent):
+                return self._stop(attempt, "read_timeout_not_retried")
+            return self._decide(attempt, "read_timeout", None)
+        if isinstance(exc, MAYBE_SENT):
+            if not attempt.idempotent:
+                return self._stop(attempt, "not_idempotent")
+            return self._decide(attempt, "connection_dropped", None)
+        return Decision(False, reason="not_retryable")
+
+    def _decide(self, attempt: Attempt, reason: str, retry_after: float | None) -> Decision:
+        if not attempt.enabled:
+            return self._stop(attempt, "disabled")
+        if not attempt.replayable:
+            return self._stop(attempt, "body_not_replayable")
+        if attempt.number >= attempt.max_attempts:
+            return self._stop(attempt, "attempts_exhausted")
+        delay = self.backoff(attempt.number)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.settings.backoff_max))
+        if self.settings.deadline is not None:
+            if self.clock() - attempt.started + delay > self.settings.deadline:
+                return self._stop(attempt, "deadline")
+        if not self.budget.try_spend():
+            self.stats.budget_exhausted += 1
+            return self._stop(attempt, "budget_exhausted")
+        attempt.number += 1
+        self.stats.retries += 1
+        self.stats.by_reason[reason] += 1
+        self.stats.backoff_seconds += delay
+        return Decision(True, delay, reason)
+
+    def _stop(self, attempt: Attempt, reason: str) -> Decision:
+        self.stats.gave_up += 1
+        return Decision(False, reason=reason)

@@ -1,0 +1,136 @@
+"""Throttle decisions: given now, may this request go, or how long must it wait.
+
+Each request reserves its slot in a token bucket at arrival, so waiters are
+served in arrival order (no starvation) and a reservation that would wait past
+``max_wait`` is refused without taking a token.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import ThrottleSettings
+from .retry import parse_retry_after
+
+# How much of the gap to the configured rate a successful response wins back (adaptive mode).
+RECOVERY_STEP = 0.1
+# A throttled host's rate is multiplied by this.
+SLOWDOWN = 0.5
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = now
+        self.not_before = 0.0  # set from Retry-After: nothing goes before this
+
+    def _refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+
+    def reserve(self, now: float, max_wait: float | None) -> float | None:
+        """Take a token; return seconds to wait before using it, or None (refused, nothing taken)."""
+        self._refill(now)
+        wait = 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
+        wait = max(wait, self.not_before - now)
+        if max_wait is not None and wait > max_wait:
+            return None
+        self.tokens -= 1.0
+        return wait
+
+
+@dataclass
+class ThrottleStats:
+    requests: int = 0
+    waited: int = 0
+    wait_seconds: float = 0.0
+    max_wait_seconds: float = 0.0
+    rejections: int = 0
+    slowdowns: int = 0
+
+
+class ThrottlePolicy:
+    def __init__(self, settings: ThrottleSettings, *, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock, self.wall_clock = clock, wall_clock
+        self._buckets: dict[str, TokenBucket] = {}
+        self._lock = threading.Lock()
+        self.stats = ThrottleStats()
+
+    def _key(self, host: str) -> str:
+        return host if self.settings.per_host else "*"
+
+    def _bucket(self, key: str, now: float) -> TokenBucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.settings.rate, self.settings.burst, now)
+        return bucket
+
+    def acquire(self, host: str) -> float | None:
+        """Seconds this request must wait before going, or None when it would wait over ``max_wait``."""
+        with self._lock:
+            now = self.clock()
+            wait = self._bucket(self._key(host), now).reserve(now, self.settings.max_wait)
+            self.stats.requests += 1
+            if wait is None:
+                self.stats.rejections += 1
+                return None
+            if wait > 0:
+                self.stats.waited += 1
+                self.stats.wait_seconds += wait
+                self.stats.max_wait_seconds = max(self.stats.max_wait_seconds, wait)
+            return wait
+
+    def would_wait(self, host: str) -> float:
+        """How long a request arriving now would wait (for error messages)."""
+        with self._lock:
+            now = self.clock()
+            bucket = self._bucket(self._key(host), now)
+            bucket._refill(now)
+            wait = 0.0 if bucket.tokens >= 1.0 else (1.0 - bucket.tokens) / bucket.rate
+            return max(wait, bucket.not_before - now)
+
+    def on_response(self, host: str, status: int, retry_after: str | None) -> None:
+        """Adaptive mode: slow a host down on 429/503 with Retry-After; win the rate back on success."""
+        if not self.settings.adaptive:
+            return
+        with self._lock:
+            now = self.clock()
+            bucket = self._bucket(self._key(host), now)
+            if status == 429 or (status == 503 and retry_after):
+                bucket._refill(now)
+                bucket.rate = max(self.settings.min_rate, bucket.rate * SLOWDOWN)
+                bucket.burst = max(1.0, min(bucket.burst, bucket.rate))
+                bucket.tokens = min(bucket.tokens, bucket.burst)
+                delay = parse_retry_after(retry_after, self.wall_clock())
+                if delay:
+                    bucket.not_before = max(bucket.not_before, now + delay)
+                self.stats.slowdowns += 1
+            elif status < 400 and bucket.rate < self.settings.rate:
+                bucket._refill(now)
+                bucket.rate = min(self.settings.rate, bucket.rate + (self.settings.rate - bucket.rate) * RECOVERY_STEP + 1e-9)
+                bucket.burst = min(float(self.settings.burst), max(bucket.burst, bucket.rate))
+
+    def rates(self) -> dict[str, float]:
+        with self._lock:
+            return {key: round(b.rate, 4) for key, b in self._buckets.items()}
+
+    def stats_dict(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "requests": s.requests,
+            "waited": s.waited,
+            "wait_seconds_total": round(s.wait_seconds, 6),
+            "wait_seconds_max": round(s.max_wait_seconds, 6),
+            "rejections": s.rejections,
+            "slowdowns": s.slowdowns,
+            "rate_per_host": self.rates(),
+        }

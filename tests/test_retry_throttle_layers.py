@@ -1,0 +1,288 @@
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from pywats_transport import ThrottledError, build_async_transport, build_transport
+from pywats_transport._server import BackgroundServer
+from pywats_transport.emulator.proxy import FaultProxy
+from pywats_transport.layers.retry import AsyncRetryLayer, RetryLayer
+from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
+
+from .helpers import Caller
+
+
+@pytest.fixture(params=["sync", "async"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+class Script:
+    """Answers with the scripted statuses (or raises scripted exceptions), then 200; records body closes."""
+
+    def __init__(self, *steps: Any) -> None:
+        self.steps = list(steps)
+        self.calls = 0
+        self.closed = 0
+        self.closed_at_call: list[int] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        self.closed_at_call.append(self.closed)
+        step = self.steps.pop(0) if self.steps else 200
+        if isinstance(step, Exception):
+            raise step
+        script = self
+
+        class Body(httpx.SyncByteStream, httpx.AsyncByteStream):
+            def __iter__(self):  # type: ignore[no-untyped-def]
+                yield b"{}"
+
+            async def __aiter__(self):  # type: ignore[no-untyped-def]
+                yield b"{}"
+
+            def close(self) -> None:
+                script.closed += 1
+
+            async def aclose(self) -> None:
+                script.closed += 1
+
+        return httpx.Response(step, stream=Body(), headers={"Retry-After": "0"} if step == 429 else {})
+
+
+def sleeps() -> tuple[list[float], Any, Any]:
+    log: list[float] = []
+
+    def sync_sleep(d: float) -> None:
+        log.append(d)
+
+    async def async_sleep(d: float) -> None:
+        log.append(d)
+
+    return log, sync_sleep, async_sleep
+
+
+def retry_layer(mode: str, handler: Any, **kw: Any) -> tuple[Caller, Any, list[float]]:
+    log, s, a = sleeps()
+    if mode == "sync":
+        layer: Any = RetryLayer(httpx.MockTransport(handler), sleep=s, jitter="none", backoff_base=0.1, **kw)
+    else:
+        layer = AsyncRetryLayer(httpx.MockTransport(handler), sleep=a, jitter="none", backoff_base=0.1, **kw)
+    return Caller(mode, layer), layer, log
+
+
+@pytest.mark.anyio
+async def test_retries_statuses_until_success_and_closes_failed_bodies(mode: str) -> None:
+    script = Script(503, 502)
+    caller, layer, log = retry_layer(mode, script)
+    r = await caller.get("/x")
+    assert r.status_code == 200 and r.extensions["retry"] == {"attempts": 3}
+    assert log == [0.1, 0.2] and script.closed_at_call == [0, 1, 2]  # each failed body closed before the next try
+    stats = layer.stats()
+    assert (stats["attempts"], stats["retries"], stats["retries_by_reason"]) == (3, 2, {"status_503": 1, "status_502": 1})
+    assert stats["backoff_seconds"] == pytest.approx(0.3)
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_exhausted_returns_last_response(mode: str) -> None:
+    caller, layer, _ = retry_layer(mode, Script(503, 503, 500))
+    r = await caller.get("/x")
+    assert r.status_code == 500 and r.extensions["retry"]["attempts"] == 3
+    assert layer.stats()["gave_up"] == 1
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_exhausted_reraises_same_exception_type(mode: str) -> None:
+    caller, _, _ = retry_layer(mode, Script(*(httpx.ConnectError("refused") for _ in range(3))))
+    with pytest.raises(httpx.ConnectError) as info:
+        await caller.get("/x")
+    assert info.value.retry_attempts == 3  # type: ignore[attr-defined]
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_post_not_resent_after_503_but_resent_after_connect_error(mode: str) -> None:
+    script = Script(503)
+    caller, _, _ = retry_layer(mode, script)
+    assert (await caller.request("POST", "/r", json={})).status_code == 503 and script.calls == 1
+    script2 = Script(httpx.ConnectError("refused"))
+    caller2, _, _ = retry_layer(mode, script2)
+    assert (await caller2.request("POST", "/r", json={})).status_code == 200 and script2.calls == 2
+    await caller.close()
+    await caller2.close()
+
+
+def throttle_layer(mode: str, **kw: Any) -> tuple[Caller, Any, list[float]]:
+    log, s, a = sleeps()
+    handler = httpx.MockTransport(lambda r: httpx.Response(200))
+    layer: Any = ThrottleLayer(handler, sleep=s, **kw) if mode == "sync" else AsyncThrottleLayer(handler, sleep=a, **kw)
+    return Caller(mode, layer), layer, log
+
+
+@pytest.mark.anyio
+async def test_throttle_spaces_requests_and_reports(mode: str) -> None:
+    caller, layer, log = throttle_layer(mode, rate=100, burst=2)
+    for _ in range(4):
+        await caller.get("/")
+    assert log[0] == pytest.approx(0.01, abs=2e-3) and len(log) == 2
+    stats = layer.stats()
+    assert stats["requests"] == 4 and stats["waited"] == 2 and stats["rate_per_host"] == {"test": 100.0}
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_throttle_max_wait_fails_fast_with_clear_error(mode: str) -> None:
+    caller, layer, _ = throttle_layer(mode, rate=1, burst=1, max_wait=0.1)
+    await caller.get("/")
+    with pytest.raises(ThrottledError, match=r"request to test would wait 1\.\d+s, over max_wait=0\.1s"):
+        await caller.get("/")
+    assert layer.stats()["rejections"] == 1
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_async_waiting_does_not_block_the_event_loop() -> None:
+    layer = AsyncThrottleLayer(httpx.MockTransport(lambda r: httpx.Response(200)), rate=5, burst=1)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.01)
+            ticks += 1
+
+    async with httpx.AsyncClient(transport=layer) as client, anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        started = time.monotonic()
+        await client.get("http://h/")
+        await client.get("http://h/")  # waits ~0.2 s for a token
+        elapsed = time.monotonic() - started
+        tg.cancel_scope.cancel()
+    assert elapsed >= 0.18 and ticks >= 10
+
+
+@pytest.mark.anyio
+async def test_async_waiters_are_served_in_arrival_order() -> None:
+    layer = AsyncThrottleLayer(httpx.MockTransport(lambda r: httpx.Response(200)), rate=50, burst=1)
+    done: list[int] = []
+
+    async def one(i: int, client: httpx.AsyncClient) -> None:
+        await client.get("http://h/")
+        done.append(i)
+
+    async with httpx.AsyncClient(transport=layer) as client, anyio.create_task_group() as tg:
+        for i in range(10):
+            tg.start_soon(one, i, client)
+            await anyio.sleep(0)
+    assert done == list(range(10))
+
+
+@pytest.mark.anyio
+async def test_concurrency_cap(mode: str) -> None:
+    peak, current, lock = 0, 0, threading.Lock()
+
+    async def slow_async(request: httpx.Request) -> httpx.Response:
+        nonlocal peak, current
+        current += 1
+        peak = max(peak, current)
+        await anyio.sleep(0.02)
+        current -= 1
+        return httpx.Response(200)
+
+    def slow_sync(request: httpx.Request) -> httpx.Response:
+        nonlocal peak, current
+        with lock:
+            current += 1
+            peak = max(peak, current)
+        time.sleep(0.02)
+        with lock:
+            current -= 1
+        return httpx.Response(200)
+
+    if mode == "async":
+        layer = AsyncThrottleLayer(httpx.MockTransport(slow_async), rate=1000, burst=100, max_concurrency=2)
+        async with httpx.AsyncClient(transport=layer) as client, anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(client.get, "http://h/")
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        sync_layer = ThrottleLayer(httpx.MockTransport(slow_sync), rate=1000, burst=100, max_concurrency=2)
+        with httpx.Client(transport=sync_layer) as client, ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: client.get("http://h/"), range(8)))
+    assert peak == 2
+
+
+# -- end to end against a real loopback server -------------------------------------------------
+
+def flaky_app() -> tuple[Starlette, dict[str, int]]:
+    hits = {"unavailable": 0, "limited": 0, "ok": 0}
+
+    async def unavailable(request: Request) -> JSONResponse:
+        hits["unavailable"] += 1
+        if hits["unavailable"] <= 2:
+            return JSONResponse({"error": "busy"}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"ok": True})
+
+    async def limited(request: Request) -> JSONResponse:
+        hits["limited"] += 1
+        if hits["limited"] == 1:
+            return JSONResponse({"error": "slow down"}, status_code=429, headers={"Retry-After": "0"})
+        return JSONResponse({"ok": True})
+
+    async def ok(request: Request) -> JSONResponse:
+        hits["ok"] += 1
+        return JSONResponse({"ok": True, "method": request.method})
+
+    routes = [Route("/unavailable", unavailable), Route("/limited", limited), Route("/ok", ok, methods=["GET", "POST"])]
+    return Starlette(routes=routes), hits
+
+
+@pytest.mark.anyio
+async def test_end_to_end_503_429_with_retry_after_and_dropped_connections(mode: str) -> None:
+    app, hits = flaky_app()
+    with BackgroundServer(app) as server:
+        drops = itertools.chain([0.0, 0.0], itertools.repeat(1.0))  # the first two requests are dropped
+        with FaultProxy(server.port, drop_rate=0.5, rng=lambda: next(drops)) as proxy:
+            flags: dict[str, Any] = {"enable_cache": False, "retry": {"backoff_base": 0.01, "backoff_max": 0.2}}
+            if mode == "sync":
+                stack: Any = build_transport(**flags)
+            else:
+                stack = build_async_transport(**flags)
+            caller = Caller(mode, stack, base_url=proxy.url)
+            r = await caller.get("/ok")  # dropped twice, then through
+            assert r.status_code == 200 and r.extensions["retry"]["attempts"] == 3 and proxy.dropped == 2
+            started = time.monotonic()
+            r = await caller.get("/unavailable")
+            assert r.status_code == 200 and hits["unavailable"] == 3
+            assert time.monotonic() - started >= 0.4  # Retry-After: 1, capped at backoff_max 0.2, twice
+            r = await caller.get("/limited")
+            assert r.status_code == 200 and hits["limited"] == 2
+            reasons = stack.stats()["retry"]["retries_by_reason"]
+            assert reasons == {"connection_dropped": 2, "status_503": 2, "status_429": 1}
+            assert stack.stats()["throttle"]["slowdowns"] == 3  # two 503s with Retry-After, one 429
+            await caller.close()
+
+
+@pytest.mark.anyio
+async def test_end_to_end_dropped_post_is_not_resent(mode: str) -> None:
+    app, hits = flaky_app()
+    with BackgroundServer(app) as server, FaultProxy(server.port, drop_rate=1.0) as proxy:
+        stack: Any = build_transport(enable_cache=False) if mode == "sync" else build_async_transport(enable_cache=False)
+        caller = Caller(mode, stack, base_url=proxy.url)
+        with pytest.raises(httpx.RemoteProtocolError):
+            await caller.request("POST", "/ok", json={})
+        assert proxy.dropped == 1
+        await caller.close()

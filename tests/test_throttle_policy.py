@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pywats_transport.config import ThrottleSettings
+from pywats_transport.policies.throttle import ThrottlePolicy
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 50.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make(**settings: Any) -> tuple[ThrottlePolicy, Clock]:
+    clock = Clock()
+    return ThrottlePolicy(ThrottleSettings(**settings), clock=clock, wall_clock=lambda: 1_700_000_000.0), clock
+
+
+def test_burst_then_exact_spacing_in_arrival_order() -> None:
+    p, clock = make(rate=4, burst=2)
+    waits = [p.acquire("h") for _ in range(5)]
+    assert waits == [0.0, 0.0, pytest.approx(0.25), pytest.approx(0.5), pytest.approx(0.75)]
+    clock.t += 10
+    assert p.acquire("h") == 0.0
+
+
+def test_per_host_buckets_are_separate_unless_disabled() -> None:
+    p, _ = make(rate=1, burst=1)
+    assert (p.acquire("a"), p.acquire("b"), p.acquire("a")) == (0.0, 0.0, pytest.approx(1.0))
+    p, _ = make(rate=1, burst=1, per_host=False)
+    assert (p.acquire("a"), p.acquire("b")) == (0.0, pytest.approx(1.0))
+
+
+def test_max_wait_refuses_without_taking_a_token() -> None:
+    p, _ = make(rate=1, burst=1, max_wait=0.5)
+    assert p.acquire("h") == 0.0
+    assert p.acquire("h") is None
+    assert p.would_wait("h") == pytest.approx(1.0)
+    assert p.stats.rejections == 1
+    p2, clock = make(rate=1, burst=1, max_wait=1.0)
+    p2.acquire("h")
+    assert p2.acquire("h") == pytest.approx(1.0)
+
+
+def test_adaptive_slows_down_on_429_and_recovers_gradually() -> None:
+    p, clock = make(rate=10, burst=10)
+    p.acquire("h")
+    p.on_response("h", 429, "2")
+    assert p.rates() == {"h": 5.0}
+    assert p.acquire("h") == pytest.approx(2.0)  # nothing goes before Retry-After
+    p.on_response("h", 503, None)  # a 503 without Retry-After is not a throttle signal
+    assert p.rates()["h"] == 5.0
+    rates = []
+    for _ in range(30):
+        p.on_response("h", 200, None)
+        rates.append(p.rates()["h"])
+    assert rates == sorted(rates) and 5.0 < rates[0] < 6.0 and rates[-1] == pytest.approx(10.0, abs=0.3)
+    assert p.stats.slowdowns == 1
+
+
+def test_adaptive_off_ignores_429() -> None:
+    p, _ = make(rate=10, adaptive=False)
+    p.acquire("h")
+    p.on_response("h", 429, "5")
+    assert p.rates() == {"h": 10.0} and p.acquire("h") == 0.0
+
+
+def test_slowdown_never_goes_below_min_rate() -> None:
+    p, _ = make(rate=2, min_rate=1.5)
+    p.acquire("h")
+    for _ in range(5):
+        p.on_response("h", 429, None)
+    assert p.rates()["h"] == 1.5
