@@ -51,6 +51,9 @@ def _context(config: TransportConfig, metrics_collector: Any) -> BuildContext:
 
 def _assemble(config: ConfigLike, metrics_collector: Any, plugin_manager: PluginManager | None,
               flags: dict[str, Any]) -> tuple[TransportConfig, PluginManager, list[Any], Any]:
+    if metrics_collector is not None and not {"metrics", "enable_metrics", "metrics_enabled"} & set(flags):
+        # Handing over a collector means "report into it", unless a flag says otherwise.
+        flags = {**flags, "metrics_enabled": True}
     cfg = TransportConfig.load(config, **flags)
     pm = plugin_manager or get_plugin_manager()
     return cfg, pm, resolve_layers(cfg, pm), _context(cfg, metrics_collector)

@@ -83,6 +83,11 @@ class _CacheCore:
                 self.collector.add_cache_event("eviction", evictions - self._evictions_seen)
                 self._evictions_seen = evictions
 
+    def _missed_with_error(self) -> None:
+        self.policy.stats.misses += 1
+        if self.collector is not None:
+            self.collector.add_cache_lookup("miss")
+
     def _bypassed(self, response: httpx.Response) -> httpx.Response:
         self.policy.stats.bypasses += 1
         response.extensions["caching"] = {**NOT_CACHED, "lookup": "bypass"}
@@ -155,6 +160,7 @@ class CacheLayer(_CacheCore, Layer):
         try:
             response = self._hishel.handle_request(request)
         except _FromInner as wrapped:
+            self._missed_with_error()
             raise wrapped.original from None
         except Exception as exc:  # the storage failed: the request still gets its answer
             self._storage_failed(exc)
@@ -197,6 +203,7 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
         try:
             response = await self._hishel.handle_async_request(request)
         except _FromInner as wrapped:
+            self._missed_with_error()
             raise wrapped.original from None
         except Exception as exc:
             self._storage_failed(exc)

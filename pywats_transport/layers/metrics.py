@@ -1,18 +1,139 @@
-"""The metrics layer (placeholder: forwards requests unchanged)."""
+"""The metrics layer: OpenTelemetry HTTP client metrics (stable semantic conventions), recorded outermost.
+
+Labels are bounded by construction: the method is one of the known ones or
+``_OTHER``, the path appears only as the caller's route template (request
+extension ``"route"``), never raw; query strings and credentials never appear.
+"""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+import httpx
+
 from ..config import MetricsSettings
 from ..hookspecs import LayerSpec, hookimpl
-from ..layer import AsyncPassThroughLayer, PassThroughLayer
+from ..layer import AsyncLayer, Layer
+from ..metrics import MetricsCollector, default_collector
+
+#: request extension carrying the route template, e.g. "/api/Product/{partNumber}"
+ROUTE_EXTENSION = "route"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-class MetricsLayer(PassThroughLayer):
+class _MetricsCore:
     name = "metrics"
+    settings: MetricsSettings
+
+    def _setup(self, settings: MetricsSettings | None, collector: MetricsCollector | None, overrides: dict[str, Any]) -> None:
+        if settings is None:
+            settings = MetricsSettings(**overrides)
+        elif overrides:
+            settings = settings.model_copy(update=overrides)
+        self.settings = settings
+        self.collector = collector if collector is not None else default_collector()
+        t = self.collector.telemetry
+        self._on = t is not None
+        if t is not None:
+            self._duration, self._active = t.duration, t.active
+            self._req_size, self._resp_size = t.request_size, t.response_size
+        self.requests = 0
+        self.errors = 0
+
+    def _base_attrs(self, request: httpx.Request) -> dict[str, Any]:
+        url = request.url
+        method = request.method if request.method in KNOWN_METHODS else "_OTHER"
+        attrs: dict[str, Any] = {
+            "http.request.method": method,
+            "server.address": url.host,
+            "server.port": url.port or DEFAULT_PORTS.get(url.scheme, 0),
+        }
+        route = request.extensions.get(ROUTE_EXTENSION)
+        if route:
+            attrs["url.template"] = str(route)
+        return attrs
+
+    def _record(self, request: httpx.Request, attrs: dict[str, Any], started: float,
+                response: httpx.Response | None, exc: BaseException | None) -> None:
+        elapsed = time.perf_counter() - started
+        self.requests += 1
+        final = dict(attrs)
+        if response is not None:
+            status = response.status_code
+            final["http.response.status_code"] = status
+            if status >= 400:
+                final["error.type"] = str(status)
+                self.errors += 1
+            caching = response.extensions.get("caching")
+            if caching is not None:
+                final["pywats.cache"] = caching.get("lookup") or ("hit" if caching.get("from_cache") else "miss")
+        else:
+            final["error.type"] = type(exc).__qualname__ if exc is not None else "_OTHER"
+            self.errors += 1
+        self._duration.record(elapsed, final)
+        if self.settings.record_body_sizes:
+            req_len = request.headers.get("content-length")
+            if req_len is not None:
+                self._req_size.record(int(req_len), final)
+            if response is not None:
+                resp_len = response.headers.get("content-length")
+                if resp_len is not None and resp_len.isdigit():
+                    self._resp_size.record(int(resp_len), final)
+
+    def stats(self) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors, "collector_enabled": self._on}
 
 
-class AsyncMetricsLayer(AsyncPassThroughLayer):
-    name = "metrics"
+class MetricsLayer(_MetricsCore, Layer):
+    """Sync metrics layer: ``MetricsLayer(inner, metrics_collector=collector)``."""
+
+    def __init__(self, inner: httpx.BaseTransport | None = None, *, settings: MetricsSettings | None = None,
+                 metrics_collector: MetricsCollector | None = None, **overrides: Any) -> None:
+        Layer.__init__(self, inner)
+        self._setup(settings, metrics_collector, overrides)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not self._on:
+            return self.inner.handle_request(request)
+        attrs = self._base_attrs(request)
+        self._active.add(1, attrs)
+        started = time.perf_counter()
+        try:
+            response = self.inner.handle_request(request)
+        except BaseException as exc:
+            self._record(request, attrs, started, None, exc)
+            raise
+        finally:
+            self._active.add(-1, attrs)
+        self._record(request, attrs, started, response, None)
+        return response
+
+
+class AsyncMetricsLayer(_MetricsCore, AsyncLayer):
+    """Async metrics layer."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport | None = None, *, settings: MetricsSettings | None = None,
+                 metrics_collector: MetricsCollector | None = None, **overrides: Any) -> None:
+        AsyncLayer.__init__(self, inner)
+        self._setup(settings, metrics_collector, overrides)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not self._on:
+            return await self.inner.handle_async_request(request)
+        attrs = self._base_attrs(request)
+        self._active.add(1, attrs)
+        started = time.perf_counter()
+        try:
+            response = await self.inner.handle_async_request(request)
+        except BaseException as exc:
+            self._record(request, attrs, started, None, exc)
+            raise
+        finally:
+            self._active.add(-1, attrs)
+        self._record(request, attrs, started, response, None)
+        return response
 
 
 @hookimpl
@@ -22,7 +143,12 @@ def pywats_transport_layers() -> list[LayerSpec]:
             name="metrics",
             position=100,
             config_model=MetricsSettings,
-            sync_factory=lambda inner, settings, ctx: MetricsLayer(inner, settings=settings),
-            async_factory=lambda inner, settings, ctx: AsyncMetricsLayer(inner, settings=settings),
+            sync_factory=lambda inner, settings, ctx: MetricsLayer(
+                inner, settings=settings, metrics_collector=ctx.metrics_collector
+            ),
+            async_factory=lambda inner, settings, ctx: AsyncMetricsLayer(
+                inner, settings=settings, metrics_collector=ctx.metrics_collector
+            ),
+            description="OpenTelemetry HTTP client metrics (http.client.request.duration, active requests, body sizes)",
         )
     ]
