@@ -10,6 +10,7 @@ from .hookspecs import BuildContext, LayerSpec, hookimpl
 from .layer import AsyncLayer, Layer
 from .plugins import PluginManager, get_plugin_manager
 from .stack import AsyncTransportStack, TransportStack
+from .wats import WATS, AsyncWATS
 
 __all__ = [
     "__version__",
@@ -33,4 +34,6 @@ __all__ = [
     "AsyncTransportStack",
     "PluginManager",
     "get_plugin_manager",
+    "AsyncWATS",
+    "WATS",
 ]

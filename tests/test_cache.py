@@ -345,3 +345,17 @@ async def test_redis_down_falls_back_to_network(mode: str) -> None:
 def test_settings_validation_names_field() -> None:
     with pytest.raises(Exception, match="max_size"):
         CacheSettings(max_size=0)
+
+
+@pytest.mark.anyio
+async def test_write_may_name_related_prefixes_to_invalidate(mode: str) -> None:
+    server = Counter()
+    caller, layer = make(mode, server)
+    await caller.get("/api/Report/Query/Header?top=5")
+    await caller.get("/api/Asset/1")
+    await caller.request("POST", "/api/Report/WSJF", extensions={"cache": {"invalidates": ["/api/Report"]}})
+    n = server.count
+    await caller.get("/api/Report/Query/Header?top=5")
+    await caller.get("/api/Asset/1")
+    assert server.count == n + 1
+    await caller.close()

@@ -19,7 +19,8 @@ from ..config import CacheSettings
 CACHEABLE = frozenset({"GET", "HEAD"})
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-#: request extension for per-request control: {"bypass": bool, "refresh": bool, "ttl": seconds}
+#: request extension for per-request control: {"bypass": bool, "refresh": bool, "ttl": seconds,
+#: "invalidates": [path prefixes a successful write also drops]}
 EXTENSION = "cache"
 #: response extension holding {"from_cache", "stored", "revalidated", "lookup"}
 RESPONSE_EXTENSION = "caching"
@@ -140,7 +141,12 @@ class CachePolicy:
         """Keys a finished write drops: only when it succeeded."""
         if response is None or not response.is_success:
             return []
-        return self.keys_under(request.url.path, _origin(request.url))
+        origin = _origin(request.url)
+        keys = self.keys_under(request.url.path, origin)
+        control = request.extensions.get(EXTENSION) or {}
+        for prefix in control.get("invalidates", ()):  # related collections the caller knows about
+            keys.extend(k for k in self.keys_under(prefix, origin) if k not in keys)
+        return keys
 
     # -- explicit invalidation -----------------------------------------------------------
 

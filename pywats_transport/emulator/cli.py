@@ -1,0 +1,43 @@
+"""``pywats-transport emulator``: run the WATS emulator until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from typing import Any
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .server import EmulatorServer
+
+    try:
+        emu = EmulatorServer(
+            token=args.token, host=args.host, port=args.port, drop_rate=args.drop_rate, latency_ms=args.latency_ms,
+            latency_jitter_ms=args.jitter_ms, fail_rate=args.fail_rate, retry_after=args.retry_after,
+            slow_body_ms=args.slow_body_ms, log_level="info" if args.verbose else "warning",
+        )
+    except ValueError as exc:
+        print(f"pywats-transport emulator: error: {exc}")
+        return 2
+    with emu:
+        print(f"WATS emulator listening on {emu.url} (Ctrl+C to stop)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("emulator", help="run the embedded WATS emulator")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token", help="accept only this token (default: any non-empty token)")
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--jitter-ms", type=float, default=0.0, help="random extra latency up to this")
+    p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests answered 503/429 with Retry-After")
+    p.add_argument("--retry-after", type=int, default=0, help="seconds in Retry-After of injected failures")
+    p.add_argument("--drop-rate", type=float, default=0.0, help="share of requests whose connection is dropped")
+    p.add_argument("--slow-body-ms", type=float, default=0.0, help="trickle each body out over this long")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_run)

@@ -1,0 +1,223 @@
+"""AsyncWATS and WATS: the transport chain from flags or config, an httpx client, and the repositories."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from ..builder import build_async_transport, build_transport
+from ..config import RetrySettings, TransportConfig
+from .calls import Call
+from .errors import WATSConnectionError, WATSError
+from .repositories import (
+    AppRepository,
+    AssetRepository,
+    ProcessRepository,
+    ProductionRepository,
+    ProductRepository,
+    ReportRepository,
+    SoftwareRepository,
+)
+
+log = logging.getLogger("pywats_transport.wats")
+
+# The pyWATS-style flags and their defaults; a flag that differs from its default overrides a given config.
+_FLAG_DEFAULTS: dict[str, Any] = {
+    "enable_cache": True,
+    "cache_ttl": 300.0,
+    "cache_max_size": 1000,
+    "enable_retry": True,
+    "retry": None,
+    "enable_throttling": True,
+    "rate_limit": None,
+    "enable_metrics": False,
+    "plugins": (),
+}
+
+
+def resolve_config(config: TransportConfig | dict[str, Any] | str | os.PathLike[str] | None, flags: dict[str, Any]) -> TransportConfig:
+    changed = {k: v for k, v in flags.items() if v != _FLAG_DEFAULTS[k]} if config is not None else dict(flags)
+    retry = changed.pop("retry", None)
+    plugins = changed.pop("plugins", ())
+    if isinstance(retry, RetrySettings):
+        retry = retry.model_dump()
+    extra: dict[str, Any] = {}
+    if retry is not None:
+        extra["retry"] = retry
+    if plugins:
+        extra["plugins"] = list(plugins)
+    return TransportConfig.load(config, **changed, **extra)
+
+
+class _ClientBase:
+    product: ProductRepository
+    report: ReportRepository
+    asset: AssetRepository
+    process: ProcessRepository
+    app: AppRepository
+    production: ProductionRepository
+    software: SoftwareRepository
+
+    def _init_common(self, base_url: str, token: str, config: TransportConfig, timeout: float) -> None:
+        if not base_url or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+        if not token:
+            raise ValueError("token must be a non-empty WATS API token")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        self.base_url = base_url.rstrip("/")
+        self.config = config
+        self._headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+        run = self._run  # type: ignore[attr-defined]
+        self.product = ProductRepository(run)
+        self.report = ReportRepository(run)
+        self.asset = AssetRepository(run)
+        self.process = ProcessRepository(run)
+        self.app = AppRepository(run)
+        self.production = ProductionRepository(run)
+        self.software = SoftwareRepository(run)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, token=***)"
+
+    @staticmethod
+    def _connection_error(call: Call[Any], exc: httpx.HTTPError) -> WATSError:
+        # The message names the call, not the URL with its query, and never the headers.
+        return WATSConnectionError(f"{call.method} {call.route} failed: {type(exc).__name__}", route=call.route, method=call.method)
+
+    # Cache controls, forwarded to the stack.
+    def clear_cache(self) -> int:
+        return self.transport.clear_cache()  # type: ignore[attr-defined, no-any-return]
+
+    def invalidate_cache(self, prefix: str) -> int:
+        return self.transport.invalidate_cache(prefix)  # type: ignore[attr-defined, no-any-return]
+
+
+class AsyncWATS(_ClientBase):
+    """Async WATS client. ``async with AsyncWATS(url, token) as api: await api.product.get("PN-1")``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        verify_ssl: bool = True,
+        enable_cache: bool = True,
+        cache_ttl: float = 300.0,
+        cache_max_size: int = 1000,
+        enable_retry: bool = True,
+        retry: RetrySettings | dict[str, Any] | None = None,
+        enable_throttling: bool = True,
+        rate_limit: float | None = None,
+        enable_metrics: bool = False,
+        metrics_collector: Any = None,
+        plugins: Sequence[str] = (),
+        config: TransportConfig | dict[str, Any] | str | os.PathLike[str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        flags = dict(enable_cache=enable_cache, cache_ttl=cache_ttl, cache_max_size=cache_max_size,
+                     enable_retry=enable_retry, retry=retry, enable_throttling=enable_throttling,
+                     rate_limit=rate_limit, enable_metrics=enable_metrics, plugins=tuple(plugins))
+        cfg = resolve_config(config, flags)
+        self._init_common(base_url, token, cfg, timeout)
+        inner = transport if transport is not None else httpx.AsyncHTTPTransport(verify=verify_ssl)
+        self.transport = build_async_transport(cfg, inner=inner, metrics_collector=metrics_collector)
+        self.metrics_collector = getattr(self.transport.get_layer("metrics"), "collector", metrics_collector)
+        self._http = httpx.AsyncClient(base_url=self.base_url, transport=self.transport, headers=self._headers, timeout=timeout)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> AsyncWATS:
+        return cls(*_env_credentials(), **kwargs)
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str], **kwargs: Any) -> AsyncWATS:
+        return cls(*_env_credentials(), config=path, **kwargs)
+
+    async def _run(self, call: Call[Any]) -> Any:
+        request = call.request(self._http)
+        try:
+            response = await self._http.send(request)
+        except httpx.HTTPError as exc:
+            raise self._connection_error(call, exc) from None
+        return call.parse(response)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncWATS:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class WATS(_ClientBase):
+    """Sync WATS client, same flags and repositories as :class:`AsyncWATS`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 30.0,
+        verify_ssl: bool = True,
+        enable_cache: bool = True,
+        cache_ttl: float = 300.0,
+        cache_max_size: int = 1000,
+        enable_retry: bool = True,
+        retry: RetrySettings | dict[str, Any] | None = None,
+        enable_throttling: bool = True,
+        rate_limit: float | None = None,
+        enable_metrics: bool = False,
+        metrics_collector: Any = None,
+        plugins: Sequence[str] = (),
+        config: TransportConfig | dict[str, Any] | str | os.PathLike[str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        flags = dict(enable_cache=enable_cache, cache_ttl=cache_ttl, cache_max_size=cache_max_size,
+                     enable_retry=enable_retry, retry=retry, enable_throttling=enable_throttling,
+                     rate_limit=rate_limit, enable_metrics=enable_metrics, plugins=tuple(plugins))
+        cfg = resolve_config(config, flags)
+        self._init_common(base_url, token, cfg, timeout)
+        inner = transport if transport is not None else httpx.HTTPTransport(verify=verify_ssl)
+        self.transport = build_transport(cfg, inner=inner, metrics_collector=metrics_collector)
+        self.metrics_collector = getattr(self.transport.get_layer("metrics"), "collector", metrics_collector)
+        self._http = httpx.Client(base_url=self.base_url, transport=self.transport, headers=self._headers, timeout=timeout)
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> WATS:
+        return cls(*_env_credentials(), **kwargs)
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str], **kwargs: Any) -> WATS:
+        return cls(*_env_credentials(), config=path, **kwargs)
+
+    def _run(self, call: Call[Any]) -> Any:
+        request = call.request(self._http)
+        try:
+            response = self._http.send(request)
+        except httpx.HTTPError as exc:
+            raise self._connection_error(call, exc) from None
+        return call.parse(response)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> WATS:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _env_credentials() -> tuple[str, str]:
+    base_url, token = os.environ.get("WATS_BASE_URL"), os.environ.get("WATS_AUTH_TOKEN")
+    missing = [name for name, value in (("WATS_BASE_URL", base_url), ("WATS_AUTH_TOKEN", token)) if not value]
+    if missing:
+        raise ValueError(f"environment variable(s) {', '.join(missing)} must be set")
+    return str(base_url), str(token)

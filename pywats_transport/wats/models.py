@@ -1,0 +1,117 @@
+"""Pydantic models of WATS answers and reports. Unknown fields are kept (servers add fields over time)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class WATSModel(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class ProductRevision(WATSModel):
+    revision: str
+    state: str | None = None
+    partNumber: str | None = None
+
+
+class Product(WATSModel):
+    partNumber: str
+    name: str | None = None
+    description: str | None = None
+    productGroup: str | None = None
+    state: str | None = None
+    revisions: list[ProductRevision] = Field(default_factory=list)
+
+
+class ProductGroup(WATSModel):
+    name: str
+
+
+class ReportHeader(WATSModel):
+    id: str
+    partNumber: str
+    serialNumber: str
+    revision: str | None = None
+    processCode: int | None = None
+    result: str | None = None
+    start: str | None = None
+    stationName: str | None = None
+
+
+class Step(WATSModel):
+    name: str
+    status: Literal["P", "F", "S", "E", "T"] = "P"
+    value: float | None = None
+    unit: str | None = None
+    lowLimit: float | None = None
+    highLimit: float | None = None
+
+
+class UUTReport(WATSModel):
+    """A UUT test report in WSJF (WATS Standard JSON Format), trimmed to what stations commonly send."""
+
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    type: Literal["T"] = "T"
+    partNumber: str
+    serialNumber: str
+    revision: str = "A"
+    processCode: int = 100
+    result: Literal["P", "F", "E", "T"] = "P"
+    stationName: str = "station-1"
+    operator: str | None = None
+    start: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    steps: list[Step] = Field(default_factory=list)
+
+
+class SubmitResult(WATSModel):
+    id: str
+    duplicate: bool = False
+
+
+class Asset(WATSModel):
+    serialNumber: str
+    id: str | None = None
+    name: str | None = None
+    typeName: str | None = None
+    state: str | None = None
+    runningCount: int | None = None
+    totalCount: int | None = None
+
+
+class AssetStatus(WATSModel):
+    serialNumber: str
+    status: str
+    runningCount: int | None = None
+
+
+class Process(WATSModel):
+    code: int
+    name: str
+    isTestOperation: bool | None = None
+
+
+class AppVersion(WATSModel):
+    version: str
+
+
+class ProductionUnit(WATSModel):
+    serialNumber: str
+    partNumber: str
+    revision: str | None = None
+    phase: str | None = None
+    testRuns: int | None = None
+
+
+class SoftwarePackage(WATSModel):
+    name: str
+    version: str | None = None
+    status: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+Json = dict[str, Any]

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pywats_transport import WATS, AsyncWATS
+from pywats_transport.emulator import EmulatorServer
+from pywats_transport.wats import NotFoundError, Product, UnauthorizedError, UUTReport
+
+TOKEN = "station-token"
+RETRY = {"max_attempts": 8, "backoff_base": 0.005, "backoff_max": 0.05, "budget_ratio": 1.0}
+
+
+@pytest.fixture
+def faulty() -> Iterator[EmulatorServer]:
+    with EmulatorServer(token=TOKEN, fail_rate=0.2, drop_rate=0.1, seed=7) as emu:
+        yield emu
+
+
+@pytest.fixture
+def clean() -> Iterator[EmulatorServer]:
+    with EmulatorServer(token=TOKEN) as emu:
+        yield emu
+
+
+class Both:
+    """One body of test for WATS and AsyncWATS."""
+
+    def __init__(self, mode: str, url: str, **kw: Any) -> None:
+        self.mode = mode
+        self.api: Any = (WATS if mode == "sync" else AsyncWATS)(url, TOKEN, **kw)
+
+    async def __call__(self, repo: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        result = getattr(getattr(self.api, repo), method)(*args, **kwargs)
+        return result if self.mode == "sync" else await result
+
+    async def close(self) -> None:
+        if self.mode == "sync":
+            self.api.close()
+        else:
+            await self.api.aclose()
+
+
+@pytest.fixture(params=["sync", "async"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.mark.anyio
+async def test_idempotent_calls_succeed_through_faults_and_reports_land_once(mode: str, faulty: EmulatorServer) -> None:
+    api = Both(mode, faulty.url, enable_cache=False, enable_throttling=False, retry=RETRY)
+    for i in range(30):
+        assert (await api("product", "get", f"PN-100{1 + i % 6}")).partNumber.startswith("PN-100")
+        assert len(await api("process", "list")) == 4
+        await api("production", "unit", f"SN-{i}", "PN-1001")
+    reports = [UUTReport(partNumber="PN-1001", serialNumber=f"SN-{i}") for i in range(20)]
+    for report in reports:
+        assert (await api("report", "submit", report)).id == report.id
+    await api.close()
+    st = faulty.state
+    assert sorted(st.reports) == sorted(r.id for r in reports)  # each accepted exactly once
+    assert st.injected["503"] + st.injected["429"] > 0 and faulty.proxy is not None and faulty.proxy.dropped > 0
+    assert api.api.transport.stats()["retry"]["retries"] > 0
+
+
+@pytest.mark.anyio
+async def test_product_update_invalidates_cached_product(mode: str, clean: EmulatorServer) -> None:
+    api = Both(mode, clean.url)
+    first = await api("product", "get", "PN-1001")
+    await api("product", "get", "PN-1001")
+    assert clean.state.requests["GET /api/Product/{partNumber}"] == 1
+    await api("product", "save", Product(partNumber="PN-1001", name="Renamed PSU"))
+    after = await api("product", "get", "PN-1001")
+    assert first.name != after.name == "Renamed PSU"
+    assert clean.state.requests["GET /api/Product/{partNumber}"] == 2
+    assert api.api.transport.stats()["cache"]["invalidations"] >= 1
+    await api.close()
+
+
+@pytest.mark.anyio
+async def test_submitted_report_shows_in_cached_header_query(mode: str, clean: EmulatorServer) -> None:
+    api = Both(mode, clean.url)
+    assert await api("report", "query_headers", part_number="PN-1002") == []
+    report = UUTReport(partNumber="PN-1002", serialNumber="SN-9")
+    await api("report", "submit", report)
+    headers = await api("report", "query_headers", part_number="PN-1002")
+    assert [h.id for h in headers] == [report.id]
+    resent = await api("report", "submit", report)
+    assert resent.duplicate is True and len(clean.state.reports) == 1
+    await api.close()
+
+
+@pytest.mark.anyio
+async def test_wrong_token_and_missing_product(mode: str, clean: EmulatorServer) -> None:
+    bad: Any = (WATS if mode == "sync" else AsyncWATS)(clean.url, "wrong-token")
+    with pytest.raises(UnauthorizedError) as info:
+        result = bad.app.version()
+        if mode == "async":
+            await result
+    assert info.value.status == 401 and "wrong-token" not in str(info.value)
+    if mode == "sync":
+        bad.close()
+    else:
+        await bad.aclose()
+    api = Both(mode, clean.url)
+    with pytest.raises(NotFoundError):
+        await api("product", "get", "PN-0")
+    await api.close()
+
+
+@pytest.mark.anyio
+async def test_clear_and_invalidate_cache_from_client(clean: EmulatorServer) -> None:
+    async with AsyncWATS(clean.url, TOKEN) as api:
+        await api.product.get("PN-1001")
+        await api.asset.get("AS-1")
+        assert api.invalidate_cache("/api/Product") == 1
+        assert api.clear_cache() == 1
+        await api.product.get("PN-1001")
+        assert clean.state.requests["GET /api/Product/{partNumber}"] == 2

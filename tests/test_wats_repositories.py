@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import respx
+
+from pywats_transport import WATS, AsyncWATS
+from pywats_transport.wats import (
+    NotFoundError,
+    Product,
+    RequestValidationError,
+    ServerError,
+    UnauthorizedError,
+    UUTReport,
+    WATSConnectionError,
+    WATSError,
+)
+from pywats_transport.wats.calls import Call
+from pywats_transport.wats.repositories import odata_filter
+
+BASE = "https://wats.example"
+TOKEN = "c2VjcmV0LXRva2Vu"
+
+
+def no_layers(**kw):  # type: ignore[no-untyped-def]
+    return dict(enable_cache=False, enable_retry=False, enable_throttling=False, **kw)
+
+
+def test_call_builds_request_with_route_extension_and_escaped_path() -> None:
+    call: Call[Product] = Call("GET", "/api/Product/{partNumber}", Product, path={"partNumber": "PN 1/2"}, params={"a": None})
+    with httpx.Client(base_url=BASE) as client:
+        request = call.request(client)
+    assert str(request.url) == f"{BASE}/api/Product/PN%201%2F2"
+    assert request.extensions["route"] == "/api/Product/{partNumber}"
+    with pytest.raises(ValueError, match="needs path parameter 'partNumber'"):
+        Call("GET", "/api/Product/{partNumber}", Product).url()
+
+
+def test_odata_filter_quotes_values() -> None:
+    assert odata_filter(partNumber="PN-1", serialNumber=None, name="O'Neil") == "partNumber eq 'PN-1' and name eq 'O''Neil'"
+    assert odata_filter() is None
+
+
+@respx.mock
+def test_sync_repositories_send_the_documented_routes() -> None:
+    product = respx.get(f"{BASE}/api/Product/PN-1").mock(return_value=httpx.Response(200, json={"partNumber": "PN-1", "name": "PSU"}))
+    query = respx.get(f"{BASE}/api/Product/Query").mock(return_value=httpx.Response(200, json=[{"partNumber": "PN-1"}]))
+    put = respx.put(f"{BASE}/api/Product").mock(return_value=httpx.Response(200, json={"partNumber": "PN-1", "name": "New"}))
+    headers = respx.get(f"{BASE}/api/Report/Query/Header").mock(return_value=httpx.Response(200, json=[]))
+    submit = respx.post(f"{BASE}/api/Report/WSJF").mock(return_value=httpx.Response(201, json={"id": "x"}))
+    unit = respx.get(f"{BASE}/api/Production/Unit/SN-1/PN-1").mock(
+        return_value=httpx.Response(200, json={"serialNumber": "SN-1", "partNumber": "PN-1"}))
+    status = respx.get(f"{BASE}/api/Asset/Status").mock(return_value=httpx.Response(200, json={"serialNumber": "A", "status": "OK"}))
+    with WATS(BASE, TOKEN, **no_layers()) as api:
+        assert api.product.get("PN-1").name == "PSU"
+        assert api.product.query(group="Power", top=5)[0].partNumber == "PN-1"
+        assert api.product.save(Product(partNumber="PN-1", name="New")).name == "New"
+        assert api.report.query_headers(part_number="PN-1", top=10) == []
+        assert api.report.submit(UUTReport(partNumber="PN-1", serialNumber="SN-1")).id == "x"
+        assert api.production.unit("SN-1", "PN-1").serialNumber == "SN-1"
+        assert api.asset.status("A").status == "OK"
+    assert product.calls.last.request.headers["authorization"] == f"Basic {TOKEN}"
+    assert query.calls.last.request.url.params["$filter"] == "productGroup eq 'Power'"
+    assert query.calls.last.request.url.params["$top"] == "5"
+    assert json.loads(put.calls.last.request.content) == {"partNumber": "PN-1", "name": "New", "revisions": []}
+    assert headers.calls.last.request.url.params["$filter"] == "partNumber eq 'PN-1'"
+    sent = json.loads(submit.calls.last.request.content)
+    assert sent["partNumber"] == "PN-1" and sent["type"] == "T" and len(sent["id"]) == 36
+    assert unit.called and status.calls.last.request.url.params["serialNumber"] == "A"
+
+
+@respx.mock
+@pytest.mark.anyio
+async def test_async_repositories_share_the_definitions() -> None:
+    respx.get(f"{BASE}/api/App/Processes").mock(return_value=httpx.Response(200, json=[{"code": 100, "name": "FT"}]))
+    respx.get(f"{BASE}/api/App/Version").mock(return_value=httpx.Response(200, json={"version": "1"}))
+    respx.get(f"{BASE}/api/Software/Packages").mock(return_value=httpx.Response(200, json=[{"name": "seq"}]))
+    respx.get(f"{BASE}/api/Product/Groups").mock(return_value=httpx.Response(200, json=[{"name": "Power"}]))
+    respx.get(f"{BASE}/api/Product/PN-1/Revisions").mock(return_value=httpx.Response(200, json=[{"revision": "A"}]))
+    respx.get(f"{BASE}/api/Asset/AS-1").mock(return_value=httpx.Response(200, json={"serialNumber": "AS-1"}))
+    respx.get(f"{BASE}/api/Report/Wsjf/r1").mock(
+        return_value=httpx.Response(200, json={"id": "r1", "partNumber": "PN-1", "serialNumber": "S"}))
+    async with AsyncWATS(BASE, TOKEN, **no_layers()) as api:
+        assert (await api.process.list())[0].code == 100
+        assert (await api.app.version()).version == "1"
+        assert (await api.software.packages())[0].name == "seq"
+        assert (await api.product.groups())[0].name == "Power"
+        assert (await api.product.revisions("PN-1"))[0].revision == "A"
+        assert (await api.asset.get("AS-1")).serialNumber == "AS-1"
+        assert (await api.report.get("r1")).id == "r1"
+
+
+@respx.mock
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(404, NotFoundError), (401, UnauthorizedError), (403, UnauthorizedError), (400, RequestValidationError),
+     (422, RequestValidationError), (500, ServerError), (503, ServerError), (418, WATSError)],
+)
+def test_errors_map_to_hierarchy_with_status_and_route(status: int, error: type[Exception]) -> None:
+    respx.get(f"{BASE}/api/Product/PN-9").mock(return_value=httpx.Response(status, json={"message": "nope"}))
+    with WATS(BASE, TOKEN, **no_layers()) as api, pytest.raises(error) as info:
+        api.product.get("PN-9")
+    assert info.value.status == status and info.value.route == "/api/Product/{partNumber}"  # type: ignore[attr-defined]
+    assert TOKEN not in str(info.value)
+
+
+@respx.mock
+def test_connection_errors_and_bad_answers() -> None:
+    respx.get(f"{BASE}/api/App/Version").mock(side_effect=httpx.ConnectError("refused"))
+    respx.get(f"{BASE}/api/Product/PN-1").mock(return_value=httpx.Response(200, json={"unexpected": True}))
+    with WATS(BASE, TOKEN, **no_layers()) as api:
+        with pytest.raises(WATSConnectionError, match=r"GET /api/App/Version failed: ConnectError"):
+            api.app.version()
+        with pytest.raises(WATSError, match="unexpected answer"):
+            api.product.get("PN-1")
+
+
+def test_token_never_in_repr_and_arguments_checked() -> None:
+    api = WATS(BASE, TOKEN)
+    assert TOKEN not in repr(api) and "***" in repr(api)
+    api.close()
+    with pytest.raises(ValueError, match="base_url must be an http"):
+        WATS("wats.example", TOKEN)
+    with pytest.raises(ValueError, match="token must be a non-empty"):
+        WATS(BASE, "")
+
+
+def test_flags_and_config_build_the_chain(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    api = WATS(BASE, TOKEN)
+    assert api.transport.names == ["cache", "retry", "throttle"]  # base_url and token only: caching on
+    api.close()
+    api = WATS(BASE, TOKEN, enable_cache=False, rate_limit=2.5, retry={"max_attempts": 5}, enable_metrics=True)
+    assert api.transport.names == ["metrics", "retry", "throttle"]
+    assert api.config.throttle.rate == 2.5 and api.config.retry.max_attempts == 5
+    api.close()
+    cfg = tmp_path / "t.json"
+    cfg.write_text(json.dumps({"cache": {"ttl": 30}, "throttle": {"enabled": False}}))
+    api = WATS(BASE, TOKEN, config=str(cfg), cache_ttl=60)
+    assert api.transport.names == ["cache", "retry"] and api.config.cache.ttl == 60
+    api.close()
+
+
+def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="WATS_BASE_URL, WATS_AUTH_TOKEN must be set"):
+        WATS.from_env()
+    monkeypatch.setenv("WATS_BASE_URL", BASE)
+    monkeypatch.setenv("WATS_AUTH_TOKEN", TOKEN)
+    api = AsyncWATS.from_env(enable_cache=False)
+    assert api.base_url == BASE and "cache" not in api.transport.names
