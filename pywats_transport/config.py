@@ -39,6 +39,8 @@ class CacheSettings(Section):
         description="Request headers whose value (hashed) is part of the cache key.",
     )
     invalidate_on_write: bool = Field(True, description="A successful POST/PUT/PATCH/DELETE drops entries under its path.")
+    coalesce: bool = Field(True, description="Concurrent identical lookups wait for the first one instead of all missing.")
+    coalesce_timeout: float = Field(10.0, gt=0, description="Longest a coalesced request waits for the first one (seconds).")
 
 
 class RetrySettings(Section):

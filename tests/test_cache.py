@@ -190,17 +190,68 @@ async def test_only_2xx_get_head_cached(mode: str) -> None:
 
 
 @pytest.mark.anyio
-async def test_concurrent_identical_requests_all_answered() -> None:
+async def test_concurrent_identical_requests_coalesce_into_one() -> None:
     server = Counter()
-    layer = AsyncCacheLayer(httpx.MockTransport(server))
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.02)
+        return server(request)
+
+    layer = AsyncCacheLayer(httpx.MockTransport(slow))
     async with httpx.AsyncClient(transport=layer, base_url="http://t") as client:
         responses = await asyncio.gather(*(client.get("/same") for _ in range(20)))
-        assert all(r.status_code == 200 and r.json()["path"] == "/same" for r in responses)
-        n = server.count
-        assert (await client.get("/same")).extensions["caching"]["from_cache"]
-        assert server.count == n
+    assert all(r.status_code == 200 and r.json() == {"n": 1, "path": "/same"} for r in responses)
+    assert server.count == 1
     stats = layer.stats()
-    assert stats["hits"] + stats["misses"] == 21
+    assert (stats["hits"], stats["misses"]) == (19, 1)
+
+
+@pytest.mark.anyio
+async def test_without_coalescing_concurrent_requests_all_miss() -> None:
+    server = Counter()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.02)
+        return server(request)
+
+    layer = AsyncCacheLayer(httpx.MockTransport(slow), coalesce=False)
+    async with httpx.AsyncClient(transport=layer, base_url="http://t") as client:
+        await asyncio.gather(*(client.get("/same") for _ in range(5)))
+    assert server.count == 5
+
+
+def test_concurrent_threads_coalesce_into_one() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = Counter()
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        time.sleep(0.05)
+        return server(request)
+
+    layer = CacheLayer(httpx.MockTransport(slow))
+    with httpx.Client(transport=layer, base_url="http://t") as client, ThreadPoolExecutor(8) as pool:
+        bodies = list(pool.map(lambda _: client.get("/same").json(), range(8)))
+    assert bodies == [{"n": 1, "path": "/same"}] * 8 and server.count == 1
+
+
+@pytest.mark.anyio
+async def test_leader_failure_releases_followers(mode: str) -> None:
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json={"n": calls["n"]})
+
+    caller, layer = make(mode, handler)
+    with pytest.raises(httpx.ConnectError):
+        await caller.get("/x")
+    started = time.monotonic()
+    assert (await caller.get("/x")).json() == {"n": 2}
+    assert time.monotonic() - started < 1.0  # no flight was left behind to wait for
+    await caller.close()
 
 
 def test_threads_share_one_memory_storage_safely() -> None:

@@ -6,10 +6,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import threading
+
+import anyio
 import hishel
 import httpx
 from hishel.httpx import AsyncCacheTransport, CacheTransport
 
+from ..caching.coalesce import Flights
 from ..caching.health import FAILURES
 from ..caching.memory import AsyncMemoryStorage, MemoryStorage
 from ..caching.policy import CachePolicy, Plan
@@ -144,6 +148,7 @@ class CacheLayer(_CacheCore, Layer):
                  metrics_collector: Any = None, **overrides: Any) -> None:
         Layer.__init__(self, inner)
         self._setup(settings, clock, metrics_collector, backend, False, overrides)
+        self._flights = Flights(threading.Event)
         self._hishel = CacheTransport(_SyncToInner(self), storage=self.storage, rfc=self._rfc)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -157,16 +162,21 @@ class CacheLayer(_CacheCore, Layer):
         if plan.refresh:
             self._remove_now(plan.key)
         self._prepare(request, plan)
+        flight = self._flights.join(plan.key) if self.settings.coalesce and not plan.refresh else None
+        if flight is not None and not flight.leader:
+            flight.event.wait(self.settings.coalesce_timeout)  # then look up what the leader stored
         try:
             response = self._hishel.handle_request(request)
         except _FromInner as wrapped:
+            self._flights.land(flight)
             self._missed_with_error()
             raise wrapped.original from None
         except Exception as exc:  # the storage failed: the request still gets its answer
+            self._flights.land(flight)
             self._storage_failed(exc)
             return self._bypassed(self.inner.handle_request(request))
         self._after_lookup(plan, request, response)
-        return response
+        return self._flights.land_when_read(flight, response)
 
     def _remove_now(self, key: str) -> None:
         try:
@@ -187,6 +197,7 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
                  metrics_collector: Any = None, **overrides: Any) -> None:
         AsyncLayer.__init__(self, inner)
         self._setup(settings, clock, metrics_collector, backend, True, overrides)
+        self._flights = Flights(anyio.Event)
         self._hishel = AsyncCacheTransport(_AsyncToInner(self), storage=self.storage, rfc=self._rfc)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -200,16 +211,22 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
         if plan.refresh:
             await self._remove_now(plan.key)
         self._prepare(request, plan)
+        flight = self._flights.join(plan.key) if self.settings.coalesce and not plan.refresh else None
+        if flight is not None and not flight.leader:
+            with anyio.move_on_after(self.settings.coalesce_timeout):
+                await flight.event.wait()  # then look up what the leader stored
         try:
             response = await self._hishel.handle_async_request(request)
         except _FromInner as wrapped:
+            self._flights.land(flight)
             self._missed_with_error()
             raise wrapped.original from None
         except Exception as exc:
+            self._flights.land(flight)
             self._storage_failed(exc)
             return self._bypassed(await self.inner.handle_async_request(request))
         self._after_lookup(plan, request, response)
-        return response
+        return self._flights.land_when_read(flight, response)
 
     async def _remove_now(self, key: str) -> None:
         try:
