@@ -15,33 +15,51 @@ import httpx
 
 
 class Flight:
-    __slots__ = ("key", "event", "leader")
+    __slots__ = ("key", "leader", "_flights")
 
-    def __init__(self, key: str, event: Any, leader: bool) -> None:
-        self.key, self.event, self.leader = key, event, leader
+    def __init__(self, key: str, leader: bool, flights: Flights) -> None:
+        self.key, self.leader, self._flights = key, leader, flights
+
+    @property
+    def event(self) -> Any:
+        """The event a follower waits on; created only when a follower shows up."""
+        return self._flights._event_for(self.key)
+
+
+_NO_EVENT = object()
 
 
 class Flights:
     def __init__(self, event_factory: Callable[[], Any]) -> None:
         self._event_factory = event_factory
+        # key -> its event, or _NO_EVENT while no follower has asked for one
         self._flying: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def join(self, key: str) -> Flight:
         with self._lock:
+            if key in self._flying:
+                return Flight(key, False, self)
+            self._flying[key] = _NO_EVENT
+            return Flight(key, True, self)
+
+    def _event_for(self, key: str) -> Any:
+        with self._lock:
             event = self._flying.get(key)
-            if event is not None:
-                return Flight(key, event, leader=False)
-            event = self._flying[key] = self._event_factory()
-            return Flight(key, event, leader=True)
+            if event is None:  # landed already: nothing to wait for
+                event = self._event_factory()
+                event.set()
+            elif event is _NO_EVENT:
+                event = self._flying[key] = self._event_factory()
+            return event
 
     def land(self, flight: Flight | None) -> None:
         if flight is None or not flight.leader:
             return
         with self._lock:
-            if self._flying.get(flight.key) is flight.event:
-                del self._flying[flight.key]
-        flight.event.set()
+            event = self._flying.pop(flight.key, None)
+        if event is not None and event is not _NO_EVENT:
+            event.set()
 
     def land_when_read(self, flight: Flight | None, response: httpx.Response) -> httpx.Response:
         if flight is None or not flight.leader:
@@ -52,6 +70,34 @@ class Flights:
             return response
         response.stream = _LandOnClose(response.stream, lambda: self.land(flight))
         return response
+
+
+class SaveWhenRead(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """Passes a body through unchanged and hands the whole of it to ``on_complete`` once fully read."""
+
+    def __init__(self, stream: Any, on_complete: Callable[[bytes], None]) -> None:
+        self._stream = stream
+        self._on_complete = on_complete
+
+    def __iter__(self) -> Any:
+        chunks = []
+        for chunk in self._stream:
+            chunks.append(chunk)
+            yield chunk
+        self._on_complete(b"".join(chunks))
+
+    async def __aiter__(self) -> Any:
+        chunks = []
+        async for chunk in self._stream:
+            chunks.append(chunk)
+            yield chunk
+        self._on_complete(b"".join(chunks))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 class _LandOnClose(httpx.SyncByteStream, httpx.AsyncByteStream):

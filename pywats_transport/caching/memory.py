@@ -25,11 +25,27 @@ class _Record:
     key: str
     request: Request
     status_code: int
-    headers: Headers
+    headers: Headers | None  # hishel's form; built on demand for entries stored by the layer's fast path
     body: bytes
     ttl_deadline: float | None
     tti: float | None
     expires_at: float | None
+    raw_headers: list[tuple[bytes, bytes]] | None = None
+
+    def httpx_headers(self) -> list[tuple[bytes, bytes]]:
+        """The headers as httpx takes them, converted once per entry rather than once per hit."""
+        if self.raw_headers is None:
+            h = self.headers or Headers({})
+            self.raw_headers = [(k.encode(), v.encode()) for k in h for v in h.get_list(k) or []]
+        return self.raw_headers
+
+    def hishel_headers(self) -> Headers:
+        if self.headers is None:
+            grouped: dict[str, list[str]] = {}
+            for k, v in self.raw_headers or ():
+                grouped.setdefault(k.decode("latin-1").lower(), []).append(v.decode("latin-1"))
+            self.headers = Headers(grouped)
+        return self.headers
 
 
 class _LRUCore:
@@ -91,6 +107,7 @@ class _LRUCore:
             record = self._records.get(record_id)
             if record is not None:
                 record.headers = headers
+                record.raw_headers = None
 
     def remove(self, record_id: uuid.UUID) -> None:
         with self._lock:
@@ -147,6 +164,24 @@ class _MemoryBase:
     def drop_keys(self, keys: list[str]) -> int:
         return self._core.drop_keys(keys)
 
+    def store(self, key: str, method: str, url: str, status: int, raw_headers: list[tuple[bytes, bytes]],
+              body: bytes, ttl: float | None) -> None:
+        """Store a complete response directly (the layer's ttl-mode path), skipping hishel's entry streams."""
+        now = self._core.clock()
+        ttl = ttl if ttl is not None else self.default_ttl
+        deadline = now + ttl if ttl is not None else None
+        if self._too_big(len(body)):
+            return
+        self._core.add(_Record(uuid.uuid4(), key, Request(method, url), status, None, body, deadline, None, deadline,
+                               [(k, v) for k, v in raw_headers if k.lower() != b"transfer-encoding"]))
+
+    def find(self, key: str, method: str) -> _Record | None:
+        """The stored record for ``key`` answering ``method``, without building a hishel entry."""
+        for record in self._core.lookup(key):
+            if record.request.method == method:
+                return record
+        return None
+
     def _new_record(self, request: Request, response: Response, key: str, ttl: float | None, tti: float | None) -> _Record:
         now = self._core.clock()
         ttl = ttl if ttl is not None else self.default_ttl
@@ -163,7 +198,7 @@ class _MemoryBase:
 
     @staticmethod
     def _entry(record: _Record, stream: Iterator[bytes] | AsyncIterator[bytes]) -> Entry:
-        return Entry(record.id, record.request, Response(record.status_code, record.headers, stream))
+        return Entry(record.id, record.request, Response(record.status_code, record.hishel_headers(), stream))
 
 
 class MemoryStorage(_MemoryBase, BaseStorage):

@@ -5,6 +5,7 @@ RFC 9111 itself is hishel's; this adds what sits around it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Callable
@@ -15,8 +16,10 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..config import CacheSettings
+from .index import PathIndex
 
 CACHEABLE = frozenset({"GET", "HEAD"})
+_NO_CONTROL: dict[str, Any] = {}
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 #: request extension for per-request control: {"bypass": bool, "refresh": bool, "ttl": seconds,
@@ -32,6 +35,10 @@ class Plan:
     key: str = ""
     ttl: float | None = None
     refresh: bool = False
+
+
+_WRITE = Plan("write")  # shared, never mutated
+_BYPASS = Plan("bypass")
 
 
 @dataclass
@@ -58,25 +65,23 @@ class CacheStats:
         }
 
 
-def identity_digest(request: httpx.Request, headers: tuple[str, ...]) -> str:
+def identity_digest(values: list[tuple[bytes, bytes]]) -> str:
     """A short hash of the credential-bearing headers; the secret itself never leaves this function."""
-    values = [request.headers.get(h) for h in headers]
-    if not any(values):
+    if not values:
         return "anon"
+    return _digest(tuple(sorted(values)))
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(values: tuple[tuple[bytes, bytes], ...]) -> str:
+    # A client sends the same credential on every request: hash it once, not per request.
     h = hashlib.sha256()
-    for name, value in zip(headers, values):
-        h.update(name.encode())
+    for name, value in values:
+        h.update(name)
         h.update(b"\0")
-        h.update((value or "").encode())
+        h.update(value)
         h.update(b"\0")
     return h.hexdigest()[:32]
-
-
-@dataclass
-class _Indexed:
-    origin: str
-    path: str
-    expires_at: float
 
 
 @dataclass
@@ -89,9 +94,9 @@ class CachePolicy:
 
     def __post_init__(self) -> None:
         self.rfc = self.settings.mode == "rfc"
-        self.identity_headers = tuple(h.lower() for h in self.settings.identity_headers)
-        # key -> where it was fetched from, for prefix invalidation in any storage.
-        self._index: dict[str, _Indexed] = {}
+        self._identity = frozenset(h.lower().encode() for h in self.settings.identity_headers)
+        # Where each stored key was fetched from, for prefix invalidation in any storage.
+        self._index = PathIndex()
         # Invalidated keys whose stored entries are removed on their next lookup (any storage).
         self._stale: dict[str, float] = {}
         self._prune_at = 1024
@@ -101,19 +106,28 @@ class CachePolicy:
     def plan(self, request: httpx.Request) -> Plan:
         method = request.method
         if method not in CACHEABLE:
-            return Plan("write" if method in WRITES and self.settings.invalidate_on_write else "bypass")
-        control = request.extensions.get(EXTENSION) or {}
+            return _WRITE if method in WRITES and self.settings.invalidate_on_write else _BYPASS
+        control = request.extensions.get(EXTENSION) or _NO_CONTROL
         refresh = bool(control.get("refresh"))
-        cache_control = request.headers.get("cache-control", "").lower()
-        if control.get("bypass") or "no-store" in cache_control:
-            return Plan("bypass")
-        if "no-cache" in cache_control and not self.rfc:
+        # One pass over the raw headers: the identity headers and Cache-Control.
+        identity: list[tuple[bytes, bytes]] = []
+        cache_control = b""
+        wanted = self._identity
+        for name, value in request.headers.raw:
+            lname = name.lower()
+            if lname in wanted:
+                identity.append((lname, value))
+            elif lname == b"cache-control":
+                cache_control = value.lower()
+        if control.get("bypass") or b"no-store" in cache_control:
+            return _BYPASS
+        if b"no-cache" in cache_control and not self.rfc:
             refresh = True  # in RFC mode hishel revalidates no-cache itself
         ttl = control.get("ttl")
         if ttl is not None and (not isinstance(ttl, (int, float)) or ttl < 0):
             raise ValueError(f"request extension cache.ttl must be a number >= 0, got {ttl!r}")
         url = str(request.url)
-        ident = identity_digest(request, self.identity_headers)
+        ident = identity_digest(identity)
         basis = f"RFC {url} {ident}" if self.rfc else f"{method} {url} {ident}"
         key = hashlib.sha256(basis.encode()).hexdigest()
         if self._stale and self._stale.pop(key, None) is not None:
@@ -132,20 +146,22 @@ class CachePolicy:
             self.stats.stores += 1
             url = request.url
             ttl = plan.ttl if plan.ttl is not None else self.settings.ttl
-            self._index[plan.key] = _Indexed(_origin(url), url.path, self.clock() + ttl)
+            self._index.add(plan.key, _origin(url), url.path, self.clock() + ttl)
             if len(self._index) + len(self._stale) >= self._prune_at:
                 self._prune()
         return "miss"
 
     def write_invalidates(self, request: httpx.Request, response: httpx.Response | None) -> list[str]:
         """Keys a finished write drops: only when it succeeded."""
-        if response is None or not response.is_success:
+        if response is None or not 200 <= response.status_code < 300 or not len(self._index):
             return []
-        origin = _origin(request.url)
-        keys = self.keys_under(request.url.path, origin)
-        control = request.extensions.get(EXTENSION) or {}
-        for prefix in control.get("invalidates", ()):  # related collections the caller knows about
-            keys.extend(k for k in self.keys_under(prefix, origin) if k not in keys)
+        url = request.url
+        origin = _origin(url)
+        keys = self._index.under(url.path, origin)
+        control = request.extensions.get(EXTENSION)
+        if control:
+            for prefix in control.get("invalidates", ()):  # related collections the caller knows about
+                keys.extend(k for k in self.keys_under(prefix, origin) if k not in keys)
         return keys
 
     # -- explicit invalidation -----------------------------------------------------------
@@ -155,24 +171,18 @@ class CachePolicy:
         if "://" in prefix:
             parts = urlsplit(prefix)
             origin, prefix = f"{parts.scheme}://{parts.netloc}".lower(), parts.path or "/"
-        base = prefix.rstrip("/")
-        under = base + "/"
-        return [
-            key
-            for key, item in self._index.items()
-            if (origin is None or item.origin == origin) and (item.path == base or item.path.startswith(under) or base == "")
-        ]
+        return self._index.under(prefix, origin)
 
     def mark_stale(self, keys: list[str]) -> None:
         """Invalidated keys leave the index; their entries must not be served again."""
         for key in keys:
-            item = self._index.pop(key, None)
-            self._stale[key] = item.expires_at if item is not None else self.clock() + self.settings.ttl
+            expires = self._index.discard(key)
+            self._stale[key] = expires if expires is not None else self.clock() + self.settings.ttl
 
     def _prune(self) -> None:
         now = self.clock()
-        for key in [k for k, v in self._index.items() if v.expires_at <= now]:
-            del self._index[key]
+        for key in self._index.expired(now):
+            self._index.discard(key)
         for key in [k for k, t in self._stale.items() if t <= now]:
             del self._stale[key]
         self._prune_at = max(1024, 2 * len(self._index))

@@ -13,7 +13,7 @@ import hishel
 import httpx
 from hishel.httpx import AsyncCacheTransport, CacheTransport
 
-from ..caching.coalesce import Flights
+from ..caching.coalesce import Flights, SaveWhenRead
 from ..caching.health import FAILURES
 from ..caching.memory import AsyncMemoryStorage, MemoryStorage
 from ..caching.policy import CachePolicy, Plan
@@ -68,6 +68,38 @@ class _CacheCore:
         self._rfc: bool | hishel.CacheOptions = hishel.CacheOptions(shared=False) if settings.mode == "rfc" else False
         self._failures_at_start = FAILURES.count
         self._evictions_seen = 0
+        # ttl mode with our in-process storage is answered by the layer itself: the same rule as
+        # hishel's non-RFC path (2xx GET/HEAD by key and method, until the TTL), without the
+        # per-request entry and stream conversions, which would triple the cost of a miss.
+        self._direct = settings.mode == "ttl" and isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage))
+
+    def _direct_hit(self, plan: Plan, request: httpx.Request) -> httpx.Response | None:
+        record = self.storage.find(plan.key, request.method)
+        if record is None:
+            return None
+        response = httpx.Response(
+            record.status_code, headers=record.httpx_headers(), stream=httpx.ByteStream(record.body),
+            extensions={"caching": {"from_cache": True, "revalidated": False, "stored": False}},
+        )
+        self._after_lookup(plan, request, response)
+        return response
+
+    def _direct_store(self, plan: Plan, request: httpx.Request, response: httpx.Response) -> None:
+        """Store a 2xx (not 206) response once its body is complete; mark what happened on the response."""
+        stored = response.is_success and response.status_code != 206
+        response.extensions["caching"] = {"from_cache": False, "revalidated": False, "stored": stored}
+        if not stored:
+            return
+        method, url, raw = request.method, str(request.url), list(response.headers.raw)
+        storage, key, ttl = self.storage, plan.key, plan.ttl
+
+        def save(body: bytes) -> None:
+            storage.store(key, method, url, response.status_code, raw, body, ttl)
+
+        if response.is_stream_consumed or response.is_closed:
+            save(response.content)
+        else:
+            response.stream = SaveWhenRead(response.stream, save)
 
     def _prepare(self, request: httpx.Request, plan: Plan) -> None:
         caching = dict(request.extensions.get("caching") or {})
@@ -159,6 +191,8 @@ class CacheLayer(_CacheCore, Layer):
             response = self.inner.handle_request(request)
             self._invalidate_keys(self.policy.write_invalidates(request, response))
             return response
+        if self._direct:
+            return self._handle_direct(plan, request)
         if plan.refresh:
             self._remove_now(plan.key)
         self._prepare(request, plan)
@@ -175,6 +209,26 @@ class CacheLayer(_CacheCore, Layer):
             self._flights.land(flight)
             self._storage_failed(exc)
             return self._bypassed(self.inner.handle_request(request))
+        self._after_lookup(plan, request, response)
+        return self._flights.land_when_read(flight, response)
+
+    def _handle_direct(self, plan: Plan, request: httpx.Request) -> httpx.Response:
+        if plan.refresh:
+            self.storage.drop_keys([plan.key])
+        elif (hit := self._direct_hit(plan, request)) is not None:
+            return hit
+        flight = self._flights.join(plan.key) if self.settings.coalesce and not plan.refresh else None
+        if flight is not None and not flight.leader:
+            flight.event.wait(self.settings.coalesce_timeout)
+            if (hit := self._direct_hit(plan, request)) is not None:
+                return hit
+        try:
+            response = self.inner.handle_request(request)
+        except BaseException:
+            self._flights.land(flight)
+            self._missed_with_error()
+            raise
+        self._direct_store(plan, request, response)
         self._after_lookup(plan, request, response)
         return self._flights.land_when_read(flight, response)
 
@@ -208,6 +262,8 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
             response = await self.inner.handle_async_request(request)
             self._invalidate_keys(self.policy.write_invalidates(request, response))
             return response
+        if self._direct:
+            return await self._handle_direct(plan, request)
         if plan.refresh:
             await self._remove_now(plan.key)
         self._prepare(request, plan)
@@ -225,6 +281,27 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
             self._flights.land(flight)
             self._storage_failed(exc)
             return self._bypassed(await self.inner.handle_async_request(request))
+        self._after_lookup(plan, request, response)
+        return self._flights.land_when_read(flight, response)
+
+    async def _handle_direct(self, plan: Plan, request: httpx.Request) -> httpx.Response:
+        if plan.refresh:
+            self.storage.drop_keys([plan.key])
+        elif (hit := self._direct_hit(plan, request)) is not None:
+            return hit
+        flight = self._flights.join(plan.key) if self.settings.coalesce and not plan.refresh else None
+        if flight is not None and not flight.leader:
+            with anyio.move_on_after(self.settings.coalesce_timeout):
+                await flight.event.wait()
+            if (hit := self._direct_hit(plan, request)) is not None:
+                return hit
+        try:
+            response = await self.inner.handle_async_request(request)
+        except BaseException:
+            self._flights.land(flight)
+            self._missed_with_error()
+            raise
+        self._direct_store(plan, request, response)
         self._after_lookup(plan, request, response)
         return self._flights.land_when_read(flight, response)
 

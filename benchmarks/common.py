@@ -1,0 +1,100 @@
+"""Timing helpers and the result table."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class Row:
+    suite: str
+    figure: str
+    value: float
+    unit: str
+    target: str = ""
+    passed: bool | None = None
+
+    def cells(self) -> list[str]:
+        verdict = "" if self.passed is None else ("pass" if self.passed else "FAIL")
+        value = f"{self.value:.3f}" if abs(self.value) < 100 else f"{self.value:.0f}"
+        return [self.suite, self.figure, f"{value} {self.unit}".strip(), self.target, verdict]
+
+
+def ok_response(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, content=b'{"partNumber": "PN-1", "name": "Power supply"}',
+                          headers={"content-type": "application/json"})
+
+
+def interleaved(variants: dict[str, Callable[[int], float]], n: int, rounds: int) -> dict[str, float]:
+    """Per-request seconds for each variant: the median over rounds, variants alternating within each round.
+
+    The garbage collector is paused while a loop runs (as ``timeit`` does), so that one variant does
+    not pay for collections another variant's allocations triggered.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            gc.collect()
+            gc.disable()
+            try:
+                samples[name].append(run(n) / n)
+            finally:
+                gc.enable()
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def sync_loop(client: httpx.Client, method: str = "GET", url_of: Callable[[int], str] = lambda i: "/x",
+              **kw: Any) -> Callable[[int], float]:
+    counter = [0]
+
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            counter[0] += 1
+            client.request(method, url_of(counter[0]), **kw)
+        return time.perf_counter() - start
+
+    return run
+
+
+def async_loop(client: httpx.AsyncClient, loop: asyncio.AbstractEventLoop, method: str = "GET",
+               url_of: Callable[[int], str] = lambda i: "/x", **kw: Any) -> Callable[[int], float]:
+    counter = [0]
+
+    async def body(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            counter[0] += 1
+            await client.request(method, url_of(counter[0]), **kw)
+        return time.perf_counter() - start
+
+    def run(n: int) -> float:
+        return loop.run_until_complete(body(n))
+
+    return run
+
+
+def run_async(coro: Awaitable[Any], loop: asyncio.AbstractEventLoop) -> Any:
+    return loop.run_until_complete(coro)
+
+
+def table(rows: list[Row], markdown: bool = False) -> str:
+    header = ["suite", "figure", "measured", "target", "verdict"]
+    cells = [r.cells() for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c) + " |" for c in cells]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*c) for c in cells]
+    return "\n".join(out)
