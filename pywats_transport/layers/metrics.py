@@ -7,6 +7,7 @@ extension ``"route"``), never raw; query strings and credentials never appear.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..metrics import MetricsCollector, default_collector
 ROUTE_EXTENSION = "route"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
+_BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class _MetricsCore:
@@ -36,11 +38,33 @@ class _MetricsCore:
         self.collector = collector if collector is not None else default_collector()
         t = self.collector.telemetry
         self._on = t is not None
-        if t is not None:
-            self._duration, self._active = t.duration, t.active
-            self._req_size, self._resp_size = t.request_size, t.response_size
         self.requests = 0
         self.errors = 0
+        self._in_flight: dict[tuple[tuple[str, Any], ...], int] = {}
+        self._lock = threading.Lock()
+        if t is not None:
+            self._duration = t.duration
+            self._req_size, self._resp_size = t.request_size, t.response_size
+            t.active_sources.append(self._active_counts)
+            self._telemetry = t
+
+    def _active_counts(self) -> dict[tuple[tuple[str, Any], ...], int]:
+        with self._lock:
+            return dict(self._in_flight)
+
+    def _enter(self, attrs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+        key = tuple(attrs.items())
+        with self._lock:
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        return key
+
+    def _leave(self, key: tuple[tuple[str, Any], ...]) -> None:
+        with self._lock:
+            self._in_flight[key] -= 1
+
+    def _unregister(self) -> None:
+        if self._on and self._active_counts in self._telemetry.active_sources:
+            self._telemetry.active_sources.remove(self._active_counts)
 
     def _base_attrs(self, request: httpx.Request) -> dict[str, Any]:
         url = request.url
@@ -74,7 +98,7 @@ class _MetricsCore:
             self.errors += 1
         self._duration.record(elapsed, final)
         if self.settings.record_body_sizes:
-            req_len = request.headers.get("content-length")
+            req_len = request.headers.get("content-length") if request.method not in _BODYLESS else None
             if req_len is not None:
                 self._req_size.record(int(req_len), final)
             if response is not None:
@@ -98,7 +122,7 @@ class MetricsLayer(_MetricsCore, Layer):
         if not self._on:
             return self.inner.handle_request(request)
         attrs = self._base_attrs(request)
-        self._active.add(1, attrs)
+        key = self._enter(attrs)
         started = time.perf_counter()
         try:
             response = self.inner.handle_request(request)
@@ -106,9 +130,12 @@ class MetricsLayer(_MetricsCore, Layer):
             self._record(request, attrs, started, None, exc)
             raise
         finally:
-            self._active.add(-1, attrs)
+            self._leave(key)
         self._record(request, attrs, started, response, None)
         return response
+
+    def close_layer(self) -> None:
+        self._unregister()
 
 
 class AsyncMetricsLayer(_MetricsCore, AsyncLayer):
@@ -123,7 +150,7 @@ class AsyncMetricsLayer(_MetricsCore, AsyncLayer):
         if not self._on:
             return await self.inner.handle_async_request(request)
         attrs = self._base_attrs(request)
-        self._active.add(1, attrs)
+        key = self._enter(attrs)
         started = time.perf_counter()
         try:
             response = await self.inner.handle_async_request(request)
@@ -131,9 +158,12 @@ class AsyncMetricsLayer(_MetricsCore, AsyncLayer):
             self._record(request, attrs, started, None, exc)
             raise
         finally:
-            self._active.add(-1, attrs)
+            self._leave(key)
         self._record(request, attrs, started, response, None)
         return response
+
+    async def aclose_layer(self) -> None:
+        self._unregister()
 
 
 @hookimpl

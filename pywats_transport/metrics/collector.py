@@ -17,6 +17,7 @@ import psutil
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics._internal.exemplar import AlwaysOffExemplarFilter
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -35,6 +36,8 @@ class _Telemetry:
         self.reader = PrometheusMetricReader(registry=self.registry, disable_target_info=True, scope_info_enabled=False)
         self.provider = MeterProvider(
             metric_readers=[self.reader],
+            # Prometheus text exposition carries no exemplars; sampling them would cost every measurement.
+            exemplar_filter=AlwaysOffExemplarFilter(),
             resource=Resource.create({"service.name": "pywats-transport", "service.version": __version__}),
         )
         meter = self.provider.get_meter("pywats_transport", __version__)
@@ -42,8 +45,11 @@ class _Telemetry:
             "http.client.request.duration", unit="s", description="Duration of HTTP client requests.",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
-        self.active = meter.create_up_down_counter(
-            "http.client.active_requests", unit="{request}", description="Number of active HTTP requests."
+        # Observed at scrape time from the layers' own in-flight counts: two fewer SDK measurements per request.
+        self.active_sources: list[Any] = []
+        meter.create_observable_up_down_counter(
+            "http.client.active_requests", callbacks=[self._active], unit="{request}",
+            description="Number of active HTTP requests.",
         )
         self.request_size = meter.create_histogram(
             "http.client.request.body.size", unit="By", description="Size of HTTP client request bodies.",
@@ -96,6 +102,14 @@ class _Telemetry:
             "process.thread.count", callbacks=[self._threads], unit="{thread}", description="Threads in the process."
         )
         self._meter = meter
+
+    def _active(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals: dict[tuple[tuple[str, Any], ...], int] = {}
+        for source in list(self.active_sources):
+            for key, count in source().items():
+                totals[key] = totals.get(key, 0) + count
+        for key, count in totals.items():
+            yield Observation(count, dict(key))
 
     def _cpu_seconds(self) -> float:
         times = self._process.cpu_times()

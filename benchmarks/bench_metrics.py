@@ -1,0 +1,72 @@
+"""Metrics layer: added cost per request on MockTransport, side by side with the OpenTelemetry httpx
+instrumentation transports in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import warnings
+
+import httpx
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import NoOpTracerProvider
+
+from pywats_transport.layers.metrics import AsyncMetricsLayer, MetricsLayer
+from pywats_transport.metrics import MetricsCollector
+
+from .common import Row, async_loop, interleaved, ok_response, sync_loop
+
+SUITE = "metrics"
+
+
+def run(quick: bool = False) -> list[Row]:
+    # The instrumentation records the same stable histogram only with this opt-in.
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport, SyncOpenTelemetryTransport
+
+    n, rounds = (300, 5) if quick else (3000, 9)
+    mock = httpx.MockTransport(ok_response)
+    collector = MetricsCollector(isolated=True)
+    ext = {"extensions": {"route": "/api/Product/{partNumber}"}}
+    otel_meters = MeterProvider()
+    sdk_tracer = TracerProvider()
+    rows = []
+    loop = asyncio.new_event_loop()
+    for mode in ("async", "sync"):
+        if mode == "async":
+            transports = {
+                "raw": mock,
+                "ours": AsyncMetricsLayer(mock, metrics_collector=collector),
+                "ours_no_sizes": AsyncMetricsLayer(mock, metrics_collector=collector, record_body_sizes=False),
+                "otel": AsyncOpenTelemetryTransport(mock, tracer_provider=sdk_tracer, meter_provider=otel_meters),
+                "otel_noop": AsyncOpenTelemetryTransport(mock, tracer_provider=NoOpTracerProvider(), meter_provider=otel_meters),
+            }
+            loops = {k: async_loop(httpx.AsyncClient(transport=t, base_url="http://bench"), loop, **ext)
+                     for k, t in transports.items()}
+        else:
+            transports = {
+                "raw": mock,
+                "ours": MetricsLayer(mock, metrics_collector=collector),
+                "ours_no_sizes": MetricsLayer(mock, metrics_collector=collector, record_body_sizes=False),
+                "otel": SyncOpenTelemetryTransport(mock, tracer_provider=sdk_tracer, meter_provider=otel_meters),
+                "otel_noop": SyncOpenTelemetryTransport(mock, tracer_provider=NoOpTracerProvider(), meter_provider=otel_meters),
+            }
+            loops = {k: sync_loop(httpx.Client(transport=t, base_url="http://bench"), **ext) for k, t in transports.items()}
+        t = interleaved(loops, n, rounds)
+        ours = (t["ours"] - t["raw"]) * 1e6
+        lean = (t["ours_no_sizes"] - t["raw"]) * 1e6
+        otel = (t["otel"] - t["raw"]) * 1e6
+        noop = (t["otel_noop"] - t["raw"]) * 1e6
+        rows += [
+            Row(SUITE, f"metrics layer added cost ({mode})", ours, "us", "<= 20", ours <= 20),
+            Row(SUITE, f"metrics layer added cost, body sizes off ({mode})", lean, "us", "<= 20", lean <= 20),
+            Row(SUITE, f"OTel instrumentation transport added cost, SDK tracer ({mode})", otel, "us"),
+            Row(SUITE, f"OTel instrumentation / metrics layer, SDK tracer ({mode})", otel / max(ours, 1e-3), "x", ">= 3",
+                otel >= 3 * ours),
+            Row(SUITE, f"OTel instrumentation transport added cost, no-op tracer ({mode})", noop, "us"),
+        ]
+    loop.close()
+    return rows
