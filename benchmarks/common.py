@@ -33,6 +33,27 @@ def ok_response(request: httpx.Request) -> httpx.Response:
                           headers={"content-type": "application/json"})
 
 
+def paired_ratios(variants: dict[str, Callable[[int], float]], n: int, rounds: int, base: str = "raw") -> dict[str, float]:
+    """Median over rounds of each variant's time divided by the base's time in the same round.
+
+    Pairing within a round cancels drift (frequency scaling, other load) that a ratio of
+    separate medians would keep.
+    """
+    ratios: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        times = {}
+        for name, run in variants.items():
+            gc.collect()
+            gc.disable()
+            try:
+                times[name] = run(n)
+            finally:
+                gc.enable()
+        for name in variants:
+            ratios[name].append(times[name] / times[base])
+    return {name: statistics.median(v) for name, v in ratios.items()}
+
+
 def interleaved(variants: dict[str, Callable[[int], float]], n: int, rounds: int) -> dict[str, float]:
     """Per-request seconds for each variant: the median over rounds, variants alternating within each round.
 

@@ -36,6 +36,11 @@ class _RetryCore:
             elif decision.reason not in ("ok", "not_retryable"):
                 self.collector.add_retry_exhausted(decision.reason)
 
+    def _first_try(self, response: httpx.Response) -> httpx.Response:
+        self.policy.stats.attempts += 1
+        response.extensions["retry"] = {"attempts": 1}
+        return response
+
     def _finish(self, attempt: Attempt, response: httpx.Response) -> httpx.Response:
         self.policy.stats.attempts += attempt.number
         response.extensions["retry"] = {"attempts": attempt.number}
@@ -68,22 +73,27 @@ class RetryLayer(_RetryCore, Layer):
         self._sleep = sleep
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        attempt = self.policy.start(request)
+        policy = self.policy
+        started = policy.begin(request)
+        attempt: Attempt | None = None
         while True:
             try:
                 response = self.inner.handle_request(request)
             except Exception as exc:
-                decision = self.policy.on_exception(attempt, exc)
+                attempt = attempt or policy.start(request, started)
+                decision = policy.on_exception(attempt, exc)
                 self._note(decision)
                 if not decision.retry:
                     self._failed(attempt, exc)
                     raise
             else:
-                decision = self.policy.on_response(attempt, response)
-                if not decision.retry:
-                    self._note(decision)
-                    return self._finish(attempt, response)
+                if attempt is None and response.status_code not in policy.statuses:
+                    return self._first_try(response)
+                attempt = attempt or policy.start(request, started)
+                decision = policy.on_response(attempt, response)
                 self._note(decision)
+                if not decision.retry:
+                    return self._finish(attempt, response)
                 response.close()  # hand the connection back before sleeping
             if decision.delay > 0:
                 self._sleep(decision.delay)
@@ -100,22 +110,27 @@ class AsyncRetryLayer(_RetryCore, AsyncLayer):
         self._sleep = sleep
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        attempt = self.policy.start(request)
+        policy = self.policy
+        started = policy.begin(request)
+        attempt: Attempt | None = None
         while True:
             try:
                 response = await self.inner.handle_async_request(request)
             except Exception as exc:
-                decision = self.policy.on_exception(attempt, exc)
+                attempt = attempt or policy.start(request, started)
+                decision = policy.on_exception(attempt, exc)
                 self._note(decision)
                 if not decision.retry:
                     self._failed(attempt, exc)
                     raise
             else:
-                decision = self.policy.on_response(attempt, response)
-                if not decision.retry:
-                    self._note(decision)
-                    return self._finish(attempt, response)
+                if attempt is None and response.status_code not in policy.statuses:
+                    return self._first_try(response)
+                attempt = attempt or policy.start(request, started)
+                decision = policy.on_response(attempt, response)
                 self._note(decision)
+                if not decision.retry:
+                    return self._finish(attempt, response)
                 await response.aclose()
             if decision.delay > 0:
                 await self._sleep(decision.delay)

@@ -49,8 +49,10 @@ class _ThrottleCore:
         return wait
 
     def _observe(self, request: httpx.Request, response: httpx.Response) -> None:
-        if self.settings.adaptive:
-            self.policy.on_response(request.url.host, response.status_code, response.headers.get("retry-after"))
+        status = response.status_code
+        # Only throttle signals, and successes while some host is still recovering, change a bucket.
+        if self.settings.adaptive and (status == 429 or status == 503 or (self.policy.slowed and status < 400)):
+            self.policy.on_response(request.url.host, status, response.headers.get("retry-after"))
 
     def stats(self) -> dict[str, Any]:
         out = self.policy.stats_dict()

@@ -19,6 +19,7 @@ from ..config import RetrySettings
 #: request extension: {"enabled": bool, "max_attempts": int, "idempotent": bool}
 EXTENSION = "retry"
 IDEMPOTENCY_HEADER = "idempotency-key"
+_NO_OVERRIDE: dict[str, Any] = {}
 
 # Errors raised before the request left: safe to re-send whatever the method.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -49,6 +50,10 @@ class Decision:
     reason: str = ""  # why it retries, or why it stops
 
 
+_OK = Decision(False, reason="ok")
+_NOT_RETRYABLE = Decision(False, reason="not_retryable")
+
+
 class RetryBudget:
     """Retries may add at most ``ratio`` of the requests seen in the last ``window`` seconds, plus ``floor``."""
 
@@ -64,8 +69,9 @@ class RetryBudget:
             while q and q[0] <= edge:
                 q.popleft()
 
-    def record_request(self) -> None:
-        now = self.clock()
+    def record_request(self, now: float | None = None) -> None:
+        if now is None:
+            now = self.clock()
         with self._lock:
             self._requests.append(now)
             if self._requests[0] <= now - self.window:
@@ -137,22 +143,32 @@ class RetryPolicy:
         self.budget = RetryBudget(settings.budget_ratio, settings.budget_floor, settings.budget_window, clock)
         self.stats = RetryStats()
 
-    def start(self, request: httpx.Request) -> Attempt:
-        override = request.extensions.get(EXTENSION) or {}
-        max_attempts = int(override.get("max_attempts", self.settings.max_attempts))
-        if max_attempts < 1:
-            raise ValueError(f"request extension retry.max_attempts must be >= 1, got {max_attempts}")
+    def begin(self, request: httpx.Request) -> float:
+        """Count a new logical request (budget, stats) and check its overrides; returns its start time.
+
+        The success path needs nothing more: the :class:`Attempt` is built only once an attempt fails.
+        """
+        override = request.extensions.get(EXTENSION)
+        if override and int(override.get("max_attempts", 1)) < 1:
+            raise ValueError(f"request extension retry.max_attempts must be >= 1, got {override['max_attempts']}")
+        now = self.clock()
+        self.stats.requests += 1
+        self.budget.record_request(now)
+        return now
+
+    def start(self, request: httpx.Request, started: float | None = None) -> Attempt:
+        if started is None:
+            started = self.begin(request)
+        override = request.extensions.get(EXTENSION) or _NO_OVERRIDE
         idempotent = (
             request.method in self.methods
             or bool(override.get("idempotent"))
             or IDEMPOTENCY_HEADER in request.headers
         )
-        self.stats.requests += 1
-        self.budget.record_request()
         return Attempt(
             method=request.method,
-            started=self.clock(),
-            max_attempts=max_attempts,
+            started=started,
+            max_attempts=int(override.get("max_attempts", self.settings.max_attempts)),
             idempotent=idempotent,
             replayable=isinstance(request.stream, httpx.ByteStream),
             enabled=self.settings.enabled and override.get("enabled", True) is not False,
@@ -170,7 +186,7 @@ class RetryPolicy:
 
     def on_response(self, attempt: Attempt, response: httpx.Response) -> Decision:
         if response.status_code not in self.statuses:
-            return Decision(False, reason="ok")
+            return _OK
         reason = f"status_{response.status_code}"
         if not attempt.idempotent:
             return self._stop(attempt, "not_idempotent")
@@ -193,7 +209,7 @@ class RetryPolicy:
             if not attempt.idempotent:
                 return self._stop(attempt, "not_idempotent")
             return self._decide(attempt, "connection_dropped", None)
-        return Decision(False, reason="not_retryable")
+        return _NOT_RETRYABLE
 
     def _decide(self, attempt: Attempt, reason: str, retry_after: float | None) -> Decision:
         if not attempt.enabled:

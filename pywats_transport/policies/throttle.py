@@ -64,6 +64,7 @@ class ThrottlePolicy:
         self._buckets: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
         self.stats = ThrottleStats()
+        self.slowed = 0  # buckets below the configured rate; while 0, successes need no bookkeeping
 
     def _key(self, host: str) -> str:
         return host if self.settings.per_host else "*"
@@ -76,9 +77,11 @@ class ThrottlePolicy:
 
     def acquire(self, host: str) -> float | None:
         """Seconds this request must wait before going, or None when it would wait over ``max_wait``."""
+        key = host if self.settings.per_host else "*"
         with self._lock:
             now = self.clock()
-            wait = self._bucket(self._key(host), now).reserve(now, self.settings.max_wait)
+            bucket = self._buckets.get(key) or self._bucket(key, now)
+            wait = bucket.reserve(now, self.settings.max_wait)
             self.stats.requests += 1
             if wait is None:
                 self.stats.rejections += 1
@@ -106,6 +109,8 @@ class ThrottlePolicy:
             now = self.clock()
             bucket = self._bucket(self._key(host), now)
             if status == 429 or (status == 503 and retry_after):
+                if bucket.rate >= self.settings.rate:
+                    self.slowed += 1
                 bucket._refill(now)
                 bucket.rate = max(self.settings.min_rate, bucket.rate * SLOWDOWN)
                 bucket.burst = max(1.0, min(bucket.burst, bucket.rate))
@@ -118,6 +123,8 @@ class ThrottlePolicy:
                 bucket._refill(now)
                 bucket.rate = min(self.settings.rate, bucket.rate + (self.settings.rate - bucket.rate) * RECOVERY_STEP + 1e-9)
                 bucket.burst = min(float(self.settings.burst), max(bucket.burst, bucket.rate))
+                if bucket.rate >= self.settings.rate:
+                    self.slowed -= 1
 
     def rates(self) -> dict[str, float]:
         with self._lock:
