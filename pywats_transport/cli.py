@@ -46,6 +46,21 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError:
+        print("pywats-transport bench runs from a source checkout (the benchmarks/ folder next to the package)",
+              file=sys.stderr)
+        return 2
+    argv = ["--quick"] if args.quick else []
+    for suite in args.suite or ():
+        argv += ["--suite", suite]
+    if args.markdown:
+        argv += ["--markdown", args.markdown]
+    return bench_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pywats-transport", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list the discovered layer plugins and where they come from")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_plugins)
+
+    p = sub.add_parser("bench", help="run the benchmark suites (from a source checkout) and print one table")
+    p.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run, not for figures)")
+    p.add_argument("--suite", action="append", help="run only these suites (cache, layers, metrics, wats)")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    p.set_defaults(func=_cmd_bench)
 
     for register in _EXTENSIONS:
         register(sub)

@@ -1,0 +1,38 @@
+"""``python -m benchmarks`` (or ``pywats-transport bench``): every suite, one table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from . import bench_cache, bench_layers, bench_metrics, bench_wats
+from .common import Row, table
+
+SUITES = {"cache": bench_cache, "layers": bench_layers, "metrics": bench_metrics, "wats": bench_wats}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run, not for figures)")
+    parser.add_argument("--suite", action="append", choices=sorted(SUITES), help="run only these suites")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    args = parser.parse_args(argv)
+    rows: list[Row] = []
+    started = time.perf_counter()
+    for name in args.suite or list(SUITES):
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        rows += SUITES[name].run(quick=args.quick)
+    print(table(rows))
+    failed = [r for r in rows if r.passed is False]
+    print(f"\n{len(rows)} figures, {sum(r.passed is True for r in rows)} targets met, {len(failed)} missed "
+          f"({time.perf_counter() - started:.0f} s)")
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as fh:
+            fh.write(table(rows, markdown=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
