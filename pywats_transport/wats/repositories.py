@@ -108,6 +108,10 @@ class AppRepository(Repository):
     def version(self) -> Any:
         return self._run(Call("GET", "/api/App/Version", AppVersion))
 
+    def ping(self) -> Any:
+        """The server's version, always from the server (never the cache): a reachability check."""
+        return self._run(Call("GET", "/api/App/Version", AppVersion, extensions={"cache": {"bypass": True}}))
+
 
 class ProductionRepository(Repository):
     def unit(self, serial_number: str, part_number: str) -> Any:

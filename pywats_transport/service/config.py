@@ -1,0 +1,107 @@
+"""ClientConfig: the service's settings, from a JSON file with environment overrides (PYWATS_CLIENT_<FIELD>)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from ..config import describe_validation_error, read_json_file
+from ..errors import ConfigError
+
+ENV_PREFIX = "PYWATS_CLIENT_"
+
+
+class ClientConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    service_address: str = Field(..., description="WATS server URL, e.g. https://wats.example.com")
+    api_token: SecretStr = Field(..., description="WATS API token (sent as `Authorization: Basic <token>`).")
+    enable_cache: bool = Field(True, description="Cache GET lookups.")
+    cache_ttl_seconds: float = Field(300.0, ge=0, description="Seconds a cached answer is served.")
+    cache_max_size: int = Field(1000, ge=1, description="Cached entries kept (LRU).")
+    enable_retry: bool = Field(True, description="Retry failed requests with backoff.")
+    enable_throttling: bool = Field(True, description="Rate-limit requests to the server.")
+    rate_limit: float | None = Field(None, gt=0, description="Requests per second (default of the throttle layer: 10).")
+    enable_metrics: bool = Field(True, description="Record metrics and serve them on /metrics.")
+    metrics_port: int | None = Field(9090, ge=0, le=65535, description="Extra port serving only /metrics (null: none).")
+    health_host: str = Field("127.0.0.1", description="Address the health server binds.")
+    health_port: int = Field(8080, ge=0, le=65535, description="Port of the health server (0: any free port).")
+    queue_dir: str = Field("pywats_queue", description="Folder watched for report files (WSJF JSON).")
+    plugins: list[str] = Field(default_factory=list, description="Plugin layers to enable.")
+    poll_interval: float = Field(0.5, gt=0, description="Seconds between scans of the queue folder.")
+    retry_backoff_max: float = Field(60.0, gt=0, description="Longest wait before re-sending a report to a server that is down.")
+    ping_interval: float = Field(15.0, gt=0, description="Seconds between reachability checks of the server.")
+    ready_max_age: float = Field(60.0, gt=0, description="/health/ready needs a server contact at most this old.")
+    stuck_after: float = Field(600.0, gt=0, description="A report waiting longer than this marks the queue stuck.")
+
+    @field_validator("service_address")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None,
+             **overrides: Any) -> ClientConfig:
+        data: dict[str, Any] = read_json_file(path) if path is not None else {}
+        env = os.environ if environ is None else environ
+        for name in cls.model_fields:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                data[name] = [p.strip() for p in raw.split(",") if p.strip()] if name == "plugins" else raw
+        data.update(overrides)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise describe_validation_error(exc, cls, str(path) if path else "environment") from None
+
+    def transport_flags(self) -> dict[str, Any]:
+        return {
+            "enable_cache": self.enable_cache,
+            "cache_ttl": self.cache_ttl_seconds,
+            "cache_max_size": self.cache_max_size,
+            "enable_retry": self.enable_retry,
+            "enable_throttling": self.enable_throttling,
+            "rate_limit": self.rate_limit,
+            "enable_metrics": self.enable_metrics,
+            "plugins": tuple(self.plugins),
+        }
+
+
+EXAMPLE = {
+    "_comment": "pywats-transport client service. Keys starting with '_' are comments. "
+                "Every key can be overridden by an environment variable PYWATS_CLIENT_<KEY>.",
+    "service_address": "https://wats.example.com",
+    "_api_token": "Prefer the environment: PYWATS_CLIENT_API_TOKEN. The token is never logged or echoed.",
+    "api_token": "replace-me",
+    "_cache": "Lookups (products, processes, ...) are cached for cache_ttl_seconds; writes invalidate them.",
+    "enable_cache": True,
+    "cache_ttl_seconds": 300,
+    "cache_max_size": 1000,
+    "enable_retry": True,
+    "enable_throttling": True,
+    "_rate_limit": "Requests per second; null keeps the default (10).",
+    "rate_limit": None,
+    "enable_metrics": True,
+    "_metrics_port": "An extra port serving only /metrics; null for none (/metrics is always on the health port).",
+    "metrics_port": 9090,
+    "_health": "The health server binds 127.0.0.1 unless told otherwise.",
+    "health_host": "127.0.0.1",
+    "health_port": 8080,
+    "_queue_dir": "Drop WSJF report files (*.json) here, written elsewhere and renamed in.",
+    "queue_dir": "pywats_queue",
+    "plugins": [],
+}
+
+
+def write_example(path: Path, *, force: bool = False) -> None:
+    import json
+
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; pass --force to overwrite it")
+    path.write_text(json.dumps(EXAMPLE, indent=2) + "\n", encoding="utf-8")

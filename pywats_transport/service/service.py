@@ -1,0 +1,208 @@
+"""AsyncClientService: AsyncWATS, the metrics collector, the report queue and the health server, as one unit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from .._version import __version__
+from ..metrics import MetricsCollector
+from ..wats import AsyncWATS
+from .config import ClientConfig
+from .health import create_health_app
+from .queue import STATES, ReportQueue
+
+log = logging.getLogger("pywats_transport.service")
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside our event loop: the service, not uvicorn, owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class AsyncClientService:
+    def __init__(self, config: ClientConfig, *, transport: Any = None) -> None:
+        self.config = config
+        self._transport = transport  # replaces the network transport (tests)
+        self.collector: MetricsCollector | None = None
+        self.api: AsyncWATS | None = None
+        self.queue: ReportQueue | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._servers: list[_EmbeddedServer] = []
+        self._started_at: float | None = None
+        self._stopping = asyncio.Event()
+        self.last_contact: float | None = None  # monotonic time of the last successful server answer
+        self.last_contact_error: str | None = None
+        self.server_version: str | None = None
+        self.health_port: int | None = None
+        self.metrics_port: int | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> AsyncClientService:
+        cfg = self.config
+        if cfg.enable_metrics:
+            self.collector = MetricsCollector()
+        self.api = AsyncWATS(cfg.service_address, cfg.api_token.get_secret_value(), metrics_collector=self.collector,
+                             transport=self._transport, **cfg.transport_flags())
+        self.queue = ReportQueue(cfg.queue_dir, self._submit, backoff_max=cfg.retry_backoff_max)
+        if self.collector is not None:
+            self.queue.on_processed = self.collector.record_queue_processing  # type: ignore[method-assign]
+            self.collector.observe_gauge("pywats_transport.queue.depth", self._depth_gauge, unit="{report}",
+                                         description="Reports in the queue folder by state.")
+        self._started_at = time.monotonic()
+        self.health_port = await self._serve(cfg.health_host, cfg.health_port, metrics_only=False)
+        if cfg.enable_metrics and cfg.metrics_port is not None and (cfg.metrics_port == 0 or cfg.metrics_port != cfg.health_port):
+            self.metrics_port = await self._serve(cfg.health_host, cfg.metrics_port, metrics_only=True)
+        self._tasks += [asyncio.create_task(self._run_queue(), name="pywats-queue"),
+                        asyncio.create_task(self._run_pings(), name="pywats-ping")]
+        log.info("client service started: health on http://%s:%s, queue %s", cfg.health_host, self.health_port,
+                 cfg.queue_dir)
+        return self
+
+    async def _serve(self, host: str, port: int, *, metrics_only: bool) -> int:
+        app = create_health_app(self, metrics_only=metrics_only)
+        server = _EmbeddedServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
+                                                access_log=False))
+        task = asyncio.create_task(server.serve(), name="pywats-health")
+        while not server.started:
+            if task.done():
+                task.result()  # raises the bind error
+                raise RuntimeError(f"health server on {host}:{port} stopped while starting")
+            await asyncio.sleep(0.01)
+        self._servers.append(server)
+        self._tasks.append(task)
+        return int(server.servers[0].sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for server in self._servers:
+            server.should_exit = True
+        for task in self._tasks:
+            if task.get_name() != "pywats-health":
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.collector is not None:
+            self.collector.forget_gauge("pywats_transport.queue.depth", self._depth_gauge)
+        if self.api is not None:
+            await self.api.aclose()
+
+    async def __aenter__(self) -> AsyncClientService:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def run_forever(self) -> None:
+        """Start, then stop cleanly on SIGINT or SIGTERM."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stopping.set)
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+
+    # -- work -------------------------------------------------------------------------
+
+    async def _submit(self, report: dict[str, Any]) -> Any:
+        assert self.api is not None
+        result = await self.api.report.submit(report)
+        self._contact_ok()
+        return result
+
+    def _contact_ok(self) -> None:
+        self.last_contact = time.monotonic()
+        self.last_contact_error = None
+
+    async def _run_queue(self) -> None:
+        assert self.queue is not None
+        while not self._stopping.is_set():
+            try:
+                busy = await self.queue.process_once()
+            except Exception:  # a bug must not stop the queue for good
+                log.exception("queue step failed")
+                busy = False
+            if not busy:
+                wait = max(self.config.poll_interval, min(self.queue.backing_off(), self.config.poll_interval * 4))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=wait)
+
+    async def _run_pings(self) -> None:
+        assert self.api is not None
+        while not self._stopping.is_set():
+            try:
+                version = await self.api.app.ping()
+                self.server_version = version.version
+                self._contact_ok()
+            except Exception as exc:
+                self.last_contact_error = f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.config.ping_interval)
+
+    # -- health -----------------------------------------------------------------------
+
+    def uptime(self) -> float:
+        return time.monotonic() - self._started_at if self._started_at is not None else 0.0
+
+    def _depth_gauge(self) -> dict[tuple[tuple[str, str], ...], int]:
+        if self.queue is None:
+            return {}
+        return {(("state", state),): n for state, n in self.queue.depth().items()}
+
+    def problems(self, *, readiness: bool) -> list[str]:
+        out = []
+        if self._stopping.is_set():
+            out.append("service is stopping")
+        if self.queue is not None and self.queue.oldest_waiting_age() > self.config.stuck_after:
+            out.append(f"queue stuck: a report has waited over {self.config.stuck_after:.0f}s")
+        if readiness:
+            if self.last_contact is None:
+                out.append("WATS not reached yet" + (f" ({self.last_contact_error})" if self.last_contact_error else ""))
+            elif time.monotonic() - self.last_contact > self.config.ready_max_age:
+                out.append(f"WATS not reached for {time.monotonic() - self.last_contact:.0f}s")
+        return out
+
+    def details(self) -> dict[str, Any]:
+        stats = self.api.transport.stats() if self.api is not None else {}
+        q = self.queue
+        return {
+            "version": __version__,
+            "uptime_seconds": round(self.uptime(), 3),
+            "api": {
+                "url": self.config.service_address,
+                "server_version": self.server_version,
+                "reachable": self.last_contact is not None and not self.last_contact_error,
+                "last_contact_age_seconds": round(time.monotonic() - self.last_contact, 3) if self.last_contact else None,
+                "last_error": self.last_contact_error,
+            },
+            "transport": [{"name": d["name"], "settings": d["settings"]} for d in self.api.transport.describe()]
+            if self.api is not None else [],
+            "cache": stats.get("cache"),
+            "retry": stats.get("retry"),
+            "throttle": stats.get("throttle"),
+            "queue": {
+                "depth": q.depth() if q else {s: 0 for s in STATES},
+                "confirmed": q.stats.confirmed if q else 0,
+                "duplicates": q.stats.duplicates if q else 0,
+                "failed_attempts": q.stats.failed_attempts if q else 0,
+                "malformed": q.stats.malformed if q else 0,
+                "rejected": q.stats.rejected if q else 0,
+                "last_error": q.stats.last_error if q else None,
+                "oldest_waiting_seconds": round(q.oldest_waiting_age(), 3) if q else 0.0,
+            },
+            "health": {"problems": self.problems(readiness=True)},
+        }

@@ -1,0 +1,260 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pywats_transport import ConfigError
+from pywats_transport.emulator import EmulatorServer
+from pywats_transport.service import AsyncClientService, ClientConfig
+
+TOKEN = "service-token-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config(tmp_path: Path, url: str, **kw: Any) -> ClientConfig:
+    values: dict[str, Any] = dict(service_address=url, api_token=TOKEN, queue_dir=str(tmp_path / "queue"),
+                                  health_port=0, metrics_port=None, poll_interval=0.05, ping_interval=0.2,
+                                  retry_backoff_max=0.5)
+    values.update(kw)
+    return ClientConfig(**values)
+
+
+def drop(queue: Path, name: str, report: dict[str, Any] | str) -> None:
+    queue.mkdir(parents=True, exist_ok=True)
+    tmp = queue / f".{name}.tmp"
+    tmp.write_text(report if isinstance(report, str) else json.dumps(report))
+    os.replace(tmp, queue / name)
+
+
+def report(sn: str, **kw: Any) -> dict[str, Any]:
+    return {"partNumber": "PN-1001", "serialNumber": sn, "result": "P", "processCode": 100, **kw}
+
+
+async def until(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+def done(queue: Path) -> list[Path]:
+    return sorted((queue / "done").glob("*.json")) if (queue / "done").exists() else []
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorServer]:
+    with EmulatorServer(token=TOKEN) as emu:
+        yield emu
+
+
+@pytest.mark.anyio
+async def test_dropped_reports_reach_the_server_once(tmp_path: Path, emulator: EmulatorServer) -> None:
+    cfg = config(tmp_path, emulator.url)
+    queue = Path(cfg.queue_dir)
+    given = str(uuid.uuid4())
+    drop(queue, "a.json", report("SN-A", id=given))
+    drop(queue, "b.json", report("SN-B"))  # no id: the queue derives one before sending
+    async with AsyncClientService(cfg) as service:
+        drop(queue, "c.json", report("SN-C"))
+        await until(lambda: len(done(queue)) == 3)
+        assert service.queue is not None and service.queue.stats.confirmed == 3
+    ids = {json.loads(p.read_text())["id"] for p in done(queue)}
+    assert given in ids and set(emulator.state.reports) == ids and emulator.state.report_posts == 3
+    assert list(queue.glob("*.json")) == [] and list((queue / "sending").glob("*.json")) == []
+
+
+@pytest.mark.anyio
+async def test_server_down_then_up_loses_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = config(tmp_path, f"http://127.0.0.1:{port}")
+    queue = Path(cfg.queue_dir)
+    for i in range(3):
+        drop(queue, f"r{i}.json", report(f"SN-{i}"))
+    async with AsyncClientService(cfg) as service:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.health_port}") as client:
+            await until(lambda: service.queue is not None and service.queue.stats.failed_attempts >= 1)
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 503 and "WATS not reached" in ready.json()["reasons"][0]
+            assert len(done(queue)) == 0 and len(list((queue / "sending").glob("*.json"))) == 1
+            with EmulatorServer(token=TOKEN, port=port) as emu:
+                await until(lambda: len(done(queue)) == 3, timeout=30)
+                assert len(emu.state.reports) == 3
+                await until(lambda: service.last_contact is not None)
+                assert (await client.get("/health/ready")).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_malformed_files_go_to_error_and_never_block(tmp_path: Path, emulator: EmulatorServer) -> None:
+    cfg = config(tmp_path, emulator.url)
+    queue = Path(cfg.queue_dir)
+    drop(queue, "1-garbage.json", "{not json")
+    drop(queue, "2-list.json", "[1, 2]")
+    drop(queue, "3-missing.json", json.dumps({"partNumber": "PN-1"}))
+    drop(queue, "4-badid.json", report("SN-X", id="not-a-uuid"))
+    drop(queue, "5-good.json", report("SN-GOOD"))
+    async with AsyncClientService(cfg) as service:
+        await until(lambda: len(done(queue)) == 1)
+        assert service.queue is not None and service.queue.stats.malformed == 4
+    errors = sorted(p.name for p in (queue / "error").iterdir())
+    assert [e for e in errors if e.endswith(".json")] == ["1-garbage.json", "2-list.json", "3-missing.json", "4-badid.json"]
+    assert (queue / "error" / "3-missing.json.reason.txt").read_text().startswith("missing required field(s): serialNumber, result")
+    assert "not valid JSON" in (queue / "error" / "1-garbage.json.reason.txt").read_text()
+    assert len(emulator.state.reports) == 1
+
+
+@pytest.mark.anyio
+async def test_health_endpoints_and_metrics(tmp_path: Path, emulator: EmulatorServer) -> None:
+    cfg = config(tmp_path, emulator.url, metrics_port=0)
+    queue = Path(cfg.queue_dir)
+    async with AsyncClientService(cfg) as service:
+        drop(queue, "r.json", report("SN-M"))
+        await until(lambda: len(done(queue)) == 1 and service.last_contact is not None)
+        assert service.api is not None
+        await service.api.product.get("PN-1001")
+        await service.api.product.get("PN-1001")  # a cache hit
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.health_port}") as client:
+            assert (await client.get("/health")).json() == {"status": "ok"}
+            live = await client.get("/health/live")
+            assert live.status_code == 200 and live.json()["status"] == "alive"
+            assert (await client.get("/health/ready")).json() == {"status": "ready"}
+            details = (await client.get("/health/details")).json()
+            assert set(details) >= {"version", "uptime_seconds", "api", "transport", "cache", "retry", "throttle", "queue"}
+            assert details["api"]["reachable"] is True and details["queue"]["depth"]["done"] == 1
+            assert [t["name"] for t in details["transport"]] == ["metrics", "cache", "retry", "throttle", "transport"]
+            assert details["cache"]["hits"] >= 1 and TOKEN not in json.dumps(details)
+            text = await client.get("/metrics")
+            assert text.headers["content-type"].startswith("text/plain")
+            samples = [s for f in text_string_to_metric_families(text.text) for s in f.samples]
+
+            def val(name: str, **labels: str) -> float:
+                return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+            assert val("http_client_request_duration_seconds_count", url_template="/api/Report/WSJF",
+                       http_response_status_code="201") >= 1
+            assert val("pywats_transport_cache_lookups_total", result="hit") >= 1
+            assert val("pywats_transport_queue_depth", state="done") == 1
+            assert val("pywats_transport_queue_processing_duration_seconds_count", outcome="confirmed") >= 1
+            assert TOKEN not in text.text
+            as_json = (await client.get("/metrics?format=json")).json()
+            assert as_json["requests"]["total"] >= 3 and as_json["queue"]["done"] == 1
+            accept = await client.get("/metrics", headers={"Accept": "application/json"})
+            assert accept.json()["enabled"] is True
+            missing = await client.get("/nope")
+            assert missing.status_code == 404 and missing.json()["error"] == "not found"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.metrics_port}") as client:
+            assert "http_client_request_duration_seconds" in (await client.get("/metrics")).text
+            assert (await client.get("/health")).status_code == 404
+
+
+@pytest.mark.anyio
+async def test_unhealthy_when_queue_stuck(tmp_path: Path) -> None:
+    cfg = config(tmp_path, f"http://127.0.0.1:{free_port()}", stuck_after=0.2)
+    queue = Path(cfg.queue_dir)
+    drop(queue, "old.json", report("SN-OLD"))
+    async with AsyncClientService(cfg) as service:
+        await asyncio.sleep(0.4)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.health_port}") as client:
+            health = await client.get("/health")
+            assert health.status_code == 503 and "queue stuck" in health.json()["reasons"][0]
+            assert (await client.get("/health/live")).status_code == 200
+
+
+def test_client_config_errors_name_field_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "client.json"
+    path.write_text(json.dumps({"service_address": "wats.example", "api_token": "s3cret-token", "cache_ttl_seconds": -1}))
+    with pytest.raises(ConfigError) as info:
+        ClientConfig.load(path)
+    message = str(info.value)
+    assert str(path) in message and "service_address" in message and "cache_ttl_seconds = -1" in message
+    assert "s3cret-token" not in message
+    path.write_text(json.dumps({"service_address": "https://w", "api_token": 5, "typo": 1}))
+    with pytest.raises(ConfigError, match=r"api_token = \*\*\*.*typo: unknown key"):
+        ClientConfig.load(path)
+    path.write_text(json.dumps({"service_address": "https://w"}))
+    monkeypatch.setenv("PYWATS_CLIENT_API_TOKEN", "from-env")
+    monkeypatch.setenv("PYWATS_CLIENT_HEALTH_PORT", "9999")
+    cfg = ClientConfig.load(path)
+    assert cfg.api_token.get_secret_value() == "from-env" and cfg.health_port == 9999
+    assert "from-env" not in repr(cfg) and cfg.health_host == "127.0.0.1"
+
+
+def test_config_init_writes_a_loadable_example(tmp_path: Path) -> None:
+    out = tmp_path / "client.json"
+    run = subprocess.run([sys.executable, "-m", "pywats_transport", "config", "init", "-o", str(out)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    cfg = ClientConfig.load(out)
+    assert cfg.health_host == "127.0.0.1" and cfg.enable_cache and cfg.metrics_port == 9090
+    again = subprocess.run([sys.executable, "-m", "pywats_transport", "config", "init", "-o", str(out)],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "exists" in again.stderr
+
+
+# -- a real service process, killed with SIGKILL while sending ------------------------------------
+
+def start_service(cfg_path: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "pywats_transport", "serve", "--config", str(cfg_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def write_config(tmp_path: Path, url: str) -> Path:
+    cfg = config(tmp_path, url)
+    path = tmp_path / "client.json"
+    data = json.loads(cfg.model_dump_json())
+    data["api_token"] = TOKEN
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_sigkill_while_sending_resumes_without_loss(tmp_path: Path) -> None:
+    with EmulatorServer(token=TOKEN, latency_ms=150) as emu:
+        cfg_path = write_config(tmp_path, emu.url)
+        queue = tmp_path / "queue"
+        for i in range(8):
+            drop(queue, f"r{i}.json", report(f"SN-K{i}"))
+        proc = start_service(cfg_path)
+        try:
+            deadline = time.monotonic() + 30
+            # Kill while a report is in flight: the server has it, the file is still in sending/.
+            while not (emu.state.report_posts >= 2 and list((queue / "sending").glob("*.json"))):
+                assert time.monotonic() < deadline, "service did not start sending"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert len(done(queue)) < 8
+        proc = start_service(cfg_path)
+        try:
+            deadline = time.monotonic() + 60
+            while len(done(queue)) < 8:
+                assert time.monotonic() < deadline, "service did not finish after restart"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0  # a clean stop on SIGTERM
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        sent = sorted(r["serialNumber"] for r in emu.state.reports.values())
+        assert sent == sorted(f"SN-K{i}" for i in range(8))  # nothing lost, nothing stored twice
