@@ -7,10 +7,11 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import bench_cache, bench_layers, bench_metrics, bench_wats
+from . import bench_cache, bench_layers, bench_metrics, bench_reliability, bench_wats
 from .common import Row, table
 
-SUITES = {"cache": bench_cache, "layers": bench_layers, "metrics": bench_metrics, "wats": bench_wats}
+SUITES = {"cache": bench_cache, "layers": bench_layers, "metrics": bench_metrics, "wats": bench_wats,
+          "reliability": bench_reliability}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -140,7 +140,10 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
             refused = await gate(request)
             if refused is not None:
                 return refused
-            return await handler(request)
+            try:
+                return await handler(request)
+            except ClientDisconnect:  # the client went away mid-request: nothing to answer
+                return Response(status_code=499)
 
         return endpoint
 
