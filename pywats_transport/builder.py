@@ -20,43 +20,49 @@ ConfigLike = TransportConfig | Mapping[str, Any] | str | os.PathLike[str] | None
 def resolve_layers(config: TransportConfig, pm: PluginManager) -> list[tuple[LayerSpec, Any]]:
     """The enabled layers, outermost first, each with its validated settings."""
     known = pm.layers()
+    switches = {source.spec.switch for source in known.values()}
     for name in config.plugins:
-        pm.get(name)  # unknown names are an error listing the known ones
         if name in BUILTIN_SECTIONS:
             raise PluginError(f"{name!r} is a built-in layer: switch it with `{name}.enabled`, not `plugins`")
+        if name not in switches:
+            raise PluginError(f"unknown plugin or layer {name!r}; known: {', '.join(sorted(switches))}")
     for name in config.plugin_settings:
-        if name not in known:
-            raise PluginError(f"plugin_settings names unknown plugin {name!r}; known: {', '.join(known)}")
+        if name not in switches:
+            raise PluginError(f"plugin_settings names unknown plugin {name!r}; known: {', '.join(sorted(switches))}")
     chosen: list[tuple[LayerSpec, Any]] = []
+    validated: dict[str, Any] = {}
     for name, source in known.items():
+        spec = source.spec
         if name in BUILTIN_SECTIONS:
             section = getattr(config, name)
             if section.enabled:
-                chosen.append((source.spec, section))
-        elif name in config.plugins:
-            settings = validate_section(
-                source.spec.config_model, config.plugin_settings.get(name, {}), f"plugin_settings.{name}"
-            )
-            chosen.append((source.spec, settings))
+                chosen.append((spec, section))
+        elif spec.switch in config.plugins:
+            if spec.switch not in validated:
+                validated[spec.switch] = validate_section(
+                    spec.config_model, config.plugin_settings.get(spec.switch, {}), f"plugin_settings.{spec.switch}"
+                )
+            chosen.append((spec, validated[spec.switch]))
     return chosen
 
 
-def _context(config: TransportConfig, metrics_collector: Any) -> BuildContext:
+def _context(config: TransportConfig, metrics_collector: Any, extra: dict[str, Any] | None) -> BuildContext:
     if metrics_collector is None and config.metrics.enabled:
         from .metrics import default_collector
 
         metrics_collector = default_collector()
-    return BuildContext(metrics_collector=metrics_collector)
+    return BuildContext(metrics_collector=metrics_collector, extra=dict(extra or {}))
 
 
 def _assemble(config: ConfigLike, metrics_collector: Any, plugin_manager: PluginManager | None,
+              plugin_context: dict[str, Any] | None,
               flags: dict[str, Any]) -> tuple[TransportConfig, PluginManager, list[Any], Any]:
     if metrics_collector is not None and not {"metrics", "enable_metrics", "metrics_enabled"} & set(flags):
         # Handing over a collector means "report into it", unless a flag says otherwise.
         flags = {**flags, "metrics_enabled": True}
     cfg = TransportConfig.load(config, **flags)
     pm = plugin_manager or get_plugin_manager()
-    return cfg, pm, resolve_layers(cfg, pm), _context(cfg, metrics_collector)
+    return cfg, pm, resolve_layers(cfg, pm), _context(cfg, metrics_collector, plugin_context)
 
 
 def build_transport(
@@ -65,10 +71,14 @@ def build_transport(
     inner: httpx.BaseTransport | None = None,
     metrics_collector: Any = None,
     plugin_manager: PluginManager | None = None,
+    plugin_context: dict[str, Any] | None = None,
     **flags: Any,
 ) -> TransportStack:
-    """Build a sync stack from config, environment and flags; use it as ``httpx.Client(transport=...)``."""
-    cfg, pm, chosen, ctx = _assemble(config, metrics_collector, plugin_manager, flags)
+    """Build a sync stack from config, environment and flags; use it as ``httpx.Client(transport=...)``.
+
+    ``plugin_context`` reaches every layer factory as ``ctx.extra`` (for example a tracer provider).
+    """
+    cfg, pm, chosen, ctx = _assemble(config, metrics_collector, plugin_manager, plugin_context, flags)
     base = inner if inner is not None else httpx.HTTPTransport()
     layers: list[Any] = []
     nxt: httpx.BaseTransport = base
@@ -87,10 +97,11 @@ def build_async_transport(
     inner: httpx.AsyncBaseTransport | None = None,
     metrics_collector: Any = None,
     plugin_manager: PluginManager | None = None,
+    plugin_context: dict[str, Any] | None = None,
     **flags: Any,
 ) -> AsyncTransportStack:
     """Build an async stack from config, environment and flags; use it as ``httpx.AsyncClient(transport=...)``."""
-    cfg, pm, chosen, ctx = _assemble(config, metrics_collector, plugin_manager, flags)
+    cfg, pm, chosen, ctx = _assemble(config, metrics_collector, plugin_manager, plugin_context, flags)
     base = inner if inner is not None else httpx.AsyncHTTPTransport()
     layers: list[Any] = []
     nxt: httpx.AsyncBaseTransport = base

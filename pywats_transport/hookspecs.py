@@ -43,6 +43,9 @@ class LayerSpec:
     ``position``: lower is further out (metrics 100, cache 200, retry 300,
     throttle 400); plugin layers pick their own, and two layers may not share one.
     Factories are called as ``factory(inner, settings, context)``.
+    ``enabled_by``: the plugin name that switches this layer on (default: its own name), so that
+    one plugin can place several layers (say, one outside retry and one inside) under one switch
+    and one settings section.
     """
 
     name: str
@@ -51,6 +54,11 @@ class LayerSpec:
     sync_factory: SyncFactory
     async_factory: AsyncFactory
     description: str = ""
+    enabled_by: str | None = None
+
+    @property
+    def switch(self) -> str:
+        return self.enabled_by or self.name
 
 
 class HookSpecs:

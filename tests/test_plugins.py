@@ -25,7 +25,8 @@ def echo_headers() -> httpx.MockTransport:
 
 def test_installed_distribution_is_discovered_through_entry_points() -> None:
     layers = PluginManager().layers()
-    assert list(layers)[:5] == ["metrics", "cache", "retry", "stamp", "throttle"]
+    core = {"metrics", "cache", "retry", "stamp", "throttle"}
+    assert [name for name in layers if name in core] == ["metrics", "cache", "retry", "stamp", "throttle"]
     assert layers["stamp"].origin == "entry point stamp (pywats-transport-testplugin 0.1.0)"
     assert layers["cache"].origin == "built-in"
 
@@ -48,7 +49,7 @@ async def test_plugin_enabled_by_name_sits_at_its_position_async() -> None:
 
 
 def test_unknown_plugin_names_known_ones() -> None:
-    with pytest.raises(PluginError, match=r"unknown plugin or layer 'nope'; known: metrics, cache, retry, stamp, throttle"):
+    with pytest.raises(PluginError, match=r"unknown plugin or layer 'nope'; known: (\w+, )*stamp\b"):
         build_transport(plugins=["nope"])
     with pytest.raises(PluginError, match="plugin_settings names unknown plugin 'ghost'"):
         build_transport(plugin_settings={"ghost": {}})

@@ -1,0 +1,85 @@
+"""The circuit-breaker layer, sync and async, both driven by one :class:`Breaker`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from pywats_transport import AsyncLayer, Layer
+
+from .breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerSettings
+
+STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+
+
+class _Core:
+    name = "circuitbreaker"
+    settings: BreakerSettings
+
+    def _setup(self, settings: BreakerSettings | None, clock: Callable[[], float], collector: Any,
+               overrides: dict[str, Any]) -> None:
+        self.settings = settings.model_copy(update=overrides) if settings else BreakerSettings(**overrides)
+        self.breaker = Breaker(self.settings, clock)
+        self.collector = collector
+        if collector is not None:
+            collector.observe_gauge("pywats_transport.circuit.state", self._gauge, unit="1",
+                                    description="Circuit state per host: 1 for the current state, 0 otherwise.")
+
+    def _gauge(self) -> dict[tuple[tuple[str, str], ...], int]:
+        out = {}
+        for host, info in self.breaker.snapshot().items():
+            for state in STATE_VALUES:
+                out[(("server.address", host), ("state", state))] = int(info["state"] == state)
+        return out
+
+    def _forget(self) -> None:
+        if self.collector is not None:
+            self.collector.forget_gauge("pywats_transport.circuit.state", self._gauge)
+
+    def stats(self) -> dict[str, Any]:
+        return {"hosts": self.breaker.snapshot()}
+
+
+class CircuitBreakerLayer(_Core, Layer):
+    def __init__(self, inner: httpx.BaseTransport | None = None, *, settings: BreakerSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic, metrics_collector: Any = None, **overrides: Any) -> None:
+        Layer.__init__(self, inner)
+        self._setup(settings, clock, metrics_collector, overrides)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        self.breaker.before(host)
+        try:
+            response = self.inner.handle_request(request)
+        except Exception:
+            self.breaker.after(host, True)
+            raise
+        self.breaker.after(host, self.breaker.is_failure(response.status_code))
+        return response
+
+    def close_layer(self) -> None:
+        self._forget()
+
+
+class AsyncCircuitBreakerLayer(_Core, AsyncLayer):
+    def __init__(self, inner: httpx.AsyncBaseTransport | None = None, *, settings: BreakerSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic, metrics_collector: Any = None, **overrides: Any) -> None:
+        AsyncLayer.__init__(self, inner)
+        self._setup(settings, clock, metrics_collector, overrides)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        self.breaker.before(host)
+        try:
+            response = await self.inner.handle_async_request(request)
+        except Exception:
+            self.breaker.after(host, True)
+            raise
+        self.breaker.after(host, self.breaker.is_failure(response.status_code))
+        return response
+
+    async def aclose_layer(self) -> None:
+        self._forget()
