@@ -158,3 +158,27 @@ def test_metrics_flag_uses_default_collector() -> None:
 
     st = build_transport(inner=httpx.MockTransport(server), enable_metrics=True)
     assert st.layer("metrics").collector is default_collector()
+
+
+def test_every_exported_series_is_in_the_reference() -> None:
+    from pywats_transport.metrics.reference import SERIES
+
+    collector = MetricsCollector(isolated=True)
+    layer = MetricsLayer(httpx.MockTransport(server), metrics_collector=collector)
+    with httpx.Client(transport=layer) as client:
+        client.post("http://h/x", content=b"{}", extensions={"route": "/x"})
+        text_before_close = collector.render_prometheus()
+    collector.add_cache_lookup("hit")
+    collector.add_cache_event("store")
+    collector.add_retry("status_503")
+    collector.add_retry_exhausted("deadline")
+    collector.record_throttle_wait(0.1, "h")
+    collector.add_throttle_rejection("h")
+    collector.record_queue_processing(0.2, "confirmed")
+    collector.observe_gauge("pywats_transport.queue.depth", lambda: {(("state", "pending"),): 1})
+    collector.observe_gauge("pywats_transport.circuit.state", lambda: {(("server.address", "h"), ("state", "open")): 1})
+    families = {f.name for f in text_string_to_metric_families(collector.render_prometheus() + text_before_close)}
+    documented = {s.name.removesuffix("_total") for s in SERIES}
+    assert families - documented == set()
+    assert {s.name for s in SERIES if s.name.startswith("http_client")} <= {
+        f"{n}_total" if n.endswith("_total") else n for n in families} | {"http_client_active_requests"}
