@@ -25,7 +25,10 @@ def run(quick: bool = False) -> list[Row]:
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport, SyncOpenTelemetryTransport
+        from opentelemetry.instrumentation.httpx import (
+            AsyncOpenTelemetryTransport,
+            SyncOpenTelemetryTransport,
+        )
 
     n, rounds = (300, 5) if quick else (3000, 9)
     mock = httpx.MockTransport(ok_response)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from pywats_transport.service import AsyncClientService, ClientConfig
 from .common import Row
 
 SUITE = "service queue"
+logging.getLogger("pywats_transport.service").setLevel(logging.ERROR)  # the figures say it all
 TOKEN = "reliability-token"
 
 

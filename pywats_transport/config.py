@@ -116,10 +116,10 @@ class TransportConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
-    cache: CacheSettings = Field(default_factory=CacheSettings)
-    retry: RetrySettings = Field(default_factory=RetrySettings)
-    throttle: ThrottleSettings = Field(default_factory=ThrottleSettings)
+    metrics: MetricsSettings = Field(default_factory=lambda: MetricsSettings())
+    cache: CacheSettings = Field(default_factory=lambda: CacheSettings())
+    retry: RetrySettings = Field(default_factory=lambda: RetrySettings())
+    throttle: ThrottleSettings = Field(default_factory=lambda: ThrottleSettings())
     plugins: list[str] = Field(default_factory=list, description="Names of plugin layers to enable.")
     plugin_settings: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Settings per plugin name, validated by the plugin's own model."
@@ -242,14 +242,14 @@ def flags_to_dict(flags: Mapping[str, Any]) -> dict[str, Any]:
             section, field = FLAG_ALIASES[key]
             out = deep_merge(out, {section: {field: value}})
         else:
-            section = next((s for s in BUILTIN_SECTIONS if key.startswith(s + "_")), None)
-            if section is None:
+            owner = next((s for s in BUILTIN_SECTIONS if key.startswith(s + "_")), None)
+            if owner is None:
                 allowed = sorted([*BUILTIN_SECTIONS, "plugins", "plugin_settings", *FLAG_ALIASES])
                 raise ConfigError(
                     f"unknown flag {key!r}; allowed: {', '.join(allowed)} or <section>_<field> "
                     f"(for example cache_ttl, retry_max_attempts)"
                 )
-            out = deep_merge(out, {section: {key[len(section) + 1:]: value}})
+            out = deep_merge(out, {owner: {key[len(owner) + 1:]: value}})
     return out
 
 

@@ -19,6 +19,8 @@ class LayerBase(Generic[T]):
     """What sync and async layers share: name, settings, statistics, binding."""
 
     name: ClassVar[str] = "layer"
+    #: the layer's effective settings (a pydantic model), shown by describe()
+    settings: Any
 
     def __init__(self, inner: T | None = None, *, settings: BaseModel | None = None) -> None:
         self._inner: T | None = inner

@@ -9,7 +9,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import pluggy
 
@@ -70,7 +71,7 @@ class PluginManager:
         found: dict[str, LayerSource] = {}
         for impl in self.pm.hook.pywats_transport_layers.get_hookimpls():
             plugin_name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
-            for spec in impl.function() or ():
+            for spec in cast(Iterable[Any], impl.function() or ()):
                 if not isinstance(spec, LayerSpec):
                     raise PluginError(f"plugin {plugin_name!r} returned {type(spec).__name__}, expected LayerSpec")
                 source = LayerSource(spec, plugin_name, self._origins.get(plugin_name, "code"))

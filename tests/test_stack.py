@@ -5,7 +5,14 @@ import json
 import httpx
 import pytest
 
-from pywats_transport import AsyncLayer, AsyncTransportStack, Layer, TransportStack, build_async_transport, build_transport
+from pywats_transport import (
+    AsyncLayer,
+    AsyncTransportStack,
+    Layer,
+    TransportStack,
+    build_async_transport,
+    build_transport,
+)
 
 
 class Recorder(Layer):

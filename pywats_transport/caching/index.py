@@ -81,7 +81,7 @@ class PathIndex:
         return found
 
     def expired(self, now: float) -> list[str]:
-        out = []
+        out: list[str] = []
         stack = list(self._roots.values())
         while stack:
             n = stack.pop()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
-
-import threading
 
 import anyio
 import hishel

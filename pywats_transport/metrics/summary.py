@@ -66,7 +66,7 @@ def summarise(registry: CollectorRegistry) -> dict[str, Any]:
                 **{f"p{int(q * 100)}_seconds": bucket_quantile(q, buckets) for q in QUANTILES},
             }
         )
-    requests.sort(key=lambda r: (-r["count"], str(r["route"]), str(r["method"])))
+    requests.sort(key=lambda r: (-int(r["count"] or 0), str(r["route"]), str(r["method"])))
 
     def counter(name: str, label: str) -> dict[str, float]:
         fam = families.get(name)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pywats_transport import LayerSpec, hookimpl
 
-from .layers import AsyncAttemptSpanLayer, AsyncRequestSpanLayer, AttemptSpanLayer, RequestSpanLayer, TracingSettings
+from .layers import (
+    AsyncAttemptSpanLayer,
+    AsyncRequestSpanLayer,
+    AttemptSpanLayer,
+    RequestSpanLayer,
+    TracingSettings,
+)
 
 
 def _provider(ctx: object) -> object:
