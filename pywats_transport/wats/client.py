@@ -54,6 +54,8 @@ def resolve_config(config: TransportConfig | dict[str, Any] | str | os.PathLike[
 
 
 class _ClientBase:
+    """What AsyncWATS and WATS share: the signature, flag resolution, repositories and cache controls."""
+
     product: ProductRepository
     report: ReportRepository
     asset: AssetRepository
@@ -61,44 +63,6 @@ class _ClientBase:
     app: AppRepository
     production: ProductionRepository
     software: SoftwareRepository
-
-    def _init_common(self, base_url: str, token: str, config: TransportConfig, timeout: float) -> None:
-        if not base_url or not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
-        if not token:
-            raise ValueError("token must be a non-empty WATS API token")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
-        self.base_url = base_url.rstrip("/")
-        self.config = config
-        self._headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
-        run = self._run  # type: ignore[attr-defined]
-        self.product = ProductRepository(run)
-        self.report = ReportRepository(run)
-        self.asset = AssetRepository(run)
-        self.process = ProcessRepository(run)
-        self.app = AppRepository(run)
-        self.production = ProductionRepository(run)
-        self.software = SoftwareRepository(run)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self.base_url!r}, token=***)"
-
-    @staticmethod
-    def _connection_error(call: Call[Any], exc: httpx.HTTPError) -> WATSError:
-        # The message names the call, not the URL with its query, and never the headers.
-        return WATSConnectionError(f"{call.method} {call.route} failed: {type(exc).__name__}", route=call.route, method=call.method)
-
-    # Cache controls, forwarded to the stack.
-    def clear_cache(self) -> int:
-        return self.transport.clear_cache()  # type: ignore[attr-defined, no-any-return]
-
-    def invalidate_cache(self, prefix: str) -> int:
-        return self.transport.invalidate_cache(prefix)  # type: ignore[attr-defined, no-any-return]
-
-
-class AsyncWATS(_ClientBase):
-    """Async WATS client. ``async with AsyncWATS(url, token) as api: await api.product.get("PN-1")``."""
 
     def __init__(
         self,
@@ -118,25 +82,79 @@ class AsyncWATS(_ClientBase):
         metrics_collector: Any = None,
         plugins: Sequence[str] = (),
         config: TransportConfig | dict[str, Any] | str | os.PathLike[str] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: Any = None,
     ) -> None:
+        if not base_url or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+        if not token:
+            raise ValueError("token must be a non-empty WATS API token")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         flags = dict(enable_cache=enable_cache, cache_ttl=cache_ttl, cache_max_size=cache_max_size,
                      enable_retry=enable_retry, retry=retry, enable_throttling=enable_throttling,
                      rate_limit=rate_limit, enable_metrics=enable_metrics, plugins=tuple(plugins))
-        cfg = resolve_config(config, flags)
-        self._init_common(base_url, token, cfg, timeout)
-        inner = transport if transport is not None else httpx.AsyncHTTPTransport(verify=verify_ssl)
-        self.transport = build_async_transport(cfg, inner=inner, metrics_collector=metrics_collector)
+        self.base_url = base_url.rstrip("/")
+        self.config = resolve_config(config, flags)
+        headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+        self.transport = self._build_stack(self.config, transport, verify_ssl, metrics_collector)
         self.metrics_collector = getattr(self.transport.get_layer("metrics"), "collector", metrics_collector)
-        self._http = httpx.AsyncClient(base_url=self.base_url, transport=self.transport, headers=self._headers, timeout=timeout)
+        self._http = self._build_client(headers, timeout)
+        run = self._run
+        self.product = ProductRepository(run)
+        self.report = ReportRepository(run)
+        self.asset = AssetRepository(run)
+        self.process = ProcessRepository(run)
+        self.app = AppRepository(run)
+        self.production = ProductionRepository(run)
+        self.software = SoftwareRepository(run)
+
+    def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool, collector: Any) -> Any:
+        raise NotImplementedError
+
+    def _build_client(self, headers: dict[str, str], timeout: float) -> Any:
+        raise NotImplementedError
+
+    def _run(self, call: Call[Any]) -> Any:
+        raise NotImplementedError
 
     @classmethod
-    def from_env(cls, **kwargs: Any) -> AsyncWATS:
+    def from_env(cls, **kwargs: Any) -> Any:
+        """``WATS_BASE_URL`` and ``WATS_AUTH_TOKEN`` from the environment, flags from ``kwargs``."""
         return cls(*_env_credentials(), **kwargs)
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike[str], **kwargs: Any) -> AsyncWATS:
+    def from_config(cls, path: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Credentials from the environment, the transport chain from a TransportConfig JSON file."""
         return cls(*_env_credentials(), config=path, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, token=***)"
+
+    @staticmethod
+    def _connection_error(call: Call[Any], exc: httpx.HTTPError) -> WATSError:
+        # The message names the call, not the URL with its query, and never the headers.
+        return WATSConnectionError(f"{call.method} {call.route} failed: {type(exc).__name__}", route=call.route, method=call.method)
+
+    # Cache controls, forwarded to the stack.
+    def clear_cache(self) -> int:
+        return self.transport.clear_cache()  # type: ignore[no-any-return]
+
+    def invalidate_cache(self, prefix: str) -> int:
+        return self.transport.invalidate_cache(prefix)  # type: ignore[no-any-return]
+
+
+class AsyncWATS(_ClientBase):
+    """Async WATS client. ``async with AsyncWATS(url, token) as api: await api.product.get("PN-1")``.
+
+    ``transport`` replaces the innermost network transport (an ``httpx.AsyncBaseTransport``).
+    """
+
+    def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool, collector: Any) -> Any:
+        inner = transport if transport is not None else httpx.AsyncHTTPTransport(verify=verify_ssl)
+        return build_async_transport(config, inner=inner, metrics_collector=collector)
+
+    def _build_client(self, headers: dict[str, str], timeout: float) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, transport=self.transport, headers=headers, timeout=timeout)
 
     async def _run(self, call: Call[Any]) -> Any:
         request = call.request(self._http)
@@ -157,45 +175,17 @@ class AsyncWATS(_ClientBase):
 
 
 class WATS(_ClientBase):
-    """Sync WATS client, same flags and repositories as :class:`AsyncWATS`."""
+    """Sync WATS client, same flags and repositories as :class:`AsyncWATS`.
 
-    def __init__(
-        self,
-        base_url: str,
-        token: str,
-        *,
-        timeout: float = 30.0,
-        verify_ssl: bool = True,
-        enable_cache: bool = True,
-        cache_ttl: float = 300.0,
-        cache_max_size: int = 1000,
-        enable_retry: bool = True,
-        retry: RetrySettings | dict[str, Any] | None = None,
-        enable_throttling: bool = True,
-        rate_limit: float | None = None,
-        enable_metrics: bool = False,
-        metrics_collector: Any = None,
-        plugins: Sequence[str] = (),
-        config: TransportConfig | dict[str, Any] | str | os.PathLike[str] | None = None,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        flags = dict(enable_cache=enable_cache, cache_ttl=cache_ttl, cache_max_size=cache_max_size,
-                     enable_retry=enable_retry, retry=retry, enable_throttling=enable_throttling,
-                     rate_limit=rate_limit, enable_metrics=enable_metrics, plugins=tuple(plugins))
-        cfg = resolve_config(config, flags)
-        self._init_common(base_url, token, cfg, timeout)
+    ``transport`` replaces the innermost network transport (an ``httpx.BaseTransport``).
+    """
+
+    def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool, collector: Any) -> Any:
         inner = transport if transport is not None else httpx.HTTPTransport(verify=verify_ssl)
-        self.transport = build_transport(cfg, inner=inner, metrics_collector=metrics_collector)
-        self.metrics_collector = getattr(self.transport.get_layer("metrics"), "collector", metrics_collector)
-        self._http = httpx.Client(base_url=self.base_url, transport=self.transport, headers=self._headers, timeout=timeout)
+        return build_transport(config, inner=inner, metrics_collector=collector)
 
-    @classmethod
-    def from_env(cls, **kwargs: Any) -> WATS:
-        return cls(*_env_credentials(), **kwargs)
-
-    @classmethod
-    def from_config(cls, path: str | os.PathLike[str], **kwargs: Any) -> WATS:
-        return cls(*_env_credentials(), config=path, **kwargs)
+    def _build_client(self, headers: dict[str, str], timeout: float) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, transport=self.transport, headers=headers, timeout=timeout)
 
     def _run(self, call: Call[Any]) -> Any:
         request = call.request(self._http)
