@@ -7,9 +7,9 @@ are found through the ``pywats_transport`` entry-point group.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
-from collections.abc import Iterable
 from typing import Any, cast
 
 import pluggy
