@@ -170,7 +170,7 @@ async def test_async_waiting_does_not_block_the_event_loop() -> None:
         await client.get("http://h/")  # waits ~0.2 s for a token
         elapsed = time.monotonic() - started
         tg.cancel_scope.cancel()
-    assert elapsed >= 0.18 and ticks >= 10
+    assert elapsed >= 0.18 and ticks >= 5  # the loop kept running while a request waited
 
 
 @pytest.mark.anyio

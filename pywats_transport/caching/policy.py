@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,6 +101,8 @@ class CachePolicy:
         # Invalidated keys whose stored entries are removed on their next lookup (any storage).
         self._stale: dict[str, float] = {}
         self._prune_at = 1024
+        # A sync client may be shared by threads: the index and stale set change under this lock.
+        self._lock = threading.Lock()
 
     # -- before the request ---------------------------------------------------------------
 
@@ -130,8 +133,10 @@ class CachePolicy:
         ident = identity_digest(identity)
         basis = f"RFC {url} {ident}" if self.rfc else f"{method} {url} {ident}"
         key = hashlib.sha256(basis.encode()).hexdigest()
-        if self._stale and self._stale.pop(key, None) is not None:
-            refresh = True
+        if self._stale:
+            with self._lock:
+                if self._stale.pop(key, None) is not None:
+                    refresh = True
         return Plan("lookup", key, float(ttl) if ttl is not None else self.settings.ttl, refresh)
 
     # -- after the response ---------------------------------------------------------------
@@ -146,9 +151,10 @@ class CachePolicy:
             self.stats.stores += 1
             url = request.url
             ttl = plan.ttl if plan.ttl is not None else self.settings.ttl
-            self._index.add(plan.key, _origin(url), url.path, self.clock() + ttl)
-            if len(self._index) + len(self._stale) >= self._prune_at:
-                self._prune()
+            with self._lock:
+                self._index.add(plan.key, _origin(url), url.path, self.clock() + ttl)
+                if len(self._index) + len(self._stale) >= self._prune_at:
+                    self._prune()
         return "miss"
 
     def write_invalidates(self, request: httpx.Request, response: httpx.Response | None) -> list[str]:
@@ -157,7 +163,8 @@ class CachePolicy:
             return []
         url = request.url
         origin = _origin(url)
-        keys = self._index.under(url.path, origin)
+        with self._lock:
+            keys = self._index.under(url.path, origin)
         control = request.extensions.get(EXTENSION)
         if control:
             for prefix in control.get("invalidates", ()):  # related collections the caller knows about
@@ -171,13 +178,15 @@ class CachePolicy:
         if "://" in prefix:
             parts = urlsplit(prefix)
             origin, prefix = f"{parts.scheme}://{parts.netloc}".lower(), parts.path or "/"
-        return self._index.under(prefix, origin)
+        with self._lock:
+            return self._index.under(prefix, origin)
 
     def mark_stale(self, keys: list[str]) -> None:
         """Invalidated keys leave the index; their entries must not be served again."""
-        for key in keys:
-            expires = self._index.discard(key)
-            self._stale[key] = expires if expires is not None else self.clock() + self.settings.ttl
+        with self._lock:
+            for key in keys:
+                expires = self._index.discard(key)
+                self._stale[key] = expires if expires is not None else self.clock() + self.settings.ttl
 
     def _prune(self) -> None:
         now = self.clock()
