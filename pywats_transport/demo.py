@@ -40,7 +40,6 @@ def report(cached: RunResult, uncached: RunResult, emulator: EmulatorServer) -> 
         "",
         f"  time saved by caching: {saved:.2f} s ({saved / uncached.seconds:.0%} of the uncached run); "
         f"repeated lookups {1 - rep_c / rep_u:.1%} faster" if uncached.seconds and rep_u else "",
-        f"  slowest uncached call vs cache off (median per route): {_worst_uncached(cached, uncached)}",
         f"  transport chain: {' -> '.join(cached.chain)}",
     ]
     return "\n".join(rows)
@@ -51,11 +50,6 @@ def worst_uncached_ratio(cached: RunResult, uncached: RunResult) -> tuple[float,
     mine, theirs = cached.median_by_route(uncached_only=True), uncached.median_by_route(uncached_only=False)
     ratios = [(mine[r] / theirs[r], r) for r in mine if r in theirs and theirs[r] > 0]
     return max(ratios, default=(0.0, "-"))
-
-
-def _worst_uncached(cached: RunResult, uncached: RunResult) -> str:
-    ratio, route = worst_uncached_ratio(cached, uncached)
-    return f"{ratio:.2f}x ({route})"
 
 
 async def _demo(args: argparse.Namespace) -> int:
