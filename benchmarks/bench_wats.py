@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
-from pywats_transport.demo import worst_uncached_ratio
 from pywats_transport.emulator import EmulatorServer
-from pywats_transport.workload import run_workload
+from pywats_transport.workload import run_workload, worst_uncached_ratio
 
 from .common import Row
 

@@ -45,13 +45,6 @@ def report(cached: RunResult, uncached: RunResult, emulator: EmulatorServer) -> 
     return "\n".join(rows)
 
 
-def worst_uncached_ratio(cached: RunResult, uncached: RunResult) -> tuple[float, str]:
-    """The highest ratio, over routes, of a cache miss's median time to the same route's median with caching off."""
-    mine, theirs = cached.median_by_route(uncached_only=True), uncached.median_by_route(uncached_only=False)
-    ratios = [(mine[r] / theirs[r], r) for r in mine if r in theirs and theirs[r] > 0]
-    return max(ratios, default=(0.0, "-"))
-
-
 async def _demo(args: argparse.Namespace) -> int:
     with EmulatorServer(token=TOKEN, latency_ms=args.latency_ms, fail_rate=args.fail_rate, seed=args.seed) as emu:
         common = dict(stations=args.stations, units=args.units, emulator_state=emu.state, retry={"backoff_base": 0.05})

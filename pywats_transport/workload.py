@@ -59,6 +59,13 @@ class RunResult:
         return {route: statistics.median(v) for route, v in groups.items()}
 
 
+def worst_uncached_ratio(cached: RunResult, uncached: RunResult) -> tuple[float, str]:
+    """The highest ratio, over routes, of a cache miss's median time to the same route's median with caching off."""
+    mine, theirs = cached.median_by_route(uncached_only=True), uncached.median_by_route(uncached_only=False)
+    ratios = [(mine[r] / theirs[r], r) for r in mine if r in theirs and theirs[r] > 0]
+    return max(ratios, default=(0.0, "-"))
+
+
 class _Timed:
     def __init__(self, api: AsyncWATS, result: RunResult) -> None:
         self.api, self.result = api, result
