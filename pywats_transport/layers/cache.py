@@ -36,6 +36,11 @@ def _make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asy
         return cls(max_entries=settings.max_size, default_ttl=settings.ttl, clock=clock)
     if settings.storage == "sqlite":
         if is_async:
+            try:
+                import anysqlite  # noqa: F401
+            except ImportError:
+                raise ImportError("cache storage 'sqlite' on an async client needs anysqlite: "
+                                  "pip install 'pywats-transport[sqlite]'") from None
             return hishel.AsyncSqliteStorage(database_path=settings.sqlite_path, default_ttl=settings.ttl)
         return hishel.SqliteStorage(database_path=settings.sqlite_path, default_ttl=settings.ttl)
     try:
