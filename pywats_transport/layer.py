@@ -89,35 +89,3 @@ class AsyncLayer(LayerBase[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport):
         finally:
             if self._inner is not None:
                 await self._inner.aclose()
-
-
-class PassThroughLayer(Layer):
-    """A layer that forwards every request unchanged; counts them."""
-
-    name = "passthrough"
-
-    def __init__(self, inner: httpx.BaseTransport | None = None, *, settings: BaseModel | None = None) -> None:
-        super().__init__(inner, settings=settings)
-        self.requests = 0
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests += 1
-        return self.inner.handle_request(request)
-
-    def stats(self) -> dict[str, Any]:
-        return {"requests": self.requests}
-
-
-class AsyncPassThroughLayer(AsyncLayer):
-    name = "passthrough"
-
-    def __init__(self, inner: httpx.AsyncBaseTransport | None = None, *, settings: BaseModel | None = None) -> None:
-        super().__init__(inner, settings=settings)
-        self.requests = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests += 1
-        return await self.inner.handle_async_request(request)
-
-    def stats(self) -> dict[str, Any]:
-        return {"requests": self.requests}

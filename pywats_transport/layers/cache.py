@@ -17,7 +17,7 @@ from ..caching.health import FAILURES
 from ..caching.memory import AsyncMemoryStorage, MemoryStorage
 from ..caching.policy import CachePolicy, Plan
 from ..config import CacheSettings
-from ..hookspecs import BuildContext, LayerSpec, hookimpl
+from ..hookspecs import LayerSpec, hookimpl
 from ..layer import AsyncLayer, Layer
 
 NOT_CACHED = {"from_cache": False, "revalidated": False, "stored": False}
@@ -342,10 +342,6 @@ class _AsyncToInner(httpx.AsyncBaseTransport):
             raise _FromInner(exc) from exc
 
 
-def _ctx_collector(ctx: BuildContext) -> Any:
-    return ctx.metrics_collector
-
-
 @hookimpl
 def pywats_transport_layers() -> list[LayerSpec]:
     return [
@@ -353,9 +349,9 @@ def pywats_transport_layers() -> list[LayerSpec]:
             name="cache",
             position=200,
             config_model=CacheSettings,
-            sync_factory=lambda inner, settings, ctx: CacheLayer(inner, settings=settings, metrics_collector=_ctx_collector(ctx)),
+            sync_factory=lambda inner, settings, ctx: CacheLayer(inner, settings=settings, metrics_collector=ctx.metrics_collector),
             async_factory=lambda inner, settings, ctx: AsyncCacheLayer(
-                inner, settings=settings, metrics_collector=_ctx_collector(ctx)
+                inner, settings=settings, metrics_collector=ctx.metrics_collector
             ),
             description="HTTP cache on hishel: memory (LRU), SQLite or Redis storage",
         )
