@@ -3,7 +3,8 @@
 An ASGI app cannot drop a connection before answering (the server answers 500
 instead), so faults of that kind live here, in front of the server. Every
 request gets its own connections on both sides (``Connection: close``), so each
-request, not only each connection, draws its own fate.
+request, not only each connection, draws its own fate. Request bodies must declare a
+Content-Length (chunked uploads are not parsed).
 """
 
 from __future__ import annotations
