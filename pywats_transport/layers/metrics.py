@@ -41,6 +41,7 @@ class _MetricsCore:
         self.requests = 0
         self.errors = 0
         self._in_flight: dict[tuple[tuple[str, Any], ...], int] = {}
+        self._attr_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._lock = threading.Lock()
         if t is not None:
             self._duration = t.duration
@@ -52,13 +53,11 @@ class _MetricsCore:
         with self._lock:
             return dict(self._in_flight)
 
-    def _enter(self, attrs: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-        key = tuple(attrs.items())
+    def _enter(self, key: tuple[Any, ...]) -> None:
         with self._lock:
             self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        return key
 
-    def _leave(self, key: tuple[tuple[str, Any], ...]) -> None:
+    def _leave(self, key: tuple[Any, ...]) -> None:
         with self._lock:
             self._in_flight[key] -= 1
 
@@ -66,45 +65,54 @@ class _MetricsCore:
         if self._on and self._active_counts in self._telemetry.active_sources:
             self._telemetry.active_sources.remove(self._active_counts)
 
-    def _base_attrs(self, request: httpx.Request) -> dict[str, Any]:
+    def _base(self, request: httpx.Request) -> tuple[Any, ...]:
+        """The request's label set, as a hashable key; its dict form is built once per label set."""
         url = request.url
         method = request.method if request.method in KNOWN_METHODS else "_OTHER"
-        attrs: dict[str, Any] = {
-            "http.request.method": method,
-            "server.address": url.host,
-            "server.port": url.port or DEFAULT_PORTS.get(url.scheme, 0),
-        }
         route = request.extensions.get(ROUTE_EXTENSION)
+        key: tuple[Any, ...] = (("http.request.method", method), ("server.address", url.host),
+               ("server.port", url.port or DEFAULT_PORTS.get(url.scheme, 0)))
         if route:
-            attrs["url.template"] = str(route)
+            key += (("url.template", str(route)),)
+        return key
+
+    def _final(self, base: tuple[Any, ...], extra: tuple[Any, ...]) -> dict[str, Any]:
+        # Label sets are few (bounded by design), so their dicts are reused, never rebuilt per request;
+        # the SDK copies attributes it keeps, so sharing them is safe.
+        key = base + extra
+        attrs = self._attr_cache.get(key)
+        if attrs is None:
+            if len(self._attr_cache) > 4096:
+                self._attr_cache.clear()
+            attrs = self._attr_cache[key] = dict(key)
         return attrs
 
-    def _record(self, request: httpx.Request, attrs: dict[str, Any], started: float,
+    def _record(self, request: httpx.Request, base: tuple[Any, ...], started: float,
                 response: httpx.Response | None, exc: BaseException | None) -> None:
         elapsed = time.perf_counter() - started
         self.requests += 1
-        final = dict(attrs)
         if response is not None:
             status = response.status_code
-            final["http.response.status_code"] = status
+            extra: tuple[Any, ...] = (("http.response.status_code", status),)
             if status >= 400:
-                final["error.type"] = str(status)
+                extra += (("error.type", str(status)),)
                 self.errors += 1
             caching = response.extensions.get("caching")
             if caching is not None:
-                final["pywats.cache"] = caching.get("lookup") or ("hit" if caching.get("from_cache") else "miss")
+                extra += (("pywats.cache", caching.get("lookup") or ("hit" if caching.get("from_cache") else "miss")),)
         else:
-            final["error.type"] = type(exc).__qualname__ if exc is not None else "_OTHER"
+            extra = (("error.type", type(exc).__qualname__ if exc is not None else "_OTHER"),)
             self.errors += 1
-        self._duration.record(elapsed, final)
+        attrs = self._final(base, extra)
+        self._duration.record(elapsed, attrs)
         if self.settings.record_body_sizes:
             req_len = request.headers.get("content-length") if request.method not in _BODYLESS else None
             if req_len is not None:
-                self._req_size.record(int(req_len), final)
+                self._req_size.record(int(req_len), attrs)
             if response is not None:
                 resp_len = response.headers.get("content-length")
                 if resp_len is not None and resp_len.isdigit():
-                    self._resp_size.record(int(resp_len), final)
+                    self._resp_size.record(int(resp_len), attrs)
 
     def stats(self) -> dict[str, Any]:
         return {"requests": self.requests, "errors": self.errors, "collector_enabled": self._on}
@@ -121,17 +129,17 @@ class MetricsLayer(_MetricsCore, Layer):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if not self._on:
             return self.inner.handle_request(request)
-        attrs = self._base_attrs(request)
-        key = self._enter(attrs)
+        base = self._base(request)
+        self._enter(base)
         started = time.perf_counter()
         try:
             response = self.inner.handle_request(request)
         except BaseException as exc:
-            self._record(request, attrs, started, None, exc)
+            self._record(request, base, started, None, exc)
             raise
         finally:
-            self._leave(key)
-        self._record(request, attrs, started, response, None)
+            self._leave(base)
+        self._record(request, base, started, response, None)
         return response
 
     def close_layer(self) -> None:
@@ -149,17 +157,17 @@ class AsyncMetricsLayer(_MetricsCore, AsyncLayer):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not self._on:
             return await self.inner.handle_async_request(request)
-        attrs = self._base_attrs(request)
-        key = self._enter(attrs)
+        base = self._base(request)
+        self._enter(base)
         started = time.perf_counter()
         try:
             response = await self.inner.handle_async_request(request)
         except BaseException as exc:
-            self._record(request, attrs, started, None, exc)
+            self._record(request, base, started, None, exc)
             raise
         finally:
-            self._leave(key)
-        self._record(request, attrs, started, response, None)
+            self._leave(base)
+        self._record(request, base, started, response, None)
         return response
 
     async def aclose_layer(self) -> None:
