@@ -97,7 +97,7 @@ def parse_report(content: bytes) -> dict[str, Any]:
 
 
 class ReportQueue:
-    """The queue folder and its state folders; :meth:`process_once` moves reports one step at a time."""
+    """The queue folder and its state folders; :meth:`process_once` moves a batch of reports along."""
 
     def __init__(self, root: str | os.PathLike[str], submit: Submit, *, backoff_base: float = 0.5,
                  backoff_max: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -133,19 +133,28 @@ class ReportQueue:
     def backing_off(self) -> float:
         return max(0.0, self._not_before - self.clock())
 
-    async def process_once(self) -> bool:
-        """Send the next report; False when there is nothing to do or the server is being waited for."""
+    async def process_once(self, limit: int = 100) -> bool:
+        """Send up to ``limit`` reports from one scan of the folder, oldest first.
+
+        Returns False when there was nothing to do or the server is being waited for. One scan
+        serves a whole batch, so a deep queue is not re-listed for every report.
+        """
         if self.backing_off() > 0:
             return False
         # Reports that were being sent when the process stopped come first, with their recorded id.
-        for path in self.files("sending"):
-            return await self._send(path)
-        for path in self.files("pending"):
-            moved = self._claim(path)
-            if moved is not None:
-                return await self._send(moved)
-            return True
-        return False
+        batch = self.files("sending")[:limit]
+        batch += self.files("pending")[: limit - len(batch)]
+        if not batch:
+            return False
+        for path in batch:
+            if path.parent != self.dirs["sending"]:
+                claimed = self._claim(path)
+                if claimed is None:
+                    continue
+                path = claimed
+            if not await self._send(path):
+                return False  # the server failed: back off before the next report
+        return True
 
     def _claim(self, path: Path) -> Path | None:
         """pending -> sending (atomic rename), then give an id-less report its content-derived id."""
