@@ -101,56 +101,24 @@ class _Core:
         return {"spans": self.spans}
 
 
-class RequestSpanLayer(_Core, Layer):
-    name = "tracing"
+class _SpanLayer(_Core, Layer):
+    """Runs each request inside the span :meth:`_span` opens; the two tracing layers differ only there."""
 
     def __init__(self, inner: httpx.BaseTransport | None = None, *, settings: TracingSettings | None = None,
                  tracer_provider: Any = None, **overrides: Any) -> None:
         Layer.__init__(self, inner)
         self._setup(settings, tracer_provider, overrides)
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        with self._request_span(request) as span:
-            try:
-                response = self.inner.handle_request(request)
-            except BaseException as exc:
-                _finish(span, None, exc)
-                raise
-            _finish(span, response, None)
-            return response
+    def _active(self) -> bool:
+        return True
 
-
-class AsyncRequestSpanLayer(_Core, AsyncLayer):
-    name = "tracing"
-
-    def __init__(self, inner: httpx.AsyncBaseTransport | None = None, *, settings: TracingSettings | None = None,
-                 tracer_provider: Any = None, **overrides: Any) -> None:
-        AsyncLayer.__init__(self, inner)
-        self._setup(settings, tracer_provider, overrides)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        with self._request_span(request) as span:
-            try:
-                response = await self.inner.handle_async_request(request)
-            except BaseException as exc:
-                _finish(span, None, exc)
-                raise
-            _finish(span, response, None)
-            return response
-
-
-class AttemptSpanLayer(_Core, Layer):
-    name = "tracing_attempts"
-
-    def __init__(self, inner: httpx.BaseTransport | None = None, *, settings: TracingSettings | None = None,
-                 tracer_provider: Any = None, **overrides: Any) -> None:
-        Layer.__init__(self, inner)
-        self._setup(settings, tracer_provider, overrides)
+    def _span(self, request: httpx.Request) -> Any:
+        raise NotImplementedError
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if not self.settings.attempt_spans:
+        if not self._active():
             return self.inner.handle_request(request)
-        with self._attempt_span(request) as span:
+        with self._span(request) as span:
             try:
                 response = self.inner.handle_request(request)
             except BaseException as exc:
@@ -160,18 +128,22 @@ class AttemptSpanLayer(_Core, Layer):
             return response
 
 
-class AsyncAttemptSpanLayer(_Core, AsyncLayer):
-    name = "tracing_attempts"
-
+class _AsyncSpanLayer(_Core, AsyncLayer):
     def __init__(self, inner: httpx.AsyncBaseTransport | None = None, *, settings: TracingSettings | None = None,
                  tracer_provider: Any = None, **overrides: Any) -> None:
         AsyncLayer.__init__(self, inner)
         self._setup(settings, tracer_provider, overrides)
 
+    def _active(self) -> bool:
+        return True
+
+    def _span(self, request: httpx.Request) -> Any:
+        raise NotImplementedError
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if not self.settings.attempt_spans:
+        if not self._active():
             return await self.inner.handle_async_request(request)
-        with self._attempt_span(request) as span:
+        with self._span(request) as span:
             try:
                 response = await self.inner.handle_async_request(request)
             except BaseException as exc:
@@ -179,3 +151,33 @@ class AsyncAttemptSpanLayer(_Core, AsyncLayer):
                 raise
             _finish(span, response, None)
             return response
+
+
+class RequestSpanLayer(_SpanLayer):
+    """One span per logical request (outermost)."""
+
+    name = "tracing"
+    _span = _Core._request_span
+
+
+class AsyncRequestSpanLayer(_AsyncSpanLayer):
+    name = "tracing"
+    _span = _Core._request_span
+
+
+class AttemptSpanLayer(_SpanLayer):
+    """One CLIENT span per attempt (inside retry)."""
+
+    name = "tracing_attempts"
+    _span = _Core._attempt_span
+
+    def _active(self) -> bool:
+        return self.settings.attempt_spans
+
+
+class AsyncAttemptSpanLayer(_AsyncSpanLayer):
+    name = "tracing_attempts"
+    _span = _Core._attempt_span
+
+    def _active(self) -> bool:
+        return self.settings.attempt_spans
