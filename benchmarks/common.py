@@ -107,6 +107,27 @@ def run_async(coro: Awaitable[Any], loop: asyncio.AbstractEventLoop) -> Any:
     return loop.run_until_complete(coro)
 
 
+def per_request_medians(calls: dict[str, Callable[[], Any]], n: int) -> dict[str, float]:
+    """Median seconds of single calls, the variants alternating call by call so that each meets the
+    same warm caches and the same background load; the collector is paused, as in ``timeit``."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    clock = time.perf_counter
+    for call in calls.values():  # warm up
+        for _ in range(200):
+            call()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(n):
+            for name, call in calls.items():
+                start = clock()
+                call()
+                samples[name].append(clock() - start)
+    finally:
+        gc.enable()
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def table(rows: list[Row], markdown: bool = False) -> str:
     header = ["suite", "figure", "measured", "target", "verdict"]
     cells = [r.cells() for r in rows]
