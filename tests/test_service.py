@@ -191,11 +191,14 @@ def test_client_config_errors_name_field_and_file(tmp_path: Path, monkeypatch: p
     with pytest.raises(ConfigError, match=r"api_token = \*\*\*.*typo: unknown key"):
         ClientConfig.load(path)
     path.write_text(json.dumps({"service_address": "https://w"}))
-    monkeypatch.setenv("PYWATS_CLIENT_API_TOKEN", "from-env")
+    monkeypatch.setenv("PYWATS_CLIENT_API_TOKEN", "12345")
     monkeypatch.setenv("PYWATS_CLIENT_HEALTH_PORT", "9999")
+    monkeypatch.setenv("PYWATS_CLIENT_METRICS_PORT", "null")
+    monkeypatch.setenv("PYWATS_CLIENT_ENABLE_CACHE", "false")
     cfg = ClientConfig.load(path)
-    assert cfg.api_token.get_secret_value() == "from-env" and cfg.health_port == 9999
-    assert "from-env" not in repr(cfg) and cfg.health_host == "127.0.0.1"
+    assert cfg.api_token.get_secret_value() == "12345" and cfg.health_port == 9999
+    assert cfg.metrics_port is None and cfg.enable_cache is False
+    assert "12345" not in repr(cfg) and cfg.health_host == "127.0.0.1"
 
 
 def test_config_init_writes_a_loadable_example(tmp_path: Path) -> None:

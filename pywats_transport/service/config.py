@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,10 +51,19 @@ class ClientConfig(BaseModel):
              **overrides: Any) -> ClientConfig:
         data: dict[str, Any] = read_json_file(path) if path is not None else {}
         env = os.environ if environ is None else environ
-        for name in cls.model_fields:
+        for name, field in cls.model_fields.items():
             raw = env.get(ENV_PREFIX + name.upper())
-            if raw is not None:
-                data[name] = [p.strip() for p in raw.split(",") if p.strip()] if name == "plugins" else raw
+            if raw is None:
+                continue
+            if name == "plugins":
+                data[name] = [p.strip() for p in raw.split(",") if p.strip()]
+            elif field.annotation in (str, SecretStr):
+                data[name] = raw  # a token of digits stays a string
+            else:
+                try:
+                    data[name] = json.loads(raw)  # numbers, true/false, null
+                except ValueError:
+                    data[name] = raw
         data.update(overrides)
         try:
             return cls.model_validate(data)
