@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 from typing import Any
 
@@ -17,7 +18,7 @@ def _run(args: argparse.Namespace) -> int:
             slow_body_ms=args.slow_body_ms, log_level="info" if args.verbose else "warning",
         )
     except ValueError as exc:
-        print(f"pywats-transport emulator: error: {exc}")
+        print(f"pywats-transport emulator: error: {exc}", file=sys.stderr)
         return 2
     with emu:
         print(f"WATS emulator listening on {emu.url} (Ctrl+C to stop)", flush=True)
