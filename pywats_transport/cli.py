@@ -10,9 +10,6 @@ from typing import Any
 
 from .errors import TransportError
 
-Command = Callable[[argparse.Namespace], int]
-_COMMANDS: dict[str, Command] = {}
-
 
 def _cmd_stack(args: argparse.Namespace) -> int:
     from .builder import build_transport
@@ -80,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     p.set_defaults(func=_cmd_bench)
 
-    for register in _EXTENSIONS:
+    for register in _extensions():
         register(sub)
     return parser
 
@@ -99,11 +96,7 @@ def _extensions() -> list[Callable[[Any], None]]:
     return out
 
 
-_EXTENSIONS: list[Callable[[Any], None]] = []
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    _EXTENSIONS[:] = _extensions()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
