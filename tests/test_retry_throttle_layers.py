@@ -286,3 +286,16 @@ async def test_end_to_end_dropped_post_is_not_resent(mode: str) -> None:
             await caller.request("POST", "/ok", json={})
         assert proxy.dropped == 1
         await caller.close()
+
+
+@pytest.mark.anyio
+async def test_every_attempt_takes_a_throttle_token(mode: str) -> None:
+    script = Script(503, 502)
+    flags: dict[str, Any] = {"inner": httpx.MockTransport(script), "enable_cache": False,
+                             "retry": {"backoff_base": 0.001}, "throttle": {"rate": 1000, "burst": 1000}}
+    stack: Any = build_transport(**flags) if mode == "sync" else build_async_transport(**flags)
+    caller = Caller(mode, stack)
+    assert (await caller.get("/x")).status_code == 200
+    stats = stack.stats()
+    assert stats["retry"]["attempts"] == 3 and stats["throttle"]["requests"] == 3 and script.calls == 3
+    await caller.close()
