@@ -8,11 +8,14 @@ report; per unit it checks the unit's production state and recent headers.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import statistics
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 from .wats import AsyncWATS, UUTReport
 from .wats.models import Step
@@ -66,20 +69,35 @@ def worst_uncached_ratio(cached: RunResult, uncached: RunResult) -> tuple[float,
     return max(ratios, default=(0.0, "-"))
 
 
+# What the cache said for the responses of the call being timed (one list per call, per task).
+_cache_flags: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("cache_flags", default=None)
+
+
+async def _note_cache(response: httpx.Response) -> None:
+    flags = _cache_flags.get()
+    if flags is not None:
+        flags.append(bool((response.extensions.get("caching") or {}).get("from_cache")))
+
+
 class _Timed:
     def __init__(self, api: AsyncWATS, result: RunResult) -> None:
         self.api, self.result = api, result
         self.seen: set[str] = set()
+        # The client's response hook runs in the calling task, so concurrent stations do not mix up.
+        api._http.event_hooks["response"].append(_note_cache)
 
     async def __call__(self, route: str, key: str, coro: Any) -> Any:
+        token = _cache_flags.set([])
         started = time.perf_counter()
-        hits_before = self.api.transport.stats().get("cache", {}).get("hits", 0)
-        value = await coro
-        elapsed = time.perf_counter() - started
-        hits_after = self.api.transport.stats().get("cache", {}).get("hits", 0)
+        try:
+            value = await coro
+            elapsed = time.perf_counter() - started
+            flags = _cache_flags.get() or [False]
+        finally:
+            _cache_flags.reset(token)
         repeat = key in self.seen
         self.seen.add(key)
-        self.result.timings.append(CallTiming(route, key, elapsed, repeat, hits_after > hits_before))
+        self.result.timings.append(CallTiming(route, key, elapsed, repeat, all(flags)))
         return value
 
 
