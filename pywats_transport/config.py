@@ -32,7 +32,7 @@ class CacheSettings(Section):
     max_size: int = Field(1000, ge=1, description="Entries kept by the memory storage before LRU eviction.")
     mode: Literal["ttl", "rfc"] = Field("ttl", description="`ttl`: cache 2xx GET/HEAD ignoring headers; `rfc`: RFC 9111.")
     storage: Literal["memory", "sqlite", "redis"] = Field("memory", description="Where entries live.")
-    sqlite_path: str = Field("pywats_transport_cache.db", description="Database file for `storage: sqlite`.")
+    sqlite_path: str = Field("pywats_transport_cache.db", description="Database file for `storage: sqlite` (a bare name goes under .cache/hishel/).")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Server for `storage: redis`.")
     identity_headers: list[str] = Field(
         default_factory=lambda: ["Authorization", "X-Api-Key", "Cookie"],
