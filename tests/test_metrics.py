@@ -48,7 +48,7 @@ def stack(mode: str, collector: MetricsCollector, **flags: Any) -> Any:
 @pytest.mark.anyio
 async def test_known_sequence_gives_exact_series(mode: str) -> None:
     collector = MetricsCollector(isolated=True)
-    st = stack(mode, collector)
+    st = stack(mode, collector, metrics={"enabled": True, "record_body_sizes": True})
     assert st.names[0] == "metrics"
     caller = Caller(mode, st)
     ext = {"route": ROUTE}
@@ -164,7 +164,7 @@ def test_every_exported_series_is_in_the_reference() -> None:
     from pywats_transport.metrics.reference import SERIES
 
     collector = MetricsCollector(isolated=True)
-    layer = MetricsLayer(httpx.MockTransport(server), metrics_collector=collector)
+    layer = MetricsLayer(httpx.MockTransport(server), metrics_collector=collector, record_body_sizes=True)
     with httpx.Client(transport=layer) as client:
         client.post("http://h/x", content=b"{}", extensions={"route": "/x"})
         text_before_close = collector.render_prometheus()
@@ -182,3 +182,14 @@ def test_every_exported_series_is_in_the_reference() -> None:
     assert families - documented == set()
     assert {s.name for s in SERIES if s.name.startswith("http_client")} <= {
         f"{n}_total" if n.endswith("_total") else n for n in families} | {"http_client_active_requests"}
+
+
+def test_body_sizes_are_opt_in() -> None:
+    collector = MetricsCollector(isolated=True)
+    for record in (False, True):
+        layer = MetricsLayer(httpx.MockTransport(server), metrics_collector=collector, record_body_sizes=record)
+        with httpx.Client(transport=layer) as client:
+            client.post("http://h/x", content=b"12345", extensions={"route": f"/sizes/{record}"})
+    assert value(collector, "http_client_request_body_size_bytes_count", url_template="/sizes/False") == 0
+    assert value(collector, "http_client_request_body_size_bytes_sum", url_template="/sizes/True") == 5
+    assert value(collector, "http_client_request_duration_seconds_count", url_template="/sizes/False") == 1
