@@ -41,7 +41,7 @@ class _MetricsCore:
         self.requests = 0
         self.errors = 0
         self._in_flight: dict[tuple[tuple[str, Any], ...], int] = {}
-        self._attr_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._attr_cache: dict[tuple[Any, ...], dict[tuple[int | None, str | None], dict[str, Any]]] = {}
         self._lock = threading.Lock()
         if t is not None:
             self._duration = t.duration
@@ -51,7 +51,12 @@ class _MetricsCore:
 
     def _active_counts(self) -> dict[tuple[tuple[str, Any], ...], int]:
         with self._lock:
-            return dict(self._in_flight)
+            for _ in range(10):
+                try:
+                    return dict(self._in_flight)
+                except RuntimeError:  # the async layer added a label set while this scrape copied
+                    continue
+            return {}
 
     def _enter(self, key: tuple[Any, ...]) -> None:
         with self._lock:
@@ -76,15 +81,26 @@ class _MetricsCore:
             key += (("url.template", str(route)),)
         return key
 
-    def _final(self, base: tuple[Any, ...], extra: tuple[Any, ...]) -> dict[str, Any]:
-        # Label sets are few (bounded by design), so their dicts are reused, never rebuilt per request;
-        # the SDK copies attributes it keeps, so sharing them is safe.
-        key = base + extra
-        attrs = self._attr_cache.get(key)
-        if attrs is None:
-            if len(self._attr_cache) > 4096:
+    def _attrs(self, base: tuple[Any, ...], status: int | None, outcome: str | None) -> dict[str, Any]:
+        """The attribute dict for a label set, built once and reused: label sets are few by design, and
+        the SDK copies the attributes it keeps, so sharing them is safe."""
+        per_base = self._attr_cache.get(base)
+        if per_base is None:
+            if len(self._attr_cache) > 1024:
                 self._attr_cache.clear()
-            attrs = self._attr_cache[key] = dict(key)
+            per_base = self._attr_cache[base] = {}
+        attrs = per_base.get((status, outcome))
+        if attrs is None:
+            attrs = dict(base)
+            if status is None:
+                attrs["error.type"] = outcome or "_OTHER"
+            else:
+                attrs["http.response.status_code"] = status
+                if status >= 400:
+                    attrs["error.type"] = str(status)
+                if outcome is not None:
+                    attrs["pywats.cache"] = outcome
+            per_base[(status, outcome)] = attrs
         return attrs
 
     def _record(self, request: httpx.Request, base: tuple[Any, ...], started: float,
@@ -92,18 +108,17 @@ class _MetricsCore:
         elapsed = time.perf_counter() - started
         self.requests += 1
         if response is not None:
-            status = response.status_code
-            extra: tuple[Any, ...] = (("http.response.status_code", status),)
-            if status >= 400:
-                extra += (("error.type", str(status)),)
-                self.errors += 1
+            status: int | None = response.status_code
             caching = response.extensions.get("caching")
+            outcome = None
             if caching is not None:
-                extra += (("pywats.cache", caching.get("lookup") or ("hit" if caching.get("from_cache") else "miss")),)
+                outcome = caching.get("lookup") or ("hit" if caching.get("from_cache") else "miss")
+            if response.status_code >= 400:
+                self.errors += 1
         else:
-            extra = (("error.type", type(exc).__qualname__ if exc is not None else "_OTHER"),)
+            status, outcome = None, type(exc).__qualname__ if exc is not None else None
             self.errors += 1
-        attrs = self._final(base, extra)
+        attrs = self._attrs(base, status, outcome)
         self._duration.record(elapsed, attrs)
         if self.settings.record_body_sizes:
             req_len = request.headers.get("content-length") if request.method not in _BODYLESS else None
@@ -158,7 +173,9 @@ class AsyncMetricsLayer(_MetricsCore, AsyncLayer):
         if not self._on:
             return await self.inner.handle_async_request(request)
         base = self._base(request)
-        self._enter(base)
+        # One event loop runs this layer, so the count needs no lock (a scrape copies it safely).
+        in_flight = self._in_flight
+        in_flight[base] = in_flight.get(base, 0) + 1
         started = time.perf_counter()
         try:
             response = await self.inner.handle_async_request(request)
@@ -166,7 +183,7 @@ class AsyncMetricsLayer(_MetricsCore, AsyncLayer):
             self._record(request, base, started, None, exc)
             raise
         finally:
-            self._leave(base)
+            in_flight[base] -= 1
         self._record(request, base, started, response, None)
         return response
 
