@@ -12,7 +12,7 @@ import hishel
 import httpx
 from hishel.httpx import AsyncCacheTransport, CacheTransport
 
-from ..caching.coalesce import Flights, SaveWhenRead
+from ..caching.coalesce import Flight, Flights, SaveWhenRead
 from ..caching.health import FAILURES
 from ..caching.memory import AsyncMemoryStorage, MemoryStorage
 from ..caching.policy import CachePolicy, Plan
@@ -58,6 +58,7 @@ class _CacheCore:
 
     name = "cache"
     settings: CacheSettings
+    _flights: Flights
 
     def _setup(self, settings: CacheSettings | None, clock: Callable[[], float], collector: Any, backend: Any,
                is_async: bool, overrides: dict[str, Any]) -> None:
@@ -104,6 +105,29 @@ class _CacheCore:
             save(response.content)
         else:
             response.stream = SaveWhenRead(response.stream, save)
+
+    def _join(self, plan: Plan) -> Flight | None:
+        """Coalescing: the first lookup of a key leads; identical ones arriving meanwhile follow."""
+        return self._flights.join(plan.key) if self.settings.coalesce and not plan.refresh else None
+
+    def _direct_begin(self, plan: Plan, request: httpx.Request) -> tuple[httpx.Response | None, Flight | None]:
+        """Before the network, direct path: a hit to return at once, or the flight this request is on."""
+        if plan.refresh:
+            self.storage.drop_keys([plan.key])
+        elif (hit := self._direct_hit(plan, request)) is not None:
+            return hit, None
+        return None, self._join(plan)
+
+    def _direct_end(self, plan: Plan, request: httpx.Request, response: httpx.Response,
+                    flight: Flight | None) -> httpx.Response:
+        self._direct_store(plan, request, response)
+        self._after_lookup(plan, request, response)
+        return self._flights.land_when_read(flight, response)
+
+    def _failed(self, flight: Flight | None) -> None:
+        """The request below failed: release followers and count the miss."""
+        self._flights.land(flight)
+        self._missed_with_error()
 
     def _prepare(self, request: httpx.Request, plan: Plan) -> None:
         caching = dict(request.extensions.get("caching") or {})
@@ -200,14 +224,13 @@ class CacheLayer(_CacheCore, Layer):
         if plan.refresh:
             self._remove_now(plan.key)
         self._prepare(request, plan)
-        flight = self._flights.join(plan.key) if self.settings.coalesce and not plan.refresh else None
+        flight = self._join(plan)
         if flight is not None and not flight.leader:
             flight.event.wait(self.settings.coalesce_timeout)  # then look up what the leader stored
         try:
             response = self._hishel.handle_request(request)
         except _FromInner as wrapped:
-            self._flights.land(flight)
-            self._missed_with_error()
+            self._failed(flight)
             raise wrapped.original from None
         except Exception as exc:  # the storage failed: the request still gets its answer
             self._flights.land(flight)
@@ -217,11 +240,9 @@ class CacheLayer(_CacheCore, Layer):
         return self._flights.land_when_read(flight, response)
 
     def _handle_direct(self, plan: Plan, request: httpx.Request) -> httpx.Response:
-        if plan.refresh:
-            self.storage.drop_keys([plan.key])
-        elif (hit := self._direct_hit(plan, request)) is not None:
+        hit, flight = self._direct_begin(plan, request)
+        if hit is not None:
             return hit
-        flight = self._flights.join(plan.key) if self.settings.coalesce and not plan.refresh else None
         if flight is not None and not flight.leader:
             flight.event.wait(self.settings.coalesce_timeout)
             if (hit := self._direct_hit(plan, request)) is not None:
@@ -229,12 +250,9 @@ class CacheLayer(_CacheCore, Layer):
         try:
             response = self.inner.handle_request(request)
         except BaseException:
-            self._flights.land(flight)
-            self._missed_with_error()
+            self._failed(flight)
             raise
-        self._direct_store(plan, request, response)
-        self._after_lookup(plan, request, response)
-        return self._flights.land_when_read(flight, response)
+        return self._direct_end(plan, request, response, flight)
 
     def _remove_now(self, key: str) -> None:
         try:
@@ -271,15 +289,14 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
         if plan.refresh:
             await self._remove_now(plan.key)
         self._prepare(request, plan)
-        flight = self._flights.join(plan.key) if self.settings.coalesce and not plan.refresh else None
+        flight = self._join(plan)
         if flight is not None and not flight.leader:
             with anyio.move_on_after(self.settings.coalesce_timeout):
                 await flight.event.wait()  # then look up what the leader stored
         try:
             response = await self._hishel.handle_async_request(request)
         except _FromInner as wrapped:
-            self._flights.land(flight)
-            self._missed_with_error()
+            self._failed(flight)
             raise wrapped.original from None
         except Exception as exc:
             self._flights.land(flight)
@@ -289,11 +306,9 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
         return self._flights.land_when_read(flight, response)
 
     async def _handle_direct(self, plan: Plan, request: httpx.Request) -> httpx.Response:
-        if plan.refresh:
-            self.storage.drop_keys([plan.key])
-        elif (hit := self._direct_hit(plan, request)) is not None:
+        hit, flight = self._direct_begin(plan, request)
+        if hit is not None:
             return hit
-        flight = self._flights.join(plan.key) if self.settings.coalesce and not plan.refresh else None
         if flight is not None and not flight.leader:
             with anyio.move_on_after(self.settings.coalesce_timeout):
                 await flight.event.wait()
@@ -302,12 +317,9 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
         try:
             response = await self.inner.handle_async_request(request)
         except BaseException:
-            self._flights.land(flight)
-            self._missed_with_error()
+            self._failed(flight)
             raise
-        self._direct_store(plan, request, response)
-        self._after_lookup(plan, request, response)
-        return self._flights.land_when_read(flight, response)
+        return self._direct_end(plan, request, response, flight)
 
     async def _remove_now(self, key: str) -> None:
         try:
