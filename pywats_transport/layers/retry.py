@@ -62,6 +62,42 @@ class _RetryCore:
         return out
 
 
+class _Run:
+    """One logical request across its attempts: what to do after each, decided once for sync and async."""
+
+    __slots__ = ("core", "request", "started", "attempt")
+
+    def __init__(self, core: _RetryCore, request: httpx.Request) -> None:
+        self.core, self.request = core, request
+        self.started = core.policy.begin(request)
+        self.attempt: Attempt | None = None  # built only once an attempt fails
+
+    def failed(self, exc: BaseException) -> float | None:
+        """Seconds to wait before the next attempt, or None: re-raise ``exc``."""
+        policy = self.core.policy
+        self.attempt = attempt = self.attempt or policy.start(self.request, self.started)
+        decision = policy.on_exception(attempt, exc)
+        self.core._note(decision)
+        if decision.retry:
+            return decision.delay
+        self.core._failed(attempt, exc)
+        return None
+
+    def answered(self, response: httpx.Response) -> float | None:
+        """Seconds to wait before the next attempt (the caller closes ``response``), or None: return it."""
+        policy = self.core.policy
+        if self.attempt is None and response.status_code not in policy.statuses:
+            self.core._first_try(response)
+            return None
+        self.attempt = attempt = self.attempt or policy.start(self.request, self.started)
+        decision = policy.on_response(attempt, response)
+        self.core._note(decision)
+        if decision.retry:
+            return decision.delay
+        self.core._finish(attempt, response)
+        return None
+
+
 class RetryLayer(_RetryCore, Layer):
     """Sync retry layer: ``RetryLayer(inner, max_attempts=5)``."""
 
@@ -73,30 +109,21 @@ class RetryLayer(_RetryCore, Layer):
         self._sleep = sleep
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        policy = self.policy
-        started = policy.begin(request)
-        attempt: Attempt | None = None
+        run = _Run(self, request)
         while True:
             try:
                 response = self.inner.handle_request(request)
             except Exception as exc:
-                attempt = attempt or policy.start(request, started)
-                decision = policy.on_exception(attempt, exc)
-                self._note(decision)
-                if not decision.retry:
-                    self._failed(attempt, exc)
+                delay = run.failed(exc)
+                if delay is None:
                     raise
             else:
-                if attempt is None and response.status_code not in policy.statuses:
-                    return self._first_try(response)
-                attempt = attempt or policy.start(request, started)
-                decision = policy.on_response(attempt, response)
-                self._note(decision)
-                if not decision.retry:
-                    return self._finish(attempt, response)
+                delay = run.answered(response)
+                if delay is None:
+                    return response
                 response.close()  # hand the connection back before sleeping
-            if decision.delay > 0:
-                self._sleep(decision.delay)
+            if delay > 0:
+                self._sleep(delay)
 
 
 class AsyncRetryLayer(_RetryCore, AsyncLayer):
@@ -110,30 +137,21 @@ class AsyncRetryLayer(_RetryCore, AsyncLayer):
         self._sleep = sleep
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        policy = self.policy
-        started = policy.begin(request)
-        attempt: Attempt | None = None
+        run = _Run(self, request)
         while True:
             try:
                 response = await self.inner.handle_async_request(request)
             except Exception as exc:
-                attempt = attempt or policy.start(request, started)
-                decision = policy.on_exception(attempt, exc)
-                self._note(decision)
-                if not decision.retry:
-                    self._failed(attempt, exc)
+                delay = run.failed(exc)
+                if delay is None:
                     raise
             else:
-                if attempt is None and response.status_code not in policy.statuses:
-                    return self._first_try(response)
-                attempt = attempt or policy.start(request, started)
-                decision = policy.on_response(attempt, response)
-                self._note(decision)
-                if not decision.retry:
-                    return self._finish(attempt, response)
+                delay = run.answered(response)
+                if delay is None:
+                    return response
                 await response.aclose()
-            if decision.delay > 0:
-                await self._sleep(decision.delay)
+            if delay > 0:
+                await self._sleep(delay)
 
 
 @hookimpl
