@@ -201,6 +201,28 @@ class _MemoryBase:
         return Entry(record.id, record.request, Response(record.status_code, record.hishel_headers(), stream))
 
 
+class _Body:
+    """A body being read through: kept while it fits ``max_stream_size``, stored once complete."""
+
+    __slots__ = ("storage", "record", "chunks", "size", "keep")
+
+    def __init__(self, storage: _MemoryBase, record: _Record) -> None:
+        self.storage, self.record = storage, record
+        self.chunks: list[bytes] = []
+        self.size, self.keep = 0, True
+
+    def add(self, chunk: bytes) -> None:
+        if self.keep:
+            self.size += len(chunk)
+            self.keep = not self.storage._too_big(self.size)
+            if self.keep:
+                self.chunks.append(chunk)
+
+    def complete(self) -> None:
+        if self.keep:
+            self.storage._saved(self.record, self.chunks)
+
+
 class MemoryStorage(_MemoryBase, BaseStorage):
     """Sync in-process storage with LRU eviction at ``max_entries``."""
 
@@ -212,17 +234,11 @@ class MemoryStorage(_MemoryBase, BaseStorage):
         assert isinstance(source, Iterator), "sync storage needs a sync stream"
 
         def saving() -> Iterator[bytes]:
-            chunks: list[bytes] = []
-            size, keep = 0, True
+            body = _Body(self, record)
             for chunk in source:
-                if keep:
-                    size += len(chunk)
-                    keep = not self._too_big(size)
-                    if keep:
-                        chunks.append(chunk)
+                body.add(chunk)
                 yield chunk
-            if keep:
-                self._saved(record, chunks)
+            body.complete()
 
         return self._entry(record, saving())
 
@@ -250,19 +266,13 @@ class AsyncMemoryStorage(_MemoryBase, AsyncBaseStorage):
         source = response.stream
 
         async def saving() -> AsyncIterator[bytes]:
-            chunks: list[bytes] = []
-            size, keep = 0, True
+            body = _Body(self, record)
             if source is not None:
                 assert isinstance(source, AsyncIterator) or hasattr(source, "__aiter__"), "async storage needs an async stream"
                 async for chunk in source:  # type: ignore[union-attr]
-                    if keep:
-                        size += len(chunk)
-                        keep = not self._too_big(size)
-                        if keep:
-                            chunks.append(chunk)
+                    body.add(chunk)
                     yield chunk
-            if keep:
-                self._saved(record, chunks)
+            body.complete()
 
         return self._entry(record, saving())
 
