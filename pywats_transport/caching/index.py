@@ -88,12 +88,3 @@ class PathIndex:
             out.extend(k for k, t in n.keys.items() if t <= now)
             stack.extend(n.children.values())
         return out
-
-    def expiry(self, key: str) -> float | None:
-        where = self._where.get(key)
-        if where is None:
-            return None
-        node: _Node | None = self._roots.get(where[0])
-        for seg in where[1]:
-            node = node.children.get(seg) if node is not None else None
-        return node.keys.get(key) if node is not None else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import psutil
@@ -249,7 +249,3 @@ def default_collector() -> MetricsCollector:
         if _default is None:
             _default = MetricsCollector()
     return _default
-
-
-def label_items(labels: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(labels.items()))

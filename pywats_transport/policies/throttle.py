@@ -77,7 +77,7 @@ class ThrottlePolicy:
 
     def acquire(self, host: str) -> float | None:
         """Seconds this request must wait before going, or None when it would wait over ``max_wait``."""
-        key = host if self.settings.per_host else "*"
+        key = self._key(host)
         with self._lock:
             now = self.clock()
             bucket = self._buckets.get(key) or self._bucket(key, now)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -113,5 +113,3 @@ class SoftwarePackage(WATSModel):
     status: str | None = None
     tags: list[str] = Field(default_factory=list)
 
-
-Json = dict[str, Any]

@@ -12,7 +12,7 @@ from pywats_transport import AsyncLayer, Layer
 
 from .breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerSettings
 
-STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+STATES = (CLOSED, HALF_OPEN, OPEN)
 
 
 class _Core:
@@ -31,7 +31,7 @@ class _Core:
     def _gauge(self) -> dict[tuple[tuple[str, str], ...], int]:
         out = {}
         for host, info in self.breaker.snapshot().items():
-            for state in STATE_VALUES:
+            for state in STATES:
                 out[(("server.address", host), ("state", state))] = int(info["state"] == state)
         return out
 
