@@ -15,7 +15,7 @@ async def main(url: str) -> None:
         assert api.config.cache.ttl == 60
 
     # In any httpx app: a per-request TTL through the "cache" request extension.
-    async with httpx.AsyncClient(base_url=url, transport=build_async_transport(cache_ttl=600),
+    async with httpx.AsyncClient(base_url=url, transport=build_async_transport(cache_mode="ttl", cache_ttl=600),
                                  headers={"Authorization": "Basic my-token"}) as client:
         await client.get("/api/App/Processes", extensions={"cache": {"ttl": 0.2}})
         hit = await client.get("/api/App/Processes")

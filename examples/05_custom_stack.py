@@ -10,7 +10,7 @@ from pywats_transport.layers.throttle import ThrottleLayer
 
 with EmulatorServer(fail_rate=0.3, seed=4) as emulator:
     stack = TransportStack(
-        [CacheLayer(ttl=120), RetryLayer(max_attempts=6, backoff_base=0.01), ThrottleLayer(rate=50, burst=10)],
+        [CacheLayer(mode="ttl", ttl=120), RetryLayer(max_attempts=6, backoff_base=0.01), ThrottleLayer(rate=50, burst=10)],
         inner=httpx.HTTPTransport(),
     )
     with httpx.Client(base_url=emulator.url, transport=stack, headers={"Authorization": "Basic t"}) as client:

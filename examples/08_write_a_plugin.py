@@ -48,7 +48,8 @@ class UserAgentPlugin:
 
 pm = PluginManager()
 pm.register(UserAgentPlugin(), name="useragent")
-stack = build_transport(plugin_manager=pm, plugins=["useragent"], plugin_settings={"useragent": {"value": "line-3"}})
+stack = build_transport(plugin_manager=pm, plugins=["useragent"], plugin_settings={"useragent": {"value": "line-3"}},
+                        enable_cache=False)  # every request reaches the layer, none is answered from the cache
 print("chain:", " -> ".join(stack.names))
 
 with EmulatorServer() as emulator:

@@ -1,28 +1,47 @@
-"""The ``pywats-transport`` command."""
+"""pywats-transport: stackable httpx transport layers (cache, retry, throttle, metrics) and a WATS client."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .config import PROFILES
 from .errors import TransportError
+
+
+def _stack_config(path: str | None, profile: str | None) -> Any:
+    """A TransportConfig from a TransportConfig file or the client service's file (which implies the WATS profile)."""
+    from .config import TransportConfig, read_json_file
+
+    if path is not None and {"service_address", "api_token"} & set(read_json_file(path)):
+        from .service.config import ClientConfig
+        from .wats.client import resolve_config
+
+        client = ClientConfig.load(path)
+        return resolve_config(None, client.transport_flags())
+    return TransportConfig.load(path, profile=profile)
 
 
 def _cmd_stack(args: argparse.Namespace) -> int:
     from .builder import build_transport
 
-    stack = build_transport(args.config)
+    config = _stack_config(args.config, args.profile)
+    stack = build_transport(config)
     try:
         chain = stack.describe()
         if args.json:
             print(json.dumps(chain, indent=2))
         else:
+            print(f"profile: {config.profile}")
             for i, item in enumerate(chain, 1):
-                settings = ", ".join(f"{k}={v}" for k, v in item["settings"].items())
-                print(f"{i}. {item['name']:<16} {item['class']}" + (f"\n   {settings}" if settings else ""))
+                print(f"{i}. {item['name']:<16} {item['class']}")
+                sources = item.get("sources", {})
+                for key, value in item["settings"].items():
+                    print(f"   {key} = {json.dumps(value)}  ({sources.get(key, 'default')})")
     finally:
         stack.close()
     return 0
@@ -59,11 +78,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ._version import __version__
+
     parser = argparse.ArgumentParser(prog="pywats-transport", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("stack", help="print the assembled transport chain")
-    p.add_argument("--config", help="JSON config file (TransportConfig)")
+    p.add_argument("--config", help="JSON config file: a TransportConfig, or the client service's client.json")
+    p.add_argument("--profile", choices=sorted(PROFILES), help="the defaults beneath the config (default: generic)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_stack)
 
@@ -105,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`pywats-transport stack --json | head`): not an error of ours.
+        # Point stdout at devnull so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

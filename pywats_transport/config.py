@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -28,15 +28,27 @@ class Section(BaseModel):
 
 class CacheSettings(Section):
     enabled: bool = Field(True, description="Cache GET/HEAD responses.")
-    ttl: float = Field(300.0, ge=0, description="Seconds an entry is served (mode `ttl`), or the storage TTL (mode `rfc`).")
+    ttl: float = Field(300.0, ge=0, description="Seconds an entry is served (mode `ttl`), or the longest it is kept (mode `rfc`).")
     max_size: int = Field(1000, ge=1, description="Entries kept by the memory storage before LRU eviction.")
-    mode: Literal["ttl", "rfc"] = Field("ttl", description="`ttl`: cache 2xx GET/HEAD ignoring headers; `rfc`: RFC 9111.")
+    mode: Literal["ttl", "rfc"] = Field(
+        "rfc",
+        description="`rfc`: RFC 9111 (freshness and revalidation as the server says); `ttl`: cache 2xx GET/HEAD for "
+        "`ttl` seconds whatever the server's freshness headers say (variants by `Vary` are still kept apart).",
+    )
     storage: Literal["memory", "sqlite", "redis"] = Field("memory", description="Where entries live.")
     sqlite_path: str = Field("pywats_transport_cache.db", description="Database file for `storage: sqlite` (a bare name goes under .cache/hishel/).")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Server for `storage: redis`.")
     identity_headers: list[str] = Field(
-        default_factory=lambda: ["Authorization", "X-Api-Key", "Cookie"],
+        default_factory=lambda: ["Authorization", "X-Api-Key"],
         description="Request headers whose value (hashed) is part of the cache key.",
+    )
+    cookie_identity: Literal["fallback", "always", "never"] = Field(
+        "fallback",
+        description="When `Cookie` is part of the key: `fallback` only for requests that carry none of "
+        "`identity_headers` (cookie-authenticated apps; rotating load-balancer cookies then do not defeat caching).",
+    )
+    store_no_store: bool = Field(
+        False, description="Mode `ttl`: store responses marked `Cache-Control: no-store` too (the WATS profile does)."
     )
     invalidate_on_write: bool = Field(True, description="A successful POST/PUT/PATCH/DELETE drops entries under its path.")
     coalesce: bool = Field(True, description="Concurrent identical lookups wait for the first one instead of all missing.")
@@ -77,13 +89,16 @@ class RetrySettings(Section):
 
 
 class ThrottleSettings(Section):
-    enabled: bool = Field(True, description="Rate-limit outgoing requests.")
+    enabled: bool = Field(False, description="Rate-limit outgoing requests (off until configured; the WATS profile turns it on).")
     rate: float = Field(10.0, gt=0, description="Requests per second (token refill rate).")
     burst: int = Field(20, ge=1, description="Bucket size: requests allowed at once after idling.")
     max_concurrency: int | None = Field(None, ge=1, description="Cap on requests in flight.")
     per_host: bool = Field(True, description="One bucket per host instead of one for all.")
     max_wait: float | None = Field(None, ge=0, description="Fail fast instead of waiting longer than this (seconds).")
     adaptive: bool = Field(True, description="Slow down a host after 429/503 with Retry-After, recover gradually.")
+    retry_after_max: float = Field(
+        30.0, ge=0, description="Longest a server's Retry-After holds a host back (seconds; the retry layer's default backoff_max)."
+    )
     min_rate: float = Field(0.5, gt=0, description="Lowest rate the adaptive mode slows a host to.")
 
 
@@ -101,6 +116,19 @@ BUILTIN_SECTIONS: dict[str, type[Section]] = {
     "cache": CacheSettings,
     "retry": RetrySettings,
     "throttle": ThrottleSettings,
+}
+
+#: Named sets of defaults, applied beneath a config's own values. A profile is data, not a code path.
+PROFILES: dict[str, dict[str, Any]] = {
+    # What any httpx app can take unseen: HTTP-correct caching, retry of idempotent requests only,
+    # no throttling until asked, no metrics.
+    "generic": {},
+    # The WATS clients and the client service: the seed plan's caching (TTL 300 s, 1000 entries, cached
+    # whatever the server's freshness headers say) and throttling on.
+    "wats": {
+        "cache": {"mode": "ttl", "ttl": 300.0, "max_size": 1000, "store_no_store": True},
+        "throttle": {"enabled": True},
+    },
 }
 
 # pyWATS-style flag names accepted by build_transport(**flags) and the WATS clients.
@@ -128,6 +156,13 @@ class TransportConfig(BaseModel):
     plugin_settings: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Settings per plugin name, validated by the plugin's own model."
     )
+    profile: str = Field(
+        "generic",
+        description="The defaults beneath everything else: `generic` (any httpx app) or `wats` (the WATS clients "
+        "and the client service: ttl caching whatever the server says, throttling on).",
+    )
+
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
     # -- loaders -------------------------------------------------------------------------
 
@@ -155,19 +190,53 @@ class TransportConfig(BaseModel):
         config: TransportConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
         *,
         environ: Mapping[str, str] | None = None,
+        profile: str | None = None,
         **flags: Any,
     ) -> TransportConfig:
-        """Resolve any accepted config form, then environment variables, then flags."""
+        """Resolve any accepted config form, then environment variables, then flags.
+
+        ``profile`` names a set of defaults applied beneath all of them (see :data:`PROFILES`);
+        a ``profile`` key in the config, the environment or the flags wins over the argument.
+        The result remembers where each value came from (:meth:`sources`).
+        """
         if isinstance(config, TransportConfig):
             data: dict[str, Any] = config.model_dump(exclude_unset=True)
             source = "config"
+            inherited = dict(config._sources)
         elif isinstance(config, (str, os.PathLike)):
-            data, source = read_json_file(config), str(config)
+            data, source, inherited = read_json_file(config), f"file {config}", {}
         else:
-            data, source = dict(config or {}), "config"
-        data = deep_merge(data, env_overrides(ENV_PREFIX, os.environ if environ is None else environ))
-        data = deep_merge(data, flags_to_dict(flags))
-        return _validate(cls, data, source)
+            data, source, inherited = dict(config or {}), "config", {}
+        env, env_names = env_overrides_named(ENV_PREFIX, os.environ if environ is None else environ)
+        flag_data = flags_to_dict(flags)
+        chosen = flag_data.get("profile") or env.get("profile") or data.get("profile") or profile or "generic"
+        if chosen not in PROFILES:
+            raise ConfigError(f"profile = {chosen!r}: unknown profile; allowed: {', '.join(PROFILES)}")
+        layers = [
+            (f"profile {chosen}", PROFILES[chosen], None),
+            (source, data, None),
+            ("environment", env, env_names),
+            ("flags", flag_data, None),
+        ]
+        merged: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for label, layer, names in layers:
+            merged = deep_merge(merged, layer)
+            for path in _leaf_paths(layer):
+                sources[path] = inherited.get(path, label) if layer is data and inherited else label
+                if names is not None and path in names:
+                    sources[path] = f"environment {names[path]}"
+        merged["profile"] = chosen
+        cfg = _validate(cls, merged, source, sources)
+        cfg._sources = sources
+        return cfg
+
+    def sources(self) -> dict[str, str]:
+        """Where each value that is not a model default came from, by dotted path (``cache.ttl``)."""
+        return dict(self._sources)
+
+    def source_of(self, path: str) -> str:
+        return self._sources.get(path, "default")
 
     def enabled_names(self) -> list[str]:
         return [name for name in BUILTIN_SECTIONS if getattr(self, name).enabled] + list(self.plugins)
@@ -205,7 +274,13 @@ def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, A
 
 def env_overrides(prefix: str, environ: Mapping[str, str]) -> dict[str, Any]:
     """``PREFIX_CACHE__TTL=60`` -> ``{"cache": {"ttl": 60}}``; values are JSON when they parse as JSON."""
+    return env_overrides_named(prefix, environ)[0]
+
+
+def env_overrides_named(prefix: str, environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Like :func:`env_overrides`, plus the variable behind each dotted path (for error messages)."""
     out: dict[str, Any] = {}
+    names: dict[str, str] = {}
     for name, raw in environ.items():
         if not name.startswith(prefix):
             continue
@@ -220,6 +295,18 @@ def env_overrides(prefix: str, environ: Mapping[str, str]) -> dict[str, Any]:
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
+        names[".".join(path)] = name
+    return out, names
+
+
+def _leaf_paths(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.extend(_leaf_paths(value, path + "."))
+        else:
+            out.append(path)
     return out
 
 
@@ -240,15 +327,15 @@ def flags_to_dict(flags: Mapping[str, Any]) -> dict[str, Any]:
             elif isinstance(value, BaseModel):
                 value = value.model_dump()
             out = deep_merge(out, {key: value})
-        elif key in ("plugins", "plugin_settings"):
-            out[key] = list(value) if key == "plugins" else dict(value)
+        elif key in ("plugins", "plugin_settings", "profile"):
+            out[key] = list(value) if key == "plugins" else dict(value) if key == "plugin_settings" else value
         elif key in FLAG_ALIASES:
             section, field = FLAG_ALIASES[key]
             out = deep_merge(out, {section: {field: value}})
         else:
             owner = next((s for s in BUILTIN_SECTIONS if key.startswith(s + "_")), None)
             if owner is None:
-                allowed = sorted([*BUILTIN_SECTIONS, "plugins", "plugin_settings", *FLAG_ALIASES])
+                allowed = sorted([*BUILTIN_SECTIONS, "plugins", "plugin_settings", "profile", *FLAG_ALIASES])
                 raise ConfigError(
                     f"unknown flag {key!r}; allowed: {', '.join(allowed)} or <section>_<field> "
                     f"(for example cache_ttl, retry_max_attempts)"
@@ -261,17 +348,20 @@ def _is_secret(loc: tuple[Any, ...]) -> bool:
     return any(isinstance(part, str) and any(h in part.lower() for h in _SECRET_HINTS) for part in loc)
 
 
-def describe_validation_error(exc: ValidationError, model: type[BaseModel], source: str | None) -> ConfigError:
+def describe_validation_error(exc: ValidationError, model: type[BaseModel], source: str | None,
+                              sources: Mapping[str, str] | None = None) -> ConfigError:
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
         field = ".".join(str(p) for p in loc) or "(root)"
         value = "***" if _is_secret(loc) else repr(err.get("input"))
+        origin = (sources or {}).get(field, "")
+        where = f" (from {origin})" if origin.startswith("environment ") else ""
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, loc[:-1])
-            problems.append(f"{field}: unknown key (value {value}); allowed keys: {', '.join(allowed)}")
+            problems.append(f"{field}{where}: unknown key (value {value}); allowed keys: {', '.join(allowed)}")
         else:
-            problems.append(f"{field} = {value}: {err['msg']}")
+            problems.append(f"{field}{where} = {value}: {err['msg']}")
     where = f" in {source}" if source else ""
     return ConfigError(f"invalid {model.__name__}{where}: " + "; ".join(problems), problems)
 
@@ -286,11 +376,12 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return sorted(getattr(current, "model_fields", {}))
 
 
-def _validate(model: type[TransportConfig], data: dict[str, Any], source: str | None) -> TransportConfig:
+def _validate(model: type[TransportConfig], data: dict[str, Any], source: str | None,
+              sources: Mapping[str, str] | None = None) -> TransportConfig:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise describe_validation_error(exc, model, source) from None
+        raise describe_validation_error(exc, model, source, sources) from None
 
 
 def validate_section(model: type[BaseModel], data: Mapping[str, Any], source: str) -> BaseModel:

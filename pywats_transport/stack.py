@@ -10,6 +10,7 @@ import httpx
 from .layer import AsyncLayer, Layer, LayerBase
 
 L = TypeVar("L", Layer, AsyncLayer)
+_SECTIONS = ("metrics", "cache", "retry", "throttle")
 
 
 class _StackBase(Generic[L]):
@@ -31,6 +32,10 @@ class _StackBase(Generic[L]):
     def describe(self) -> list[dict[str, Any]]:
         """The layers outermost first, each with its name and effective settings, then the inner transport."""
         chain = [layer.describe() for layer in self.layers]
+        sources = self.config.sources() if self.config is not None else {}
+        for item in chain:
+            prefix = f"{item['name']}." if item["name"] in _SECTIONS else f"plugin_settings.{item['name']}."
+            item["sources"] = {k: sources.get(prefix + k, "default") for k in item["settings"]}
         inner = self.inner  # type: ignore[attr-defined]
         chain.append({"name": "transport", "class": f"{type(inner).__module__}.{type(inner).__qualname__}", "settings": {}})
         return chain

@@ -36,6 +36,7 @@ class Clock:
 
 def make(kind: str, handler: Any, clock: Clock | None = None, **settings: Any) -> tuple[Caller, Any]:
     cls = CacheLayer if kind == "sync" else AsyncCacheLayer
+    settings.setdefault("mode", "ttl")  # the server in most tests sends no freshness headers
     layer = cls(httpx.MockTransport(handler), clock=clock or Clock(), **settings)
     return Caller(kind, layer), layer
 
@@ -197,7 +198,7 @@ async def test_concurrent_identical_requests_coalesce_into_one() -> None:
         await asyncio.sleep(0.02)
         return server(request)
 
-    layer = AsyncCacheLayer(httpx.MockTransport(slow))
+    layer = AsyncCacheLayer(httpx.MockTransport(slow), mode="ttl")
     async with httpx.AsyncClient(transport=layer, base_url="http://t") as client:
         responses = await asyncio.gather(*(client.get("/same") for _ in range(20)))
     assert all(r.status_code == 200 and r.json() == {"n": 1, "path": "/same"} for r in responses)
@@ -214,7 +215,7 @@ async def test_without_coalescing_concurrent_requests_all_miss() -> None:
         await asyncio.sleep(0.02)
         return server(request)
 
-    layer = AsyncCacheLayer(httpx.MockTransport(slow), coalesce=False)
+    layer = AsyncCacheLayer(httpx.MockTransport(slow), coalesce=False, mode="ttl")
     async with httpx.AsyncClient(transport=layer, base_url="http://t") as client:
         await asyncio.gather(*(client.get("/same") for _ in range(5)))
     assert server.count == 5
@@ -229,7 +230,7 @@ def test_concurrent_threads_coalesce_into_one() -> None:
         time.sleep(0.05)
         return server(request)
 
-    layer = CacheLayer(httpx.MockTransport(slow))
+    layer = CacheLayer(httpx.MockTransport(slow), mode="ttl")
     with httpx.Client(transport=layer, base_url="http://t") as client, ThreadPoolExecutor(8) as pool:
         bodies = list(pool.map(lambda _: client.get("/same").json(), range(8)))
     assert bodies == [{"n": 1, "path": "/same"}] * 8 and server.count == 1
@@ -258,7 +259,7 @@ def test_threads_share_one_memory_storage_safely() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     server = Counter()
-    layer = CacheLayer(httpx.MockTransport(server), max_size=50)
+    layer = CacheLayer(httpx.MockTransport(server), max_size=50, mode="ttl")
     with httpx.Client(transport=layer, base_url="http://t") as client:
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(lambda i: client.get(f"/t/{i % 80}").json()["path"], range(800)))
@@ -302,7 +303,7 @@ async def test_rfc_revalidation_with_304_from_loopback(mode: str) -> None:
 async def test_sqlite_storage_hits_and_invalidates(mode: str, tmp_path: Path) -> None:
     server = Counter()
     cls = CacheLayer if mode == "sync" else AsyncCacheLayer
-    layer = cls(httpx.MockTransport(server), storage="sqlite", sqlite_path=str(tmp_path / "c.db"))
+    layer = cls(httpx.MockTransport(server), mode="ttl", storage="sqlite", sqlite_path=str(tmp_path / "c.db"))
     caller = Caller(mode, layer)
     await caller.get("/api/Product/1")
     assert (await caller.get("/api/Product/1")).extensions["caching"]["from_cache"]
@@ -317,7 +318,7 @@ async def test_storage_failure_falls_back_to_network(mode: str, tmp_path: Path) 
     server = Counter()
     cls = CacheLayer if mode == "sync" else AsyncCacheLayer
     db = tmp_path / "c.db"
-    layer = cls(httpx.MockTransport(server), storage="sqlite", sqlite_path=str(db))
+    layer = cls(httpx.MockTransport(server), mode="ttl", storage="sqlite", sqlite_path=str(db))
     caller = Caller(mode, layer)
     await caller.get("/x")
     # Break the database under the storage: every further storage call fails.
@@ -367,7 +368,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 async def test_redis_storage_hits_invalidates_and_isolates(mode: str, redis_url: str) -> None:
     server = Counter()
     cls = CacheLayer if mode == "sync" else AsyncCacheLayer
-    layer = cls(httpx.MockTransport(server), storage="redis", redis_url=redis_url)
+    layer = cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=redis_url)
     caller = Caller(mode, layer)
     path = f"/api/Product/{mode}"
     await caller.get(path)
@@ -385,7 +386,7 @@ async def test_redis_down_falls_back_to_network(mode: str) -> None:
         port = s.getsockname()[1]  # nothing listens here
     server = Counter()
     cls = CacheLayer if mode == "sync" else AsyncCacheLayer
-    layer = cls(httpx.MockTransport(server), storage="redis", redis_url=f"redis://127.0.0.1:{port}/0")
+    layer = cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=f"redis://127.0.0.1:{port}/0")
     caller = Caller(mode, layer)
     assert (await caller.get("/x")).status_code == 200
     assert (await caller.get("/x")).status_code == 200

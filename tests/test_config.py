@@ -8,11 +8,12 @@ import pytest
 from pywats_transport import ConfigError, TransportConfig, build_transport
 
 
-def test_defaults() -> None:
+def test_generic_defaults_take_nothing_an_httpx_app_did_not_ask_for() -> None:
     cfg = TransportConfig()
-    assert cfg.cache.enabled and cfg.cache.ttl == 300 and cfg.cache.max_size == 1000
-    assert cfg.retry.max_attempts == 3 and cfg.throttle.rate == 10 and not cfg.metrics.enabled
-    assert cfg.enabled_names() == ["cache", "retry", "throttle"]
+    assert cfg.cache.enabled and cfg.cache.mode == "rfc" and cfg.cache.max_size == 1000
+    assert cfg.retry.max_attempts == 3 and not cfg.throttle.enabled and not cfg.metrics.enabled
+    assert cfg.enabled_names() == ["cache", "retry"]
+    assert TransportConfig.load().model_dump() == cfg.model_dump()
 
 
 def test_from_flags_sections_aliases_and_prefixed_names() -> None:
@@ -41,9 +42,9 @@ def test_env_overrides_file_and_flags_override_env(tmp_path: Path, monkeypatch: 
     [
         ({"cache": {"ttl": -1}}, r"cache\.ttl = -1: Input should be greater than or equal to 0"),
         ({"cache": {"mode": "sometimes"}}, r"cache\.mode = 'sometimes': Input should be 'ttl' or 'rfc'"),
-        ({"cache": {"tll": 5}}, r"cache\.tll: unknown key .*allowed keys: coalesce, coalesce_timeout, enabled, identity_headers"),
+        ({"cache": {"tll": 5}}, r"cache\.tll: unknown key .*allowed keys: coalesce, coalesce_timeout, cookie_identity, enabled, identity_headers"),
         ({"retry": {"max_attempts": "many"}}, r"retry\.max_attempts = 'many': Input should be a valid integer"),
-        ({"bogus": 1}, r"bogus: unknown key .*allowed keys: cache, metrics, plugin_settings, plugins, retry, throttle"),
+        ({"bogus": 1}, r"bogus: unknown key .*allowed keys: cache, metrics, plugin_settings, plugins, profile, retry, throttle"),
         ({"retry": {"statuses": [200, 999]}}, r"statuses must be HTTP status codes 100-599, got \[999\]"),
     ],
 )

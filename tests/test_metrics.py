@@ -41,6 +41,7 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 def stack(mode: str, collector: MetricsCollector, **flags: Any) -> Any:
     flags.setdefault("retry", {"backoff_base": 0.001, "max_attempts": 2})
+    flags.setdefault("profile", "wats")  # ttl caching: the mock server sends no freshness headers
     build = build_transport if mode == "sync" else build_async_transport
     return build(inner=httpx.MockTransport(server), metrics_collector=collector, **flags)
 
@@ -109,7 +110,7 @@ async def test_without_route_no_path_at_all(mode: str) -> None:
 @pytest.mark.anyio
 async def test_throttle_waits_published(mode: str) -> None:
     collector = MetricsCollector(isolated=True)
-    caller = Caller(mode, stack(mode, collector, enable_cache=False, throttle={"rate": 1000, "burst": 1}))
+    caller = Caller(mode, stack(mode, collector, enable_cache=False, throttle={"enabled": True, "rate": 1000, "burst": 1}))
     for _ in range(3):
         await caller.get("/x")
     await caller.close()

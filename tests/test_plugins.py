@@ -32,7 +32,8 @@ def test_installed_distribution_is_discovered_through_entry_points() -> None:
 
 
 def test_plugin_enabled_by_name_sits_at_its_position_sync() -> None:
-    stack = build_transport(inner=echo_headers(), plugins=["stamp"], plugin_settings={"stamp": {"value": "v1"}})
+    stack = build_transport(inner=echo_headers(), plugins=["stamp"], plugin_settings={"stamp": {"value": "v1"}},
+                            enable_throttling=True)
     assert stack.names == ["cache", "retry", "stamp", "throttle"]
     with httpx.Client(transport=stack) as client:
         assert client.get("http://t/").json()["x-stamp"] == "v1"
@@ -41,7 +42,7 @@ def test_plugin_enabled_by_name_sits_at_its_position_sync() -> None:
 
 @pytest.mark.anyio
 async def test_plugin_enabled_by_name_sits_at_its_position_async() -> None:
-    stack = build_async_transport(inner=echo_headers(), plugins=["stamp"], enable_cache=False)
+    stack = build_async_transport(inner=echo_headers(), plugins=["stamp"], enable_cache=False, enable_throttling=True)
     assert stack.names == ["retry", "stamp", "throttle"]
     assert isinstance(stack.layer("stamp"), AsyncLayer)
     async with httpx.AsyncClient(transport=stack) as client:
@@ -97,9 +98,9 @@ def test_stack_built_hook_can_veto() -> None:
 
     pm = PluginManager(load_entry_points=False)
     pm.register(Veto(), name="veto")
-    build_transport(inner=echo_headers(), plugin_manager=pm)
+    build_transport(inner=echo_headers(), plugin_manager=pm, enable_throttling=True)
     with pytest.raises(RuntimeError, match="requires throttling"):
-        build_transport(inner=echo_headers(), plugin_manager=pm, enable_throttling=False)
+        build_transport(inner=echo_headers(), plugin_manager=pm)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -108,7 +109,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_stack_json_and_plugins(tmp_path) -> None:  # type: ignore[no-untyped-def]
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"plugins": ["stamp"], "metrics": {"enabled": True}}))
+    cfg.write_text(json.dumps({"plugins": ["stamp"], "metrics": {"enabled": True}, "throttle": {"enabled": True}}))
     out = run_cli("stack", "--config", str(cfg), "--json")
     assert out.returncode == 0, out.stderr
     assert [d["name"] for d in json.loads(out.stdout)] == ["metrics", "cache", "retry", "stamp", "throttle", "transport"]

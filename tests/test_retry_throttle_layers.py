@@ -256,7 +256,8 @@ async def test_end_to_end_503_429_with_retry_after_and_dropped_connections(mode:
     with BackgroundServer(app) as server:
         drops = itertools.chain([0.0, 0.0], itertools.repeat(1.0))  # the first two requests are dropped
         with FaultProxy(server.port, drop_rate=0.5, rng=lambda: next(drops)) as proxy:
-            flags: dict[str, Any] = {"enable_cache": False, "retry": {"backoff_base": 0.01, "backoff_max": 0.2}}
+            flags: dict[str, Any] = {"enable_cache": False, "retry": {"backoff_base": 0.01, "backoff_max": 0.2},
+                                     "enable_throttling": True}
             if mode == "sync":
                 stack: Any = build_transport(**flags)
             else:
@@ -292,7 +293,7 @@ async def test_end_to_end_dropped_post_is_not_resent(mode: str) -> None:
 async def test_every_attempt_takes_a_throttle_token(mode: str) -> None:
     script = Script(503, 502)
     flags: dict[str, Any] = {"inner": httpx.MockTransport(script), "enable_cache": False,
-                             "retry": {"backoff_base": 0.001}, "throttle": {"rate": 1000, "burst": 1000}}
+                             "retry": {"backoff_base": 0.001}, "throttle": {"enabled": True, "rate": 1000, "burst": 1000}}
     stack: Any = build_transport(**flags) if mode == "sync" else build_async_transport(**flags)
     caller = Caller(mode, stack)
     assert (await caller.get("/x")).status_code == 200

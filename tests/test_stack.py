@@ -101,7 +101,7 @@ def test_unbound_layer_says_so() -> None:
 
 
 def test_built_stack_default_order_describe_and_stats_are_json() -> None:
-    stack = build_transport(inner=CountingTransport())
+    stack = build_transport(inner=CountingTransport(), profile="wats")
     assert stack.names == ["cache", "retry", "throttle"]  # metrics is opt-in
     with httpx.Client(transport=stack) as client:
         client.get("http://test/a")
@@ -111,7 +111,8 @@ def test_built_stack_default_order_describe_and_stats_are_json() -> None:
 
 
 def test_flags_switch_layers() -> None:
-    stack = build_transport(inner=CountingTransport(), enable_cache=False, metrics=True, retry_max_attempts=5)
+    stack = build_transport(inner=CountingTransport(), enable_cache=False, metrics=True, retry_max_attempts=5,
+                            throttle=True)
     assert stack.names == ["metrics", "retry", "throttle"]
     assert stack.layer("retry").describe()["settings"]["max_attempts"] == 5
     with pytest.raises(KeyError, match="no layer named 'cache'.*metrics, retry, throttle"):

@@ -25,7 +25,8 @@ from .repositories import (
 
 log = logging.getLogger("pywats_transport.wats")
 
-# The pyWATS-style flags and their defaults; a flag that differs from its default overrides a given config.
+# The pyWATS-style flags and their defaults (those of the WATS profile); a flag that differs from its
+# default overrides the profile and a given config, one left at its default overrides neither.
 _FLAG_DEFAULTS: dict[str, Any] = {
     "enable_cache": True,
     "cache_ttl": 300.0,
@@ -40,7 +41,7 @@ _FLAG_DEFAULTS: dict[str, Any] = {
 
 
 def resolve_config(config: TransportConfig | dict[str, Any] | str | os.PathLike[str] | None, flags: dict[str, Any]) -> TransportConfig:
-    changed = {k: v for k, v in flags.items() if v != _FLAG_DEFAULTS[k]} if config is not None else dict(flags)
+    changed = {k: v for k, v in flags.items() if v != _FLAG_DEFAULTS[k]}
     retry = changed.pop("retry", None)
     plugins = changed.pop("plugins", ())
     if isinstance(retry, RetrySettings):
@@ -50,7 +51,7 @@ def resolve_config(config: TransportConfig | dict[str, Any] | str | os.PathLike[
         extra["retry"] = retry
     if plugins:
         extra["plugins"] = list(plugins)
-    return TransportConfig.load(config, **changed, **extra)
+    return TransportConfig.load(config, profile="wats", **changed, **extra)
 
 
 class _ClientBase:

@@ -60,7 +60,7 @@ def make(mode: str, **settings: Any) -> tuple[Caller, Server, Clock, Any]:
 def test_discovered_through_its_entry_point_at_its_position() -> None:
     layers = PluginManager().layers()
     assert layers["circuitbreaker"].origin.startswith("entry point circuitbreaker (pywats-transport-circuitbreaker ")
-    stack = build_transport(inner=httpx.MockTransport(lambda r: httpx.Response(200)), plugins=["circuitbreaker"],
+    stack = build_transport(inner=httpx.MockTransport(lambda r: httpx.Response(200)), plugins=["circuitbreaker"], throttle=True,
                             plugin_settings={"circuitbreaker": {"failure_threshold": 2}})
     assert stack.names == ["cache", "retry", "circuitbreaker", "throttle"]
     assert stack.layer("circuitbreaker").settings.failure_threshold == 2

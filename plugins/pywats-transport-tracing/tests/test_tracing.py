@@ -37,7 +37,7 @@ class Flaky:
 def test_discovered_and_placed_around_retry() -> None:
     layers = PluginManager().layers()
     assert layers["tracing"].origin.startswith("entry point tracing (pywats-transport-tracing ")
-    stack = build_transport(inner=httpx.MockTransport(lambda r: httpx.Response(200)), plugins=["tracing"], metrics=True)
+    stack = build_transport(inner=httpx.MockTransport(lambda r: httpx.Response(200)), plugins=["tracing"], metrics=True, throttle=True)
     assert stack.names == ["tracing", "metrics", "cache", "retry", "tracing_attempts", "throttle"]
 
 
