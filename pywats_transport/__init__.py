@@ -7,7 +7,17 @@ from .builder import build_async_transport, build_transport
 from .config import CacheSettings, MetricsSettings, RetrySettings, ThrottleSettings, TransportConfig
 from .errors import ConfigError, PluginError, ThrottledError, TransportError
 from .hookspecs import BuildContext, LayerSpec, hookimpl
-from .layer import AsyncLayer, Layer
+from .layer import AsyncLayer, Layer, layer_settings
+from .layers import (
+    AsyncCacheLayer,
+    AsyncMetricsLayer,
+    AsyncRetryLayer,
+    AsyncThrottleLayer,
+    CacheLayer,
+    MetricsLayer,
+    RetryLayer,
+    ThrottleLayer,
+)
 from .plugins import PluginManager, get_plugin_manager
 from .stack import AsyncTransportStack, TransportStack
 from .wats import WATS, AsyncWATS
@@ -30,6 +40,15 @@ __all__ = [
     "hookimpl",
     "Layer",
     "AsyncLayer",
+    "layer_settings",
+    "CacheLayer",
+    "AsyncCacheLayer",
+    "RetryLayer",
+    "AsyncRetryLayer",
+    "ThrottleLayer",
+    "AsyncThrottleLayer",
+    "MetricsLayer",
+    "AsyncMetricsLayer",
     "TransportStack",
     "AsyncTransportStack",
     "PluginManager",

@@ -9,12 +9,27 @@ from typing import Any
 import httpx
 
 from .config import BUILTIN_SECTIONS, TransportConfig, validate_section
-from .errors import PluginError
+from .errors import ConfigError, PluginError
 from .hookspecs import BuildContext, LayerSpec
 from .plugins import PluginManager, get_plugin_manager
 from .stack import AsyncTransportStack, TransportStack
 
 ConfigLike = TransportConfig | Mapping[str, Any] | str | os.PathLike[str] | None
+
+#: httpx.HTTPTransport / AsyncHTTPTransport options the builders pass to the network transport they create.
+#: (httpx ignores ``Client(verify=, http2=, proxy=, ...)`` once ``transport=`` is given: they go here.)
+TRANSPORT_OPTIONS = ("verify", "cert", "trust_env", "http1", "http2", "limits", "proxy", "uds",
+                     "local_address", "retries", "socket_options")
+
+
+def _network_options(flags: dict[str, Any], inner: Any) -> dict[str, Any]:
+    options = {name: flags.pop(name) for name in TRANSPORT_OPTIONS if name in flags}
+    if options and inner is not None:
+        raise ConfigError(
+            f"transport options ({', '.join(sorted(options))}) configure the network transport the builder "
+            "creates; with inner= given, pass them to that transport instead"
+        )
+    return options
 
 
 def resolve_layers(config: TransportConfig, pm: PluginManager) -> list[tuple[LayerSpec, Any]]:
@@ -77,9 +92,12 @@ def build_transport(
     """Build a sync stack from config, environment and flags; use it as ``httpx.Client(transport=...)``.
 
     ``plugin_context`` reaches every layer factory as ``ctx.extra`` (for example a tracer provider).
+    httpx's transport options (:data:`TRANSPORT_OPTIONS`: ``verify``, ``http2``, ``limits``, ``proxy``, ...)
+    configure the network transport created when ``inner`` is not given.
     """
+    options = _network_options(flags, inner)
     cfg, pm, chosen, ctx = _assemble(config, metrics_collector, plugin_manager, plugin_context, flags)
-    base = inner if inner is not None else httpx.HTTPTransport()
+    base = inner if inner is not None else httpx.HTTPTransport(**options)
     layers: list[Any] = []
     nxt: httpx.BaseTransport = base
     for spec, settings in reversed(chosen):
@@ -100,9 +118,13 @@ def build_async_transport(
     plugin_context: dict[str, Any] | None = None,
     **flags: Any,
 ) -> AsyncTransportStack:
-    """Build an async stack from config, environment and flags; use it as ``httpx.AsyncClient(transport=...)``."""
+    """Build an async stack from config, environment and flags; use it as ``httpx.AsyncClient(transport=...)``.
+
+    Takes the same transport options as :func:`build_transport`.
+    """
+    options = _network_options(flags, inner)
     cfg, pm, chosen, ctx = _assemble(config, metrics_collector, plugin_manager, plugin_context, flags)
-    base = inner if inner is not None else httpx.AsyncHTTPTransport()
+    base = inner if inner is not None else httpx.AsyncHTTPTransport(**options)
     layers: list[Any] = []
     nxt: httpx.AsyncBaseTransport = base
     for spec, settings in reversed(chosen):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
+
 
 class TransportError(Exception):
     """Base class for errors raised by pywats-transport."""
@@ -19,10 +21,17 @@ class PluginError(TransportError, LookupError):
     """A plugin that cannot be found or two layers claiming the same name or position."""
 
 
-class ThrottledError(TransportError, RuntimeError):
-    """A request would have waited longer than the throttle's ``max_wait``."""
+class ThrottledError(TransportError, httpx.TimeoutException):
+    """A request would have waited for a throttle token longer than it may.
 
-    def __init__(self, message: str, *, host: str, wait: float) -> None:
-        super().__init__(message)
+    The limit is the throttle's ``max_wait``, the request's pool timeout (a token wait is part of getting
+    a connection) or what is left of the retry layer's deadline. An ``httpx.TimeoutException``, so that
+    code handling httpx's timeouts handles it; the retry layer does not retry it.
+    """
+
+    def __init__(self, message: str, *, host: str, wait: float, limit: str = "max_wait",
+                 request: httpx.Request | None = None) -> None:
+        super().__init__(message, request=request)
         self.host = host
         self.wait = wait
+        self.limit = limit

@@ -10,22 +10,54 @@ from __future__ import annotations
 from typing import Any, ClassVar, Generic, TypeVar
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+
+from .errors import ConfigError
 
 T = TypeVar("T", httpx.BaseTransport, httpx.AsyncBaseTransport)
+S = TypeVar("S", bound=BaseModel)
+
+CLOSED_MESSAGE = "Cannot send a request, as the transport has been closed."
+
+
+def layer_settings(model: type[S], settings: S | None, overrides: dict[str, Any], owner: str) -> S:
+    """A layer's settings from a model and/or keyword overrides, validated; bad input is a :class:`ConfigError`."""
+    from .config import describe_validation_error
+
+    if settings is None and not overrides:
+        return model()
+    data = {**(settings.model_dump() if settings is not None else {}), **overrides}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise describe_validation_error(exc, model, owner) from None
 
 
 class LayerBase(Generic[T]):
     """What sync and async layers share: name, settings, statistics, binding."""
 
     name: ClassVar[str] = "layer"
+    #: the transport base class this layer wraps and is (sync or async)
+    _kind: ClassVar[type] = object
     #: the layer's effective settings (a pydantic model), shown by describe()
     settings: Any
 
     def __init__(self, inner: T | None = None, *, settings: BaseModel | None = None) -> None:
-        self._inner: T | None = inner
+        self._inner: T | None = None
+        if inner is not None:
+            self._check_inner(inner)
+            self._inner = inner
         self.settings = settings
         self._closed = False
+
+    def _check_inner(self, inner: Any) -> None:
+        # A sync layer over an async transport (or the reverse) would fail only on first use, deep inside httpx.
+        if not isinstance(inner, self._kind):
+            kind = "sync" if self._kind is httpx.BaseTransport else "async"
+            raise TypeError(
+                f"{type(self).__name__} is a {kind} layer and needs a {kind} transport "
+                f"({self._kind.__module__}.{self._kind.__qualname__}) to wrap; got {type(inner).__name__}"
+            )
 
     @property
     def inner(self) -> T:
@@ -36,6 +68,7 @@ class LayerBase(Generic[T]):
     def bind(self, inner: T) -> None:
         if self._inner is not None and self._inner is not inner:
             raise ValueError(f"layer {self.name!r} already wraps {type(self._inner).__name__}; create a new layer per stack")
+        self._check_inner(inner)
         self._inner = inner
 
     def describe(self) -> dict[str, Any]:
@@ -53,6 +86,8 @@ class LayerBase(Generic[T]):
 
 class Layer(LayerBase[httpx.BaseTransport], httpx.BaseTransport):
     """A synchronous layer. Subclasses implement :meth:`handle_request` and may override :meth:`close_layer`."""
+
+    _kind = httpx.BaseTransport
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         return self.inner.handle_request(request)
@@ -73,6 +108,8 @@ class Layer(LayerBase[httpx.BaseTransport], httpx.BaseTransport):
 
 class AsyncLayer(LayerBase[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport):
     """An asynchronous layer. Subclasses implement :meth:`handle_async_request` and may override :meth:`aclose_layer`."""
+
+    _kind = httpx.AsyncBaseTransport
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         return await self.inner.handle_async_request(request)

@@ -7,7 +7,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from .layer import AsyncLayer, Layer, LayerBase
+from .layer import CLOSED_MESSAGE, AsyncLayer, Layer, LayerBase
 
 L = TypeVar("L", Layer, AsyncLayer)
 _SECTIONS = ("metrics", "cache", "retry", "throttle")
@@ -77,12 +77,16 @@ class TransportStack(_StackBase[Layer], httpx.BaseTransport):
         for layer in layers:
             if not isinstance(layer, Layer):
                 raise TypeError(f"a sync stack takes sync layers; got {type(layer).__name__}")
+        if inner is not None and not isinstance(inner, httpx.BaseTransport):
+            raise TypeError(f"a sync stack needs a sync inner transport (httpx.BaseTransport); got {type(inner).__name__}")
         self.layers = list(layers)
         self.inner = inner if inner is not None else httpx.HTTPTransport()
         self._entry: httpx.BaseTransport = self._chain(self.layers, self.inner)
         self._closed = False
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError(CLOSED_MESSAGE)
         return self._entry.handle_request(request)
 
     def close(self) -> None:
@@ -99,12 +103,18 @@ class AsyncTransportStack(_StackBase[AsyncLayer], httpx.AsyncBaseTransport):
         for layer in layers:
             if not isinstance(layer, AsyncLayer):
                 raise TypeError(f"an async stack takes async layers; got {type(layer).__name__}")
+        if inner is not None and not isinstance(inner, httpx.AsyncBaseTransport):
+            raise TypeError(
+                f"an async stack needs an async inner transport (httpx.AsyncBaseTransport); got {type(inner).__name__}"
+            )
         self.layers = list(layers)
         self.inner = inner if inner is not None else httpx.AsyncHTTPTransport()
         self._entry: httpx.AsyncBaseTransport = self._chain(self.layers, self.inner)
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError(CLOSED_MESSAGE)
         return await self._entry.handle_async_request(request)
 
     async def aclose(self) -> None:

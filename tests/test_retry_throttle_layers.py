@@ -146,7 +146,7 @@ async def test_throttle_spaces_requests_and_reports(mode: str) -> None:
 async def test_throttle_max_wait_fails_fast_with_clear_error(mode: str) -> None:
     caller, layer, _ = throttle_layer(mode, rate=1, burst=1, max_wait=0.1)
     await caller.get("/")
-    with pytest.raises(ThrottledError, match=r"request to test would wait [01]\.\d+s, over max_wait=0\.1s"):
+    with pytest.raises(ThrottledError, match=r"request to test would wait [01]\.\d+s for a token, over max_wait=0\.1s"):
         await caller.get("/")
     assert layer.stats()["rejections"] == 1
     await caller.close()

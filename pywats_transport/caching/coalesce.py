@@ -75,15 +75,19 @@ class Flights:
 class SaveWhenRead(httpx.SyncByteStream, httpx.AsyncByteStream):
     """Passes a body through unchanged and hands the whole of it to ``on_complete`` once fully read."""
 
-    def __init__(self, stream: Any, on_complete: Callable[[bytes], None]) -> None:
+    def __init__(self, stream: Any, on_complete: Callable[[bytes], None],
+                 on_abandon: Callable[[], None] | None = None) -> None:
         self._stream = stream
         self._on_complete = on_complete
+        self._on_abandon = on_abandon
+        self._done = False
 
     def __iter__(self) -> Any:
         chunks = []
         for chunk in self._stream:
             chunks.append(chunk)
             yield chunk
+        self._done = True
         self._on_complete(b"".join(chunks))
 
     async def __aiter__(self) -> Any:
@@ -91,12 +95,20 @@ class SaveWhenRead(httpx.SyncByteStream, httpx.AsyncByteStream):
         async for chunk in self._stream:
             chunks.append(chunk)
             yield chunk
+        self._done = True
         self._on_complete(b"".join(chunks))
 
+    def _closing(self) -> None:
+        if not self._done and self._on_abandon is not None:
+            self._done = True
+            self._on_abandon()
+
     def close(self) -> None:
+        self._closing()
         self._stream.close()
 
     async def aclose(self) -> None:
+        self._closing()
         await self._stream.aclose()
 
 

@@ -13,6 +13,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Response
 
@@ -31,6 +32,13 @@ class _Record:
     tti: float | None
     expires_at: float | None
     raw_headers: list[tuple[bytes, bytes]] | None = None
+    #: the request header values the response's ``Vary`` names (the layer's ttl path); None: any request matches
+    vary: tuple[tuple[str, str | None], ...] | None = None
+
+    def matches(self, method: str, headers: Any) -> bool:
+        if self.request.method != method:
+            return False
+        return self.vary is None or all(headers.get(name) == value for name, value in self.vary)
 
     def httpx_headers(self) -> list[tuple[bytes, bytes]]:
         """The headers as httpx takes them, converted once per entry rather than once per hit."""
@@ -59,18 +67,51 @@ class _LRUCore:
         self._lock = threading.Lock()
         self.evictions = 0
         self.expirations = 0
+        # key -> the token of the body being read for it; dropping the key withdraws the token, so a body
+        # that completes after its entry was invalidated, cleared or refreshed is not stored.
+        self._pending: dict[str, object] = {}
+        self.closed = False
 
     def __len__(self) -> int:
         return len(self._records)
 
-    def add(self, record: _Record) -> None:
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("the cache's memory storage is closed")
+
+    def begin(self, key: str) -> object:
+        """A token for a body about to be read for ``key``; :meth:`add` with it stores only if still valid."""
+        token = object()
         with self._lock:
+            self._pending[key] = token
+        return token
+
+    def abandon(self, key: str, token: object) -> None:
+        with self._lock:
+            if self._pending.get(key) is token:
+                del self._pending[key]
+
+    def add(self, record: _Record, token: object | None = None, *, replace_variant: bool = False) -> bool:
+        with self._lock:
+            self._check_open()
+            if token is not None:
+                if self._pending.get(record.key) is not token:
+                    return False
+                del self._pending[record.key]
+            if replace_variant:
+                # One entry per variant: a newer response for the same request headers replaces the older.
+                for old_id in list(self._by_key.get(record.key, ())):
+                    old = self._records[old_id]
+                    if old.request.method == record.request.method and old.vary == record.vary:
+                        del self._records[old_id]
+                        self._unindex(old)
             self._records[record.id] = record
             self._by_key.setdefault(record.key, []).append(record.id)
             while len(self._records) > self.max_entries:
                 _, oldest = self._records.popitem(last=False)
                 self._unindex(oldest)
                 self.evictions += 1
+            return True
 
     def _unindex(self, record: _Record) -> None:
         ids = self._by_key.get(record.key)
@@ -83,6 +124,7 @@ class _LRUCore:
     def lookup(self, key: str) -> list[_Record]:
         now = self.clock()
         with self._lock:
+            self._check_open()
             ids = self._by_key.get(key)
             if not ids:
                 return []
@@ -119,6 +161,7 @@ class _LRUCore:
         with self._lock:
             n = 0
             for key in keys:
+                self._pending.pop(key, None)
                 for record_id in self._by_key.pop(key, ()):
                     if self._records.pop(record_id, None) is not None:
                         n += 1
@@ -129,6 +172,7 @@ class _LRUCore:
             n = len(self._records)
             self._records.clear()
             self._by_key.clear()
+            self._pending.clear()
             return n
 
 
@@ -161,24 +205,40 @@ class _MemoryBase:
     def clear(self) -> int:
         return self._core.clear()
 
+    def close(self) -> None:
+        self._core.closed = True
+
+    def begin(self, key: str) -> object:
+        return self._core.begin(key)
+
+    def abandon(self, key: str, token: object) -> None:
+        self._core.abandon(key, token)
+
     def drop_keys(self, keys: list[str]) -> int:
         return self._core.drop_keys(keys)
 
     def store(self, key: str, method: str, url: str, status: int, raw_headers: list[tuple[bytes, bytes]],
-              body: bytes, ttl: float | None) -> None:
-        """Store a complete response directly (the layer's ttl-mode path), skipping hishel's entry streams."""
+              body: bytes, ttl: float | None, *, vary: tuple[tuple[str, str | None], ...] | None = None,
+              token: object | None = None) -> bool:
+        """Store a complete response directly (the layer's ttl-mode path), skipping hishel's entry streams.
+
+        ``token`` (from :meth:`begin`) makes the store conditional: it fails once the key was dropped meanwhile.
+        """
         now = self._core.clock()
         ttl = ttl if ttl is not None else self.default_ttl
         deadline = now + ttl if ttl is not None else None
         if self._too_big(len(body)):
-            return
-        self._core.add(_Record(uuid.uuid4(), key, Request(method, url), status, None, body, deadline, None, deadline,
-                               [(k, v) for k, v in raw_headers if k.lower() != b"transfer-encoding"]))
+            if token is not None:
+                self._core.abandon(key, token)
+            return False
+        record = _Record(uuid.uuid4(), key, Request(method, url), status, None, body, deadline, None, deadline,
+                         [(k, v) for k, v in raw_headers if k.lower() != b"transfer-encoding"], vary)
+        return self._core.add(record, token, replace_variant=True)
 
-    def find(self, key: str, method: str) -> _Record | None:
-        """The stored record for ``key`` answering ``method``, without building a hishel entry."""
+    def find(self, key: str, method: str, headers: Any = None) -> _Record | None:
+        """The stored record for ``key`` answering ``method`` (and, by ``Vary``, these request headers)."""
         for record in self._core.lookup(key):
-            if record.request.method == method:
+            if record.matches(method, headers if headers is not None else {}):
                 return record
         return None
 
@@ -190,8 +250,8 @@ class _MemoryBase:
         expires = min((x for x in (deadline, now + tti if tti is not None else None) if x is not None), default=None)
         return _Record(uuid.uuid4(), key, request, response.status_code, response.headers, b"", deadline, tti, expires)
 
-    def _saved(self, record: _Record, chunks: list[bytes]) -> None:
-        self._core.add(replace(record, body=b"".join(chunks)))
+    def _saved(self, record: _Record, chunks: list[bytes], token: object) -> None:
+        self._core.add(replace(record, body=b"".join(chunks)), token)
 
     def _too_big(self, size: int) -> bool:
         return self.max_stream_size is not None and size > self.max_stream_size
@@ -204,12 +264,13 @@ class _MemoryBase:
 class _Body:
     """A body being read through: kept while it fits ``max_stream_size``, stored once complete."""
 
-    __slots__ = ("storage", "record", "chunks", "size", "keep")
+    __slots__ = ("storage", "record", "chunks", "size", "keep", "token")
 
     def __init__(self, storage: _MemoryBase, record: _Record) -> None:
         self.storage, self.record = storage, record
         self.chunks: list[bytes] = []
         self.size, self.keep = 0, True
+        self.token = storage.begin(record.key)
 
     def add(self, chunk: bytes) -> None:
         if self.keep:
@@ -220,7 +281,9 @@ class _Body:
 
     def complete(self) -> None:
         if self.keep:
-            self.storage._saved(self.record, self.chunks)
+            self.storage._saved(self.record, self.chunks, self.token)
+        else:
+            self.storage.abandon(self.record.key, self.token)
 
 
 class MemoryStorage(_MemoryBase, BaseStorage):
@@ -233,8 +296,9 @@ class MemoryStorage(_MemoryBase, BaseStorage):
         source = response.stream if response.stream is not None else iter(())
         assert isinstance(source, Iterator), "sync storage needs a sync stream"
 
+        body = _Body(self, record)  # claimed now: dropping the key from here on withdraws the save
+
         def saving() -> Iterator[bytes]:
-            body = _Body(self, record)
             for chunk in source:
                 body.add(chunk)
                 yield chunk
@@ -265,8 +329,9 @@ class AsyncMemoryStorage(_MemoryBase, AsyncBaseStorage):
         record = self._new_record(request, response, key, ttl, tti)
         source = response.stream
 
+        body = _Body(self, record)  # claimed now: dropping the key from here on withdraws the save
+
         async def saving() -> AsyncIterator[bytes]:
-            body = _Body(self, record)
             if source is not None:
                 assert isinstance(source, AsyncIterator) or hasattr(source, "__aiter__"), "async storage needs an async stream"
                 async for chunk in source:  # type: ignore[union-attr]
@@ -284,3 +349,6 @@ class AsyncMemoryStorage(_MemoryBase, AsyncBaseStorage):
 
     async def remove_entry(self, id: uuid.UUID) -> None:  # noqa: A002
         self._core.remove(id)
+
+    async def close(self) -> None:  # type: ignore[override]
+        self._core.closed = True

@@ -96,6 +96,7 @@ class CachePolicy:
     def __post_init__(self) -> None:
         self.rfc = self.settings.mode == "rfc"
         self._identity = frozenset(h.lower().encode() for h in self.settings.identity_headers)
+        self._cookie = self.settings.cookie_identity
         # Where each stored key was fetched from, for prefix invalidation in any storage.
         self._index = PathIndex()
         # Invalidated keys whose stored entries are removed on their next lookup (any storage).
@@ -114,14 +115,21 @@ class CachePolicy:
         refresh = bool(control.get("refresh"))
         # One pass over the raw headers: the identity headers and Cache-Control.
         identity: list[tuple[bytes, bytes]] = []
+        cookies: list[tuple[bytes, bytes]] = []
         cache_control = b""
         wanted = self._identity
         for name, value in request.headers.raw:
             lname = name.lower()
             if lname in wanted:
                 identity.append((lname, value))
+            elif lname == b"cookie":
+                cookies.append((lname, value))
             elif lname == b"cache-control":
                 cache_control = value.lower()
+        # A cookie identifies the user only when nothing else does: behind load balancers that rotate
+        # an affinity cookie on every response, keying by it would make every request a new key.
+        if cookies and (self._cookie == "always" or (self._cookie == "fallback" and not identity)):
+            identity.extend(cookies)
         if control.get("bypass") or b"no-store" in cache_control:
             return _BYPASS
         if b"no-cache" in cache_control and not self.rfc:
@@ -140,6 +148,24 @@ class CachePolicy:
         return Plan("lookup", key, float(ttl) if ttl is not None else self.settings.ttl, refresh)
 
     # -- after the response ---------------------------------------------------------------
+
+    def storable(self, request: httpx.Request, response: httpx.Response) -> tuple[bool, tuple[tuple[str, str | None], ...] | None]:
+        """Mode ``ttl``: whether to store ``response``, and the request header values its ``Vary`` names.
+
+        Freshness is the TTL's; what is kept apart (variants) or never kept (``no-store``) is still HTTP's.
+        """
+        if not response.is_success or response.status_code == 206:
+            return False, None
+        headers = response.headers
+        if not self.settings.store_no_store and b"no-store" in headers.get("cache-control", "").lower().encode():
+            return False, None
+        vary = headers.get("vary")
+        if not vary:
+            return True, None
+        names = sorted({n.strip().lower() for n in vary.split(",") if n.strip()})
+        if "*" in names:
+            return False, None  # matches no later request
+        return True, tuple((n, request.headers.get(n)) for n in names)
 
     def record_lookup(self, plan: Plan, request: httpx.Request, status: dict[str, Any] | None) -> str:
         """Count a looked-up request; returns "hit" or "miss"."""

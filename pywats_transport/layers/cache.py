@@ -18,7 +18,7 @@ from ..caching.memory import AsyncMemoryStorage, MemoryStorage
 from ..caching.policy import CachePolicy, Plan
 from ..config import CacheSettings
 from ..hookspecs import LayerSpec, hookimpl
-from ..layer import AsyncLayer, Layer
+from ..layer import CLOSED_MESSAGE, AsyncLayer, Layer, layer_settings
 
 NOT_CACHED = {"from_cache": False, "revalidated": False, "stored": False}
 
@@ -53,6 +53,12 @@ def _make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asy
     return hishel.RedisStorage(client=redis.Redis.from_url(settings.redis_url), default_ttl=settings.ttl)
 
 
+def decoded_headers(raw: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:
+    """Headers for a body stored after decoding: no ``Content-Encoding``, the decoded length."""
+    kept = [(k, v) for k, v in raw if k.lower() not in (b"content-encoding", b"content-length", b"transfer-encoding")]
+    return [*kept, (b"content-length", str(length).encode())]
+
+
 class _CacheCore:
     """What the sync and async cache layers share."""
 
@@ -62,10 +68,7 @@ class _CacheCore:
 
     def _setup(self, settings: CacheSettings | None, clock: Callable[[], float], collector: Any, backend: Any,
                is_async: bool, overrides: dict[str, Any]) -> None:
-        if settings is None:
-            settings = CacheSettings(**overrides)
-        elif overrides:
-            settings = settings.model_copy(update=overrides)
+        settings = layer_settings(CacheSettings, settings, overrides, f"{type(self).__name__} settings")
         self.settings = settings
         self.policy = CachePolicy(settings, clock)
         self.storage = backend if backend is not None else _make_storage(settings, clock, is_async=is_async)
@@ -79,7 +82,7 @@ class _CacheCore:
         self._direct = settings.mode == "ttl" and isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage))
 
     def _direct_hit(self, plan: Plan, request: httpx.Request) -> httpx.Response | None:
-        record = self.storage.find(plan.key, request.method)
+        record = self.storage.find(plan.key, request.method, request.headers)
         if record is None:
             return None
         response = httpx.Response(
@@ -90,21 +93,23 @@ class _CacheCore:
         return response
 
     def _direct_store(self, plan: Plan, request: httpx.Request, response: httpx.Response) -> None:
-        """Store a 2xx (not 206) response once its body is complete; mark what happened on the response."""
-        stored = response.is_success and response.status_code != 206
+        """Store a storable response once its body is complete; mark what happened on the response."""
+        stored, vary = self.policy.storable(request, response)
+        if stored:
+            method, url, raw = request.method, str(request.url), list(response.headers.raw)
+            storage, key, ttl, status = self.storage, plan.key, plan.ttl, response.status_code
+            try:
+                body = response.content  # read below this layer: what is left is the decoded body
+            except httpx.ResponseNotRead:
+                token = storage.begin(key)  # dropping the key while the body streams withdraws the save
+
+                def save(body: bytes) -> None:
+                    storage.store(key, method, url, status, raw, body, ttl, vary=vary, token=token)
+
+                response.stream = SaveWhenRead(response.stream, save, lambda: storage.abandon(key, token))
+            else:
+                stored = storage.store(key, method, url, status, decoded_headers(raw, len(body)), body, ttl, vary=vary)
         response.extensions["caching"] = {"from_cache": False, "revalidated": False, "stored": stored}
-        if not stored:
-            return
-        method, url, raw = request.method, str(request.url), list(response.headers.raw)
-        storage, key, ttl = self.storage, plan.key, plan.ttl
-
-        def save(body: bytes) -> None:
-            storage.store(key, method, url, response.status_code, raw, body, ttl)
-
-        if response.is_stream_consumed or response.is_closed:
-            save(response.content)
-        else:
-            response.stream = SaveWhenRead(response.stream, save)
 
     def _join(self, plan: Plan) -> Flight | None:
         """Coalescing: the first lookup of a key leads; identical ones arriving meanwhile follow."""
@@ -146,6 +151,12 @@ class _CacheCore:
             if evictions != self._evictions_seen:
                 self.collector.add_cache_event("eviction", evictions - self._evictions_seen)
                 self._evictions_seen = evictions
+
+    def _written(self, request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        """A write went through: drop what it invalidates and say so on the response."""
+        n = self._invalidate_keys(self.policy.write_invalidates(request, response))
+        response.extensions["caching"] = {**NOT_CACHED, "lookup": "write", "invalidated": n}
+        return response
 
     def _missed_with_error(self) -> None:
         self.policy.stats.misses += 1
@@ -212,13 +223,13 @@ class CacheLayer(_CacheCore, Layer):
         self._hishel = CacheTransport(_SyncToInner(self), storage=self.storage, rfc=self._rfc)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError(CLOSED_MESSAGE)
         plan = self.policy.plan(request)
         if plan.action == "bypass":
             return self._bypassed(self.inner.handle_request(request))
         if plan.action == "write":
-            response = self.inner.handle_request(request)
-            self._invalidate_keys(self.policy.write_invalidates(request, response))
-            return response
+            return self._written(request, self.inner.handle_request(request))
         if self._direct:
             return self._handle_direct(plan, request)
         if plan.refresh:
@@ -277,13 +288,13 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
         self._hishel = AsyncCacheTransport(_AsyncToInner(self), storage=self.storage, rfc=self._rfc)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError(CLOSED_MESSAGE)
         plan = self.policy.plan(request)
         if plan.action == "bypass":
             return self._bypassed(await self.inner.handle_async_request(request))
         if plan.action == "write":
-            response = await self.inner.handle_async_request(request)
-            self._invalidate_keys(self.policy.write_invalidates(request, response))
-            return response
+            return self._written(request, await self.inner.handle_async_request(request))
         if self._direct:
             return await self._handle_direct(plan, request)
         if plan.refresh:

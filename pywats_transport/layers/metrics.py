@@ -15,7 +15,7 @@ import httpx
 
 from ..config import MetricsSettings
 from ..hookspecs import LayerSpec, hookimpl
-from ..layer import AsyncLayer, Layer
+from ..layer import AsyncLayer, Layer, layer_settings
 from ..metrics import MetricsCollector, default_collector
 
 #: request extension carrying the route template, e.g. "/api/Product/{partNumber}"
@@ -30,10 +30,7 @@ class _MetricsCore:
     settings: MetricsSettings
 
     def _setup(self, settings: MetricsSettings | None, collector: MetricsCollector | None, overrides: dict[str, Any]) -> None:
-        if settings is None:
-            settings = MetricsSettings(**overrides)
-        elif overrides:
-            settings = settings.model_copy(update=overrides)
+        settings = layer_settings(MetricsSettings, settings, overrides, f"{type(self).__name__} settings")
         self.settings = settings
         self.collector = collector if collector is not None else default_collector()
         t = self.collector.telemetry

@@ -11,7 +11,7 @@ import httpx
 
 from ..config import RetrySettings
 from ..hookspecs import LayerSpec, hookimpl
-from ..layer import AsyncLayer, Layer
+from ..layer import AsyncLayer, Layer, layer_settings
 from ..policies.retry import Attempt, Decision, RetryPolicy
 
 
@@ -21,10 +21,7 @@ class _RetryCore:
 
     def _setup(self, settings: RetrySettings | None, overrides: dict[str, Any], collector: Any,
                policy_kwargs: dict[str, Any]) -> None:
-        if settings is None:
-            settings = RetrySettings(**overrides)
-        elif overrides:
-            settings = settings.model_copy(update=overrides)
+        settings = layer_settings(RetrySettings, settings, overrides, f"{type(self).__name__} settings")
         self.settings = settings
         self.policy = RetryPolicy(settings, **policy_kwargs)
         self.collector = collector

@@ -13,7 +13,8 @@ import httpx
 from ..config import ThrottleSettings
 from ..errors import ThrottledError
 from ..hookspecs import LayerSpec, hookimpl
-from ..layer import AsyncLayer, Layer
+from ..layer import AsyncLayer, Layer, layer_settings
+from ..policies.retry import DEADLINE_EXTENSION
 from ..policies.throttle import ThrottlePolicy
 
 
@@ -23,26 +24,40 @@ class _ThrottleCore:
 
     def _setup(self, settings: ThrottleSettings | None, overrides: dict[str, Any], collector: Any,
                policy_kwargs: dict[str, Any]) -> None:
-        if settings is None:
-            settings = ThrottleSettings(**overrides)
-        elif overrides:
-            settings = settings.model_copy(update=overrides)
+        settings = layer_settings(ThrottleSettings, settings, overrides, f"{type(self).__name__} settings")
         self.settings = settings
         self.policy = ThrottlePolicy(settings, **policy_kwargs)
         self.collector = collector
         self.in_flight = 0
 
+    def _limit(self, request: httpx.Request) -> tuple[float | None, str]:
+        """The longest this request may wait for a token, and what sets that limit."""
+        limits: list[tuple[float, str]] = []
+        if self.settings.max_wait is not None:
+            limits.append((self.settings.max_wait, f"max_wait={self.settings.max_wait}s"))
+        timeout = request.extensions.get("timeout")
+        pool = timeout.get("pool") if timeout else None
+        if pool is not None:
+            limits.append((pool, f"the request's pool timeout ({pool}s)"))
+        deadline = request.extensions.get(DEADLINE_EXTENSION)
+        if deadline is not None:
+            left = max(0.0, deadline - self.policy.clock())
+            limits.append((left, f"the retry deadline ({left:.3f}s left)"))
+        if not limits:
+            return None, ""
+        return min(limits)
+
     def _wait_for(self, request: httpx.Request) -> float:
         host = request.url.host
-        wait = self.policy.acquire(host)
+        limit, why = self._limit(request)
+        wait = self.policy.acquire(host, limit)
         if wait is None:
             if self.collector is not None:
                 self.collector.add_throttle_rejection(host)
             needed = self.policy.would_wait(host)
             raise ThrottledError(
-                f"throttle: a request to {host} would wait {needed:.3f}s, over max_wait={self.settings.max_wait}s",
-                host=host,
-                wait=needed,
+                f"throttle timeout: a request to {host} would wait {needed:.3f}s for a token, over {why}",
+                host=host, wait=needed, limit=why, request=request,
             )
         if self.collector is not None:
             self.collector.record_throttle_wait(wait, host)

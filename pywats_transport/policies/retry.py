@@ -19,6 +19,9 @@ from ..config import RetrySettings
 #: request extension: {"enabled": bool, "max_attempts": int, "idempotent": bool}
 EXTENSION = "retry"
 IDEMPOTENCY_HEADER = "idempotency-key"
+#: request extension the retry layer sets: the instant (its clock) its deadline runs out, so that the
+#: throttle below never waits past it
+DEADLINE_EXTENSION = "pywats_deadline"
 _NO_OVERRIDE: dict[str, Any] = {}
 
 # Errors raised before the request left: safe to re-send whatever the method.
@@ -154,6 +157,8 @@ class RetryPolicy:
         now = self.clock()
         self.stats.requests += 1
         self.budget.record_request(now)
+        if self.settings.deadline is not None:
+            request.extensions[DEADLINE_EXTENSION] = now + self.settings.deadline
         return now
 
     def start(self, request: httpx.Request, started: float | None = None) -> Attempt:

@@ -75,13 +75,14 @@ class ThrottlePolicy:
             bucket = self._buckets[key] = TokenBucket(self.settings.rate, self.settings.burst, now)
         return bucket
 
-    def acquire(self, host: str) -> float | None:
-        """Seconds this request must wait before going, or None when it would wait over ``max_wait``."""
+    def acquire(self, host: str, max_wait: float | None = None) -> float | None:
+        """Seconds this request must wait before going, or None when it would wait over ``max_wait``
+        (default: the setting of that name)."""
         key = self._key(host)
         with self._lock:
             now = self.clock()
             bucket = self._buckets.get(key) or self._bucket(key, now)
-            wait = bucket.reserve(now, self.settings.max_wait)
+            wait = bucket.reserve(now, self.settings.max_wait if max_wait is None else max_wait)
             self.stats.requests += 1
             if wait is None:
                 self.stats.rejections += 1
@@ -117,6 +118,8 @@ class ThrottlePolicy:
                 bucket.tokens = min(bucket.tokens, bucket.burst)
                 delay = parse_retry_after(retry_after, self.wall_clock())
                 if delay:
+                    # Capped: one answer must not hold every later request to the host for as long as it asks.
+                    delay = min(delay, self.settings.retry_after_max)
                     bucket.not_before = max(bucket.not_before, now + delay)
                 self.stats.slowdowns += 1
             elif status < 400 and bucket.rate < self.settings.rate:

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from pywats_transport import AsyncLayer, Layer
+from pywats_transport import AsyncLayer, Layer, layer_settings
 
 from .breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerSettings
 
@@ -21,7 +21,7 @@ class _Core:
 
     def _setup(self, settings: BreakerSettings | None, clock: Callable[[], float], collector: Any,
                overrides: dict[str, Any]) -> None:
-        self.settings = settings.model_copy(update=overrides) if settings else BreakerSettings(**overrides)
+        self.settings = layer_settings(BreakerSettings, settings, overrides, f"{type(self).__name__} settings")
         self.breaker = Breaker(self.settings, clock)
         self.collector = collector
         if collector is not None:

@@ -12,7 +12,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import BaseModel, ConfigDict, Field
 
-from pywats_transport import AsyncLayer, Layer
+from pywats_transport import AsyncLayer, Layer, layer_settings
 
 SCOPE = "pywats_transport_tracing"
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -63,7 +63,7 @@ class _Core:
     settings: TracingSettings
 
     def _setup(self, settings: TracingSettings | None, tracer_provider: Any, overrides: dict[str, Any]) -> None:
-        self.settings = settings.model_copy(update=overrides) if settings else TracingSettings(**overrides)
+        self.settings = layer_settings(TracingSettings, settings, overrides, f"{type(self).__name__} settings")
         provider = tracer_provider or trace.get_tracer_provider()
         self.tracer = provider.get_tracer(SCOPE)
         self.spans = 0
