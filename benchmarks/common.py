@@ -21,9 +21,10 @@ class Row:
     unit: str
     target: str = ""
     passed: bool | None = None
+    informational: bool = False  # missed in a quick run, which has too few samples to judge
 
     def cells(self) -> list[str]:
-        verdict = "" if self.passed is None else ("pass" if self.passed else "FAIL")
+        verdict = "info" if self.informational else "" if self.passed is None else ("pass" if self.passed else "FAIL")
         value = f"{self.value:.3f}" if abs(self.value) < 100 else f"{self.value:.0f}"
         return [self.suite, self.figure, f"{value} {self.unit}".strip(), self.target, verdict]
 

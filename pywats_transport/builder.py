@@ -14,6 +14,9 @@ from .hookspecs import BuildContext, LayerSpec
 from .plugins import PluginManager, get_plugin_manager
 from .stack import AsyncTransportStack, TransportStack
 
+#: plugins the project publishes as separate distributions, for a useful error when one is not installed
+PROJECT_PLUGINS = {"circuitbreaker": "pywats-transport-circuitbreaker", "tracing": "pywats-transport-tracing"}
+
 ConfigLike = TransportConfig | Mapping[str, Any] | str | os.PathLike[str] | None
 
 #: httpx.HTTPTransport / AsyncHTTPTransport options the builders pass to the network transport they create.
@@ -40,7 +43,12 @@ def resolve_layers(config: TransportConfig, pm: PluginManager) -> list[tuple[Lay
         if name in BUILTIN_SECTIONS:
             raise PluginError(f"{name!r} is a built-in layer: switch it with `{name}.enabled`, not `plugins`")
         if name not in switches:
-            raise PluginError(f"unknown plugin or layer {name!r}; known: {', '.join(sorted(switches))}")
+            hint = ""
+            if name in PROJECT_PLUGINS:
+                dist = PROJECT_PLUGINS[name]
+                hint = (f"; {name!r} comes with the distribution {dist}, which is not installed: "
+                        f"pip install {dist} (in a source checkout: pip install ./plugins/{dist})")
+            raise PluginError(f"unknown plugin or layer {name!r}; known: {', '.join(sorted(switches))}{hint}")
     for name in config.plugin_settings:
         if name not in switches:
             raise PluginError(f"plugin_settings names unknown plugin {name!r}; known: {', '.join(sorted(switches))}")

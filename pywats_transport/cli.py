@@ -77,6 +77,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(argv)
 
 
+def _bench_suites() -> tuple[str, ...]:
+    try:
+        from benchmarks import SUITE_NAMES
+    except ImportError:  # an installed package without the source checkout
+        return ("cache", "layers", "metrics", "wats", "reliability")
+    return tuple(SUITE_NAMES)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
@@ -96,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="run the benchmark suites (from a source checkout) and print one table")
     p.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run, not for figures)")
-    p.add_argument("--suite", action="append", help="run only these suites (cache, layers, metrics, wats)")
+    p.add_argument("--suite", action="append", help=f"run only this suite (repeatable): {', '.join(_bench_suites())}")
     p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     p.set_defaults(func=_cmd_bench)
 

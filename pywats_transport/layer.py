@@ -12,8 +12,6 @@ from typing import Any, ClassVar, Generic, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from .errors import ConfigError
-
 T = TypeVar("T", httpx.BaseTransport, httpx.AsyncBaseTransport)
 S = TypeVar("S", bound=BaseModel)
 

@@ -12,15 +12,22 @@ import httpx
 import pytest
 
 from pywats_transport import (
+    WATS,
+    AsyncWATS,
     ConfigError,
     ThrottledError,
     TransportConfig,
-    WATS,
-    AsyncWATS,
     build_async_transport,
     build_transport,
 )
-from pywats_transport.layers import AsyncCacheLayer, AsyncRetryLayer, AsyncThrottleLayer, CacheLayer, RetryLayer, ThrottleLayer
+from pywats_transport.layers import (
+    AsyncCacheLayer,
+    AsyncRetryLayer,
+    AsyncThrottleLayer,
+    CacheLayer,
+    RetryLayer,
+    ThrottleLayer,
+)
 
 from .helpers import Caller, Counter
 
@@ -238,8 +245,8 @@ async def test_rotating_affinity_cookies_do_not_defeat_caching(mode: str, cache_
     assert "affinity" in caller.client.headers.get("cookie", "") or caller.client.cookies
     # cookie-authenticated apps (no Authorization, no X-Api-Key) still keep their sessions apart
     anon = Caller(mode, build(mode, handler, cache_mode=cache_mode))
-    await anon.get("/me", cookies={"session": "alice"})
-    await anon.get("/me", cookies={"session": "bob"})
+    await anon.get("/me", headers={"Cookie": "session=alice"})
+    await anon.get("/me", headers={"Cookie": "session=bob"})
     assert server.count == 3
     await caller.close()
     await anon.close()
@@ -404,3 +411,34 @@ def test_a_layer_keyword_typo_is_a_config_error(cls: Any) -> None:
         cls(settings=cls(enabled=True).settings, max_size=-1) if cls in (CacheLayer, AsyncCacheLayer) else \
             cls(settings=cls(enabled=True).settings, rate=-1) if cls in (ThrottleLayer, AsyncThrottleLayer) else \
             cls(settings=cls(enabled=True).settings, max_attempts=-1)
+
+
+# -- newcomer path ------------------------------------------------------------------------------------
+
+def test_a_project_plugin_that_is_not_installed_names_its_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pywats_transport import PluginError, PluginManager
+
+    monkeypatch.setenv("PYWATS_TRANSPORT_PLUGINS", "circuitbreaker")
+    with pytest.raises(PluginError, match=r"pip install pywats-transport-circuitbreaker"):
+        build_transport(plugin_manager=PluginManager(load_entry_points=False))
+
+
+def test_layers_are_importable_where_users_look() -> None:
+    import pywats_transport
+    import pywats_transport.layers as layers
+
+    for name in ("CacheLayer", "AsyncCacheLayer", "RetryLayer", "AsyncRetryLayer", "ThrottleLayer",
+                 "AsyncThrottleLayer", "MetricsLayer", "AsyncMetricsLayer"):
+        assert getattr(layers, name) is getattr(pywats_transport, name)
+
+
+def test_bench_help_lists_every_suite_and_quick_misses_are_informational() -> None:
+    from benchmarks import SUITE_NAMES
+    from benchmarks.__main__ import SUITES
+    from benchmarks.common import Row, table
+
+    assert set(SUITES) == set(SUITE_NAMES) and len(SUITE_NAMES) >= 5
+    helptext = " ".join(run_cli("bench", "--help").stdout.split())
+    assert all(name in helptext for name in SUITE_NAMES)
+    row = Row("s", "f", 2.0, "x", "<= 1x", passed=None, informational=True)
+    assert "info" in table([row]) and "FAIL" not in table([row])
