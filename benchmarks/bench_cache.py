@@ -19,9 +19,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pywats_transport._server import BackgroundServer
-from pywats_transport.layers.cache import AsyncCacheLayer
+from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
 
-from .common import Row, async_loop, interleaved, ok_response, paired_ratios
+from .common import Row, async_loop, interleaved, ok_response, paired_ratios, sync_loop
 
 SUITE = "cache"
 
@@ -31,13 +31,14 @@ def per_request(quick: bool) -> list[Row]:
     loop = asyncio.new_event_loop()
     tmp = tempfile.mkdtemp()
     raw = httpx.AsyncClient(transport=httpx.MockTransport(ok_response), base_url="http://bench")
-    cached = httpx.AsyncClient(transport=AsyncCacheLayer(httpx.MockTransport(ok_response)), base_url="http://bench")
+    cached = httpx.AsyncClient(transport=AsyncCacheLayer(httpx.MockTransport(ok_response), mode="ttl"),
+                               base_url="http://bench")
     sqlite = httpx.AsyncClient(
         transport=AsyncCacheTransport(httpx.MockTransport(ok_response),
                                       storage=hishel.AsyncSqliteStorage(database_path=str(Path(tmp) / "b.db"))),
         base_url="http://bench",
     )
-    miss_layer = AsyncCacheLayer(httpx.MockTransport(ok_response), max_size=1_000_000)
+    miss_layer = AsyncCacheLayer(httpx.MockTransport(ok_response), mode="ttl", max_size=1_000_000)
     missing = httpx.AsyncClient(transport=miss_layer, base_url="http://bench")
     loop.run_until_complete(cached.get("/x"))
     loop.run_until_complete(sqlite.get("/x"))
@@ -62,6 +63,45 @@ def per_request(quick: bool) -> list[Row]:
     ]
 
 
+def fresh_response(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, content=b'{"partNumber": "PN-1", "name": "Power supply"}',
+                          headers={"content-type": "application/json", "cache-control": "max-age=600",
+                                   "etag": '"v1"'})
+
+
+def rfc_mode(quick: bool) -> list[Row]:
+    """RFC 9111 mode (the generic default) against raw httpx, async and sync, with a server that sends
+    freshness headers; hishel's own CacheTransport on our storage is shown for comparison."""
+    n, rounds = (200, 5) if quick else (500, 31)
+    rows: list[Row] = []
+    loop = asyncio.new_event_loop()
+    raw = httpx.AsyncClient(transport=httpx.MockTransport(fresh_response), base_url="http://bench")
+    hit = httpx.AsyncClient(transport=AsyncCacheLayer(httpx.MockTransport(fresh_response), mode="rfc"),
+                            base_url="http://bench")
+    miss = httpx.AsyncClient(transport=AsyncCacheLayer(httpx.MockTransport(fresh_response), mode="rfc",
+                                                       max_size=1_000_000), base_url="http://bench")
+    loop.run_until_complete(hit.get("/x"))
+    ratios = paired_ratios({"raw": async_loop(raw, loop), "hit": async_loop(hit, loop),
+                            "miss": async_loop(miss, loop, url_of=lambda i: f"/m/{i}")}, n, rounds)
+    for c in (raw, hit, miss):
+        loop.run_until_complete(c.aclose())
+    loop.close()
+    rows += [Row(SUITE, "rfc mode hit / raw (async)", ratios["hit"], "x", "<= 1.2", ratios["hit"] <= 1.2),
+             Row(SUITE, "rfc mode miss / raw (async)", ratios["miss"], "x", "<= 1.6", ratios["miss"] <= 1.6)]
+    raw_s = httpx.Client(transport=httpx.MockTransport(fresh_response), base_url="http://bench")
+    hit_s = httpx.Client(transport=CacheLayer(httpx.MockTransport(fresh_response), mode="rfc"), base_url="http://bench")
+    miss_s = httpx.Client(transport=CacheLayer(httpx.MockTransport(fresh_response), mode="rfc", max_size=1_000_000),
+                          base_url="http://bench")
+    hit_s.get("/x")
+    ratios = paired_ratios({"raw": sync_loop(raw_s), "hit": sync_loop(hit_s),
+                            "miss": sync_loop(miss_s, url_of=lambda i: f"/m/{i}")}, n, rounds)
+    for c in (raw_s, hit_s, miss_s):
+        c.close()
+    rows += [Row(SUITE, "rfc mode hit / raw (sync)", ratios["hit"], "x", "<= 1.2", ratios["hit"] <= 1.2),
+             Row(SUITE, "rfc mode miss / raw (sync)", ratios["miss"], "x", "<= 1.6", ratios["miss"] <= 1.6)]
+    return rows
+
+
 def loopback(quick: bool) -> list[Row]:
     async def item(request: Request) -> JSONResponse:
         await asyncio.sleep(0.02)
@@ -81,7 +121,7 @@ def loopback(quick: bool) -> list[Row]:
     with BackgroundServer(app) as server:
         loop = asyncio.new_event_loop()
         without = loop.run_until_complete(run(httpx.AsyncHTTPTransport(), server.url))
-        with_cache = loop.run_until_complete(run(AsyncCacheLayer(httpx.AsyncHTTPTransport()), server.url))
+        with_cache = loop.run_until_complete(run(AsyncCacheLayer(httpx.AsyncHTTPTransport(), mode="ttl"), server.url))
         loop.close()
     saved = 1 - with_cache / without
     return [
@@ -97,7 +137,7 @@ def memory(quick: bool) -> list[Row]:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, content=body)
 
-    layer = AsyncCacheLayer(httpx.MockTransport(handler), max_size=1000)
+    layer = AsyncCacheLayer(httpx.MockTransport(handler), mode="ttl", max_size=1000)
 
     async def fill() -> None:
         async with httpx.AsyncClient(transport=layer, base_url="http://bench") as client:
@@ -117,4 +157,4 @@ def memory(quick: bool) -> list[Row]:
 
 
 def run(quick: bool = False) -> list[Row]:
-    return per_request(quick) + loopback(quick) + memory(quick)
+    return per_request(quick) + rfc_mode(quick) + loopback(quick) + memory(quick)

@@ -48,8 +48,7 @@ class UserAgentPlugin:
 
 pm = PluginManager()
 pm.register(UserAgentPlugin(), name="useragent")
-stack = build_transport(plugin_manager=pm, plugins=["useragent"], plugin_settings={"useragent": {"value": "line-3"}},
-                        enable_cache=False)  # every request reaches the layer, none is answered from the cache
+stack = build_transport(plugin_manager=pm, plugins=["useragent"], plugin_settings={"useragent": {"value": "line-3"}})
 print("chain:", " -> ".join(stack.names))
 
 with EmulatorServer() as emulator:

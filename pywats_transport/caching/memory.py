@@ -7,6 +7,7 @@ path never hops to a thread.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -18,11 +19,14 @@ from typing import Any
 from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Response
 
 Clock = Callable[[], float]
+# Not stored with an entry: the body is kept without its transfer coding, and a hit states its own Age.
+_NOT_KEPT = frozenset({b"transfer-encoding", b"age"})
+_direct_ids = itertools.count(1)
 
 
 @dataclass
-class _Record:
-    id: uuid.UUID
+class Record:
+    id: uuid.UUID | int  # hishel's entries get a UUID; the layer's own path a cheaper counter value
     key: str
     request: Request
     status_code: int
@@ -32,8 +36,13 @@ class _Record:
     tti: float | None
     expires_at: float | None
     raw_headers: list[tuple[bytes, bytes]] | None = None
-    #: the request header values the response's ``Vary`` names (the layer's ttl path); None: any request matches
+    #: the request header values the response's ``Vary`` names (the layer's path); None: any request matches
     vary: tuple[tuple[str, str | None], ...] | None = None
+    #: when the entry stops being fresh (rfc mode, the layer's path); None: fresh until it expires
+    fresh_until: float | None = None
+    stored_at: float = 0.0
+    #: the response's age when stored
+    age: float = 0.0
 
     def matches(self, method: str, headers: Any) -> bool:
         if self.request.method != method:
@@ -62,8 +71,8 @@ class _LRUCore:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         self.max_entries = max_entries
         self.clock = clock
-        self._records: OrderedDict[uuid.UUID, _Record] = OrderedDict()
-        self._by_key: dict[str, list[uuid.UUID]] = {}
+        self._records: OrderedDict[uuid.UUID | int, Record] = OrderedDict()
+        self._by_key: dict[str, list[uuid.UUID | int]] = {}
         self._lock = threading.Lock()
         self.evictions = 0
         self.expirations = 0
@@ -91,7 +100,7 @@ class _LRUCore:
             if self._pending.get(key) is token:
                 del self._pending[key]
 
-    def add(self, record: _Record, token: object | None = None, *, replace_variant: bool = False) -> bool:
+    def add(self, record: Record, token: object | None = None, *, replace_variant: bool = False) -> bool:
         with self._lock:
             self._check_open()
             if token is not None:
@@ -113,7 +122,7 @@ class _LRUCore:
                 self.evictions += 1
             return True
 
-    def _unindex(self, record: _Record) -> None:
+    def _unindex(self, record: Record) -> None:
         ids = self._by_key.get(record.key)
         if ids is not None:
             if record.id in ids:
@@ -121,7 +130,7 @@ class _LRUCore:
             if not ids:
                 del self._by_key[record.key]
 
-    def lookup(self, key: str) -> list[_Record]:
+    def lookup(self, key: str) -> list[Record]:
         now = self.clock()
         with self._lock:
             self._check_open()
@@ -143,6 +152,13 @@ class _LRUCore:
                 self._records.move_to_end(record_id)
                 found.append(record)
             return found
+
+    def refresh(self, record: Record, raw_headers: list[tuple[bytes, bytes]], fresh_for: float, age: float) -> None:
+        """A revalidated entry (304): new headers, fresh again from now."""
+        now = self.clock()
+        with self._lock:
+            record.raw_headers, record.headers = [(k, v) for k, v in raw_headers if k.lower() not in _NOT_KEPT], None
+            record.fresh_until, record.stored_at, record.age = now + fresh_for, now, age
 
     def update_headers(self, record_id: uuid.UUID, headers: Headers) -> None:
         with self._lock:
@@ -217,9 +233,12 @@ class _MemoryBase:
     def drop_keys(self, keys: list[str]) -> int:
         return self._core.drop_keys(keys)
 
+    def refresh(self, record: Record, raw_headers: list[tuple[bytes, bytes]], fresh_for: float, age: float) -> None:
+        self._core.refresh(record, raw_headers, fresh_for, age)
+
     def store(self, key: str, method: str, url: str, status: int, raw_headers: list[tuple[bytes, bytes]],
               body: bytes, ttl: float | None, *, vary: tuple[tuple[str, str | None], ...] | None = None,
-              token: object | None = None) -> bool:
+              token: object | None = None, fresh_for: float | None = None, age: float = 0.0) -> bool:
         """Store a complete response directly (the layer's ttl-mode path), skipping hishel's entry streams.
 
         ``token`` (from :meth:`begin`) makes the store conditional: it fails once the key was dropped meanwhile.
@@ -231,34 +250,36 @@ class _MemoryBase:
             if token is not None:
                 self._core.abandon(key, token)
             return False
-        record = _Record(uuid.uuid4(), key, Request(method, url), status, None, body, deadline, None, deadline,
-                         [(k, v) for k, v in raw_headers if k.lower() != b"transfer-encoding"], vary)
+        record = Record(next(_direct_ids), key, Request(method, url), status, None, body, deadline, None, deadline,
+                         [(k, v) for k, v in raw_headers if k.lower() not in _NOT_KEPT], vary,
+                         now + fresh_for if fresh_for is not None else None, now, age)
         return self._core.add(record, token, replace_variant=True)
 
-    def find(self, key: str, method: str, headers: Any = None) -> _Record | None:
+    def find(self, key: str, method: str, headers: Any = None) -> Record | None:
         """The stored record for ``key`` answering ``method`` (and, by ``Vary``, these request headers)."""
         for record in self._core.lookup(key):
             if record.matches(method, headers if headers is not None else {}):
                 return record
         return None
 
-    def _new_record(self, request: Request, response: Response, key: str, ttl: float | None, tti: float | None) -> _Record:
+    def _new_record(self, request: Request, response: Response, key: str, ttl: float | None, tti: float | None) -> Record:
         now = self._core.clock()
         ttl = ttl if ttl is not None else self.default_ttl
         tti = tti if tti is not None else self.default_tti
         deadline = now + ttl if ttl is not None else None
         expires = min((x for x in (deadline, now + tti if tti is not None else None) if x is not None), default=None)
-        return _Record(uuid.uuid4(), key, request, response.status_code, response.headers, b"", deadline, tti, expires)
+        return Record(uuid.uuid4(), key, request, response.status_code, response.headers, b"", deadline, tti, expires)
 
-    def _saved(self, record: _Record, chunks: list[bytes], token: object) -> None:
+    def _saved(self, record: Record, chunks: list[bytes], token: object) -> None:
         self._core.add(replace(record, body=b"".join(chunks)), token)
 
     def _too_big(self, size: int) -> bool:
         return self.max_stream_size is not None and size > self.max_stream_size
 
     @staticmethod
-    def _entry(record: _Record, stream: Iterator[bytes] | AsyncIterator[bytes]) -> Entry:
-        return Entry(record.id, record.request, Response(record.status_code, record.hishel_headers(), stream))
+    def _entry(record: Record, stream: Iterator[bytes] | AsyncIterator[bytes]) -> Entry:
+        return Entry(record.id,  # type: ignore[arg-type]  # the layer's own records count with ints
+                      record.request, Response(record.status_code, record.hishel_headers(), stream))
 
 
 class _Body:
@@ -266,7 +287,7 @@ class _Body:
 
     __slots__ = ("storage", "record", "chunks", "size", "keep", "token")
 
-    def __init__(self, storage: _MemoryBase, record: _Record) -> None:
+    def __init__(self, storage: _MemoryBase, record: Record) -> None:
         self.storage, self.record = storage, record
         self.chunks: list[bytes] = []
         self.size, self.keep = 0, True

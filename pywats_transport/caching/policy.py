@@ -17,11 +17,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..config import CacheSettings
+from .freshness import StoreDecision, request_forbids_stored, rfc_decision, ttl_decision
 from .index import PathIndex
 
 CACHEABLE = frozenset({"GET", "HEAD"})
 _NO_CONTROL: dict[str, Any] = {}
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_CONDITIONAL = frozenset({b"if-none-match", b"if-modified-since"})
 
 #: request extension for per-request control: {"bypass": bool, "refresh": bool, "ttl": seconds,
 #: "invalidates": [path prefixes a successful write also drops]}
@@ -36,6 +38,8 @@ class Plan:
     key: str = ""
     ttl: float | None = None
     refresh: bool = False
+    #: rfc mode: the request asks that a stored response be validated before it is used
+    revalidate: bool = False
 
 
 _WRITE = Plan("write")  # shared, never mutated
@@ -126,14 +130,20 @@ class CachePolicy:
                 cookies.append((lname, value))
             elif lname == b"cache-control":
                 cache_control = value.lower()
+            elif lname in _CONDITIONAL:
+                return _BYPASS  # the app validates its own copy: the answer is for it, not for the cache
         # A cookie identifies the user only when nothing else does: behind load balancers that rotate
         # an affinity cookie on every response, keying by it would make every request a new key.
         if cookies and (self._cookie == "always" or (self._cookie == "fallback" and not identity)):
             identity.extend(cookies)
         if control.get("bypass") or b"no-store" in cache_control:
             return _BYPASS
-        if b"no-cache" in cache_control and not self.rfc:
-            refresh = True  # in RFC mode hishel revalidates no-cache itself
+        revalidate = False
+        if b"no-cache" in cache_control or b"max-age" in cache_control:
+            if not self.rfc:
+                refresh = b"no-cache" in cache_control
+            else:
+                revalidate = request_forbids_stored(request)
         ttl = control.get("ttl")
         if ttl is not None and (not isinstance(ttl, (int, float)) or ttl < 0):
             raise ValueError(f"request extension cache.ttl must be a number >= 0, got {ttl!r}")
@@ -145,27 +155,15 @@ class CachePolicy:
             with self._lock:
                 if self._stale.pop(key, None) is not None:
                     refresh = True
-        return Plan("lookup", key, float(ttl) if ttl is not None else self.settings.ttl, refresh)
+        return Plan("lookup", key, float(ttl) if ttl is not None else self.settings.ttl, refresh, revalidate)
 
     # -- after the response ---------------------------------------------------------------
 
-    def storable(self, request: httpx.Request, response: httpx.Response) -> tuple[bool, tuple[tuple[str, str | None], ...] | None]:
-        """Mode ``ttl``: whether to store ``response``, and the request header values its ``Vary`` names.
-
-        Freshness is the TTL's; what is kept apart (variants) or never kept (``no-store``) is still HTTP's.
-        """
-        if not response.is_success or response.status_code == 206:
-            return False, None
-        headers = response.headers
-        if not self.settings.store_no_store and b"no-store" in headers.get("cache-control", "").lower().encode():
-            return False, None
-        vary = headers.get("vary")
-        if not vary:
-            return True, None
-        names = sorted({n.strip().lower() for n in vary.split(",") if n.strip()})
-        if "*" in names:
-            return False, None  # matches no later request
-        return True, tuple((n, request.headers.get(n)) for n in names)
+    def decide(self, request: httpx.Request, response: httpx.Response) -> StoreDecision:
+        """Whether and how to store a response: the one place where the two modes differ."""
+        if self.rfc:
+            return rfc_decision(request, response)
+        return ttl_decision(request, response, store_no_store=self.settings.store_no_store)
 
     def record_lookup(self, plan: Plan, request: httpx.Request, status: dict[str, Any] | None) -> str:
         """Count a looked-up request; returns "hit" or "miss"."""
@@ -224,5 +222,9 @@ class CachePolicy:
 
 
 def _origin(url: httpx.URL) -> str:
-    port = f":{url.port}" if url.port else ""
-    return f"{url.scheme}://{url.host}{port}".lower()
+    return _origin_of(url.scheme, url.host, url.port)
+
+
+@functools.lru_cache(maxsize=256)
+def _origin_of(scheme: str, host: str, port: int | None) -> str:
+    return f"{scheme}://{host}{f':{port}' if port else ''}".lower()

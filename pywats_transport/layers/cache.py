@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -13,8 +14,9 @@ import httpx
 from hishel.httpx import AsyncCacheTransport, CacheTransport
 
 from ..caching.coalesce import Flight, Flights, SaveWhenRead
+from ..caching.freshness import conditional_headers, merge_not_modified
 from ..caching.health import FAILURES
-from ..caching.memory import AsyncMemoryStorage, MemoryStorage
+from ..caching.memory import AsyncMemoryStorage, MemoryStorage, Record
 from ..caching.policy import CachePolicy, Plan
 from ..config import CacheSettings
 from ..hookspecs import LayerSpec, hookimpl
@@ -55,8 +57,24 @@ def _make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asy
 
 def decoded_headers(raw: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:
     """Headers for a body stored after decoding: no ``Content-Encoding``, the decoded length."""
+    if not any(k.lower() == b"content-encoding" for k, _ in raw):
+        return raw  # nothing was decoded: the headers describe the body as it is
     kept = [(k, v) for k, v in raw if k.lower() not in (b"content-encoding", b"content-length", b"transfer-encoding")]
     return [*kept, (b"content-length", str(length).encode())]
+
+
+@contextmanager
+def _validating(request: httpx.Request, stale: Record | None) -> Iterator[None]:
+    """For one send, add the validators of the stale entry to the request; the caller's request is unchanged after."""
+    if stale is None:
+        yield
+        return
+    original = request.headers
+    request.headers = httpx.Headers([*original.raw, *conditional_headers(stale.httpx_headers())])
+    try:
+        yield
+    finally:
+        request.headers = original
 
 
 class _CacheCore:
@@ -76,58 +94,92 @@ class _CacheCore:
         self._rfc: bool | hishel.CacheOptions = hishel.CacheOptions(shared=False) if settings.mode == "rfc" else False
         self._failures_at_start = FAILURES.count
         self._evictions_seen = 0
-        # ttl mode with our in-process storage is answered by the layer itself: the same rule as
-        # hishel's non-RFC path (2xx GET/HEAD by key and method, until the TTL), without the
-        # per-request entry and stream conversions, which would triple the cost of a miss.
-        self._direct = settings.mode == "ttl" and isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage))
+        # With our in-process storage the layer answers itself, in both modes: what to store and for how
+        # long it is fresh is decided once per response (caching.freshness, hishel's RFC rules in rfc mode),
+        # so a hit needs no per-request entry and stream conversions, which would double its cost.
+        # hishel's CacheTransport serves the SQLite and Redis storages.
+        self._direct = isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage))
 
-    def _direct_hit(self, plan: Plan, request: httpx.Request) -> httpx.Response | None:
+    def _direct_lookup(self, plan: Plan, request: httpx.Request) -> tuple[httpx.Response | None, Record | None]:
+        """A fresh stored answer to return, or the stale entry to revalidate (rfc mode), or neither."""
         record = self.storage.find(plan.key, request.method, request.headers)
         if record is None:
-            return None
+            return None, None
+        if record.fresh_until is None:
+            return self._served(plan, request, record, False), None
+        now = self.policy.clock()
+        if record.fresh_until > now and not plan.revalidate:
+            return self._served(plan, request, record, False, now), None
+        return None, record
+
+    def _served(self, plan: Plan, request: httpx.Request, record: Record, revalidated: bool,
+                now: float | None = None) -> httpx.Response:
+        headers = record.httpx_headers()
+        if now is not None:  # rfc mode: say how old the stored answer is (RFC 9111 §5.1)
+            headers = [*headers, (b"age", str(int(record.age + max(0.0, now - record.stored_at))).encode())]
         response = httpx.Response(
-            record.status_code, headers=record.httpx_headers(), stream=httpx.ByteStream(record.body),
-            extensions={"caching": {"from_cache": True, "revalidated": False, "stored": False}},
+            record.status_code, headers=headers, stream=httpx.ByteStream(record.body),
+            extensions={"caching": {"from_cache": True, "revalidated": revalidated, "stored": False}},
         )
         self._after_lookup(plan, request, response)
         return response
 
     def _direct_store(self, plan: Plan, request: httpx.Request, response: httpx.Response) -> None:
         """Store a storable response once its body is complete; mark what happened on the response."""
-        stored, vary = self.policy.storable(request, response)
+        decision = self.policy.decide(request, response)
+        stored = decision.store
         if stored:
             method, url, raw = request.method, str(request.url), list(response.headers.raw)
             storage, key, ttl, status = self.storage, plan.key, plan.ttl, response.status_code
+            vary, fresh_for, age = decision.vary, decision.fresh_for, decision.age
             try:
                 body = response.content  # read below this layer: what is left is the decoded body
             except httpx.ResponseNotRead:
                 token = storage.begin(key)  # dropping the key while the body streams withdraws the save
 
                 def save(body: bytes) -> None:
-                    storage.store(key, method, url, status, raw, body, ttl, vary=vary, token=token)
+                    storage.store(key, method, url, status, raw, body, ttl, vary=vary, token=token,
+                                  fresh_for=fresh_for, age=age)
 
                 response.stream = SaveWhenRead(response.stream, save, lambda: storage.abandon(key, token))
             else:
-                stored = storage.store(key, method, url, status, decoded_headers(raw, len(body)), body, ttl, vary=vary)
+                stored = storage.store(key, method, url, status, decoded_headers(raw, len(body)), body, ttl,
+                                       vary=vary, fresh_for=fresh_for, age=age)
         response.extensions["caching"] = {"from_cache": False, "revalidated": False, "stored": stored}
 
     def _join(self, plan: Plan) -> Flight | None:
         """Coalescing: the first lookup of a key leads; identical ones arriving meanwhile follow."""
         return self._flights.join(plan.key) if self.settings.coalesce and not plan.refresh else None
 
-    def _direct_begin(self, plan: Plan, request: httpx.Request) -> tuple[httpx.Response | None, Flight | None]:
-        """Before the network, direct path: a hit to return at once, or the flight this request is on."""
+    def _direct_begin(self, plan: Plan, request: httpx.Request) -> tuple[httpx.Response | None, Record | None, Flight | None]:
+        """Before the network: a hit to return at once, or the stale entry and the flight this request is on."""
         if plan.refresh:
             self.storage.drop_keys([plan.key])
-        elif (hit := self._direct_hit(plan, request)) is not None:
-            return hit, None
-        return None, self._join(plan)
+            return None, None, None
+        hit, stale = self._direct_lookup(plan, request)
+        if hit is not None:
+            return hit, None, None
+        return None, stale, self._join(plan)
 
     def _direct_end(self, plan: Plan, request: httpx.Request, response: httpx.Response,
-                    flight: Flight | None) -> httpx.Response:
+                    flight: Flight | None, stale: Record | None) -> httpx.Response:
+        if stale is not None and response.status_code == 304:
+            return self._not_modified(plan, request, response, flight, stale)
         self._direct_store(plan, request, response)
         self._after_lookup(plan, request, response)
         return self._flights.land_when_read(flight, response)
+
+    def _not_modified(self, plan: Plan, request: httpx.Request, response: httpx.Response,
+                      flight: Flight | None, stale: Record) -> httpx.Response:
+        """The server confirmed the stored entry (RFC 9111 §4.3.4): refresh it and answer from it."""
+        headers = merge_not_modified(stale.httpx_headers(), response.headers)
+        decision = self.policy.decide(request, httpx.Response(stale.status_code, headers=headers))
+        if decision.store:
+            self.storage.refresh(stale, headers, decision.fresh_for or 0.0, decision.age)
+        else:
+            self.storage.drop_keys([plan.key])
+        self._flights.land(flight)
+        return self._served(plan, request, stale, True, self.policy.clock())
 
     def _failed(self, flight: Flight | None) -> None:
         """The request below failed: release followers and count the miss."""
@@ -251,19 +303,23 @@ class CacheLayer(_CacheCore, Layer):
         return self._flights.land_when_read(flight, response)
 
     def _handle_direct(self, plan: Plan, request: httpx.Request) -> httpx.Response:
-        hit, flight = self._direct_begin(plan, request)
+        hit, stale, flight = self._direct_begin(plan, request)
         if hit is not None:
             return hit
         if flight is not None and not flight.leader:
             flight.event.wait(self.settings.coalesce_timeout)
-            if (hit := self._direct_hit(plan, request)) is not None:
+            hit, stale = self._direct_lookup(plan, request)
+            if hit is not None:
                 return hit
         try:
-            response = self.inner.handle_request(request)
+            with _validating(request, stale):
+                response = self.inner.handle_request(request)
         except BaseException:
             self._failed(flight)
             raise
-        return self._direct_end(plan, request, response, flight)
+        if stale is not None and response.status_code == 304:
+            response.close()
+        return self._direct_end(plan, request, response, flight, stale)
 
     def _remove_now(self, key: str) -> None:
         try:
@@ -317,20 +373,24 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
         return self._flights.land_when_read(flight, response)
 
     async def _handle_direct(self, plan: Plan, request: httpx.Request) -> httpx.Response:
-        hit, flight = self._direct_begin(plan, request)
+        hit, stale, flight = self._direct_begin(plan, request)
         if hit is not None:
             return hit
         if flight is not None and not flight.leader:
             with anyio.move_on_after(self.settings.coalesce_timeout):
                 await flight.event.wait()
-            if (hit := self._direct_hit(plan, request)) is not None:
+            hit, stale = self._direct_lookup(plan, request)
+            if hit is not None:
                 return hit
         try:
-            response = await self.inner.handle_async_request(request)
+            with _validating(request, stale):
+                response = await self.inner.handle_async_request(request)
         except BaseException:
             self._failed(flight)
             raise
-        return self._direct_end(plan, request, response, flight)
+        if stale is not None and response.status_code == 304:
+            await response.aclose()
+        return self._direct_end(plan, request, response, flight, stale)
 
     async def _remove_now(self, key: str) -> None:
         try:

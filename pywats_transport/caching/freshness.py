@@ -1,0 +1,139 @@
+"""What to store and for how long it is fresh, decided once per response, with hishel's RFC 9111 rules.
+
+The layer answers from its memory storage in both modes. ``ttl`` mode and ``rfc`` mode differ only in
+this decision: ``ttl`` takes the configured TTL whatever the server says; ``rfc`` takes RFC 9111 §3
+(may it be stored) and §4.2 (how long is it fresh), reading the directives with hishel's own
+parsers. Deciding at store time, not at every lookup, is what lets a hit in either mode cost what a
+dictionary lookup costs: a stored entry carries the instant it stops being fresh.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+from hishel import Headers
+from hishel import Response as HishelResponse
+from hishel._core._spec import (
+    HEURISTICALLY_CACHEABLE_STATUS_CODES,
+    get_age,
+    get_freshness_lifetime,
+    parse_cache_control,
+)
+
+Vary = tuple[tuple[str, "str | None"], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreDecision:
+    store: bool
+    #: request header values the response's ``Vary`` names; None: any request matches
+    vary: Vary | None = None
+    #: seconds the entry is fresh from now (rfc mode); None: for the entry's whole TTL (ttl mode)
+    fresh_for: float | None = None
+    #: the response's age when stored (rfc mode), for the ``Age`` header of hits
+    age: float = 0.0
+
+
+DO_NOT_STORE = StoreDecision(False)
+
+
+def vary_of(request: httpx.Request, response: httpx.Response) -> Vary | None | Literal[False]:
+    """The request header values ``Vary`` names, None without ``Vary``, False for ``Vary: *`` (matches nothing)."""
+    vary = response.headers.get("vary")
+    if not vary:
+        return None
+    names = sorted({n.strip().lower() for n in vary.split(",") if n.strip()})
+    if "*" in names:
+        return False
+    return tuple((n, request.headers.get(n)) for n in names)
+
+
+def ttl_decision(request: httpx.Request, response: httpx.Response, *, store_no_store: bool) -> StoreDecision:
+    """Mode ``ttl``: 2xx (not 206) GET/HEAD answers for the TTL; variants and ``no-store`` still respected."""
+    if not response.is_success or response.status_code == 206:
+        return DO_NOT_STORE
+    if not store_no_store and "no-store" in response.headers.get("cache-control", "").lower():
+        return DO_NOT_STORE
+    vary = vary_of(request, response)
+    if vary is False:
+        return DO_NOT_STORE
+    return StoreDecision(True, vary)
+
+
+def rfc_decision(request: httpx.Request, response: httpx.Response) -> StoreDecision:
+    """Mode ``rfc``: RFC 9111 §3 storage rules for a private cache, and the §4.2 freshness lifetime."""
+    status = response.status_code
+    if status < 200 or status in (206, 304):
+        return DO_NOT_STORE
+    headers = response.headers
+    directives = _directives(headers.get("cache-control"))
+    if directives.no_store:
+        return DO_NOT_STORE
+    if not (directives.public or directives.private or "expires" in headers or directives.max_age is not None
+            or status in HEURISTICALLY_CACHEABLE_STATUS_CODES):
+        return DO_NOT_STORE
+    vary = vary_of(request, response)
+    if vary is False:
+        return DO_NOT_STORE
+    # hishel's Response is built only when its rules need more than the directives (a Date, no max-age).
+    internal = HishelResponse(status, _internal_headers(headers)) if "date" in headers or directives.max_age is None else None
+    age = float(get_age(internal)) if internal is not None else 0.0
+    if directives.no_cache:
+        if "etag" not in headers and "last-modified" not in headers:
+            return DO_NOT_STORE
+        return StoreDecision(True, vary, 0.0, age)  # stored, but revalidated before every use
+    # A private cache: max-age wins (s-maxage is for shared caches), then Expires or heuristics (hishel).
+    if directives.max_age is not None:
+        lifetime: int | None = directives.max_age
+    else:
+        assert internal is not None
+        lifetime = get_freshness_lifetime(internal, False)
+    fresh_for = max(0.0, float(lifetime) - age) if lifetime is not None else 0.0
+    if not fresh_for and "etag" not in headers and "last-modified" not in headers:
+        return DO_NOT_STORE  # never fresh and nothing to validate it with: it could never answer
+    return StoreDecision(True, vary, fresh_for, age)
+
+
+def request_forbids_stored(request: httpx.Request) -> bool:
+    """Request ``Cache-Control: no-cache`` (or ``max-age=0``): a stored response must be validated first."""
+    value = request.headers.get("cache-control")
+    if not value:
+        return False
+    directives = _directives(value)
+    return bool(directives.no_cache) or directives.max_age == 0
+
+
+def conditional_headers(stored: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """RFC 9110 §13.1 validators for revalidating a stored response: ``If-None-Match`` and/or ``If-Modified-Since``."""
+    out = []
+    for name, value in stored:
+        lname = name.lower()
+        if lname == b"etag":
+            out.append((b"if-none-match", value))
+        elif lname == b"last-modified":
+            out.append((b"if-modified-since", value))
+    return out
+
+
+def merge_not_modified(stored: list[tuple[bytes, bytes]], fresh: httpx.Headers) -> list[tuple[bytes, bytes]]:
+    """RFC 9111 §4.3.4: a 304 updates the stored headers, except the ones that describe the stored body."""
+    keep = {b"content-length", b"content-encoding", b"transfer-encoding", b"content-type", b"content-range"}
+    updated = {k.lower(): v for k, v in fresh.raw if k.lower() not in keep}
+    merged = [(k, v) for k, v in stored if k.lower() not in updated]
+    return merged + list(updated.items())
+
+
+@functools.lru_cache(maxsize=512)
+def _directives(value: str | None) -> Any:
+    # A server sends the same few Cache-Control values over and over: parse each once.
+    return parse_cache_control(value)
+
+
+def _internal_headers(headers: httpx.Headers) -> Headers:
+    grouped: dict[str, list[str]] = {}
+    for key, value in headers.multi_items():
+        grouped.setdefault(key, []).append(value)
+    return Headers(grouped)
