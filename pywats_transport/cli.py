@@ -132,8 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TransportError as exc:
+        # One line, no traceback; the exit code says what kind of failure (docs/service.md).
         print(f"pywats-transport: error: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", 2) or 2)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -248,6 +248,8 @@ def read_json_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -348,20 +350,50 @@ def _is_secret(loc: tuple[Any, ...]) -> bool:
     return any(isinstance(part, str) and any(h in part.lower() for h in _SECRET_HINTS) for part in loc)
 
 
+def _secret_fields(model: type[BaseModel]) -> set[str]:
+    """Names of the model's fields typed as secrets (``SecretStr``), whose values must never be shown."""
+    from pydantic import SecretBytes, SecretStr
+
+    return {name for name, f in model.model_fields.items() if f.annotation in (SecretStr, SecretBytes,
+                                                                               SecretStr | None, SecretBytes | None)}
+
+
+def _shown(value: Any, loc: tuple[Any, ...], secrets: set[str]) -> str:
+    """A rejected value as an error message may show it: scalars only, secrets never."""
+    if _is_secret(loc) or (loc and loc[0] in secrets):
+        return "***"
+    if isinstance(value, (dict, list, tuple, set)):
+        return f"<{type(value).__name__}>"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def describe_validation_error(exc: ValidationError, model: type[BaseModel], source: str | None,
-                              sources: Mapping[str, str] | None = None) -> ConfigError:
+                              sources: Mapping[str, str] | None = None,
+                              data: Mapping[str, Any] | None = None) -> ConfigError:
+    """One :class:`ConfigError` for every problem. No secret value is ever shown: not the values of secret
+    fields, not the value of an unknown key, and not a rejected value that holds a secret given elsewhere
+    in ``data`` (a token pasted into the wrong field)."""
     problems = []
+    secrets = _secret_fields(model)
+    secret_values = [str(v.get_secret_value() if hasattr(v, "get_secret_value") else v)
+                     for k, v in (data or {}).items() if (k in secrets or _is_secret((k,))) and v]
     for err in exc.errors():
         loc = tuple(err["loc"])
         field = ".".join(str(p) for p in loc) or "(root)"
-        value = "***" if _is_secret(loc) else repr(err.get("input"))
         origin = (sources or {}).get(field, "")
         where = f" (from {origin})" if origin.startswith("environment ") else ""
         if err["type"] == "extra_forbidden":
+            # Named without its value: a misspelt key (``apitokn``) most likely holds a secret.
             allowed = _allowed_keys(model, loc[:-1])
-            problems.append(f"{field}{where}: unknown key (value {value}); allowed keys: {', '.join(allowed)}")
+            problems.append(f"{field}{where}: unknown key; allowed keys: {', '.join(allowed)}")
+        elif err["type"] == "missing":
+            problems.append(f"{field}{where}: required, not given")
         else:
-            problems.append(f"{field}{where} = {value}: {err['msg']}")
+            shown = _shown(err.get("input"), loc, secrets)
+            if any(len(s) >= 4 and s in shown for s in secret_values):
+                shown = "***"
+            problems.append(f"{field}{where} = {shown}: {err['msg']}")
     where = f" in {source}" if source else ""
     return ConfigError(f"invalid {model.__name__}{where}: " + "; ".join(problems), problems)
 
@@ -381,7 +413,7 @@ def _validate(model: type[TransportConfig], data: dict[str, Any], source: str | 
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise describe_validation_error(exc, model, source, sources) from None
+        raise describe_validation_error(exc, model, source, sources, data) from None
 
 
 def validate_section(model: type[BaseModel], data: Mapping[str, Any], source: str) -> BaseModel:

@@ -17,6 +17,13 @@ class ConfigError(TransportError, ValueError):
         self.problems = problems or [message]
 
 
+class StartupError(TransportError):
+    """The client service cannot start; the message is one line naming the setting or file at fault."""
+
+    #: the process exit code for this kind of failure (see docs/service.md)
+    exit_code = 1
+
+
 class PluginError(TransportError, LookupError):
     """A plugin that cannot be found or two layers claiming the same name or position."""
 

@@ -411,3 +411,18 @@ async def test_write_may_name_related_prefixes_to_invalidate(mode: str) -> None:
     await caller.get("/api/Asset/1")
     assert server.count == n + 1
     await caller.close()
+
+
+@pytest.mark.anyio
+async def test_the_invalidation_index_is_bounded_by_max_size(mode: str) -> None:
+    clock = Clock()
+    caller, layer = make(mode, Counter(), clock, max_size=100, ttl=3600)
+    for i in range(2000):
+        await caller.get(f"/api/Product/P{i}")
+    assert len(layer.storage) == 100 and len(layer.policy._index) <= 100
+    assert layer.invalidate("/api/Product") == 100  # what is left is still found by prefix
+    clock.now += 3601
+    await caller.get("/api/Product/P1")
+    await caller.get("/api/Product/P1")
+    assert len(layer.policy._index) == 1
+    await caller.close()

@@ -76,3 +76,25 @@ def test_slowdown_never_goes_below_min_rate() -> None:
     for _ in range(5):
         p.on_response("h", 429, None)
     assert p.rates()["h"] == 1.5
+
+
+def test_what_the_server_says_decides_a_slowdown() -> None:
+    p, clock = make(rate=10, burst=10)
+    p.acquire("h")
+    for _ in range(50):  # 503 and 429 asking for no wait: the server is busy, not asking us to slow down
+        p.on_response("h", 503, "0")
+        clock.t += 2.0
+    p.on_response("h", 429, "0")
+    assert p.rates() == {"h": 10.0} and p.stats.slowdowns == 0
+    p.on_response("h", 429, None)  # a second 429 within a second: repeated, so slow down
+    assert p.rates() == {"h": 5.0} and p.stats.slowdowns == 1
+    clock.t += 5
+    p.on_response("h", 503, "2")  # a positive Retry-After always counts
+    assert p.rates() == {"h": 2.5} and p.acquire("h") == pytest.approx(2.0)
+
+
+def test_retry_after_is_capped_by_retry_after_max() -> None:
+    p, _ = make(rate=10, burst=10, retry_after_max=5)
+    p.acquire("h")
+    p.on_response("h", 429, "3600")
+    assert p.acquire("h") == pytest.approx(5.0)

@@ -80,6 +80,9 @@ class _LRUCore:
         # that completes after its entry was invalidated, cleared or refreshed is not stored.
         self._pending: dict[str, object] = {}
         self.closed = False
+        #: called (outside the lock) with the keys that lost their last entry to eviction or expiry, so that
+        #: what indexes keys elsewhere stays bounded by ``max_entries`` too
+        self.on_forget: Callable[[list[str]], None] | None = None
 
     def __len__(self) -> int:
         return len(self._records)
@@ -101,6 +104,14 @@ class _LRUCore:
                 del self._pending[key]
 
     def add(self, record: Record, token: object | None = None, *, replace_variant: bool = False) -> bool:
+        forgotten: list[str] = []
+        try:
+            return self._add(record, token, replace_variant, forgotten)
+        finally:
+            if forgotten and self.on_forget is not None:
+                self.on_forget(forgotten)
+
+    def _add(self, record: Record, token: object | None, replace_variant: bool, forgotten: list[str]) -> bool:
         with self._lock:
             self._check_open()
             if token is not None:
@@ -120,6 +131,8 @@ class _LRUCore:
                 _, oldest = self._records.popitem(last=False)
                 self._unindex(oldest)
                 self.evictions += 1
+                if oldest.key not in self._by_key:
+                    forgotten.append(oldest.key)
             return True
 
     def _unindex(self, record: Record) -> None:
@@ -131,6 +144,14 @@ class _LRUCore:
                 del self._by_key[record.key]
 
     def lookup(self, key: str) -> list[Record]:
+        found = self._lookup(key)
+        if found is None:  # expired, and no entry left for the key
+            if self.on_forget is not None:
+                self.on_forget([key])
+            return []
+        return found
+
+    def _lookup(self, key: str) -> list[Record] | None:
         now = self.clock()
         with self._lock:
             self._check_open()
@@ -151,7 +172,7 @@ class _LRUCore:
                     )
                 self._records.move_to_end(record_id)
                 found.append(record)
-            return found
+            return found if found or key in self._by_key else None
 
     def refresh(self, record: Record, raw_headers: list[tuple[bytes, bytes]], fresh_for: float, age: float) -> None:
         """A revalidated entry (304): new headers, fresh again from now."""

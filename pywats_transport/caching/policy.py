@@ -205,6 +205,12 @@ class CachePolicy:
         with self._lock:
             return self._index.under(prefix, origin)
 
+    def forget(self, keys: list[str]) -> None:
+        """Keys whose entries the storage dropped (evicted, expired) leave the index: it stays as small as the cache."""
+        with self._lock:
+            for key in keys:
+                self._index.discard(key)
+
     def mark_stale(self, keys: list[str]) -> None:
         """Invalidated keys leave the index; their entries must not be served again."""
         with self._lock:

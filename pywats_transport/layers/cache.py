@@ -99,6 +99,8 @@ class _CacheCore:
         # so a hit needs no per-request entry and stream conversions, which would double its cost.
         # hishel's CacheTransport serves the SQLite and Redis storages.
         self._direct = isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage))
+        if self._direct:
+            self.storage._core.on_forget = self.policy.forget
 
     def _direct_lookup(self, plan: Plan, request: httpx.Request) -> tuple[httpx.Response | None, Record | None]:
         """A fresh stored answer to return, or the stale entry to revalidate (rfc mode), or neither."""

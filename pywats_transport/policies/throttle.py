@@ -20,6 +20,8 @@ from .retry import parse_retry_after
 RECOVERY_STEP = 0.1
 # A throttled host's rate is multiplied by this.
 SLOWDOWN = 0.5
+# Two 429s without a Retry-After this close together mean "too fast", where one may be a passing spike.
+REPEATED_429_WINDOW = 1.0
 
 
 class TokenBucket:
@@ -29,6 +31,7 @@ class TokenBucket:
         self.tokens = float(burst)
         self.stamp = now
         self.not_before = 0.0  # set from Retry-After: nothing goes before this
+        self.last_429 = float("-inf")
 
     def _refill(self, now: float) -> None:
         if now > self.stamp:
@@ -103,20 +106,30 @@ class ThrottlePolicy:
             return max(wait, bucket.not_before - now)
 
     def on_response(self, host: str, status: int, retry_after: str | None) -> None:
-        """Adaptive mode: slow a host down on 429/503 with Retry-After; win the rate back on success."""
+        """Adaptive mode: slow a host down when the server says so; win the rate back on success.
+
+        The server says so with a positive ``Retry-After`` (on 429 or 503), or with 429s in quick
+        succession. A 503, or a single 429, asking for no wait is a busy moment, not a request to slow
+        down: slowing on those would cut a queue's throughput many times over under a flaky server.
+        """
         if not self.settings.adaptive:
             return
         with self._lock:
             now = self.clock()
             bucket = self._bucket(self._key(host), now)
-            if status == 429 or (status == 503 and retry_after):
+            if status == 429 or status == 503:
+                delay = parse_retry_after(retry_after, self.wall_clock())
+                repeated = status == 429 and now - bucket.last_429 <= REPEATED_429_WINDOW
+                if status == 429:
+                    bucket.last_429 = now
+                if not (delay or repeated):
+                    return
                 if bucket.rate >= self.settings.rate:
                     self.slowed += 1
                 bucket._refill(now)
                 bucket.rate = max(self.settings.min_rate, bucket.rate * SLOWDOWN)
                 bucket.burst = max(1.0, min(bucket.burst, bucket.rate))
                 bucket.tokens = min(bucket.tokens, bucket.burst)
-                delay = parse_retry_after(retry_after, self.wall_clock())
                 if delay:
                     # Capped: one answer must not hold every later request to the host for as long as it asks.
                     delay = min(delay, self.settings.retry_after_max)

@@ -17,9 +17,12 @@ def _serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ClientConfig.load(args.config)
     service = AsyncClientService(config)
-    print(f"pywats-transport client service: queue {config.queue_dir}, health on "
-          f"http://{config.health_host}:{config.health_port} (Ctrl+C to stop)", flush=True)
-    asyncio.run(service.run_forever())
+
+    def banner(started: AsyncClientService) -> None:
+        print(f"pywats-transport client service: queue {config.queue_dir}, health on "
+              f"http://{config.health_host}:{started.health_port} (Ctrl+C to stop)", flush=True)
+
+    asyncio.run(service.run_forever(on_started=banner))
     return 0
 
 

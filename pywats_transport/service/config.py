@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from ..config import describe_validation_error, read_json_file
@@ -38,13 +39,40 @@ class ClientConfig(BaseModel):
     ping_interval: float = Field(15.0, gt=0, description="Seconds between reachability checks of the server.")
     ready_max_age: float = Field(60.0, gt=0, description="/health/ready needs a server contact at most this old.")
     stuck_after: float = Field(600.0, gt=0, description="A report waiting longer than this marks the queue stuck.")
+    health_header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a health connection may take to send its request headers before it is closed."
+    )
+    health_keepalive_timeout: float = Field(5.0, gt=0, description="Seconds an idle health connection stays open.")
+    health_max_connections: int = Field(
+        100, ge=1, description="Connections the health server holds at once; more are closed at once, so that "
+        "a flood of connections cannot take the file descriptors the queue needs.",
+    )
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise describe_validation_error(exc, type(self), None, data=data) from None
 
     @field_validator("service_address")
     @classmethod
     def _url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
+        try:
+            host = httpx.URL(value).host
+        except httpx.InvalidURL:
+            host = ""
+        if not host:
+            raise ValueError("must name a host, as in https://wats.example.com")
         return value.rstrip("/")
+
+    @field_validator("queue_dir")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a folder (an empty name would make the current directory the queue)")
+        return value
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None,
@@ -68,7 +96,7 @@ class ClientConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise describe_validation_error(exc, cls, str(path) if path else "environment") from None
+            raise describe_validation_error(exc, cls, str(path) if path else "environment", data=data) from None
 
     def transport_flags(self) -> dict[str, Any]:
         return {

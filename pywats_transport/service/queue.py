@@ -7,11 +7,13 @@ Guarantees, whatever moment the process dies (``kill -9`` included):
   before it is first sent, so a re-send after a crash is recognised by the server;
 - a report recorded as confirmed (in ``done/``) is never sent again.
 Files dropped in the folder should be written elsewhere and renamed in (a half-written file is
-malformed); only ``*.json`` files are picked up.
+malformed); only ``*.json`` files (any case: ``.JSON`` too) are picked up, and links are never followed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
 import logging
 import os
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import StartupError
 from ..wats.errors import RequestValidationError, WATSError
 
 log = logging.getLogger("pywats_transport.service.queue")
@@ -30,6 +33,15 @@ REQUIRED = ("partNumber", "serialNumber", "result")
 ID_NAMESPACE = uuid.UUID("6c1a3f0e-2d4b-4e58-9a57-1f0d3c2b7e11")
 
 Submit = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+FOLDER_PROBLEM = "folder"
+
+
+class QueueFolderError(StartupError):
+    """``queue_dir`` cannot serve as the queue (a file, under a missing folder, not writable)."""
+
+    exit_code = 3
 
 
 class Malformed(ValueError):
@@ -96,37 +108,131 @@ def parse_report(content: bytes) -> dict[str, Any]:
     return data
 
 
+@dataclass
+class Scan:
+    """One listing of the working folders: what to send next, and what the health endpoints report."""
+
+    batch: list[Path]
+    links: list[Path]
+    counts: dict[str, int]
+    oldest_mtime: float | None
+    ignored: list[dict[str, str]]
+
+
+def _is_report_name(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(".json")
+
+
 class ReportQueue:
-    """The queue folder and its state folders; :meth:`process_once` moves a batch of reports along."""
+    """The queue folder and its state folders; :meth:`process_once` moves a batch of reports along.
+
+    The health endpoints read counts kept here (updated by each scan, which runs in a worker thread,
+    and by each move), never the folder itself: their cost does not grow with the queue.
+    A file that cannot be moved (a full disk, a folder made read-only) is a *problem*: logged once,
+    shown by the health endpoints, retried on later scans, and cleared (and logged) when it recovers;
+    it never stops the other reports.
+    """
 
     def __init__(self, root: str | os.PathLike[str], submit: Submit, *, backoff_base: float = 0.5,
                  backoff_max: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.root = Path(root)
         self.dirs = {"pending": self.root, **{s: self.root / s for s in STATES[1:]}}
-        for d in self.dirs.values():
-            d.mkdir(parents=True, exist_ok=True)
+        self._prepare_folders()
         self.submit = submit
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
         self.clock = clock
         self.stats = QueueStats()
         self._failures = 0  # consecutive failures to reach or satisfy the server
         self._not_before = 0.0
+        self.problems: dict[str, str] = {}
+        self._counts = {state: 0 for state in STATES}
+        for state in ("done", "error"):
+            self._counts[state] = sum(1 for e in os.scandir(self.dirs[state]) if _is_report_name(e.name))
+        self._oldest_mtime: float | None = None
+        self.ignored: list[dict[str, str]] = []
+
+    def _prepare_folders(self) -> None:
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise QueueFolderError(f"queue_dir {str(root)!r} is a file, not a folder")
+        if not root.parent.is_dir():
+            raise QueueFolderError(f"queue_dir {str(root)!r}: the folder above it, {str(root.parent)!r}, does not exist")
+        try:
+            for d in self.dirs.values():
+                d.mkdir(exist_ok=True)
+            probe = root / f".pywats-write-probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise QueueFolderError(f"queue_dir {str(root)!r} is not writable: {exc.strerror or exc}") from None
 
     # -- inspection -------------------------------------------------------------------
 
     def files(self, state: str) -> list[Path]:
+        """Report files in a state folder, oldest first (lists the folder: not for health checks)."""
         d = self.dirs[state]
-        pattern = "*.json"
-        found = [p for p in d.glob(pattern) if p.is_file() and not p.name.startswith(".")]
-        return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
+        found = [(e.stat(follow_symlinks=False).st_mtime, e.name) for e in os.scandir(d)
+                 if _is_report_name(e.name) and e.is_file(follow_symlinks=False)]
+        return [d / name for _, name in sorted(found)]
+
+    def scan(self, limit: int = 100) -> Scan:
+        """List sending/ and pending/: the next batch (sending first), counts, the oldest waiting report,
+        links to move aside and entries that cannot be reports. Blocking: run it in a worker thread."""
+        batch: list[Path] = []
+        links: list[Path] = []
+        ignored: list[dict[str, str]] = []
+        counts = {"done": self._counts["done"], "error": self._counts["error"]}
+        oldest: float | None = None
+        for state in ("sending", "pending"):
+            found: list[tuple[float, str]] = []
+            for entry in os.scandir(self.dirs[state]):
+                if not _is_report_name(entry.name):
+                    continue
+                try:
+                    if entry.is_symlink():
+                        if os.path.exists(entry.path):
+                            links.append(Path(entry.path))
+                        else:
+                            ignored.append({"name": entry.name, "problem": "a dangling symbolic link"})
+                        continue
+                    if not entry.is_file(follow_symlinks=False):
+                        ignored.append({"name": entry.name, "problem": "a folder or special file, not a report"})
+                        continue
+                    found.append((entry.stat(follow_symlinks=False).st_mtime, entry.name))
+                except FileNotFoundError:
+                    continue  # moved meanwhile
+            found.sort()
+            counts[state] = len(found)
+            if found:
+                oldest = found[0][0] if oldest is None else min(oldest, found[0][0])
+            batch += [self.dirs[state] / name for _, name in found[: limit - len(batch)]]
+        return Scan(batch, links, counts, oldest, ignored)
 
     def depth(self) -> dict[str, int]:
-        return {state: len(self.files(state)) for state in STATES}
+        """Reports per state, as of the last scan and the moves since (no disk access)."""
+        return {state: self._counts[state] for state in STATES}
 
     def oldest_waiting_age(self) -> float:
-        now = time.time()
-        waiting = self.files("sending") + self.files("pending")
-        return max((now - p.stat().st_mtime for p in waiting), default=0.0)
+        return max(0.0, time.time() - self._oldest_mtime) if self._oldest_mtime is not None else 0.0
+
+    # -- problems ---------------------------------------------------------------------------
+
+    def _problem(self, key: str, message: str) -> None:
+        self.stats.last_error = message
+        if self.problems.get(key) != message:
+            log.warning("queue problem: %s (retrying; logged once)", message)
+        self.problems[key] = message
+
+    def _recovered(self, key: str) -> None:
+        message = self.problems.pop(key, None)
+        if message is not None:
+            log.info("queue problem recovered: %s", message)
+
+    def _os_failure(self, path: Path, exc: OSError) -> None:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            self._problem(FOLDER_PROBLEM, f"queue folder not writable ({exc.strerror}): {path.parent}")
+        else:
+            self._problem(f"file:{path.name}", f"{path.name}: {exc.strerror or exc}")
 
     # -- one step -------------------------------------------------------------------------
 
@@ -134,27 +240,37 @@ class ReportQueue:
         return max(0.0, self._not_before - self.clock())
 
     async def process_once(self, limit: int = 100) -> bool:
-        """Send up to ``limit`` reports from one scan of the folder, oldest first.
+        """Scan once (in a worker thread), then send up to ``limit`` reports, oldest first.
 
         Returns False when there was nothing to do or the server is being waited for. One scan
         serves a whole batch, so a deep queue is not re-listed for every report.
         """
-        if self.backing_off() > 0:
+        scan = await asyncio.to_thread(self.scan, limit)
+        self._counts.update(scan.counts)
+        self._oldest_mtime, self.ignored = scan.oldest_mtime, scan.ignored
+        for link in scan.links:
+            self._guarded(link, lambda p: self._to_error(p, "a symbolic link: the queue does not follow links; "
+                                                          "copy the report into the folder instead"))
+        if self.backing_off() > 0 or not scan.batch:
             return False
-        # Reports that were being sent when the process stopped come first, with their recorded id.
-        batch = self.files("sending")[:limit]
-        batch += self.files("pending")[: limit - len(batch)]
-        if not batch:
-            return False
-        for path in batch:
-            if path.parent != self.dirs["sending"]:
-                claimed = self._claim(path)
-                if claimed is None:
-                    continue
-                path = claimed
-            if not await self._send(path):
-                return False  # the server failed: back off before the next report
+        for path in scan.batch:
+            try:
+                if path.parent != self.dirs["sending"]:
+                    claimed = self._claim(path)
+                    if claimed is None:
+                        continue
+                    path = claimed
+                if not await self._send(path):
+                    return False  # the server failed: back off before the next report
+            except OSError as exc:  # this file's problem, not the queue's: go on with the others
+                self._os_failure(path, exc)
         return True
+
+    def _guarded(self, path: Path, action: Callable[[Path], None]) -> None:
+        try:
+            action(path)
+        except OSError as exc:
+            self._os_failure(path, exc)
 
     def _claim(self, path: Path) -> Path | None:
         """pending -> sending (atomic rename), then give an id-less report its content-derived id."""
@@ -165,8 +281,14 @@ class ReportQueue:
             os.replace(path, target)
         except FileNotFoundError:
             return None  # taken by someone else
+        self._recovered(FOLDER_PROBLEM)
+        self._move_counted("pending", "sending")
         _fsync_dir(target.parent)
         return target
+
+    def _move_counted(self, source: str, target: str) -> None:
+        self._counts[source] = max(0, self._counts[source] - 1)
+        self._counts[target] += 1
 
     async def _send(self, path: Path) -> bool:
         started = time.perf_counter()
@@ -203,6 +325,8 @@ class ReportQueue:
             target = self.dirs["done"] / f"{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}"
         os.replace(path, target)
         _fsync_dir(target.parent)
+        self._recovered(f"file:{path.name}")
+        self._move_counted("sending", "done")
         self._failures = 0
         self._not_before = 0.0
         self.stats.confirmed += 1
@@ -224,11 +348,13 @@ class ReportQueue:
 
     def _to_error(self, path: Path, reason: str) -> None:
         target = self.dirs["error"] / path.name
-        if target.exists():
+        if target.exists() or target.is_symlink():
             target = self.dirs["error"] / f"{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}"
         _write_atomic(target.with_name(target.name + ".reason.txt"), (reason + "\n").encode())
         os.replace(path, target)
         _fsync_dir(target.parent)
+        self._recovered(f"file:{path.name}")
+        self._move_counted("sending" if path.parent == self.dirs["sending"] else "pending", "error")
         log.warning("report %s moved to %s: %s", path.name, target, reason)
         self.on_processed(0.0, "error")
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -15,9 +15,11 @@ import uvicorn
 from .._version import __version__
 from ..metrics import MetricsCollector
 from ..wats import AsyncWATS
+from . import logs
 from .config import ClientConfig
 from .health import create_health_app
 from .queue import STATES, ReportQueue
+from .server import BindError, bind, protocol_class
 
 log = logging.getLogger("pywats_transport.service")
 
@@ -46,6 +48,7 @@ class AsyncClientService:
         self.server_version: str | None = None
         self.health_port: int | None = None
         self.metrics_port: int | None = None
+        self._remove_log_filter: Callable[[], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -61,28 +64,35 @@ class AsyncClientService:
             self.collector.observe_gauge("pywats_transport.queue.depth", self._depth_gauge, unit="{report}",
                                          description="Reports in the queue folder by state.")
         self._started_at = time.monotonic()
-        self.health_port = await self._serve(cfg.health_host, cfg.health_port, metrics_only=False)
+        self._remove_log_filter = logs.install()
+        self.health_port = await self._serve(cfg.health_host, cfg.health_port, "health_port", metrics_only=False)
         if cfg.enable_metrics and cfg.metrics_port is not None and (cfg.metrics_port == 0 or cfg.metrics_port != cfg.health_port):
-            self.metrics_port = await self._serve(cfg.health_host, cfg.metrics_port, metrics_only=True)
+            self.metrics_port = await self._serve(cfg.health_host, cfg.metrics_port, "metrics_port", metrics_only=True)
         self._tasks += [asyncio.create_task(self._run_queue(), name="pywats-queue"),
                         asyncio.create_task(self._run_pings(), name="pywats-ping")]
         log.info("client service started: health on http://%s:%s, queue %s", cfg.health_host, self.health_port,
                  cfg.queue_dir)
         return self
 
-    async def _serve(self, host: str, port: int, *, metrics_only: bool) -> int:
+    async def _serve(self, host: str, port: int, port_field: str, *, metrics_only: bool) -> int:
+        cfg = self.config
+        sock = bind(host, port, host_field="health_host", port_field=port_field)
         app = create_health_app(self, metrics_only=metrics_only)
-        server = _EmbeddedServer(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
-                                                access_log=False))
-        task = asyncio.create_task(server.serve(), name="pywats-health")
+        server = _EmbeddedServer(uvicorn.Config(
+            app, log_level="warning", lifespan="off", access_log=False,
+            http=protocol_class(cfg.health_header_timeout, cfg.health_max_connections),
+            timeout_keep_alive=int(max(1, round(cfg.health_keepalive_timeout))),
+        ))
+        task = asyncio.create_task(server.serve(sockets=[sock]), name="pywats-health")
         while not server.started:
             if task.done():
-                task.result()  # raises the bind error
-                raise RuntimeError(f"health server on {host}:{port} stopped while starting")
+                sock.close()
+                task.result()
+                raise BindError(f"the server on {host}:{port} ({port_field}) stopped while starting")
             await asyncio.sleep(0.01)
         self._servers.append(server)
         self._tasks.append(task)
-        return int(server.servers[0].sockets[0].getsockname()[1])
+        return int(sock.getsockname()[1])
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -97,6 +107,9 @@ class AsyncClientService:
             self.collector.forget_gauge("pywats_transport.queue.depth", self._depth_gauge)
         if self.api is not None:
             await self.api.aclose()
+        if self._remove_log_filter is not None:
+            self._remove_log_filter()
+            self._remove_log_filter = None
 
     async def __aenter__(self) -> AsyncClientService:
         return await self.start()
@@ -104,13 +117,19 @@ class AsyncClientService:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def run_forever(self) -> None:
-        """Start, then stop cleanly on SIGINT or SIGTERM."""
+    async def run_forever(self, on_started: Callable[[AsyncClientService], None] | None = None) -> None:
+        """Start, then stop cleanly on SIGINT or SIGTERM; ``on_started`` sees the service once it listens."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stopping.set)
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        if on_started is not None:
+            on_started(self)
         try:
             await self._stopping.wait()
         finally:
@@ -133,8 +152,8 @@ class AsyncClientService:
         while not self._stopping.is_set():
             try:
                 busy = await self.queue.process_once()
-            except Exception:  # a bug must not stop the queue for good
-                log.exception("queue step failed")
+            except Exception as exc:  # a bug (or an unlisted folder failure) must not stop the queue for good
+                log.error("queue step failed (%s: %s); retrying", type(exc).__name__, exc)
                 busy = False
             if not busy:
                 wait = max(self.config.poll_interval, min(self.queue.backing_off(), self.config.poll_interval * 4))
@@ -167,8 +186,10 @@ class AsyncClientService:
         out = []
         if self._stopping.is_set():
             out.append("service is stopping")
-        if self.queue is not None and self.queue.oldest_waiting_age() > self.config.stuck_after:
-            out.append(f"queue stuck: a report has waited over {self.config.stuck_after:.0f}s")
+        if self.queue is not None:
+            if self.queue.oldest_waiting_age() > self.config.stuck_after:
+                out.append(f"queue stuck: a report has waited over {self.config.stuck_after:.0f}s")
+            out += [f"queue: {message}" for message in self.queue.problems.values()]
         if readiness:
             if self.last_contact is None:
                 out.append("WATS not reached yet" + (f" ({self.last_contact_error})" if self.last_contact_error else ""))
@@ -203,6 +224,8 @@ class AsyncClientService:
                 "rejected": q.stats.rejected if q else 0,
                 "last_error": q.stats.last_error if q else None,
                 "oldest_waiting_seconds": round(q.oldest_waiting_age(), 3) if q else 0.0,
+                "problems": list(q.problems.values()) if q else [],
+                "ignored": list(q.ignored) if q else [],
             },
             "health": {"problems": self.problems(readiness=True)},
         }
