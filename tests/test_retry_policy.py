@@ -127,3 +127,12 @@ def test_budget_exhaustion_is_counted() -> None:
     d = p.on_response(p.start(req()), httpx.Response(503))
     assert (d.retry, d.reason) == (False, "budget_exhausted")
     assert p.stats.budget_exhausted == 1
+
+
+def test_retry_after_zero_means_now() -> None:
+    p = policy(jitter="none", backoff_base=0.5, backoff_max=10)
+    a = p.start(req())
+    d = p.on_response(a, httpx.Response(503, headers={"Retry-After": "0"}))
+    assert (d.retry, d.delay) == (True, 0.0)
+    d = p.on_response(a, httpx.Response(503))  # no Retry-After: our own backoff
+    assert (d.retry, d.delay) == (True, 1.0)

@@ -86,7 +86,10 @@ def test_what_the_server_says_decides_a_slowdown() -> None:
         clock.t += 2.0
     p.on_response("h", 429, "0")
     assert p.rates() == {"h": 10.0} and p.stats.slowdowns == 0
-    p.on_response("h", 429, None)  # a second 429 within a second: repeated, so slow down
+    p.on_response("h", 200, None)  # a success between: the next 429 starts a new count
+    p.on_response("h", 429, "0")
+    assert p.rates() == {"h": 10.0} and p.stats.slowdowns == 0
+    p.on_response("h", 429, None)  # a second 429 in a row: repeated, so slow down
     assert p.rates() == {"h": 5.0} and p.stats.slowdowns == 1
     clock.t += 5
     p.on_response("h", 503, "2")  # a positive Retry-After always counts

@@ -66,7 +66,7 @@ class _ThrottleCore:
     def _observe(self, request: httpx.Request, response: httpx.Response) -> None:
         status = response.status_code
         # Only throttle signals, and successes while some host is still recovering, change a bucket.
-        if self.settings.adaptive and (status == 429 or status == 503 or (self.policy.slowed and status < 400)):
+        if self.settings.adaptive and (status == 429 or status == 503 or (self.policy.attentive and status < 400)):
             self.policy.on_response(request.url.host, status, response.headers.get("retry-after"))
 
     def stats(self) -> dict[str, Any]:

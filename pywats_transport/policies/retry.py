@@ -223,9 +223,9 @@ class RetryPolicy:
             return self._stop(attempt, "body_not_replayable")
         if attempt.number >= attempt.max_attempts:
             return self._stop(attempt, "attempts_exhausted")
-        delay = self.backoff(attempt.number)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.settings.backoff_max))
+        # The server's word, when it gives one, replaces our guess: "Retry-After: 0" means now, and a
+        # queue behind a flaky server drains at the server's pace rather than at our backoff's.
+        delay = self.backoff(attempt.number) if retry_after is None else min(retry_after, self.settings.backoff_max)
         if self.settings.deadline is not None:
             if self.clock() - attempt.started + delay > self.settings.deadline:
                 return self._stop(attempt, "deadline")

@@ -20,8 +20,8 @@ from .retry import parse_retry_after
 RECOVERY_STEP = 0.1
 # A throttled host's rate is multiplied by this.
 SLOWDOWN = 0.5
-# Two 429s without a Retry-After this close together mean "too fast", where one may be a passing spike.
-REPEATED_429_WINDOW = 1.0
+# 429s in a row (no success between) mean "too fast", where one may be a passing spike.
+REPEATED_429 = 2
 
 
 class TokenBucket:
@@ -31,7 +31,7 @@ class TokenBucket:
         self.tokens = float(burst)
         self.stamp = now
         self.not_before = 0.0  # set from Retry-After: nothing goes before this
-        self.last_429 = float("-inf")
+        self.throttled_in_a_row = 0
 
     def _refill(self, now: float) -> None:
         if now > self.stamp:
@@ -67,7 +67,8 @@ class ThrottlePolicy:
         self._buckets: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
         self.stats = ThrottleStats()
-        self.slowed = 0  # buckets below the configured rate; while 0, successes need no bookkeeping
+        self.slowed = 0  # buckets below the configured rate
+        self.attentive = False  # a bucket is slowed or counting 429s: successes must be reported
 
     def _key(self, host: str) -> str:
         return host if self.settings.per_host else "*"
@@ -108,8 +109,8 @@ class ThrottlePolicy:
     def on_response(self, host: str, status: int, retry_after: str | None) -> None:
         """Adaptive mode: slow a host down when the server says so; win the rate back on success.
 
-        The server says so with a positive ``Retry-After`` (on 429 or 503), or with 429s in quick
-        succession. A 503, or a single 429, asking for no wait is a busy moment, not a request to slow
+        The server says so with a positive ``Retry-After`` (on 429 or 503), or with 429s in a row
+        (no success between). A 503, or a single 429, asking for no wait is a busy moment, not a request to slow
         down: slowing on those would cut a queue's throughput many times over under a flaky server.
         """
         if not self.settings.adaptive:
@@ -119,13 +120,15 @@ class ThrottlePolicy:
             bucket = self._bucket(self._key(host), now)
             if status == 429 or status == 503:
                 delay = parse_retry_after(retry_after, self.wall_clock())
-                repeated = status == 429 and now - bucket.last_429 <= REPEATED_429_WINDOW
                 if status == 429:
-                    bucket.last_429 = now
-                if not (delay or repeated):
+                    bucket.throttled_in_a_row += 1
+                    self.attentive = True
+                if not (delay or bucket.throttled_in_a_row >= REPEATED_429):
                     return
+                bucket.throttled_in_a_row = 0
                 if bucket.rate >= self.settings.rate:
                     self.slowed += 1
+                    self.attentive = True
                 bucket._refill(now)
                 bucket.rate = max(self.settings.min_rate, bucket.rate * SLOWDOWN)
                 bucket.burst = max(1.0, min(bucket.burst, bucket.rate))
@@ -135,12 +138,17 @@ class ThrottlePolicy:
                     delay = min(delay, self.settings.retry_after_max)
                     bucket.not_before = max(bucket.not_before, now + delay)
                 self.stats.slowdowns += 1
-            elif status < 400 and bucket.rate < self.settings.rate:
-                bucket._refill(now)
-                bucket.rate = min(self.settings.rate, bucket.rate + (self.settings.rate - bucket.rate) * RECOVERY_STEP + 1e-9)
-                bucket.burst = min(float(self.settings.burst), max(bucket.burst, bucket.rate))
-                if bucket.rate >= self.settings.rate:
-                    self.slowed -= 1
+            elif status < 400 and (bucket.throttled_in_a_row or bucket.rate < self.settings.rate):
+                bucket.throttled_in_a_row = 0
+                if bucket.rate < self.settings.rate:
+                    bucket._refill(now)
+                    bucket.rate = min(self.settings.rate,
+                                      bucket.rate + (self.settings.rate - bucket.rate) * RECOVERY_STEP + 1e-9)
+                    bucket.burst = min(float(self.settings.burst), max(bucket.burst, bucket.rate))
+                    if bucket.rate >= self.settings.rate:
+                        self.slowed -= 1
+                # While nothing is slowed or counting 429s, successes need no bookkeeping at all.
+                self.attentive = self.slowed > 0 or any(b.throttled_in_a_row for b in self._buckets.values())
 
     def rates(self) -> dict[str, float]:
         with self._lock:

@@ -1,0 +1,153 @@
+"""Client service under load: /health latency with a deep queue, queue drain rates with and without
+faults, and the cache's memory for many distinct URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from pywats_transport.emulator import EmulatorServer
+from pywats_transport.layers.cache import AsyncCacheLayer
+from pywats_transport.service import AsyncClientService, ClientConfig
+
+from .common import Row
+
+SUITE = "service"
+TOKEN = "bench-token"
+logging.getLogger("pywats_transport.service").setLevel(logging.ERROR)
+logging.getLogger("pywats_transport.service.queue").setLevel(logging.ERROR)
+
+
+def _drop(queue: Path, count: int, prefix: str) -> None:
+    queue.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        name = f"{prefix}-{i:05d}"
+        tmp = queue / f".{name}.tmp"
+        tmp.write_text(json.dumps({"partNumber": "PN-1001", "serialNumber": name, "result": "P"}))
+        os.replace(tmp, queue / f"{name}.json")
+
+
+def _health_latencies(depth: int, concurrent: int, rounds: int) -> tuple[list[float], list[float]]:
+    """A real ``serve`` process with ``depth`` reports queued (its server unreachable, so they stay);
+    /health timed from this process one at a time, then ``concurrent`` at once."""
+    tmp = Path(tempfile.mkdtemp())
+    _drop(tmp / "q", depth, "H")
+    path = tmp / "client.json"
+    path.write_text(json.dumps({"service_address": "http://127.0.0.1:9", "api_token": TOKEN, "queue_dir": str(tmp / "q"),
+                                "health_port": 0, "metrics_port": None, "retry_backoff_max": 60}))
+    proc = subprocess.Popen([sys.executable, "-m", "pywats_transport", "serve", "--config", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split("http://127.0.0.1:")[1].split()[0])
+
+        async def run() -> tuple[list[float], list[float]]:
+            limits = httpx.Limits(max_connections=concurrent)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30) as client:
+                while True:  # until the service has counted the whole queue
+                    d = (await client.get("/health/details")).json()["queue"]["depth"]
+                    if d["pending"] + d["sending"] >= depth:
+                        break
+                    await asyncio.sleep(0.1)
+
+                async def timed() -> float:
+                    start = time.perf_counter()
+                    (await client.get("/health")).raise_for_status()
+                    return time.perf_counter() - start
+
+                one = [await timed() for _ in range(50 * rounds)]
+                await asyncio.gather(*(timed() for _ in range(concurrent)))  # connections opened
+                many: list[float] = []
+                for _ in range(rounds):
+                    many += await asyncio.gather(*(timed() for _ in range(concurrent)))
+                return one, many
+
+        return asyncio.run(run())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def health_at_depth(quick: bool) -> list[Row]:
+    depth, concurrent, rounds = (2000, 100, 2) if quick else (20_000, 100, 5)
+    p99 = lambda xs: statistics.quantiles(xs, n=100)[98] * 1000  # noqa: E731
+    one_empty, many_empty = _health_latencies(0, concurrent, rounds)
+    one_deep, many_deep = _health_latencies(depth, concurrent, rounds)
+    growth = p99(many_deep) / p99(many_empty)
+    return [
+        Row(SUITE, f"/health p99, one at a time, {depth} queued", p99(one_deep), "ms", "< 20", p99(one_deep) < 20),
+        Row(SUITE, "/health p99, one at a time, empty queue", p99(one_empty), "ms"),
+        Row(SUITE, f"/health p99, {concurrent} concurrent, {depth} queued", p99(many_deep), "ms", "< 20",
+            p99(many_deep) < 20),
+        Row(SUITE, f"/health p99, {concurrent} concurrent, empty queue", p99(many_empty), "ms"),
+        Row(SUITE, "... queued / empty (health cost independent of depth)", growth, "x", "<= 1.5", growth <= 1.5),
+    ]
+
+
+def drain_rates(quick: bool) -> list[Row]:
+    n = 30 if quick else 100
+
+    def drain(fail_rate: float) -> float:
+        tmp = Path(tempfile.mkdtemp())
+        with EmulatorServer(token=TOKEN, fail_rate=fail_rate, retry_after=0, seed=5) as emu:
+            cfg = ClientConfig(service_address=emu.url, api_token=TOKEN, queue_dir=str(tmp / "q"), health_port=0,
+                               metrics_port=None, poll_interval=0.05, retry_backoff_max=0.5)
+            _drop(Path(cfg.queue_dir), n, "D")
+
+            async def run() -> float:
+                async with AsyncClientService(cfg) as service:
+                    assert service.queue is not None
+                    start = time.perf_counter()
+                    while service.queue.stats.confirmed < n:
+                        await asyncio.sleep(0.02)
+                    return n / (time.perf_counter() - start)
+
+            return asyncio.run(run())
+
+    clean, faulty = drain(0.0), drain(0.3)
+    # Every attempt takes a throttle token: at 30 % faults a report needs ~1.43 attempts, so the
+    # ceiling is ~7 reports/s at the WATS profile's 10 requests/s.
+    return [
+        Row(SUITE, f"queue drain, {n} reports, no faults (WATS profile: 10 req/s)", clean, "reports/s"),
+        Row(SUITE, "queue drain, 30% 503/429 with Retry-After: 0", faulty, "reports/s", ">= 5", faulty >= 5),
+        Row(SUITE, "... faulty / clean drain rate", faulty / clean, "x"),
+    ]
+
+
+def cache_memory(quick: bool) -> list[Row]:
+    urls = 20_000 if quick else 100_000
+    body = b"x" * 512
+    layer = AsyncCacheLayer(httpx.MockTransport(lambda r: httpx.Response(200, content=body)), mode="ttl",
+                            max_size=1000)
+    process = psutil.Process()
+
+    async def fill() -> float:
+        async with httpx.AsyncClient(transport=layer, base_url="http://bench") as client:
+            for i in range(2000):  # warm: the cache is full from here on
+                await client.get(f"/api/Product/P{i}")
+            before = process.memory_info().rss
+            for i in range(2000, 2000 + urls):
+                await client.get(f"/api/Product/P{i}")
+            return (process.memory_info().rss - before) / (1024 * 1024)
+
+    grown = asyncio.run(fill())
+    index = len(layer.policy._index)
+    return [
+        Row(SUITE, f"RSS growth over {urls} distinct URLs, max_size=1000", grown, "MiB", "< 10", grown < 10),
+        Row(SUITE, "... invalidation index entries", index, "", "<= 1000", index <= 1000),
+    ]
+
+
+def run(quick: bool = False) -> list[Row]:
+    return health_at_depth(quick) + drain_rates(quick) + cache_memory(quick)
