@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -18,10 +17,9 @@ from typing import Any
 from pywats_transport.emulator import EmulatorServer
 from pywats_transport.service import AsyncClientService, ClientConfig
 
-from .common import Row
+from .common import Row, quiet_service_logs
 
 SUITE = "service queue"
-logging.getLogger("pywats_transport.service").setLevel(logging.ERROR)  # the figures say it all
 TOKEN = "reliability-token"
 
 
@@ -113,4 +111,5 @@ def sigkill_loop(quick: bool) -> list[Row]:
 
 
 def run(quick: bool = False) -> list[Row]:
+    quiet_service_logs()
     return faulty_server(quick) + sigkill_loop(quick)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import statistics
 import subprocess
@@ -21,12 +20,10 @@ from pywats_transport.emulator import EmulatorServer
 from pywats_transport.layers.cache import AsyncCacheLayer
 from pywats_transport.service import AsyncClientService, ClientConfig
 
-from .common import Row
+from .common import Row, quiet_service_logs
 
 SUITE = "service"
 TOKEN = "bench-token"
-logging.getLogger("pywats_transport.service").setLevel(logging.ERROR)
-logging.getLogger("pywats_transport.service.queue").setLevel(logging.ERROR)
 
 
 def _drop(queue: Path, count: int, prefix: str) -> None:
@@ -150,4 +147,5 @@ def cache_memory(quick: bool) -> list[Row]:
 
 
 def run(quick: bool = False) -> list[Row]:
+    quiet_service_logs()
     return health_at_depth(quick) + drain_rates(quick) + cache_memory(quick)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -127,6 +128,13 @@ def per_request_medians(calls: dict[str, Callable[[], Any]], n: int) -> dict[str
     finally:
         gc.enable()
     return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def quiet_service_logs() -> None:
+    """The figures say it all: the service's warnings (injected faults) would bury the table.
+    Called by the suites that run the service, when they run, never on import."""
+    for name in ("pywats_transport.service", "pywats_transport.service.queue"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def table(rows: list[Row], markdown: bool = False) -> str:

@@ -53,6 +53,14 @@ class CacheSettings(Section):
     invalidate_on_write: bool = Field(True, description="A successful POST/PUT/PATCH/DELETE drops entries under its path.")
     coalesce: bool = Field(True, description="Concurrent identical lookups wait for the first one instead of all missing.")
     coalesce_timeout: float = Field(10.0, gt=0, description="Longest a coalesced request waits for the first one (seconds).")
+    stale_if_error: float = Field(
+        0.0, ge=0, description="Seconds past freshness an entry still answers a GET when the request below fails "
+        "(connection refused, timeout, 5xx after retries, an open circuit breaker), marked stale (RFC 5861).",
+    )
+    stale_while_revalidate: float = Field(
+        0.0, ge=0, description="Seconds past freshness an entry is served at once while one background request "
+        "per key refreshes it (RFC 5861).",
+    )
 
 
 class RetrySettings(Section):
@@ -126,7 +134,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # The WATS clients and the client service: the seed plan's caching (TTL 300 s, 1000 entries, cached
     # whatever the server's freshness headers say) and throttling on.
     "wats": {
-        "cache": {"mode": "ttl", "ttl": 300.0, "max_size": 1000, "store_no_store": True},
+        # A station keeps testing through a WATS outage: lookups fall back to what it last knew for a week.
+        "cache": {"mode": "ttl", "ttl": 300.0, "max_size": 1000, "store_no_store": True, "stale_if_error": 604800.0},
         "throttle": {"enabled": True},
     },
 }

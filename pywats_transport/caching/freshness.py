@@ -35,6 +35,9 @@ class StoreDecision:
     fresh_for: float | None = None
     #: the response's age when stored (rfc mode), for the ``Age`` header of hits
     age: float = 0.0
+    #: RFC 5861 windows the response itself grants (rfc mode)
+    stale_if_error: float = 0.0
+    stale_while_revalidate: float = 0.0
 
 
 DO_NOT_STORE = StoreDecision(False)
@@ -81,10 +84,11 @@ def rfc_decision(request: httpx.Request, response: httpx.Response) -> StoreDecis
     # hishel's Response is built only when its rules need more than the directives (a Date, no max-age).
     internal = HishelResponse(status, _internal_headers(headers)) if "date" in headers or directives.max_age is None else None
     age = float(get_age(internal)) if internal is not None else 0.0
+    sie, swr = float(directives.stale_if_error or 0), float(directives.stale_while_revalidate or 0)
     if directives.no_cache:
         if "etag" not in headers and "last-modified" not in headers:
             return DO_NOT_STORE
-        return StoreDecision(True, vary, 0.0, age)  # stored, but revalidated before every use
+        return StoreDecision(True, vary, 0.0, age, sie)  # stored, but revalidated before every use
     # A private cache: max-age wins (s-maxage is for shared caches), then Expires or heuristics (hishel).
     if directives.max_age is not None:
         lifetime: int | None = directives.max_age
@@ -92,9 +96,9 @@ def rfc_decision(request: httpx.Request, response: httpx.Response) -> StoreDecis
         assert internal is not None
         lifetime = get_freshness_lifetime(internal, False)
     fresh_for = max(0.0, float(lifetime) - age) if lifetime is not None else 0.0
-    if not fresh_for and "etag" not in headers and "last-modified" not in headers:
+    if not fresh_for and not sie and "etag" not in headers and "last-modified" not in headers:
         return DO_NOT_STORE  # never fresh and nothing to validate it with: it could never answer
-    return StoreDecision(True, vary, fresh_for, age)
+    return StoreDecision(True, vary, fresh_for, age, sie, swr)
 
 
 def request_forbids_stored(request: httpx.Request) -> bool:

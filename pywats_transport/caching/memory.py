@@ -38,11 +38,14 @@ class Record:
     raw_headers: list[tuple[bytes, bytes]] | None = None
     #: the request header values the response's ``Vary`` names (the layer's path); None: any request matches
     vary: tuple[tuple[str, str | None], ...] | None = None
-    #: when the entry stops being fresh (rfc mode, the layer's path); None: fresh until it expires
-    fresh_until: float | None = None
+    #: when the entry stops being fresh; it is kept past that (``expires_at``) for the stale windows
+    fresh_until: float = float("inf")
     stored_at: float = 0.0
     #: the response's age when stored
     age: float = 0.0
+    #: RFC 5861: seconds past ``fresh_until`` the entry may answer when the origin fails / while it is refreshed
+    stale_if_error: float = 0.0
+    stale_while_revalidate: float = 0.0
 
     def matches(self, method: str, headers: Any) -> bool:
         if self.request.method != method:
@@ -180,6 +183,9 @@ class _LRUCore:
         with self._lock:
             record.raw_headers, record.headers = [(k, v) for k, v in raw_headers if k.lower() not in _NOT_KEPT], None
             record.fresh_until, record.stored_at, record.age = now + fresh_for, now, age
+            keep = record.fresh_until + max(record.stale_if_error, record.stale_while_revalidate)
+            if record.expires_at is not None:
+                record.expires_at = max(record.expires_at, keep)
 
     def update_headers(self, record_id: uuid.UUID, headers: Headers) -> None:
         with self._lock:
@@ -259,21 +265,30 @@ class _MemoryBase:
 
     def store(self, key: str, method: str, url: str, status: int, raw_headers: list[tuple[bytes, bytes]],
               body: bytes, ttl: float | None, *, vary: tuple[tuple[str, str | None], ...] | None = None,
-              token: object | None = None, fresh_for: float | None = None, age: float = 0.0) -> bool:
-        """Store a complete response directly (the layer's ttl-mode path), skipping hishel's entry streams.
+              token: object | None = None, fresh_for: float | None = None, age: float = 0.0,
+              stale_if_error: float = 0.0, stale_while_revalidate: float = 0.0) -> bool:
+        """Store a complete response directly (the layer's path), skipping hishel's entry streams.
 
-        ``token`` (from :meth:`begin`) makes the store conditional: it fails once the key was dropped meanwhile.
+        Fresh for ``fresh_for`` seconds (default: ``ttl``) but never past ``ttl``; kept for ``ttl`` (a
+        stale entry can still be revalidated) or past its freshness for the stale windows, if longer. ``token`` (from :meth:`begin`) makes the store conditional: it fails once the key
+        was dropped meanwhile.
         """
         now = self._core.clock()
         ttl = ttl if ttl is not None else self.default_ttl
-        deadline = now + ttl if ttl is not None else None
+        fresh = fresh_for if fresh_for is not None else ttl
+        if ttl is not None and fresh is not None:
+            fresh = min(fresh, ttl)
+        deadline = None
+        if fresh is not None:
+            deadline = now + max(ttl if ttl is not None else fresh, fresh + max(stale_if_error, stale_while_revalidate))
         if self._too_big(len(body)):
             if token is not None:
                 self._core.abandon(key, token)
             return False
         record = Record(next(_direct_ids), key, Request(method, url), status, None, body, deadline, None, deadline,
                          [(k, v) for k, v in raw_headers if k.lower() not in _NOT_KEPT], vary,
-                         now + fresh_for if fresh_for is not None else None, now, age)
+                         now + fresh if fresh is not None else float("inf"), now, age, stale_if_error,
+                         stale_while_revalidate)
         return self._core.add(record, token, replace_variant=True)
 
     def find(self, key: str, method: str, headers: Any = None) -> Record | None:

@@ -54,6 +54,9 @@ class CacheStats:
     stores: int = 0
     invalidations: int = 0
     storage_errors: int = 0
+    stale_served: int = 0
+    refreshes: int = 0
+    refresh_failures: int = 0
 
     def as_dict(self, entries: int | None, evictions: int) -> dict[str, Any]:
         lookups = self.hits + self.misses
@@ -65,6 +68,9 @@ class CacheStats:
             "evictions": evictions,
             "invalidations": self.invalidations,
             "storage_errors": self.storage_errors,
+            "stale_served": self.stale_served,
+            "refreshes": self.refreshes,
+            "refresh_failures": self.refresh_failures,
             "entries": entries,
             "hit_rate": round(self.hits / lookups, 4) if lookups else 0.0,
         }
@@ -173,13 +179,18 @@ class CachePolicy:
         self.stats.misses += 1
         if status is not None and status.get("stored"):
             self.stats.stores += 1
-            url = request.url
-            ttl = plan.ttl if plan.ttl is not None else self.settings.ttl
-            with self._lock:
-                self._index.add(plan.key, _origin(url), url.path, self.clock() + ttl)
-                if len(self._index) + len(self._stale) >= self._prune_at:
-                    self._prune()
+            self.remember(plan, request)
         return "miss"
+
+    def remember(self, plan: Plan, request: httpx.Request) -> None:
+        """Index a stored key by origin and path, for prefix invalidation."""
+        url = request.url
+        ttl = plan.ttl if plan.ttl is not None else self.settings.ttl
+        keep = ttl + max(self.settings.stale_if_error, self.settings.stale_while_revalidate)
+        with self._lock:
+            self._index.add(plan.key, _origin(url), url.path, self.clock() + keep)
+            if len(self._index) + len(self._stale) >= self._prune_at:
+                self._prune()
 
     def write_invalidates(self, request: httpx.Request, response: httpx.Response | None) -> list[str]:
         """Keys a finished write drops: only when it succeeded."""

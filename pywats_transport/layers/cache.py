@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,12 +18,16 @@ from ..caching.coalesce import Flight, Flights, SaveWhenRead
 from ..caching.freshness import conditional_headers, merge_not_modified
 from ..caching.health import FAILURES
 from ..caching.memory import AsyncMemoryStorage, MemoryStorage, Record
-from ..caching.policy import CachePolicy, Plan
+from ..caching.policy import EXTENSION, CachePolicy, Plan
 from ..config import CacheSettings
+from ..errors import TransportError
 from ..hookspecs import LayerSpec, hookimpl
 from ..layer import CLOSED_MESSAGE, AsyncLayer, Layer, layer_settings
 
 NOT_CACHED = {"from_cache": False, "revalidated": False, "stored": False}
+#: failures of the layers below that a stale entry may answer for (stale-if-error): httpx's transport
+#: errors (connection refused, timeouts, a throttle timeout) and ours (an open circuit breaker)
+FALLBACK_ERRORS = (httpx.TransportError, TransportError)
 
 
 class _FromInner(Exception):
@@ -98,33 +103,87 @@ class _CacheCore:
         # long it is fresh is decided once per response (caching.freshness, hishel's RFC rules in rfc mode),
         # so a hit needs no per-request entry and stream conversions, which would double its cost.
         # hishel's CacheTransport serves the SQLite and Redis storages.
+        self._refreshing: set[str] = set()
+        self._refresh_lock = threading.Lock()
         self._direct = isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage))
         if self._direct:
             self.storage._core.on_forget = self.policy.forget
 
     def _direct_lookup(self, plan: Plan, request: httpx.Request) -> tuple[httpx.Response | None, Record | None]:
-        """A fresh stored answer to return, or the stale entry to revalidate (rfc mode), or neither."""
+        """A stored answer to return now (fresh, or stale while it is refreshed in the background), or the
+        stale entry to revalidate and to fall back on, or neither."""
         record = self.storage.find(plan.key, request.method, request.headers)
         if record is None:
             return None, None
-        if record.fresh_until is None:
-            return self._served(plan, request, record, False), None
         now = self.policy.clock()
-        if record.fresh_until > now and not plan.revalidate:
-            return self._served(plan, request, record, False, now), None
+        if not plan.revalidate:
+            if now < record.fresh_until:
+                return self._served(plan, request, record, False, now), None
+            if now < record.fresh_until + max(record.stale_while_revalidate, self.settings.stale_while_revalidate):
+                self._refresh_later(plan, request)
+                return self._served_stale(plan, request, record, now), None
         return None, record
 
-    def _served(self, plan: Plan, request: httpx.Request, record: Record, revalidated: bool,
-                now: float | None = None) -> httpx.Response:
+    def _response_from(self, record: Record, now: float, caching: dict[str, Any]) -> httpx.Response:
         headers = record.httpx_headers()
-        if now is not None:  # rfc mode: say how old the stored answer is (RFC 9111 §5.1)
+        if self.policy.rfc:  # say how old the stored answer is (RFC 9111 §5.1)
             headers = [*headers, (b"age", str(int(record.age + max(0.0, now - record.stored_at))).encode())]
-        response = httpx.Response(
-            record.status_code, headers=headers, stream=httpx.ByteStream(record.body),
-            extensions={"caching": {"from_cache": True, "revalidated": revalidated, "stored": False}},
-        )
+        return httpx.Response(record.status_code, headers=headers, stream=httpx.ByteStream(record.body),
+                              extensions={"caching": caching})
+
+    def _served(self, plan: Plan, request: httpx.Request, record: Record, revalidated: bool,
+                now: float) -> httpx.Response:
+        response = self._response_from(record, now, {"from_cache": True, "revalidated": revalidated, "stored": False})
         self._after_lookup(plan, request, response)
         return response
+
+    def _served_stale(self, plan: Plan, request: httpx.Request, record: Record, now: float) -> httpx.Response:
+        """An entry past its freshness answers: the origin failed (stale-if-error) or it is being refreshed."""
+        self.policy.stats.stale_served += 1
+        if self.collector is not None:
+            self.collector.add_cache_lookup("stale")
+        return self._response_from(record, now, {"from_cache": True, "revalidated": False, "stored": False,
+                                                 "stale": True, "lookup": "stale"})
+
+    def _may_fall_back(self, stale: Record | None) -> bool:
+        """Whether a failed origin may be answered from ``stale`` (RFC 5861 stale-if-error)."""
+        if stale is None:
+            return False
+        window = max(stale.stale_if_error, self.settings.stale_if_error)
+        return window > 0 and self.policy.clock() < stale.fresh_until + window
+
+    def _fallback(self, plan: Plan, request: httpx.Request, stale: Record, flight: Flight | None) -> httpx.Response:
+        self._flights.land(flight)
+        return self._served_stale(plan, request, stale, self.policy.clock())
+
+    def _refresh_later(self, plan: Plan, request: httpx.Request) -> None:
+        """Stale-while-revalidate: one background refresh per key at a time."""
+        with self._refresh_lock:
+            if plan.key in self._refreshing:
+                return
+            self._refreshing.add(plan.key)
+        extensions = {k: v for k, v in request.extensions.items() if k not in ("caching", EXTENSION)}
+        copy = httpx.Request(request.method, request.url, headers=request.headers, extensions=extensions)
+        self._spawn_refresh(plan, copy)
+
+    def _spawn_refresh(self, plan: Plan, request: httpx.Request) -> None:
+        raise NotImplementedError
+
+    def _refreshed(self, plan: Plan, request: httpx.Request, response: httpx.Response, stale: Record | None) -> None:
+        """A background refresh answered (its body read): store it, or keep the stale entry if it failed."""
+        if stale is not None and response.status_code == 304:
+            self._apply_not_modified(plan, request, response, stale)
+        elif response.status_code < 500:
+            self._direct_store(plan, request, response)
+            if response.extensions["caching"]["stored"]:
+                self.policy.remember(plan, request)
+        self.policy.stats.refreshes += 1
+        if self.collector is not None:
+            self.collector.add_cache_event("refresh")
+
+    def _refresh_done(self, key: str) -> None:
+        with self._refresh_lock:
+            self._refreshing.discard(key)
 
     def _direct_store(self, plan: Plan, request: httpx.Request, response: httpx.Response) -> None:
         """Store a storable response once its body is complete; mark what happened on the response."""
@@ -134,6 +193,8 @@ class _CacheCore:
             method, url, raw = request.method, str(request.url), list(response.headers.raw)
             storage, key, ttl, status = self.storage, plan.key, plan.ttl, response.status_code
             vary, fresh_for, age = decision.vary, decision.fresh_for, decision.age
+            sie = max(decision.stale_if_error, self.settings.stale_if_error)
+            swr = max(decision.stale_while_revalidate, self.settings.stale_while_revalidate)
             try:
                 body = response.content  # read below this layer: what is left is the decoded body
             except httpx.ResponseNotRead:
@@ -141,12 +202,13 @@ class _CacheCore:
 
                 def save(body: bytes) -> None:
                     storage.store(key, method, url, status, raw, body, ttl, vary=vary, token=token,
-                                  fresh_for=fresh_for, age=age)
+                                  fresh_for=fresh_for, age=age, stale_if_error=sie, stale_while_revalidate=swr)
 
                 response.stream = SaveWhenRead(response.stream, save, lambda: storage.abandon(key, token))
             else:
                 stored = storage.store(key, method, url, status, decoded_headers(raw, len(body)), body, ttl,
-                                       vary=vary, fresh_for=fresh_for, age=age)
+                                       vary=vary, fresh_for=fresh_for, age=age, stale_if_error=sie,
+                                       stale_while_revalidate=swr)
         response.extensions["caching"] = {"from_cache": False, "revalidated": False, "stored": stored}
 
     def _join(self, plan: Plan) -> Flight | None:
@@ -163,25 +225,34 @@ class _CacheCore:
             return hit, None, None
         return None, stale, self._join(plan)
 
+    def _answer_is_spent(self, response: httpx.Response, stale: Record | None) -> bool:
+        """The origin's answer will not reach the caller (a 304 for the stored entry, or a 5xx the stale
+        entry replaces): the caller closes it, sync or async."""
+        if stale is None:
+            return False
+        return (response.status_code == 304 and self.policy.rfc) or (response.status_code >= 500
+                                                                    and self._may_fall_back(stale))
+
     def _direct_end(self, plan: Plan, request: httpx.Request, response: httpx.Response,
                     flight: Flight | None, stale: Record | None) -> httpx.Response:
-        if stale is not None and response.status_code == 304:
-            return self._not_modified(plan, request, response, flight, stale)
+        if stale is not None and response.status_code == 304 and self.policy.rfc:
+            self._apply_not_modified(plan, request, response, stale)
+            self._flights.land(flight)
+            return self._served(plan, request, stale, True, self.policy.clock())
+        if stale is not None and response.status_code >= 500 and self._may_fall_back(stale):
+            return self._fallback(plan, request, stale, flight)
         self._direct_store(plan, request, response)
         self._after_lookup(plan, request, response)
         return self._flights.land_when_read(flight, response)
 
-    def _not_modified(self, plan: Plan, request: httpx.Request, response: httpx.Response,
-                      flight: Flight | None, stale: Record) -> httpx.Response:
-        """The server confirmed the stored entry (RFC 9111 §4.3.4): refresh it and answer from it."""
+    def _apply_not_modified(self, plan: Plan, request: httpx.Request, response: httpx.Response, stale: Record) -> None:
+        """The server confirmed the stored entry (RFC 9111 §4.3.4): it is fresh again, with updated headers."""
         headers = merge_not_modified(stale.httpx_headers(), response.headers)
         decision = self.policy.decide(request, httpx.Response(stale.status_code, headers=headers))
         if decision.store:
             self.storage.refresh(stale, headers, decision.fresh_for or 0.0, decision.age)
         else:
             self.storage.drop_keys([plan.key])
-        self._flights.land(flight)
-        return self._served(plan, request, stale, True, self.policy.clock())
 
     def _failed(self, flight: Flight | None) -> None:
         """The request below failed: release followers and count the miss."""
@@ -314,12 +385,18 @@ class CacheLayer(_CacheCore, Layer):
             if hit is not None:
                 return hit
         try:
-            with _validating(request, stale):
+            with _validating(request, stale if self.policy.rfc else None):
                 response = self.inner.handle_request(request)
+        except FALLBACK_ERRORS:
+            if self._may_fall_back(stale):
+                assert stale is not None
+                return self._fallback(plan, request, stale, flight)
+            self._failed(flight)
+            raise
         except BaseException:
             self._failed(flight)
             raise
-        if stale is not None and response.status_code == 304:
+        if self._answer_is_spent(response, stale):
             response.close()
         return self._direct_end(plan, request, response, flight, stale)
 
@@ -329,6 +406,25 @@ class CacheLayer(_CacheCore, Layer):
                 self.storage.remove_entry(entry.id)
         except Exception as exc:
             self._storage_failed(exc)
+
+    def _spawn_refresh(self, plan: Plan, request: httpx.Request) -> None:
+        stale = self.storage.find(plan.key, request.method, request.headers)
+
+        def run() -> None:
+            try:
+                with _validating(request, stale if self.policy.rfc else None):
+                    response = self.inner.handle_request(request)
+                try:
+                    response.read()
+                    self._refreshed(plan, request, response, stale)
+                finally:
+                    response.close()
+            except Exception:  # the stale entry stays; the next lookup in the window tries again
+                self.policy.stats.refresh_failures += 1
+            finally:
+                self._refresh_done(plan.key)
+
+        threading.Thread(target=run, name="pywats-cache-refresh", daemon=True).start()
 
     def close_layer(self) -> None:
         self.storage.close()
@@ -343,6 +439,7 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
         AsyncLayer.__init__(self, inner)
         self._setup(settings, clock, metrics_collector, backend, True, overrides)
         self._flights = Flights(anyio.Event)
+        self._background: set[asyncio.Task[None]] = set()
         self._hishel = AsyncCacheTransport(_AsyncToInner(self), storage=self.storage, rfc=self._rfc)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -385,12 +482,18 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
             if hit is not None:
                 return hit
         try:
-            with _validating(request, stale):
+            with _validating(request, stale if self.policy.rfc else None):
                 response = await self.inner.handle_async_request(request)
+        except FALLBACK_ERRORS:
+            if self._may_fall_back(stale):
+                assert stale is not None
+                return self._fallback(plan, request, stale, flight)
+            self._failed(flight)
+            raise
         except BaseException:
             self._failed(flight)
             raise
-        if stale is not None and response.status_code == 304:
+        if self._answer_is_spent(response, stale):
             await response.aclose()
         return self._direct_end(plan, request, response, flight, stale)
 
@@ -401,7 +504,32 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
         except Exception as exc:
             self._storage_failed(exc)
 
+    def _spawn_refresh(self, plan: Plan, request: httpx.Request) -> None:
+        stale = self.storage.find(plan.key, request.method, request.headers)
+        task = asyncio.get_running_loop().create_task(self._refresh(plan, request, stale), name="pywats-cache-refresh")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _refresh(self, plan: Plan, request: httpx.Request, stale: Record | None) -> None:
+        try:
+            with _validating(request, stale if self.policy.rfc else None):
+                response = await self.inner.handle_async_request(request)
+            try:
+                await response.aread()
+                self._refreshed(plan, request, response, stale)
+            finally:
+                await response.aclose()
+        except Exception:  # the stale entry stays; the next lookup in the window tries again
+            self.policy.stats.refresh_failures += 1
+        finally:
+            self._refresh_done(plan.key)
+
     async def aclose_layer(self) -> None:
+        # Background refreshes belong to the layer: they end with it.
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self.storage.close()
 
 

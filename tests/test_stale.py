@@ -1,0 +1,177 @@
+"""RFC 5861 in the cache layer: stale-if-error and stale-while-revalidate, sync and async, injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
+from pywats_transport.metrics import MetricsCollector
+
+from .helpers import Caller
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Origin:
+    """Answers with a version number; can be made to fail with an exception or a status."""
+
+    def __init__(self, headers: dict[str, str] | None = None) -> None:
+        self.headers = headers or {}
+        self.version = 1
+        self.calls = 0
+        self.failure: Exception | int | None = None
+        self.gate: threading.Event | None = None
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            self.calls += 1
+        if self.gate is not None:
+            self.gate.wait(5)
+        if isinstance(self.failure, Exception):
+            raise self.failure
+        if isinstance(self.failure, int):
+            return httpx.Response(self.failure, json={"error": "down"})
+        return httpx.Response(200, json={"version": self.version}, headers=self.headers)
+
+
+def make(kind: str, origin: Origin, clock: Clock, **settings: Any) -> tuple[Caller, Any]:
+    cls = CacheLayer if kind == "sync" else AsyncCacheLayer
+    settings.setdefault("mode", "ttl")
+    layer = cls(httpx.MockTransport(origin), clock=clock, **settings)
+    return Caller(kind, layer), layer
+
+
+@pytest.fixture(params=["sync", "async"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def wait_for(check: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("failure", [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), 503])
+async def test_stale_if_error_answers_within_its_window(mode: str, failure: Any) -> None:
+    clock, origin = Clock(), Origin()
+    collector = MetricsCollector(isolated=True)
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    layer = cls(httpx.MockTransport(origin), clock=clock, mode="ttl", ttl=60, stale_if_error=600,
+                metrics_collector=collector)
+    caller = Caller(mode, layer)
+    assert (await caller.get("/api/Product/P1")).json() == {"version": 1}
+    origin.failure = failure
+    clock.now += 61  # expired
+    stale = await caller.get("/api/Product/P1")
+    caching = stale.extensions["caching"]
+    assert stale.json() == {"version": 1} and caching["stale"] is True and caching["from_cache"] is True
+    assert layer.stats()["stale_served"] == 1 and origin.calls == 2
+    assert 'result="stale"' in collector.render_prometheus()
+    clock.now += 600  # past the window: the failure reaches the caller
+    if isinstance(failure, Exception):
+        with pytest.raises(type(failure)):
+            await caller.get("/api/Product/P1")
+    else:
+        assert (await caller.get("/api/Product/P1")).status_code == failure
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_without_a_window_a_failure_is_the_callers(mode: str) -> None:
+    clock, origin = Clock(), Origin()
+    caller, _ = make(mode, origin, clock, ttl=60)
+    await caller.get("/a")
+    origin.failure = httpx.ConnectError("refused")
+    clock.now += 61
+    with pytest.raises(httpx.ConnectError):
+        await caller.get("/a")
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_rfc_mode_honours_the_response_directives(mode: str) -> None:
+    clock, origin = Clock(), Origin({"cache-control": "max-age=10, stale-if-error=100, stale-while-revalidate=20"})
+    caller, layer = make(mode, origin, clock, mode="rfc")
+    await caller.get("/r")
+    clock.now += 15  # inside stale-while-revalidate: served at once, refreshed behind
+    origin.version = 2
+    quick = await caller.get("/r")
+    assert quick.json() == {"version": 1} and quick.extensions["caching"]["stale"]
+    await wait_for(lambda: layer.stats()["refreshes"] == 1)
+    assert (await caller.get("/r")).json() == {"version": 2}
+    clock.now += 50  # past max-age and swr, within stale-if-error
+    origin.failure = httpx.ConnectError("refused")
+    fallback = await caller.get("/r")
+    assert fallback.json() == {"version": 2} and fallback.extensions["caching"]["stale"]
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_stale_while_revalidate_refreshes_once_per_key(mode: str) -> None:
+    clock, origin = Clock(), Origin()
+    caller, layer = make(mode, origin, clock, ttl=10, stale_while_revalidate=30)
+    await caller.get("/a")
+    clock.now += 12
+    origin.version = 2
+    origin.gate = threading.Event()  # hold the refresh until every lookup was answered
+    answers = [await caller.get("/a") for _ in range(5)]
+    assert all(a.json() == {"version": 1} and a.extensions["caching"]["stale"] for a in answers)
+    origin.gate.set()
+    await wait_for(lambda: layer.stats()["refreshes"] == 1)
+    assert origin.calls == 2  # one fetch, one refresh: not one per lookup
+    fresh = await caller.get("/a")
+    assert fresh.json() == {"version": 2} and not fresh.extensions["caching"].get("stale")
+    clock.now += 41  # past the window: an ordinary miss again
+    origin.version = 3
+    assert (await caller.get("/a")).json() == {"version": 3}
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_a_failed_refresh_keeps_the_stale_entry() -> None:
+    clock, origin = Clock(), Origin()
+    caller, layer = make("async", origin, clock, ttl=10, stale_while_revalidate=30)
+    await caller.get("/a")
+    clock.now += 12
+    origin.failure = httpx.ConnectError("refused")
+    assert (await caller.get("/a")).json() == {"version": 1}
+    await wait_for(lambda: layer.stats()["refresh_failures"] == 1)
+    assert (await caller.get("/a")).extensions["caching"]["stale"]
+    await caller.close()
+
+
+@pytest.mark.anyio
+async def test_closing_the_async_layer_cancels_its_refreshes() -> None:
+    clock = Clock()
+    started = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        if started.is_set() or clock.now > 1_000_000.0:
+            started.set()
+            await asyncio.sleep(60)
+        return httpx.Response(200, json={})
+
+    layer = AsyncCacheLayer(httpx.MockTransport(slow), clock=clock, mode="ttl", ttl=10, stale_while_revalidate=30)
+    async with httpx.AsyncClient(transport=layer, base_url="http://t") as client:
+        await client.get("/a")
+        clock.now += 12
+        await client.get("/a")
+        await asyncio.wait_for(started.wait(), 5)
+        assert len(layer._background) == 1
+    assert not layer._background  # cancelled and awaited by aclose
