@@ -39,3 +39,64 @@ def test_emulator_rejects_bad_rates() -> None:
     run = subprocess.run([sys.executable, "-m", "pywats_transport", "emulator", "--fail-rate", "2"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "fail_rate must be within 0..1, got 2.0" in run.stderr
+
+
+def _get(url: str) -> httpx.Response:
+    return httpx.get(f"{url}/api/App/Version", headers={"Authorization": "Basic T"}, timeout=2)
+
+
+def _until(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def _refused(url: str) -> bool:
+    try:
+        _get(url)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def test_outages_from_code_and_the_control_endpoint() -> None:
+    from pywats_transport.emulator import EmulatorServer
+
+    with EmulatorServer() as emu:
+        emu.outage(0.5, "503")
+        assert _get(emu.url).status_code == 503 and emu.outage_active
+        _until(lambda: _get(emu.url).status_code == 200)
+        emu.outage(0.8, "refuse")
+        assert _refused(emu.url) and emu.outage_active
+        _until(lambda: not _refused(emu.url))  # back on the same port
+        assert _get(emu.url).status_code == 200 and not emu.outage_active
+        answer = httpx.post(f"{emu.url}/_emulator/outage", json={"seconds": 0.5, "mode": "503"})
+        assert answer.status_code == 200 and answer.json()["outage"]["mode"] == "503"
+        assert _get(emu.url).status_code == 503
+        bad = httpx.post(f"{emu.url}/_emulator/outage", json={"seconds": 1, "mode": "sometimes"})
+        assert bad.status_code == 400 and "503" in bad.text and "refuse" in bad.text
+        _until(lambda: _get(emu.url).status_code == 200)
+        httpx.post(f"{emu.url}/_emulator/outage", json={"seconds": 0.5, "mode": "refuse"})
+        _until(lambda: _refused(emu.url))
+        _until(lambda: not _refused(emu.url))
+        assert [o["mode"] for o in emu.state.outages] == ["503", "refuse", "503", "refuse"]
+
+
+def test_emulator_command_schedules_an_outage() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pywats_transport", "emulator", "--port", str(port), "--outage-after", "1",
+         "--outage-seconds", "1", "--outage-mode", "refuse"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _until(lambda: not _refused(url), 20)
+        _until(lambda: _refused(url))
+        _until(lambda: not _refused(url))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from .data import seed
 
 VERSION = "2026.4.0 (emulator)"
+OUTAGE_MODES = ("503", "refuse")
 
 
 @dataclass
@@ -56,6 +57,25 @@ class EmulatorState:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.faults.seed)
+        self.outage_until = 0.0  # monotonic; while in the future every /api request answers 503
+        #: set by EmulatorServer: takes the server off the network for a time ("refuse" outages)
+        self.outage_hook: Any = None
+        self.outages: list[dict[str, Any]] = []
+
+    def outage(self, seconds: float, mode: str = "503") -> None:
+        """Make the server unavailable for ``seconds``: ``503`` answers every /api request with 503;
+        ``refuse`` takes it off the network (connections refused, open ones reset)."""
+        if seconds <= 0:
+            raise ValueError(f"seconds must be > 0, got {seconds}")
+        if mode not in OUTAGE_MODES:
+            raise ValueError(f"mode must be one of {', '.join(OUTAGE_MODES)}, got {mode!r}")
+        self.outages.append({"mode": mode, "seconds": seconds, "at": time.time()})
+        if mode == "503":
+            self.outage_until = time.monotonic() + seconds
+        elif self.outage_hook is None:
+            raise ValueError("a 'refuse' outage needs the emulator run by EmulatorServer (or the CLI)")
+        else:
+            self.outage_hook(seconds)
 
     @property
     def total_requests(self) -> int:
@@ -90,6 +110,10 @@ class _Gate:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "basic" or not token or (st.token is not None and token != st.token):
             return _error(401, "missing or invalid token")
+        if st.outage_until and time.monotonic() < st.outage_until:
+            with st.lock:
+                st.injected["outage"] += 1
+            return _error(503, "service unavailable (emulated outage)")
         f = st.faults
         if f.latency_ms or f.latency_jitter_ms:
             await asyncio.sleep((f.latency_ms + st.rng.uniform(0, f.latency_jitter_ms)) / 1000.0)
@@ -266,6 +290,14 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         return JSONResponse({"requests": dict(st.requests), "total": st.total_requests, "reports": len(st.reports),
                              "report_posts": st.report_posts, "injected": dict(st.injected)})
 
+    async def outage(request: Request) -> Response:
+        try:
+            body = await request.json()
+            st.outage(float(body.get("seconds", 0)), str(body.get("mode", "503")))
+        except (ValueError, TypeError, AttributeError) as exc:
+            return _error(400, f"POST {{\"seconds\": > 0, \"mode\": \"503\" | \"refuse\"}}: {exc}")
+        return JSONResponse({"outage": st.outages[-1]})
+
     routes = [
         Route("/api/Product/Query", api(product_query)),
         Route("/api/Product/Groups", api(product_groups)),
@@ -283,6 +315,7 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         Route("/api/Production/Unit/{serialNumber}/{partNumber}", api(production_unit)),
         Route("/api/Software/Packages", api(packages)),
         Route("/_emulator/stats", stats),
+        Route("/_emulator/outage", outage, methods=["POST"]),
     ]
     app = Starlette(routes=routes)
     app.state.emulator = st

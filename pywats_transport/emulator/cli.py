@@ -22,6 +22,10 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     with emu:
         print(f"WATS emulator listening on {emu.url} (Ctrl+C to stop)", flush=True)
+        if args.outage_after is not None:
+            timer = threading.Timer(args.outage_after, emu.outage, args=(args.outage_seconds, args.outage_mode))
+            timer.daemon = True
+            timer.start()
         try:
             threading.Event().wait()
         except KeyboardInterrupt:
@@ -40,5 +44,10 @@ def register(sub: Any) -> None:
     p.add_argument("--retry-after", type=int, default=0, help="seconds in Retry-After of injected failures")
     p.add_argument("--drop-rate", type=float, default=0.0, help="share of requests whose connection is dropped")
     p.add_argument("--slow-body-ms", type=float, default=0.0, help="trickle each body out over this long")
+    p.add_argument("--outage-after", type=float, metavar="SECONDS",
+                   help="start an outage this long after starting (also: POST /_emulator/outage)")
+    p.add_argument("--outage-seconds", type=float, default=5.0, help="how long the outage lasts")
+    p.add_argument("--outage-mode", choices=["503", "refuse"], default="refuse",
+                   help="503: answer 503; refuse: leave the network (connections refused)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_run)
