@@ -133,7 +133,7 @@ def per_request_medians(calls: dict[str, Callable[[], Any]], n: int) -> dict[str
 def quiet_service_logs() -> None:
     """The figures say it all: the service's warnings (injected faults) would bury the table.
     Called by the suites that run the service, when they run, never on import."""
-    for name in ("pywats_transport.service", "pywats_transport.service.queue"):
+    for name in ("pywats_transport.service", "pywats_transport.queue"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

@@ -1,7 +1,7 @@
 """The client service: ClientConfig, a durable pending queue of reports, and a health server."""
 
+from ..reportqueue import ReportQueue
 from .config import ClientConfig
-from .queue import ReportQueue
 from .service import AsyncClientService
 
 __all__ = ["ClientConfig", "ReportQueue", "AsyncClientService"]

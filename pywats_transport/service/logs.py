@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 #: loggers whose repeats are limited while the service runs
-SERVICE_LOGGERS = ("pywats_transport.service", "pywats_transport.service.queue", "pywats_transport.cache",
+SERVICE_LOGGERS = ("pywats_transport.service", "pywats_transport.queue", "pywats_transport.cache",
                    "pywats_transport.wats", "uvicorn.error", "asyncio")
 
 

@@ -14,11 +14,11 @@ import uvicorn
 
 from .._version import __version__
 from ..metrics import MetricsCollector
+from ..reportqueue import STATES, ReportQueue
 from ..wats import AsyncWATS
 from . import logs
 from .config import ClientConfig
 from .health import create_health_app
-from .queue import STATES, ReportQueue
 from .server import BindError, bind, protocol_class
 
 log = logging.getLogger("pywats_transport.service")
@@ -149,16 +149,7 @@ class AsyncClientService:
 
     async def _run_queue(self) -> None:
         assert self.queue is not None
-        while not self._stopping.is_set():
-            try:
-                busy = await self.queue.process_once()
-            except Exception as exc:  # a bug (or an unlisted folder failure) must not stop the queue for good
-                log.error("queue step failed (%s: %s); retrying", type(exc).__name__, exc)
-                busy = False
-            if not busy:
-                wait = max(self.config.poll_interval, min(self.queue.backing_off(), self.config.poll_interval * 4))
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=wait)
+        await self.queue.run(self._stopping, self.config.poll_interval)
 
     async def _run_pings(self) -> None:
         assert self.api is not None

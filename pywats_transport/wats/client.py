@@ -13,6 +13,7 @@ from ..builder import build_async_transport, build_transport
 from ..config import RetrySettings, TransportConfig
 from .calls import Call
 from .errors import WATSConnectionError, WATSError
+from .outbox import AsyncOutbox, Outbox
 from .repositories import (
     AppRepository,
     AssetRepository,
@@ -84,6 +85,7 @@ class _ClientBase:
         plugins: Sequence[str] = (),
         config: TransportConfig | dict[str, Any] | str | os.PathLike[str] | None = None,
         transport: Any = None,
+        outbox: str | os.PathLike[str] | None = None,
     ) -> None:
         if not base_url or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
@@ -108,6 +110,20 @@ class _ClientBase:
         self.app = AppRepository(run)
         self.production = ProductionRepository(run)
         self.software = SoftwareRepository(run)
+        self._outbox: Any = self._build_outbox(outbox) if outbox is not None else None
+
+    def _build_outbox(self, folder: str | os.PathLike[str]) -> Any:
+        raise NotImplementedError
+
+    @property
+    def outbox(self) -> Any:
+        """Durable report submission (``outbox=`` folder): ``submit(report)`` -> sent or queued, ``drain(timeout)``."""
+        if self._outbox is None:
+            raise RuntimeError(
+                f"this {type(self).__name__} has no outbox: pass outbox='<folder>' (the client service's queue "
+                "folder layout) to hand reports over durably"
+            )
+        return self._outbox
 
     def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool, collector: Any) -> Any:
         raise NotImplementedError
@@ -157,6 +173,9 @@ class AsyncWATS(_ClientBase):
     def _build_client(self, headers: dict[str, str], timeout: float) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base_url, transport=self.transport, headers=headers, timeout=timeout)
 
+    def _build_outbox(self, folder: str | os.PathLike[str]) -> AsyncOutbox:
+        return AsyncOutbox(folder, self.report.submit)
+
     async def _run(self, call: Call[Any]) -> Any:
         request = call.request(self._http)
         try:
@@ -166,9 +185,13 @@ class AsyncWATS(_ClientBase):
         return call.parse(response)
 
     async def aclose(self) -> None:
+        if self._outbox is not None:
+            await self._outbox.aclose()
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncWATS:
+        if self._outbox is not None:
+            await self._outbox.start()  # what an earlier run left queued goes out now
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -188,6 +211,9 @@ class WATS(_ClientBase):
     def _build_client(self, headers: dict[str, str], timeout: float) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, transport=self.transport, headers=headers, timeout=timeout)
 
+    def _build_outbox(self, folder: str | os.PathLike[str]) -> Outbox:
+        return Outbox(folder, self.report.submit)
+
     def _run(self, call: Call[Any]) -> Any:
         request = call.request(self._http)
         try:
@@ -197,6 +223,8 @@ class WATS(_ClientBase):
         return call.parse(response)
 
     def close(self) -> None:
+        if self._outbox is not None:
+            self._outbox.close()
         self._http.close()
 
     def __enter__(self) -> WATS:

@@ -1,4 +1,4 @@
-"""A durable queue of report files: pending -> sending -> done | error, by atomic renames on one filesystem.
+"""The durable report queue (client service and the WATS clients' outbox): pending -> sending -> done | error, by atomic renames on one filesystem.
 
 Guarantees, whatever moment the process dies (``kill -9`` included):
 - a report file leaves the queue only after the server confirmed it (``done/``) or refused its
@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import StartupError
-from ..wats.errors import RequestValidationError, WATSError
+from .errors import StartupError
+from .wats.errors import RequestValidationError, WATSError
 
-log = logging.getLogger("pywats_transport.service.queue")
+log = logging.getLogger("pywats_transport.queue")
 STATES = ("pending", "sending", "done", "error")
 REQUIRED = ("partNumber", "serialNumber", "result")
 ID_NAMESPACE = uuid.UUID("6c1a3f0e-2d4b-4e58-9a57-1f0d3c2b7e11")
@@ -36,6 +36,8 @@ Submit = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 FOLDER_PROBLEM = "folder"
+# What became of a report handed to the sender.
+CONFIRMED, REJECTED, FAILED, KEPT, GONE = "confirmed", "rejected", "failed", "kept", "gone"
 
 
 class QueueFolderError(StartupError):
@@ -145,11 +147,15 @@ class ReportQueue:
         self._failures = 0  # consecutive failures to reach or satisfy the server
         self._not_before = 0.0
         self.problems: dict[str, str] = {}
+        self.last_result: Any = None
+        self.last_rejection: str | None = None
         self._counts = {state: 0 for state in STATES}
         for state in ("done", "error"):
             self._counts[state] = sum(1 for e in os.scandir(self.dirs[state]) if _is_report_name(e.name))
         self._oldest_mtime: float | None = None
         self.ignored: list[dict[str, str]] = []
+        self._in_flight: set[str] = set()  # names being sent now: a second sender leaves them alone
+        self._wake = asyncio.Event()
 
     def _prepare_folders(self) -> None:
         root = self.root
@@ -254,17 +260,93 @@ class ReportQueue:
         if self.backing_off() > 0 or not scan.batch:
             return False
         for path in scan.batch:
-            try:
-                if path.parent != self.dirs["sending"]:
-                    claimed = self._claim(path)
-                    if claimed is None:
-                        continue
-                    path = claimed
-                if not await self._send(path):
-                    return False  # the server failed: back off before the next report
-            except OSError as exc:  # this file's problem, not the queue's: go on with the others
-                self._os_failure(path, exc)
+            if path.name in self._in_flight:
+                continue
+            if await self._take_and_send(path) == FAILED:
+                return False  # the server failed: back off before the next report
         return True
+
+    async def _take_and_send(self, path: Path) -> str:
+        """Claim a pending report (or resume one in sending/) and send it; returns the outcome."""
+        self._in_flight.add(path.name)
+        try:
+            if path.parent != self.dirs["sending"]:
+                claimed = self._claim(path)
+                if claimed is None:
+                    return GONE
+                path = claimed
+            return await self._send(path)
+        except OSError as exc:  # this file's problem, not the queue's: go on with the others
+            self._os_failure(path, exc)
+            return KEPT
+        finally:
+            self._in_flight.discard(path.name)
+
+    # -- handing a report over (the WATS clients' outbox) ------------------------------------
+
+    def put(self, report: dict[str, Any]) -> Path:
+        """Write a report into the queue, durably (fsync), before anything is sent; returns its file.
+
+        It gets its id now (a content-derived one when it has none), so the caller can be told which
+        report it is, and a re-send after any crash is recognised by the server.
+        """
+        content = json.dumps(report).encode()
+        data = parse_report(content)
+        if data.get("id") is None:
+            data["id"] = report_id_for(content)
+        path = self.dirs["pending"] / f"{data['id']}.json"
+        if not (path.exists() or (self.dirs["sending"] / path.name).exists() or (self.dirs["done"] / path.name).exists()):
+            _write_atomic(path, json.dumps(data).encode())
+            self._counts["pending"] += 1
+        self._wake.set()
+        return path
+
+    async def send_now(self, path: Path) -> str:
+        """Try to send one report at once; ``confirmed``, ``rejected`` (moved to error/), or ``kept``
+        (the server is unreachable or busy, or the queue is waiting for it: a sender will send it later)."""
+        if (self.dirs["done"] / path.name).exists():
+            return CONFIRMED
+        if self.backing_off() > 0 or path.name in self._in_flight:
+            return KEPT
+        if not path.exists():
+            path = self.dirs["sending"] / path.name
+            if not path.exists():
+                return CONFIRMED if (self.dirs["done"] / path.name).exists() else KEPT
+        outcome = await self._take_and_send(path)
+        return KEPT if outcome in (FAILED, GONE) else outcome
+
+    def wake(self) -> None:
+        """Have the sender scan now rather than at its next poll."""
+        self._wake.set()
+
+    def waiting(self) -> int:
+        """Reports not yet confirmed or refused (pending and sending), as last counted: a scan that ran
+        while reports arrived may lag behind by those until the next scan."""
+        return self._counts["pending"] + self._counts["sending"]
+
+    def count_waiting(self) -> int:
+        """Reports not yet confirmed or refused, counted on disk now (blocking: lists two folders)."""
+        return sum(1 for state in ("pending", "sending") for e in os.scandir(self.dirs[state])
+                   if _is_report_name(e.name) and e.is_file(follow_symlinks=False))
+
+    async def run(self, stopping: asyncio.Event, poll_interval: float) -> None:
+        """Send until ``stopping`` is set: scan, send a batch, wait a poll interval (or the backoff)."""
+        while not stopping.is_set():
+            try:
+                busy = await self.process_once()
+            except Exception as exc:  # a bug (or an unlisted folder failure) must not stop the queue for good
+                log.error("queue step failed (%s: %s); retrying", type(exc).__name__, exc)
+                busy = False
+            if busy:
+                continue
+            wait = max(poll_interval, min(self.backing_off(), poll_interval * 4))
+            self._wake.clear()
+            waiters = [asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(self._wake.wait())]
+            try:
+                await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
 
     def _guarded(self, path: Path, action: Callable[[Path], None]) -> None:
         try:
@@ -290,7 +372,7 @@ class ReportQueue:
         self._counts[source] = max(0, self._counts[source] - 1)
         self._counts[target] += 1
 
-    async def _send(self, path: Path) -> bool:
+    async def _send(self, path: Path) -> str:
         started = time.perf_counter()
         try:
             content = path.read_bytes()
@@ -301,23 +383,25 @@ class ReportQueue:
         except Malformed as exc:
             self._to_error(path, str(exc))
             self.stats.malformed += 1
-            return True
+            return REJECTED
         except FileNotFoundError:
-            return True
+            return GONE
         try:
             result = await self.submit(report)
         except RequestValidationError as exc:  # the server will never take it as it is
             self._to_error(path, f"refused by the server: {exc}")
             self.stats.rejected += 1
-            return True
+            self.last_rejection = str(exc)
+            return REJECTED
         except WATSError as exc:
             self._failed(str(exc))
-            return False
+            return FAILED
         except Exception as exc:
             self._failed(f"{type(exc).__name__}: {exc}")
-            return False
+            return FAILED
         self._confirmed(path, result, time.perf_counter() - started)
-        return True
+        self.last_result = result
+        return CONFIRMED
 
     def _confirmed(self, path: Path, result: Any, seconds: float) -> None:
         target = self.dirs["done"] / path.name

@@ -1,0 +1,153 @@
+"""The WATS clients' outbox: a report is handed over once and reaches the server exactly once.
+
+A report is written to the durable queue on disk first (the same queue, and folder layout, as the
+client service's), then sent at once if the server takes it; otherwise it stays queued and a
+background sender sends it when the server is back, in this process or the next one that opens the
+same folder. Exactly once by report id: the id is fixed before the first send, and a file moves to
+``done/`` only after the server confirmed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from ..reportqueue import CONFIRMED, REJECTED, ReportQueue
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What became of a report handed to the outbox."""
+
+    id: str
+    #: ``sent``: the server confirmed it; ``queued``: kept on disk, the sender will send it;
+    #: ``rejected``: the server refused its content (moved to ``error/`` with the reason)
+    status: Literal["sent", "queued", "rejected"]
+    #: the server already had this report id (a re-send it recognised)
+    duplicate: bool = False
+    reason: str | None = None
+
+    @property
+    def sent(self) -> bool:
+        return self.status == "sent"
+
+
+def _as_dict(report: Any) -> dict[str, Any]:
+    if isinstance(report, BaseModel):
+        return report.model_dump(mode="json", exclude_none=True)
+    if isinstance(report, dict):
+        return dict(report)
+    raise TypeError(f"report must be a UUTReport or a dict, got {type(report).__name__}")
+
+
+class AsyncOutbox:
+    """``await api.outbox.submit(report)`` -> :class:`Submitted`; ``await api.outbox.drain(timeout=30)``."""
+
+    def __init__(self, folder: str | os.PathLike[str], submit: Callable[[dict[str, Any]], Awaitable[Any]], *,
+                 poll_interval: float = 0.5, backoff_max: float = 30.0) -> None:
+        self.queue = ReportQueue(folder, submit, backoff_max=backoff_max)
+        self.poll_interval = poll_interval
+        self._stopping: asyncio.Event | None = None
+        self._sender: asyncio.Task[None] | None = None
+
+    def _ensure_sender(self) -> None:
+        if self._sender is None or self._sender.done():
+            self._stopping = asyncio.Event()
+            self._sender = asyncio.get_running_loop().create_task(
+                self.queue.run(self._stopping, self.poll_interval), name="pywats-outbox")
+
+    async def start(self) -> None:
+        """Start the background sender (reports left by an earlier process go out too)."""
+        self._ensure_sender()
+
+    async def submit(self, report: Any) -> Submitted:
+        path = self.queue.put(_as_dict(report))
+        report_id = path.stem
+        self._ensure_sender()
+        outcome = await self.queue.send_now(path)
+        if outcome == CONFIRMED:
+            duplicate = bool(getattr(self.queue.last_result, "duplicate", False))
+            return Submitted(report_id, "sent", duplicate)
+        if outcome == REJECTED:
+            return Submitted(report_id, "rejected", reason=self.queue.last_rejection)
+        return Submitted(report_id, "queued", reason=self.queue.stats.last_error)
+
+    def pending(self) -> int:
+        """Reports handed over and not yet confirmed (counted on disk)."""
+        return self.queue.count_waiting()
+
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every queued report was confirmed (or refused); False if ``timeout`` passed first."""
+        self._ensure_sender()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if await asyncio.to_thread(self.queue.count_waiting) == 0:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            self.queue.wake()
+            await asyncio.sleep(0.05)
+
+    async def aclose(self) -> None:
+        """Stop the sender; what is still queued stays on disk for the next run."""
+        if self._sender is not None:
+            assert self._stopping is not None
+            self._stopping.set()
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
+            self._sender = None
+
+
+class Outbox:
+    """The sync client's outbox: the same queue, its sender on a background thread with its own event loop."""
+
+    def __init__(self, folder: str | os.PathLike[str], submit: Callable[[dict[str, Any]], Any], *,
+                 poll_interval: float = 0.5, backoff_max: float = 30.0) -> None:
+        async def submit_async(report: dict[str, Any]) -> Any:
+            return await asyncio.to_thread(submit, report)
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="pywats-outbox", daemon=True)
+        self._thread.start()
+        self._async = self._call(self._make(folder, submit_async, poll_interval, backoff_max))
+        self._call(self._async.start())
+
+    @staticmethod
+    async def _make(folder: Any, submit: Any, poll_interval: float, backoff_max: float) -> AsyncOutbox:
+        return AsyncOutbox(folder, submit, poll_interval=poll_interval, backoff_max=backoff_max)
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(timeout)
+
+    @property
+    def queue(self) -> ReportQueue:
+        return self._async.queue
+
+    def submit(self, report: Any) -> Submitted:
+        return self._call(self._async.submit(report))
+
+    def pending(self) -> int:
+        return self._async.pending()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        return self._call(self._async.drain(timeout))
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._call(self._async.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+

@@ -1,0 +1,154 @@
+"""The WATS clients' outbox: written to disk first, sent at once or later, exactly once by id."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pywats_transport import WATS, AsyncWATS
+from pywats_transport.emulator import EmulatorServer
+from pywats_transport.wats import UUTReport
+
+TOKEN = "outbox-token"
+FAST = {"retry": {"backoff_base": 0.01, "backoff_max": 0.05}}
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorServer]:
+    with EmulatorServer(token=TOKEN) as emu:
+        yield emu
+
+
+def stored_ids(emu: EmulatorServer) -> list[str]:
+    return sorted(emu.state.reports)
+
+
+def report(sn: str) -> UUTReport:
+    return UUTReport(partNumber="PN-1001", serialNumber=sn)
+
+
+@pytest.mark.anyio
+async def test_async_outbox_sends_at_once_or_keeps_until_the_server_is_back(tmp_path: Path,
+                                                                            emulator: EmulatorServer) -> None:
+    async with AsyncWATS(emulator.url, TOKEN, outbox=tmp_path / "outbox", **FAST) as api:
+        first = report("SN-1")
+        sent = await api.outbox.submit(first)
+        assert (sent.status, sent.id) == ("sent", first.id) and stored_ids(emulator) == [first.id]
+        emulator.outage(1.5, "refuse")
+        queued = [await api.outbox.submit(report(f"SN-Q{i}")) for i in range(5)]
+        assert all(q.status == "queued" for q in queued) and api.outbox.pending() == 5
+        assert len(list((tmp_path / "outbox").glob("*.json"))) + len(list((tmp_path / "outbox" / "sending").glob("*.json"))) == 5
+        assert await api.outbox.drain(timeout=15)
+    assert stored_ids(emulator) == sorted([first.id, *(q.id for q in queued)])
+    assert emulator.state.report_posts == len(emulator.state.reports)  # none was sent twice
+    again = await _resubmit_same(tmp_path, emulator, first)
+    assert again.status == "sent" and stored_ids(emulator).count(first.id) == 1
+
+
+async def _resubmit_same(tmp_path: Path, emulator: EmulatorServer, rep: UUTReport) -> Any:
+    async with AsyncWATS(emulator.url, TOKEN, outbox=tmp_path / "outbox", **FAST) as api:
+        return await api.outbox.submit(rep)  # already confirmed: nothing is sent twice
+
+
+def test_sync_outbox_through_a_503_outage(tmp_path: Path, emulator: EmulatorServer) -> None:
+    with WATS(emulator.url, TOKEN, outbox=tmp_path / "outbox", **FAST) as api:
+        emulator.outage(1.0, "503")
+        outcome = api.outbox.submit(report("SN-S1"))
+        assert outcome.status == "queued" and "503" in (outcome.reason or "")
+        assert api.outbox.drain(timeout=15) and api.outbox.pending() == 0
+        last = api.outbox.submit(report("SN-S2"))
+        assert last.status == "sent", (last, api.outbox.queue.stats, emulator.outage_active)
+    assert len(stored_ids(emulator)) == 2
+
+
+def test_without_an_outbox_the_error_says_how_to_get_one() -> None:
+    api = AsyncWATS("http://127.0.0.1:9", TOKEN)
+    with pytest.raises(RuntimeError, match="outbox='<folder>'"):
+        api.outbox  # noqa: B018
+
+
+def test_a_report_the_queue_cannot_send_is_refused_at_once(tmp_path: Path) -> None:
+    with WATS("http://127.0.0.1:9", TOKEN, outbox=tmp_path / "o") as api, pytest.raises(ValueError, match="serialNumber"):
+        api.outbox.submit({"partNumber": "PN-1", "result": "P"})
+
+
+# -- a station killed while its outbox holds reports -------------------------------------------------
+
+STATION = textwrap.dedent("""
+    import asyncio, sys
+    from pywats_transport import AsyncWATS
+    from pywats_transport.wats import UUTReport
+
+    async def main(url, folder, count):
+        async with AsyncWATS(url, "outbox-token", outbox=folder, retry={"backoff_base": 0.01}) as api:
+            for i in range(count):
+                outcome = await api.outbox.submit(UUTReport(partNumber="PN-1001", serialNumber=f"SN-K{i}"))
+                print(outcome.status, outcome.id, flush=True)
+            if count == 0:
+                print("drained", await api.outbox.drain(timeout=30), flush=True)
+            await asyncio.sleep(3600)  # killed here, or while sending
+
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_killed_station_loses_nothing_and_sends_nothing_twice(tmp_path: Path) -> None:
+    script = tmp_path / "station.py"
+    script.write_text(STATION)
+    folder = tmp_path / "outbox"
+    port = free_port()
+    with EmulatorServer(token=TOKEN, port=port, latency_ms=300) as emu:
+        proc = subprocess.Popen([sys.executable, str(script), emu.url, str(folder), "8"], stdout=subprocess.PIPE,
+                                text=True)
+        assert proc.stdout is not None
+        handed = [proc.stdout.readline().split() for _ in range(2)]  # two confirmed, the third on its way
+        time.sleep(0.15)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        on_disk = {p.stem for state in ("", "sending", "done") for p in (folder / state).glob("*.json")}
+        assert {h[1] for h in handed} <= on_disk and all(h[0] == "sent" for h in handed)
+        emu.outage(0.5, "refuse")  # the next run starts during an outage and waits it out
+        proc = subprocess.Popen([sys.executable, str(script), emu.url, str(folder), "0"], stdout=subprocess.PIPE,
+                                text=True)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "drained True"
+        proc.kill()
+        proc.wait(timeout=30)
+        stored = sorted(emu.state.reports)
+        posts = emu.state.report_posts
+    assert set(stored) == on_disk  # every report handed over is stored ...
+    assert posts - len(stored) <= 1  # at most the report in flight at the kill went twice, and was recognised
+    assert json.loads(next((folder / "done").glob("*.json")).read_text())["partNumber"] == "PN-1001"
+
+
+@pytest.mark.anyio
+async def test_submissions_during_an_outage_do_not_wait_once_the_server_is_known_down(tmp_path: Path,
+                                                                                       emulator: EmulatorServer) -> None:
+    async with AsyncWATS(emulator.url, TOKEN, outbox=tmp_path / "o", **FAST) as api:
+        emulator.outage(2.0, "refuse")
+        await api.outbox.submit(report("SN-0"))  # finds out
+        started = time.monotonic()
+        for i in range(10):
+            assert (await api.outbox.submit(report(f"SN-{i + 1}"))).status == "queued"
+        assert time.monotonic() - started < 1.0
+        assert await api.outbox.drain(timeout=15)
+        await asyncio.sleep(0)
+    assert len(stored_ids(emulator)) == 11
