@@ -1,13 +1,22 @@
-"""``pywats-transport demo``: the station workload against the embedded emulator, with and without caching."""
+"""``pywats-transport demo``: the station workload against the embedded emulator, with and without caching.
+
+A third run goes through a short WATS outage mid-run: the stations keep testing (lookups answered
+from the cache, reports kept in their outbox) and every report reaches the server once afterwards.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
+import tempfile
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from .emulator import EmulatorServer
+from .wats import AsyncWATS
 from .workload import RunResult, run_workload
 
 TOKEN = "demo-station-token"
@@ -45,22 +54,84 @@ def report(cached: RunResult, uncached: RunResult, emulator: EmulatorServer) -> 
     return "\n".join(rows)
 
 
+@dataclass
+class Outage:
+    """A WATS outage during the run: when it started and ended, and when the outbox was empty again."""
+
+    seconds: float
+    mode: str
+    after_reports: int
+    started: float | None = None
+    ended: float | None = None
+    drained: float | None = None
+
+    async def __call__(self, result: RunResult, api: AsyncWATS, emulator: EmulatorServer) -> None:
+        while len(result.reports) < self.after_reports:
+            await asyncio.sleep(0.01)
+        emulator.outage(self.seconds, self.mode)
+        self.started = time.perf_counter()
+        while emulator.outage_active:
+            await asyncio.sleep(0.01)
+        self.ended = time.perf_counter()
+        deadline = self.ended + 60
+        while await asyncio.to_thread(api.outbox.queue.count_waiting) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.02)
+        self.drained = time.perf_counter()
+
+
+def outage_report(result: RunResult, outage: Outage) -> str:
+    drain = f"{outage.drained - outage.ended:.2f} s" if outage.drained and outage.ended else "-"
+    return "\n".join([
+        "",
+        f"  outage run: WATS {'off the network' if outage.mode == 'refuse' else 'answering 503'} for "
+        f"{outage.seconds:.1f} s after {outage.after_reports} reports; reports through the outbox",
+        f"    lookups answered from expired entries (stale)   {result.stale_answers()}",
+        "    lookups that failed                             0" if not result.errors else
+        f"    lookups that failed                             {len(result.errors)}",
+        f"    reports handed to the outbox: sent / queued     {result.submissions['sent']} / "
+        f"{result.submissions['queued']}",
+        f"    unit checks skipped (nothing to fall back on)   {result.unit_checks_skipped}",
+        f"    queued reports drained after WATS came back in  {drain}",
+    ])
+
+
 async def _demo(args: argparse.Namespace) -> int:
-    with EmulatorServer(token=TOKEN, latency_ms=args.latency_ms, fail_rate=args.fail_rate, seed=args.seed) as emu:
+    # The outage is reported in the figures; the queue's warnings about it would only repeat them.
+    logging.getLogger("pywats_transport.queue").setLevel(logging.ERROR)
+    with EmulatorServer(token=TOKEN, latency_ms=args.latency_ms, fail_rate=args.fail_rate, seed=args.seed) as emu, \
+            tempfile.TemporaryDirectory(prefix="pywats-outbox-") as outbox:
         common = dict(stations=args.stations, units=args.units, emulator_state=emu.state, retry={"backoff_base": 0.05})
+        per_run = args.stations * args.units * 3
         cached = await run_workload(emu.url, TOKEN, "default stack", **common)
         uncached = await run_workload(emu.url, TOKEN, "cache off", enable_cache=False, **common)
         print(report(cached, uncached, emu))
-        expected = args.stations * args.units * 3 * 2
-        failures = cached.errors + uncached.errors
-        stored = len(emu.state.reports)
+        runs = [cached, uncached]
+        if args.outage_seconds > 0:
+            outage = Outage(args.outage_seconds, args.outage_mode, per_run // 3)
+
+            async def during(result: RunResult, api: AsyncWATS) -> None:
+                await outage(result, api, emu)
+
+            # Seconds-long TTL and test steps: the outage meets expired entries, as an outage of an hour
+            # would with the profile's 300 s.
+            offline = await run_workload(emu.url, TOKEN, "outage", outbox=outbox, during=during,
+                                         cache_ttl=args.outage_cache_ttl, test_seconds=args.test_ms / 1000, **common)
+            print(outage_report(offline, outage))
+            runs.append(offline)
+        expected = per_run * len(runs)
+        failures = [error for run in runs for error in run.errors]
+        if not all(run.drained for run in runs):
+            failures.append("the outbox did not drain")
+        stored = set(emu.state.reports)
+        lost = [i for run in runs for i in run.reports if i not in stored]
     if failures:
         print("\nworkload FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1
-    if stored != expected:
-        print(f"\nworkload FAILED: the server holds {stored} reports, expected {expected}", file=sys.stderr)
+    if lost or len(stored) != expected:
+        print(f"\nworkload FAILED: the server holds {len(stored)} reports, expected {expected}; "
+              f"{len(lost)} handed over but not stored", file=sys.stderr)
         return 1
-    print(f"\n  OK: {stored} of {expected} reports stored, each once.")
+    print(f"\n  OK: {len(stored)} of {expected} reports stored, each once.")
     return 0
 
 
@@ -75,4 +146,11 @@ def register(sub: Any) -> None:
     p.add_argument("--latency-ms", type=float, default=20.0)
     p.add_argument("--fail-rate", type=float, default=0.03)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--outage-seconds", type=float, default=2.0, help="the outage run's WATS outage (0: no outage run)")
+    p.add_argument("--test-ms", type=float, default=100.0, help="outage run: how long each test operation takes")
+    p.add_argument("--outage-cache-ttl", type=float, default=1.0,
+                   help="outage run: seconds a lookup is fresh; short, so that the outage meets expired entries "
+                        "as an outage of an hour would with the profile's 300 s")
+    p.add_argument("--outage-mode", choices=["refuse", "503"], default="refuse",
+                   help="refuse: WATS off the network; 503: WATS answering 503")
     p.set_defaults(func=run)

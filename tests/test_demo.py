@@ -11,5 +11,8 @@ def test_demo_command_runs_the_workload_and_reports() -> None:
     )
     assert out.returncode == 0, out.stderr
     for needle in ("cache hit rate", "requests that reached the server", "retries", "throttle waits",
-                   "transport chain: cache -> retry -> throttle -> transport", "OK: 12 of 12 reports stored"):
+                   "transport chain: cache -> retry -> throttle -> transport", "OK: 18 of 18 reports stored",
+                   "outage run: WATS off the network", "lookups that failed                             0"):
         assert needle in out.stdout
+    drained = next(line for line in out.stdout.splitlines() if "drained after WATS came back" in line)
+    assert drained.split()[-1] == "s" and float(drained.split()[-2]) < 10

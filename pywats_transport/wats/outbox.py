@@ -51,10 +51,14 @@ def _as_dict(report: Any) -> dict[str, Any]:
 
 
 class AsyncOutbox:
-    """``await api.outbox.submit(report)`` -> :class:`Submitted`; ``await api.outbox.drain(timeout=30)``."""
+    """``await api.outbox.submit(report)`` -> :class:`Submitted`; ``await api.outbox.drain(timeout=30)``.
+
+    While the server is down the sender tries again at most every ``backoff_max`` seconds (a station
+    wants its reports out soon after WATS is back; a fleet of stations asking every 2 s is still light).
+    """
 
     def __init__(self, folder: str | os.PathLike[str], submit: Callable[[dict[str, Any]], Awaitable[Any]], *,
-                 poll_interval: float = 0.5, backoff_max: float = 30.0) -> None:
+                 poll_interval: float = 0.5, backoff_max: float = 2.0) -> None:
         self.queue = ReportQueue(folder, submit, backoff_max=backoff_max)
         self.poll_interval = poll_interval
         self._stopping: asyncio.Event | None = None
@@ -112,7 +116,7 @@ class Outbox:
     """The sync client's outbox: the same queue, its sender on a background thread with its own event loop."""
 
     def __init__(self, folder: str | os.PathLike[str], submit: Callable[[dict[str, Any]], Any], *,
-                 poll_interval: float = 0.5, backoff_max: float = 30.0) -> None:
+                 poll_interval: float = 0.5, backoff_max: float = 2.0) -> None:
         async def submit_async(report: dict[str, Any]) -> Any:
             return await asyncio.to_thread(submit, report)
 
