@@ -81,7 +81,7 @@ def _bench_suites() -> tuple[str, ...]:
     try:
         from benchmarks import SUITE_NAMES
     except ImportError:  # an installed package without the source checkout
-        return ("cache", "layers", "metrics", "wats", "reliability", "service")
+        return ("cache", "layers", "metrics", "wats", "reliability", "service", "offline")
     return tuple(SUITE_NAMES)
 
 

@@ -118,6 +118,14 @@ class _Timed:
 
 async def station(api: AsyncWATS, timed: _Timed, name: str, units: int, result: RunResult,
                   outbox: bool = False, test_seconds: float = 0.0) -> None:
+    if outbox:
+        # A station that must keep testing offline loads what it will look up when it starts, as test
+        # software loads its sequences: an outage then finds a copy of everything it needs.
+        for pn in PRODUCTS:
+            await timed("GET /api/Product/{partNumber}", f"product {pn}", api.product.get(pn))
+            await timed("GET /api/Software/Packages", f"packages {pn}", api.software.packages(tag=pn))
+        await timed("GET /api/App/Processes", "processes", api.process.list())
+        await timed("GET /api/Asset/Status", f"fixture {name}", api.asset.status("AS-1"))
     for u in range(units):
         pn = PRODUCTS[u % len(PRODUCTS)]
         sn = f"{name}-SN{u:03d}"

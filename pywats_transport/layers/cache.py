@@ -120,7 +120,7 @@ class _CacheCore:
             if now < record.fresh_until:
                 return self._served(plan, request, record, False, now), None
             if now < record.fresh_until + max(record.stale_while_revalidate, self.settings.stale_while_revalidate):
-                self._refresh_later(plan, request)
+                self._refresh_later(plan, request, record)
                 return self._served_stale(plan, request, record, now), None
         return None, record
 
@@ -156,17 +156,22 @@ class _CacheCore:
         self._flights.land(flight)
         return self._served_stale(plan, request, stale, self.policy.clock())
 
-    def _refresh_later(self, plan: Plan, request: httpx.Request) -> None:
+    def _refresh_later(self, plan: Plan, request: httpx.Request, stale: Record) -> None:
         """Stale-while-revalidate: one background refresh per key at a time."""
         with self._refresh_lock:
             if plan.key in self._refreshing:
                 return
             self._refreshing.add(plan.key)
-        extensions = {k: v for k, v in request.extensions.items() if k not in ("caching", EXTENSION)}
-        copy = httpx.Request(request.method, request.url, headers=request.headers, extensions=extensions)
-        self._spawn_refresh(plan, copy)
+        self._spawn_refresh(plan, request, stale)
 
-    def _spawn_refresh(self, plan: Plan, request: httpx.Request) -> None:
+    @staticmethod
+    def _refresh_request(request: httpx.Request) -> httpx.Request:
+        """The request a background refresh sends: the caller's, without its cache controls (built in the
+        background, so that the caller's answer does not wait for it)."""
+        extensions = {k: v for k, v in request.extensions.items() if k not in ("caching", EXTENSION)}
+        return httpx.Request(request.method, request.url, headers=request.headers, extensions=extensions)
+
+    def _spawn_refresh(self, plan: Plan, request: httpx.Request, stale: Record) -> None:
         raise NotImplementedError
 
     def _refreshed(self, plan: Plan, request: httpx.Request, response: httpx.Response, stale: Record | None) -> None:
@@ -407,11 +412,10 @@ class CacheLayer(_CacheCore, Layer):
         except Exception as exc:
             self._storage_failed(exc)
 
-    def _spawn_refresh(self, plan: Plan, request: httpx.Request) -> None:
-        stale = self.storage.find(plan.key, request.method, request.headers)
-
+    def _spawn_refresh(self, plan: Plan, original: httpx.Request, stale: Record) -> None:
         def run() -> None:
             try:
+                request = self._refresh_request(original)
                 with _validating(request, stale if self.policy.rfc else None):
                     response = self.inner.handle_request(request)
                 try:
@@ -504,14 +508,14 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
         except Exception as exc:
             self._storage_failed(exc)
 
-    def _spawn_refresh(self, plan: Plan, request: httpx.Request) -> None:
-        stale = self.storage.find(plan.key, request.method, request.headers)
-        task = asyncio.get_running_loop().create_task(self._refresh(plan, request, stale), name="pywats-cache-refresh")
+    def _spawn_refresh(self, plan: Plan, original: httpx.Request, stale: Record) -> None:
+        task = asyncio.get_running_loop().create_task(self._refresh(plan, original, stale), name="pywats-cache-refresh")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _refresh(self, plan: Plan, request: httpx.Request, stale: Record | None) -> None:
+    async def _refresh(self, plan: Plan, original: httpx.Request, stale: Record | None) -> None:
         try:
+            request = self._refresh_request(original)
             with _validating(request, stale if self.policy.rfc else None):
                 response = await self.inner.handle_async_request(request)
             try:
