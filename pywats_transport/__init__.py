@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from ._version import __version__
 from .builder import build_async_transport, build_transport
-from .config import CacheSettings, MetricsSettings, RetrySettings, ThrottleSettings, TransportConfig
+from .config import (
+    CacheSettings,
+    MetricsSettings,
+    PluginSettings,
+    RetrySettings,
+    ThrottleSettings,
+    TransportConfig,
+)
 from .errors import ConfigError, PluginError, ThrottledError, TransportError
 from .hookspecs import BuildContext, LayerSpec, hookimpl
 from .layer import AsyncLayer, Layer, layer_settings
@@ -31,6 +38,7 @@ __all__ = [
     "RetrySettings",
     "ThrottleSettings",
     "MetricsSettings",
+    "PluginSettings",
     "ConfigError",
     "PluginError",
     "ThrottledError",

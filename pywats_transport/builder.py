@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from . import ordering
 from .config import BUILTIN_SECTIONS, TransportConfig, validate_section
 from .errors import ConfigError, PluginError
 from .hookspecs import BuildContext, LayerSpec
@@ -35,14 +36,22 @@ def _network_options(flags: dict[str, Any], inner: Any) -> dict[str, Any]:
     return options
 
 
-def resolve_layers(config: TransportConfig, pm: PluginManager) -> list[tuple[LayerSpec, Any]]:
-    """The enabled layers, outermost first, each with its validated settings."""
-    known = pm.layers()
-    switches = {source.spec.switch for source in known.values()}
+def resolve_layers(config: TransportConfig, pm: PluginManager) -> list[tuple[LayerSpec, Any, int]]:
+    """The enabled layers, outermost first, each with its validated settings and effective position.
+
+    Only what this stack enables is checked: a broken, blocked or clashing plugin that it does not
+    enable does not affect it.
+    """
     for name in config.plugins:
         if name in BUILTIN_SECTIONS:
             raise PluginError(f"{name!r} is a built-in layer: switch it with `{name}.enabled`, not `plugins`")
+        if name in config.blocked_plugins:
+            raise PluginError(f"plugin {name!r} is both enabled (plugins) and blocked (blocked_plugins) in this config")
+        pm.load(name)  # with autoload off, the plugins a config names are loaded now
+    switches = pm.switches()
+    for name in config.plugins:
         if name not in switches:
+            pm.check_enabled(name)
             hint = ""
             if name in PROJECT_PLUGINS:
                 dist = PROJECT_PLUGINS[name]
@@ -50,23 +59,35 @@ def resolve_layers(config: TransportConfig, pm: PluginManager) -> list[tuple[Lay
                         f"pip install {dist} (in a source checkout: pip install ./plugins/{dist})")
             raise PluginError(f"unknown plugin or layer {name!r}; known: {', '.join(sorted(switches))}{hint}")
     for name in config.plugin_settings:
-        if name not in switches:
+        if name not in switches and name not in pm.broken and name not in pm.clashes:
             raise PluginError(f"plugin_settings names unknown plugin {name!r}; known: {', '.join(sorted(switches))}")
-    chosen: list[tuple[LayerSpec, Any]] = []
+    chosen: dict[str, tuple[LayerSpec, Any]] = {}
     validated: dict[str, Any] = {}
-    for name, source in known.items():
+    for name, source in pm.layers().items():
         spec = source.spec
         if name in BUILTIN_SECTIONS:
             section = getattr(config, name)
             if section.enabled:
-                chosen.append((spec, section))
+                chosen[name] = (spec, section)
         elif spec.switch in config.plugins:
             if spec.switch not in validated:
                 validated[spec.switch] = validate_section(
                     spec.config_model, config.plugin_settings.get(spec.switch, {}), f"plugin_settings.{spec.switch}"
                 )
-            chosen.append((spec, validated[spec.switch]))
-    return chosen
+            chosen[name] = (spec, validated[spec.switch])
+    placed = ordering.order(
+        [ordering.Placement(spec.name, spec.position, tuple(spec.before), tuple(spec.after)) for spec, _ in chosen.values()],
+        positions=config.positions, explicit=config.order,
+    )
+    return [(chosen[name][0], chosen[name][1], position) for name, position in placed]
+
+
+def _named(layer: Any, spec: LayerSpec, position: int) -> Any:
+    """A layer carries its spec's name (plugin authors need not repeat it on the class) and its place."""
+    if getattr(layer, "name", None) != spec.name:
+        layer.name = spec.name
+    layer.position = position
+    return layer
 
 
 def _context(config: TransportConfig, metrics_collector: Any, extra: dict[str, Any] | None) -> BuildContext:
@@ -74,7 +95,8 @@ def _context(config: TransportConfig, metrics_collector: Any, extra: dict[str, A
         from .metrics import default_collector
 
         metrics_collector = default_collector()
-    return BuildContext(metrics_collector=metrics_collector, extra=dict(extra or {}))
+    extra = dict(extra or {})
+    return BuildContext(metrics_collector=metrics_collector, extra=extra, clock=extra.get("clock"), sleep=extra.get("sleep"))
 
 
 def _assemble(config: ConfigLike, metrics_collector: Any, plugin_manager: PluginManager | None,
@@ -108,8 +130,8 @@ def build_transport(
     base = inner if inner is not None else httpx.HTTPTransport(**options)
     layers: list[Any] = []
     nxt: httpx.BaseTransport = base
-    for spec, settings in reversed(chosen):
-        nxt = spec.sync_factory(nxt, settings, ctx)
+    for spec, settings, position in reversed(chosen):
+        nxt = _named(spec.sync_factory(nxt, settings, ctx), spec, position)
         layers.insert(0, nxt)
     stack = TransportStack(layers, base)
     stack.config = cfg
@@ -135,8 +157,8 @@ def build_async_transport(
     base = inner if inner is not None else httpx.AsyncHTTPTransport(**options)
     layers: list[Any] = []
     nxt: httpx.AsyncBaseTransport = base
-    for spec, settings in reversed(chosen):
-        nxt = spec.async_factory(nxt, settings, ctx)
+    for spec, settings, position in reversed(chosen):
+        nxt = _named(spec.async_factory(nxt, settings, ctx), spec, position)
         layers.insert(0, nxt)
     stack = AsyncTransportStack(layers, base)
     stack.config = cfg

@@ -48,17 +48,36 @@ def _cmd_stack(args: argparse.Namespace) -> int:
 
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
+    if getattr(args, "plugins_command", None) == "new":
+        from .scaffold import write_plugin
+
+        folder = write_plugin(args.name, args.output)
+        print(f"wrote {folder}: pip install {folder}, then `pywats-transport plugins` lists {args.name!r}")
+        return 0
     from .plugins import get_plugin_manager
 
-    rows = [
-        {"name": name, "position": src.spec.position, "source": src.origin, "description": src.spec.description}
-        for name, src in get_plugin_manager().layers().items()
+    pm = get_plugin_manager()
+    rows: list[dict[str, Any]] = [
+        {"name": name, "position": src.spec.position, "source": src.origin, "description": src.spec.description,
+         "status": "ok"}
+        for name, src in pm.layers().items()
     ]
+    rows += [{"name": b.name, "position": None, "source": b.origin, "description": "", "status": "broken",
+              "error": b.error} for b in pm.broken.values()]
+    rows += [{"name": name, "position": s.spec.position, "source": s.origin, "description": s.spec.description,
+              "status": "clash"} for name, sources in pm.clashes.items() for s in sources]
+    rows += [{"name": name, "position": None, "source": "installed", "description": "", "status": "blocked"}
+             for name in sorted(pm.blocked & set(pm.installed()))]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print(f"{row['name']:<16} position {row['position']:<5} {row['source']}")
+            where = f"position {row['position']:<5}" if row["position"] is not None else " " * 14
+            error = f": {row['error']}" if "error" in row else ""
+            status = "" if row["status"] == "ok" else f"  [{row['status']}{error}]"
+            print(f"{row['name']:<16} {where} {row['source']}{status}")
+    if args.strict and any(row["status"] != "ok" for row in rows):
+        return 3  # distinct from errors of the command itself (2)
     return 0
 
 
@@ -100,7 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list the discovered layer plugins and where they come from")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_plugins)
+    p.add_argument("--strict", action="store_true", help="exit 3 when a plugin is broken, clashing or blocked")
+    p.set_defaults(func=_cmd_plugins, plugins_command=None)
+    psub = p.add_subparsers(dest="plugins_command")
+    new = psub.add_parser("new", help="write a working plugin distribution skeleton")
+    new.add_argument("name", help="the plugin's name (a Python identifier, e.g. useragent)")
+    new.add_argument("--output", "-o", default=".", help="the folder to write pywats-transport-NAME/ into")
+    new.set_defaults(func=_cmd_plugins)
 
     p = sub.add_parser("bench", help="run the benchmark suites (from a source checkout) and print one table")
     p.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run, not for figures)")

@@ -26,6 +26,11 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class PluginSettings(Section):
+    """The base for a plugin's settings model: unknown keys are errors (naming the allowed ones), as in
+    the built-in sections, and assignments are validated."""
+
+
 class CacheSettings(Section):
     enabled: bool = Field(True, description="Cache GET/HEAD responses.")
     ttl: float = Field(300.0, ge=0, description="Seconds an entry is served (mode `ttl`), or the longest it is kept (mode `rfc`).")
@@ -165,6 +170,17 @@ class TransportConfig(BaseModel):
     plugin_settings: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Settings per plugin name, validated by the plugin's own model."
     )
+    order: list[str] | None = Field(
+        None, description="The enabled layers, outermost first, overriding positions and before/after (every "
+        "enabled layer once).",
+    )
+    positions: dict[str, int] = Field(
+        default_factory=dict, description="Positions overriding the layers' own, by layer name (lower is further out).",
+    )
+    blocked_plugins: list[str] = Field(
+        default_factory=list, description="Plugins this config refuses to enable (the process-wide block is "
+        "PYWATS_TRANSPORT_BLOCK_PLUGINS).",
+    )
     profile: str = Field(
         "generic",
         description="The defaults beneath everything else: `generic` (any httpx app) or `wats` (the WATS clients "
@@ -301,7 +317,7 @@ def env_overrides_named(prefix: str, environ: Mapping[str, str]) -> tuple[dict[s
         try:
             value: Any = json.loads(raw)
         except ValueError:
-            value = [v.strip() for v in raw.split(",") if v.strip()] if path == ["plugins"] else raw
+            value = [v.strip() for v in raw.split(",") if v.strip()] if path in (["plugins"], ["blocked_plugins"], ["order"]) else raw
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -338,15 +354,20 @@ def flags_to_dict(flags: Mapping[str, Any]) -> dict[str, Any]:
             elif isinstance(value, BaseModel):
                 value = value.model_dump()
             out = deep_merge(out, {key: value})
-        elif key in ("plugins", "plugin_settings", "profile"):
-            out[key] = list(value) if key == "plugins" else dict(value) if key == "plugin_settings" else value
+        elif key in ("plugins", "blocked_plugins", "order"):
+            out[key] = list(value) if value is not None else None
+        elif key in ("plugin_settings", "positions"):
+            out[key] = dict(value)
+        elif key == "profile":
+            out[key] = value
         elif key in FLAG_ALIASES:
             section, field = FLAG_ALIASES[key]
             out = deep_merge(out, {section: {field: value}})
         else:
             owner = next((s for s in BUILTIN_SECTIONS if key.startswith(s + "_")), None)
             if owner is None:
-                allowed = sorted([*BUILTIN_SECTIONS, "plugins", "plugin_settings", "profile", *FLAG_ALIASES])
+                allowed = sorted([*BUILTIN_SECTIONS, "plugins", "plugin_settings", "profile", "order", "positions",
+                                  "blocked_plugins", *FLAG_ALIASES])
                 raise ConfigError(
                     f"unknown flag {key!r}; allowed: {', '.join(allowed)} or <section>_<field> "
                     f"(for example cache_ttl, retry_max_attempts)"
@@ -426,7 +447,16 @@ def _validate(model: type[TransportConfig], data: dict[str, Any], source: str | 
 
 
 def validate_section(model: type[BaseModel], data: Mapping[str, Any], source: str) -> BaseModel:
-    """Validate a plugin's settings with the plugin's own model, raising :class:`ConfigError`."""
+    """Validate a plugin's settings with the plugin's own model, raising :class:`ConfigError`.
+
+    Unknown keys are refused whatever the model says about extras: a misspelt setting must not pass
+    silently because a plugin author did not know to forbid them.
+    """
+    known = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
+    unknown = sorted(k for k in data if k not in known)
+    if unknown:
+        problems = [f"{k}: unknown key; allowed keys: {', '.join(sorted(model.model_fields))}" for k in unknown]
+        raise ConfigError(f"invalid {model.__name__} in {source}: " + "; ".join(problems), problems)
     try:
         return model.model_validate(dict(data))
     except ValidationError as exc:

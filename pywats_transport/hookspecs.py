@@ -30,6 +30,23 @@ class BuildContext:
 
     metrics_collector: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: a clock and a sleep for every layer that expires or waits (the testing kit's fake clock, so that
+    #: TTLs and backoffs run instantly); None: real time
+    clock: Callable[[], float] | None = None
+    sleep: Callable[[float], Any] | None = None
+
+    def clock_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for a layer that only reads the time (the cache)."""
+        return {"clock": self.clock} if self.clock is not None else {}
+
+    def waiting_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for a layer that waits (retry, throttle): its sleep and its policy's clocks."""
+        out: dict[str, Any] = {}
+        if self.sleep is not None:
+            out["sleep"] = self.sleep
+        if self.clock is not None:
+            out["policy_kwargs"] = {"clock": self.clock, "wall_clock": self.clock}
+        return out
 
 
 SyncFactory = Callable[[httpx.BaseTransport, Any, BuildContext], httpx.BaseTransport]
@@ -41,7 +58,10 @@ class LayerSpec:
     """A layer a plugin contributes.
 
     ``position``: lower is further out (metrics 100, cache 200, retry 300,
-    throttle 400); plugin layers pick their own, and two layers may not share one.
+    throttle 400); plugin layers pick their own. ``before`` / ``after``: names of layers this one must
+    sit outside of / inside of, when a stack has them too; they win over positions, which break ties.
+    Two layers of one stack at one position with nothing ordering them is an error the user can settle
+    in the config (``positions`` or ``order``).
     Factories are called as ``factory(inner, settings, context)``.
     ``enabled_by``: the plugin name that switches this layer on (default: its own name), so that
     one plugin can place several layers (say, one outside retry and one inside) under one switch
@@ -55,6 +75,8 @@ class LayerSpec:
     async_factory: AsyncFactory
     description: str = ""
     enabled_by: str | None = None
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
 
     @property
     def switch(self) -> str:

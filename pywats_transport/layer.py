@@ -39,6 +39,8 @@ class LayerBase(Generic[T]):
     _kind: ClassVar[type] = object
     #: the layer's effective settings (a pydantic model), shown by describe()
     settings: Any
+    #: where a built stack placed it (set by the builder; None for a stack composed in code)
+    position: int | None = None
 
     def __init__(self, inner: T | None = None, *, settings: BaseModel | None = None) -> None:
         self._inner: T | None = None

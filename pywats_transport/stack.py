@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -10,6 +12,36 @@ import httpx
 from .layer import CLOSED_MESSAGE, AsyncLayer, Layer, LayerBase
 
 L = TypeVar("L", Layer, AsyncLayer)
+#: layers skipped by the requests of the current task or thread (``stack.bypass(...)``)
+_BYPASSED: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("pywats_bypassed", default=frozenset())
+
+
+class _Gate(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """Stands in front of one layer: passes to it, or past it while it is switched off."""
+
+    __slots__ = ("layer", "off")
+
+    def __init__(self, layer: Any, off: set[str]) -> None:
+        self.layer, self.off = layer, off
+
+    def _target(self) -> Any:
+        layer = self.layer
+        bypassed = _BYPASSED.get()
+        if (self.off or bypassed) and (layer.name in self.off or layer.name in bypassed):
+            return layer.inner  # the next gate, or the innermost transport
+        return layer
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._target().handle_request(request)  # type: ignore[no-any-return]
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._target().handle_async_request(request)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.layer.close()
+
+    async def aclose(self) -> None:
+        await self.layer.aclose()
 _SECTIONS = ("metrics", "cache", "retry", "throttle")
 
 
@@ -23,15 +55,50 @@ class _StackBase(Generic[L]):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"a stack holds each layer once; repeated: {', '.join(dupes)}")
-        nxt = inner
+        self._off: set[str] = set()
+        raw, nxt = inner, inner
         for layer in reversed(layers):
+            if layer._inner is raw:
+                layer._inner = None  # built around the next layer: it now goes through that layer's gate
             layer.bind(nxt)
-            nxt = layer
+            raw, nxt = layer, _Gate(layer, self._off)
         return nxt
+
+    def _check_names(self, names: tuple[str, ...]) -> None:
+        unknown = [n for n in names if n not in self.names]
+        if unknown:
+            raise KeyError(f"no layer named {', '.join(map(repr, unknown))} in this stack; layers: {', '.join(self.names)}")
+
+    @contextlib.contextmanager
+    def disabled(self, *names: str) -> Iterator[None]:
+        """Switch layers off for every request through this stack while the block runs (tests, maintenance)."""
+        self._check_names(names)
+        added = [n for n in names if n not in self._off]
+        self._off.update(added)
+        try:
+            yield
+        finally:
+            self._off.difference_update(added)
+
+    @contextlib.contextmanager
+    def bypass(self, *names: str) -> Iterator[None]:
+        """Skip layers for the requests this task or thread makes while the block runs; others are unaffected.
+
+        Works as ``with`` in sync and async code alike (the skip follows the context, as contextvars do).
+        """
+        self._check_names(names)
+        token = _BYPASSED.set(_BYPASSED.get() | frozenset(names))
+        try:
+            yield
+        finally:
+            _BYPASSED.reset(token)
 
     def describe(self) -> list[dict[str, Any]]:
         """The layers outermost first, each with its name and effective settings, then the inner transport."""
         chain = [layer.describe() for layer in self.layers]
+        for layer, item in zip(self.layers, chain, strict=True):
+            if layer.position is not None:
+                item["position"] = layer.position
         sources = self.config.sources() if self.config is not None else {}
         for item in chain:
             prefix = f"{item['name']}." if item["name"] in _SECTIONS else f"plugin_settings.{item['name']}."

@@ -44,7 +44,7 @@ def test_env_overrides_file_and_flags_override_env(tmp_path: Path, monkeypatch: 
         ({"cache": {"mode": "sometimes"}}, r"cache\.mode = 'sometimes': Input should be 'ttl' or 'rfc'"),
         ({"cache": {"tll": 5}}, r"cache\.tll: unknown key.*allowed keys: coalesce, coalesce_timeout, cookie_identity, enabled, identity_headers"),
         ({"retry": {"max_attempts": "many"}}, r"retry\.max_attempts = 'many': Input should be a valid integer"),
-        ({"bogus": 1}, r"bogus: unknown key.*allowed keys: cache, metrics, plugin_settings, plugins, profile, retry, throttle"),
+        ({"bogus": 1}, r"bogus: unknown key.*allowed keys: blocked_plugins, cache, metrics, order, plugin_settings, plugins, positions, profile, retry, throttle"),
         ({"retry": {"statuses": [200, 999]}}, r"statuses must be HTTP status codes 100-599, got \[999\]"),
     ],
 )

@@ -416,11 +416,12 @@ def test_a_layer_keyword_typo_is_a_config_error(cls: Any) -> None:
 # -- newcomer path ------------------------------------------------------------------------------------
 
 def test_a_project_plugin_that_is_not_installed_names_its_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pywats_transport import PluginError, PluginManager
+    from pywats_transport import PluginError, PluginManager, plugins
 
+    monkeypatch.setattr(plugins.metadata, "entry_points", lambda group: [])  # nothing installed
     monkeypatch.setenv("PYWATS_TRANSPORT_PLUGINS", "circuitbreaker")
     with pytest.raises(PluginError, match=r"pip install pywats-transport-circuitbreaker"):
-        build_transport(plugin_manager=PluginManager(load_entry_points=False))
+        build_transport(plugin_manager=PluginManager())
 
 
 def test_layers_are_importable_where_users_look() -> None:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,9 @@ FAST = {"retry": {"backoff_base": 0.01, "backoff_max": 0.05}}
 
 
 @pytest.fixture
-def emulator() -> Iterator[EmulatorServer]:
-    with EmulatorServer(token=TOKEN) as emu:
-        yield emu
+def emulator(wats_emulator: Any) -> Any:
+    """The testing kit's emulator (its token: ``emulator.token``)."""
+    return wats_emulator
 
 
 def stored_ids(emu: EmulatorServer) -> list[str]:
@@ -42,7 +41,7 @@ def report(sn: str) -> UUTReport:
 @pytest.mark.anyio
 async def test_async_outbox_sends_at_once_or_keeps_until_the_server_is_back(tmp_path: Path,
                                                                             emulator: EmulatorServer) -> None:
-    async with AsyncWATS(emulator.url, TOKEN, outbox=tmp_path / "outbox", **FAST) as api:
+    async with AsyncWATS(emulator.url, emulator.token, outbox=tmp_path / "outbox", **FAST) as api:
         first = report("SN-1")
         sent = await api.outbox.submit(first)
         assert (sent.status, sent.id) == ("sent", first.id) and stored_ids(emulator) == [first.id]
@@ -58,12 +57,12 @@ async def test_async_outbox_sends_at_once_or_keeps_until_the_server_is_back(tmp_
 
 
 async def _resubmit_same(tmp_path: Path, emulator: EmulatorServer, rep: UUTReport) -> Any:
-    async with AsyncWATS(emulator.url, TOKEN, outbox=tmp_path / "outbox", **FAST) as api:
+    async with AsyncWATS(emulator.url, emulator.token, outbox=tmp_path / "outbox", **FAST) as api:
         return await api.outbox.submit(rep)  # already confirmed: nothing is sent twice
 
 
 def test_sync_outbox_through_a_503_outage(tmp_path: Path, emulator: EmulatorServer) -> None:
-    with WATS(emulator.url, TOKEN, outbox=tmp_path / "outbox", **FAST) as api:
+    with WATS(emulator.url, emulator.token, outbox=tmp_path / "outbox", **FAST) as api:
         emulator.outage(1.0, "503")
         outcome = api.outbox.submit(report("SN-S1"))
         assert outcome.status == "queued" and "503" in (outcome.reason or "")
@@ -142,7 +141,7 @@ def test_a_killed_station_loses_nothing_and_sends_nothing_twice(tmp_path: Path) 
 @pytest.mark.anyio
 async def test_submissions_during_an_outage_do_not_wait_once_the_server_is_known_down(tmp_path: Path,
                                                                                        emulator: EmulatorServer) -> None:
-    async with AsyncWATS(emulator.url, TOKEN, outbox=tmp_path / "o", **FAST) as api:
+    async with AsyncWATS(emulator.url, emulator.token, outbox=tmp_path / "o", **FAST) as api:
         emulator.outage(2.0, "refuse")
         await api.outbox.submit(report("SN-0"))  # finds out
         started = time.monotonic()

@@ -566,9 +566,11 @@ def pywats_transport_layers() -> list[LayerSpec]:
             name="cache",
             position=200,
             config_model=CacheSettings,
-            sync_factory=lambda inner, settings, ctx: CacheLayer(inner, settings=settings, metrics_collector=ctx.metrics_collector),
+            sync_factory=lambda inner, settings, ctx: CacheLayer(
+                inner, settings=settings, metrics_collector=ctx.metrics_collector, **ctx.clock_kwargs()
+            ),
             async_factory=lambda inner, settings, ctx: AsyncCacheLayer(
-                inner, settings=settings, metrics_collector=ctx.metrics_collector
+                inner, settings=settings, metrics_collector=ctx.metrics_collector, **ctx.clock_kwargs()
             ),
             description="HTTP cache on hishel: memory (LRU), SQLite or Redis storage",
         )

@@ -158,9 +158,11 @@ def pywats_transport_layers() -> list[LayerSpec]:
             name="retry",
             position=300,
             config_model=RetrySettings,
-            sync_factory=lambda inner, settings, ctx: RetryLayer(inner, settings=settings, metrics_collector=ctx.metrics_collector),
+            sync_factory=lambda inner, settings, ctx: RetryLayer(
+                inner, settings=settings, metrics_collector=ctx.metrics_collector, **ctx.waiting_kwargs()
+            ),
             async_factory=lambda inner, settings, ctx: AsyncRetryLayer(
-                inner, settings=settings, metrics_collector=ctx.metrics_collector
+                inner, settings=settings, metrics_collector=ctx.metrics_collector, **ctx.waiting_kwargs()
             ),
             description="retries with backoff, jitter, Retry-After, deadline and a retry budget",
         )

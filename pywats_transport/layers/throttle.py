@@ -143,10 +143,10 @@ def pywats_transport_layers() -> list[LayerSpec]:
             position=400,
             config_model=ThrottleSettings,
             sync_factory=lambda inner, settings, ctx: ThrottleLayer(
-                inner, settings=settings, metrics_collector=ctx.metrics_collector
+                inner, settings=settings, metrics_collector=ctx.metrics_collector, **ctx.waiting_kwargs()
             ),
             async_factory=lambda inner, settings, ctx: AsyncThrottleLayer(
-                inner, settings=settings, metrics_collector=ctx.metrics_collector
+                inner, settings=settings, metrics_collector=ctx.metrics_collector, **ctx.waiting_kwargs()
             ),
             description="token bucket per host, concurrency cap, adaptive slow-down on 429/503",
         )

@@ -60,7 +60,7 @@ class _Telemetry:
             explicit_bucket_boundaries_advisory=list(SIZE_BUCKETS),
         )
         self.cache_lookups = meter.create_counter(
-            "pywats_transport.cache.lookups", unit="{lookup}", description="Cache lookups by result (hit, miss, bypass)."
+            "pywats_transport.cache.lookups", unit="{lookup}", description="Cache lookups by result (hit, miss, bypass, stale)."
         )
         self.cache_events = meter.create_counter(
             "pywats_transport.cache.events", unit="{event}",

@@ -30,9 +30,10 @@ SERIES = (
     Series("http_client_response_body_size_bytes", "http.client.response.body.size", "histogram", "By", HTTP_LABELS,
            "Opt-in (`record_body_sizes`): response body sizes, where the response declares its length."),
     Series("pywats_transport_cache_lookups_total", "pywats_transport.cache.lookups", "counter", "{lookup}",
-           ("result",), "Cache lookups by result: hit, miss, bypass."),
+           ("result",), "Cache lookups by result: hit, miss, bypass, stale (an expired entry answered: the "
+           "origin failed, or the entry is being refreshed)."),
     Series("pywats_transport_cache_events_total", "pywats_transport.cache.events", "counter", "{event}",
-           ("event",), "store, eviction, invalidation, storage_error."),
+           ("event",), "store, eviction, invalidation, storage_error, refresh (a background refresh answered)."),
     Series("pywats_transport_retries_total", "pywats_transport.retries", "counter", "{retry}", ("reason",),
            "Retries by reason: status_503, connect_error, connection_dropped, read_timeout, ..."),
     Series("pywats_transport_retry_exhausted_total", "pywats_transport.retry.exhausted", "counter", "{request}",
