@@ -9,15 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from pywats_transport import TransportError
+from pywats_transport import PluginSettings, TransportError
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
-class BreakerSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class BreakerSettings(PluginSettings):
 
     failure_threshold: int = Field(5, ge=1, description="Consecutive failures that open the circuit.")
     failure_ratio: float = Field(0.5, gt=0, le=1, description="Share of failures over the window that opens it.")

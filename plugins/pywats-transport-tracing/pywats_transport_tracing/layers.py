@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from pywats_transport import AsyncLayer, Layer, layer_settings
+from pywats_transport import AsyncLayer, Layer, PluginSettings, layer_settings
 
 SCOPE = "pywats_transport_tracing"
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -20,8 +20,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 _attempts: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("pywats_attempts", default=None)
 
 
-class TracingSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TracingSettings(PluginSettings):
 
     attempt_spans: bool = Field(True, description="A CLIENT span per attempt, inside retry.")
     propagate: bool = Field(True, description="Inject the W3C trace context into outgoing requests.")
