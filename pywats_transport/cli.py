@@ -38,7 +38,8 @@ def _cmd_stack(args: argparse.Namespace) -> int:
         else:
             print(f"profile: {config.profile}")
             for i, item in enumerate(chain, 1):
-                print(f"{i}. {item['name']:<16} {item['class']}")
+                where = f"position {item['position']:<5}" if item.get("position") is not None else ""
+                print(f"{i}. {item['name']:<16} {where} {item['class']}")
                 sources = item.get("sources", {})
                 for key, value in item["settings"].items():
                     print(f"   {key} = {json.dumps(value)}  ({sources.get(key, 'default')})")
