@@ -92,9 +92,9 @@ def _named(layer: Any, spec: LayerSpec, position: int) -> Any:
 
 def _context(config: TransportConfig, metrics_collector: Any, extra: dict[str, Any] | None) -> BuildContext:
     if metrics_collector is None and config.metrics.enabled:
-        from .metrics import default_collector
+        from .metrics import default_collector, global_collector
 
-        metrics_collector = default_collector()
+        metrics_collector = global_collector() if config.metrics.provider == "global" else default_collector()
     extra = dict(extra or {})
     return BuildContext(metrics_collector=metrics_collector, extra=extra, clock=extra.get("clock"), sleep=extra.get("sleep"))
 

@@ -117,6 +117,15 @@ class ThrottleSettings(Section):
 
 class MetricsSettings(Section):
     enabled: bool = Field(False, description="Record OpenTelemetry HTTP client metrics (opt-in).")
+    provider: Literal["own", "global"] = Field(
+        "own", description="`own`: a MeterProvider of ours with Prometheus exposition (/metrics); `global`: the "
+        "application's global MeterProvider, exported by its own pipeline (OTLP, ...). A `metrics_collector` given "
+        "in code wins.",
+    )
+    excluded_urls: str = Field(
+        "", description="Comma-separated regular expressions of URLs not recorded (as OTEL_PYTHON_HTTPX_EXCLUDED_URLS, "
+        "which applies when this is empty).",
+    )
     record_body_sizes: bool = Field(
         False,
         description="Also record http.client.request/response.body.size where the length is known. Opt-in: these "

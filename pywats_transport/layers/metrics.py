@@ -7,11 +7,17 @@ extension ``"route"``), never raw; query strings and credentials never appear.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
 
 import httpx
+from opentelemetry.semconv._incubating.attributes.url_attributes import URL_TEMPLATE
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.http_attributes import HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
+from opentelemetry.util.http import ExcludeList, parse_excluded_urls
 
 from ..config import MetricsSettings
 from ..hookspecs import LayerSpec, hookimpl
@@ -25,6 +31,13 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+def excluded_urls(setting: str) -> ExcludeList | None:
+    """URLs not recorded: the setting, else the instrumentation's own variables
+    (``OTEL_PYTHON_HTTPX_EXCLUDED_URLS``, then ``OTEL_PYTHON_EXCLUDED_URLS``); None when nothing is excluded."""
+    value = setting or os.environ.get("OTEL_PYTHON_HTTPX_EXCLUDED_URLS") or os.environ.get("OTEL_PYTHON_EXCLUDED_URLS")
+    return parse_excluded_urls(value) if value and value.strip() else None
+
+
 class _MetricsCore:
     name = "metrics"
     settings: MetricsSettings
@@ -33,6 +46,7 @@ class _MetricsCore:
         settings = layer_settings(MetricsSettings, settings, overrides, f"{type(self).__name__} settings")
         self.settings = settings
         self.collector = collector if collector is not None else default_collector()
+        self._excluded = excluded_urls(settings.excluded_urls)
         t = self.collector.telemetry
         self._on = t is not None
         self.requests = 0
@@ -72,11 +86,14 @@ class _MetricsCore:
         url = request.url
         method = request.method if request.method in KNOWN_METHODS else "_OTHER"
         route = request.extensions.get(ROUTE_EXTENSION)
-        key: tuple[Any, ...] = (("http.request.method", method), ("server.address", url.host),
-               ("server.port", url.port or DEFAULT_PORTS.get(url.scheme, 0)))
+        key: tuple[Any, ...] = ((HTTP_REQUEST_METHOD, method), (SERVER_ADDRESS, url.host),
+                                (SERVER_PORT, url.port or DEFAULT_PORTS.get(url.scheme, 0)))
         if route:
-            key += (("url.template", str(route)),)
+            key += ((URL_TEMPLATE, str(route)),)
         return key
+
+    def _skipped(self, request: httpx.Request) -> bool:
+        return not self._on or (self._excluded is not None and self._excluded.url_disabled(str(request.url)))
 
     def _attrs(self, base: tuple[Any, ...], status: int | None, outcome: str | None) -> dict[str, Any]:
         """The attribute dict for a label set, built once and reused: label sets are few by design, and
@@ -90,11 +107,11 @@ class _MetricsCore:
         if attrs is None:
             attrs = dict(base)
             if status is None:
-                attrs["error.type"] = outcome or "_OTHER"
+                attrs[ERROR_TYPE] = outcome or "_OTHER"
             else:
-                attrs["http.response.status_code"] = status
+                attrs[HTTP_RESPONSE_STATUS_CODE] = status
                 if status >= 400:
-                    attrs["error.type"] = str(status)
+                    attrs[ERROR_TYPE] = str(status)
                 if outcome is not None:
                     attrs["pywats.cache"] = outcome
             per_base[(status, outcome)] = attrs
@@ -139,7 +156,7 @@ class MetricsLayer(_MetricsCore, Layer):
         self._setup(settings, metrics_collector, overrides)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if not self._on:
+        if self._skipped(request):
             return self.inner.handle_request(request)
         base = self._base(request)
         self._enter(base)
@@ -167,7 +184,7 @@ class AsyncMetricsLayer(_MetricsCore, AsyncLayer):
         self._setup(settings, metrics_collector, overrides)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if not self._on:
+        if self._skipped(request):
             return await self.inner.handle_async_request(request)
         base = self._base(request)
         # One event loop runs this layer, so the count needs no lock (a scrape copies it safely).

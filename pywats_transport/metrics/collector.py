@@ -29,18 +29,22 @@ SIZE_BUCKETS = (0, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
 
 
 class _Telemetry:
-    """A MeterProvider with its Prometheus reader, registry and instruments."""
+    """The instruments on a MeterProvider: our own (with its Prometheus reader and registry), or the app's."""
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.reader = PrometheusMetricReader(registry=self.registry, disable_target_info=True, scope_info_enabled=False)
-        self.provider = MeterProvider(
-            metric_readers=[self.reader],
-            # Prometheus text exposition carries no exemplars; sampling them would cost every measurement.
-            exemplar_filter=AlwaysOffExemplarFilter(),
-            resource=Resource.create({"service.name": "pywats-transport", "service.version": __version__}),
-        )
-        meter = self.provider.get_meter("pywats_transport", __version__)
+    def __init__(self, provider: Any = None) -> None:
+        self.registry: CollectorRegistry | None = None
+        self.own = provider is None
+        if provider is None:
+            self.registry = CollectorRegistry(auto_describe=True)
+            self.reader = PrometheusMetricReader(registry=self.registry, disable_target_info=True, scope_info_enabled=False)
+            provider = MeterProvider(
+                metric_readers=[self.reader],
+                # Prometheus text exposition carries no exemplars; sampling them would cost every measurement.
+                exemplar_filter=AlwaysOffExemplarFilter(),
+                resource=Resource.create({"service.name": "pywats-transport", "service.version": __version__}),
+            )
+        self.provider = provider
+        meter = provider.get_meter("pywats_transport", __version__)
         self.duration = meter.create_histogram(
             "http.client.request.duration", unit="s", description="Duration of HTTP client requests.",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
@@ -91,6 +95,9 @@ class _Telemetry:
         self._lock = threading.Lock()
         self._process = psutil.Process(os.getpid())
         self._cpu_mark = (time.monotonic(), self._cpu_seconds())
+        self._meter = meter
+        if not self.own:
+            return  # an app that brings its provider brings its own process metrics too
         meter.create_observable_gauge(
             "process.cpu.utilization", callbacks=[self._cpu], unit="1",
             description="Process CPU use since the previous scrape, 1.0 = one core.",
@@ -101,7 +108,6 @@ class _Telemetry:
         meter.create_observable_gauge(
             "process.thread.count", callbacks=[self._threads], unit="{thread}", description="Threads in the process."
         )
-        self._meter = meter
 
     def _active(self, options: CallbackOptions) -> Iterable[Observation]:
         totals: dict[tuple[tuple[str, Any], ...], int] = {}
@@ -152,6 +158,11 @@ class _Telemetry:
 
 _shared: _Telemetry | None = None
 _shared_lock = threading.RLock()
+# Instruments per app provider: collectors on one provider share them, as collectors on ours do.
+_on_provider: dict[int, _Telemetry] = {}
+
+APP_EXPOSITION = ("# pywats-transport records into the application's MeterProvider: its own readers and exporters "
+                  "(OTLP, a Prometheus reader) expose these metrics.\n")
 
 
 def _shared_telemetry() -> _Telemetry:
@@ -162,18 +173,42 @@ def _shared_telemetry() -> _Telemetry:
         return _shared
 
 
+def _telemetry_on(provider: Any) -> _Telemetry:
+    with _shared_lock:
+        telemetry = _on_provider.get(id(provider))
+        if telemetry is None or telemetry.provider is not provider:
+            telemetry = _on_provider[id(provider)] = _Telemetry(provider)
+        return telemetry
+
+
 class MetricsCollector:
     """Records HTTP, cache, retry, throttle and queue metrics; renders Prometheus text and a JSON summary.
 
-    ``enabled=False`` gives a collector whose methods do nothing. ``isolated=True``
-    gives a collector with its own provider and registry (tests, embedding).
+    By default into a MeterProvider of its own (one per process) with Prometheus exposition.
+    ``meter_provider=`` records into the application's provider instead, ``meter_provider="global"``
+    into the global one (``opentelemetry.metrics.set_meter_provider``), as the OpenTelemetry
+    instrumentations do; the exposition is then the application's. ``enabled=False`` gives a collector
+    whose methods do nothing; ``isolated=True`` one with a provider and registry of its own (tests).
     """
 
-    def __init__(self, *, enabled: bool = True, isolated: bool = False) -> None:
+    def __init__(self, *, enabled: bool = True, isolated: bool = False, meter_provider: Any = None) -> None:
         self.enabled = enabled
         self._t: _Telemetry | None = None
-        if enabled:
+        if not enabled:
+            return
+        if meter_provider == "global":
+            from opentelemetry import metrics
+
+            meter_provider = metrics.get_meter_provider()  # a proxy until the app sets one: it forwards then
+        if meter_provider is not None:
+            self._t = _telemetry_on(meter_provider)
+        else:
             self._t = _Telemetry() if isolated else _shared_telemetry()
+
+    @property
+    def provider(self) -> str:
+        """``own`` (Prometheus exposition here) or ``app`` (the application's provider exposes)."""
+        return "own" if self._t is None or self._t.own else "app"
 
     # -- recording (called by layers) ---------------------------------------------------
 
@@ -222,9 +257,11 @@ class MetricsCollector:
     # -- reading ------------------------------------------------------------------------
 
     def render_prometheus(self) -> str:
-        """Prometheus text exposition (version 0.0.4)."""
+        """Prometheus text exposition (version 0.0.4); on an app's provider, a comment saying where they are."""
         if self._t is None:
             return ""
+        if self._t.registry is None:
+            return APP_EXPOSITION
         return generate_latest(self._t.registry).decode()
 
     def summary(self) -> dict[str, Any]:
@@ -233,6 +270,8 @@ class MetricsCollector:
 
         if self._t is None:
             return {"enabled": False}
+        if self._t.registry is None:
+            return {"enabled": True, "provider": "app", "note": APP_EXPOSITION.strip("# \n")}
         return summarise(self._t.registry)
 
     def __repr__(self) -> str:
@@ -249,3 +288,15 @@ def default_collector() -> MetricsCollector:
         if _default is None:
             _default = MetricsCollector()
     return _default
+
+
+_global: MetricsCollector | None = None
+
+
+def global_collector() -> MetricsCollector:
+    """The collector recording into the global MeterProvider (``metrics.provider: global``)."""
+    global _global
+    with _shared_lock:
+        if _global is None:
+            _global = MetricsCollector(meter_provider="global")
+    return _global
