@@ -42,7 +42,12 @@ class CacheSettings(Section):
     )
     storage: Literal["memory", "sqlite", "redis"] = Field("memory", description="Where entries live.")
     sqlite_path: str = Field("pywats_transport_cache.db", description="Database file for `storage: sqlite` (a bare name goes under .cache/hishel/).")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Server for `storage: redis`.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Server for `storage: redis` (password: in the URL "
+                           "or the environment, REDIS_PASSWORD; never logged).")
+    redis_timeout: float = Field(0.25, gt=0, description="Longest a request waits on Redis (seconds) before it "
+                                 "goes to the network.")
+    redis_retry_after: float = Field(5.0, ge=0, description="After Redis failed, seconds it is skipped before the "
+                                     "next try (requests go to the network meanwhile).")
     identity_headers: list[str] = Field(
         default_factory=lambda: ["Authorization", "X-Api-Key"],
         description="Request headers whose value (hashed) is part of the cache key.",

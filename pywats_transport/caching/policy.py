@@ -188,16 +188,27 @@ class CachePolicy:
         ttl = plan.ttl if plan.ttl is not None else self.settings.ttl
         keep = ttl + max(self.settings.stale_if_error, self.settings.stale_while_revalidate)
         with self._lock:
-            self._index.add(plan.key, _origin(url), url.path, self.clock() + keep)
+            self._index.add(plan.key, origin_of(url), url.path, self.clock() + keep)
             if len(self._index) + len(self._stale) >= self._prune_at:
                 self._prune()
+
+    def fleet_targets(self, request: httpx.Request, response: httpx.Response) -> list[tuple[str | None, str]]:
+        """(origin, path) prefixes a successful write drops in a shared storage, for every process."""
+        if not self.settings.invalidate_on_write or not 200 <= response.status_code < 300:
+            return []
+        origin = origin_of(request.url)
+        targets: list[tuple[str | None, str]] = [(origin, request.url.path)]
+        control = request.extensions.get(EXTENSION)
+        for prefix in control.get("invalidates", ()) if control else ():
+            targets.append(split_prefix(prefix, origin))
+        return targets
 
     def write_invalidates(self, request: httpx.Request, response: httpx.Response | None) -> list[str]:
         """Keys a finished write drops: only when it succeeded."""
         if response is None or not 200 <= response.status_code < 300 or not len(self._index):
             return []
         url = request.url
-        origin = _origin(url)
+        origin = origin_of(url)
         with self._lock:
             keys = self._index.under(url.path, origin)
         control = request.extensions.get(EXTENSION)
@@ -238,7 +249,15 @@ class CachePolicy:
         self._prune_at = max(1024, 2 * len(self._index))
 
 
-def _origin(url: httpx.URL) -> str:
+def split_prefix(prefix: str, origin: str | None) -> tuple[str | None, str]:
+    """``prefix`` as (origin, path): a full URL names its own origin; a path keeps ``origin``."""
+    if "://" in prefix:
+        parts = urlsplit(prefix)
+        return f"{parts.scheme}://{parts.netloc}".lower(), parts.path or "/"
+    return origin, prefix
+
+
+def origin_of(url: httpx.URL) -> str:
     return _origin_of(url.scheme, url.host, url.port)
 
 

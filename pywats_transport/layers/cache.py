@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,8 @@ from ..caching.coalesce import Flight, Flights, SaveWhenRead
 from ..caching.freshness import conditional_headers, merge_not_modified
 from ..caching.health import FAILURES
 from ..caching.memory import AsyncMemoryStorage, MemoryStorage, Record
-from ..caching.policy import EXTENSION, CachePolicy, Plan
+from ..caching.policy import EXTENSION, CachePolicy, Plan, split_prefix
+from ..caching.redis_store import AsyncRedisStore, RedisStore
 from ..config import CacheSettings
 from ..errors import TransportError
 from ..hookspecs import LayerSpec, hookimpl
@@ -55,9 +57,15 @@ def _make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asy
         import redis.asyncio
     except ImportError:
         raise ImportError("cache storage 'redis' needs the redis package: pip install 'pywats-transport[redis]'") from None
+    options: dict[str, Any] = {"socket_timeout": settings.redis_timeout, "socket_connect_timeout": settings.redis_timeout}
+    if os.environ.get("REDIS_PASSWORD"):
+        options["password"] = os.environ["REDIS_PASSWORD"]
     if is_async:
-        return hishel.AsyncRedisStorage(client=redis.asyncio.Redis.from_url(settings.redis_url), default_ttl=settings.ttl)
-    return hishel.RedisStorage(client=redis.Redis.from_url(settings.redis_url), default_ttl=settings.ttl)
+        return AsyncRedisStore(redis.asyncio.Redis.from_url(settings.redis_url, **options),
+                               sync_client=redis.Redis.from_url(settings.redis_url, **options),
+                               default_ttl=settings.ttl, retry_after=settings.redis_retry_after)
+    return RedisStore(redis.Redis.from_url(settings.redis_url, **options), default_ttl=settings.ttl,
+                      retry_after=settings.redis_retry_after)
 
 
 def decoded_headers(raw: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:
@@ -106,6 +114,8 @@ class _CacheCore:
         self._refreshing: set[str] = set()
         self._refresh_lock = threading.Lock()
         self._direct = isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage))
+        #: a storage shared by processes (Redis): invalidation goes to it, for every process
+        self._shared = isinstance(self.storage, (RedisStore, AsyncRedisStore))
         if self._direct:
             self.storage._core.on_forget = self.policy.forget
 
@@ -320,21 +330,40 @@ class _CacheCore:
     # -- public API ---------------------------------------------------------------------
 
     def invalidate(self, prefix: str) -> int:
-        """Drop cached entries whose path is ``prefix`` or under it (``prefix`` may be a full URL); returns how many."""
+        """Drop cached entries whose path is ``prefix`` or under it (``prefix`` may be a full URL); returns how many.
+
+        With a shared storage (Redis) for every process, whoever stored them."""
+        if self._shared:
+            try:
+                return int(self.storage.invalidate_now(*split_prefix(prefix, None)))
+            except Exception as exc:
+                self._storage_failed(exc)
+                return 0
         return self._invalidate_keys(self.policy.keys_under(prefix))
 
     def clear(self) -> int:
-        """Drop every cached entry this layer stored; returns how many."""
+        """Drop every cached entry (with a shared storage: the whole fleet's); returns how many."""
+        if self._shared:
+            try:
+                return int(self.storage.clear_now())
+            except Exception as exc:
+                self._storage_failed(exc)
+                return 0
         keys = self.policy.keys_under("")
         n = self._invalidate_keys(keys)
         if isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage)):
             self.storage.clear()
         return n
 
+    def _fleet_failed(self, exc: BaseException) -> None:
+        self._storage_failed(exc)
+
     def stats(self) -> dict[str, Any]:
         entries = len(self.storage) if isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage)) else None
         out = self.policy.stats.as_dict(entries, getattr(self.storage, "evictions", 0))
         out["storage_errors"] += FAILURES.count - self._failures_at_start
+        if self._shared:
+            out.update(self.storage.stats())
         return out
 
 
@@ -359,7 +388,14 @@ class CacheLayer(_CacheCore, Layer):
         if plan.action == "bypass":
             return self._bypassed(self.inner.handle_request(request))
         if plan.action == "write":
-            return self._written(request, self.inner.handle_request(request))
+            response = self.inner.handle_request(request)
+            if self._shared:  # before the write's answer returns: no process reads the pre-write entry after
+                for origin, path in self.policy.fleet_targets(request, response):
+                    try:
+                        self.storage.invalidate_prefix(origin, path)
+                    except Exception as exc:
+                        self._fleet_failed(exc)
+            return self._written(request, response)
         if self._direct:
             return self._handle_direct(plan, request)
         if plan.refresh:
@@ -453,7 +489,14 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
         if plan.action == "bypass":
             return self._bypassed(await self.inner.handle_async_request(request))
         if plan.action == "write":
-            return self._written(request, await self.inner.handle_async_request(request))
+            response = await self.inner.handle_async_request(request)
+            if self._shared:  # before the write's answer returns: no process reads the pre-write entry after
+                for origin, path in self.policy.fleet_targets(request, response):
+                    try:
+                        await self.storage.invalidate_prefix(origin, path)
+                    except Exception as exc:
+                        self._fleet_failed(exc)
+            return self._written(request, response)
         if self._direct:
             return await self._handle_direct(plan, request)
         if plan.refresh:

@@ -1,0 +1,322 @@
+"""A Redis storage of ours for hishel (sync and async): the fleet's shared cache.
+
+- One round trip per lookup: a cache key's entries (its variants) are one Redis hash, read with
+  ``HGETALL``; an entry is one value (status, headers and body framed together); the expiry is on the key.
+- Fleet-wide invalidation: each stored key is also indexed under every prefix of its path, per
+  origin; dropping a prefix runs one Lua script that deletes the entries indexed there and the index,
+  atomically, whichever process stored them and whenever.
+- Every key carries the hash tag ``{pwt}``, so the scripts also run on Redis Cluster (all of the
+  cache lives in one slot).
+- Bounded by Redis itself: ``maxmemory`` with ``maxmemory-policy allkeys-lru`` (the docs say so);
+  ``max_size`` applies to the in-process storage only.
+- Redis down or slow: every call has a short timeout, and after a failure the storage answers
+  "unavailable" at once for ``retry_after`` seconds, so no request waits on a dead Redis twice; the
+  layer falls back to the network and counts it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Response
+
+TAG = "{pwt}"
+ENTRY = f"pwt:{TAG}:e:"  # + cache key -> hash {entry id: framed entry}
+OWNER = f"pwt:{TAG}:o:"  # + entry id -> cache key (for remove_entry / update_headers by id)
+INDEX = f"pwt:{TAG}:p:"  # + origin + path prefix -> set of cache keys
+
+# KEYS[1]: the index set of a prefix. Deletes every entry indexed there, then the set.
+DROP_PREFIX = """
+local keys = redis.call('SMEMBERS', KEYS[1])
+for _, key in ipairs(keys) do
+  redis.call('DEL', ARGV[1] .. key)
+end
+redis.call('DEL', KEYS[1])
+return #keys
+"""
+
+
+class StorageUnavailable(ConnectionError):
+    """Redis did not answer lately: the storage is skipped until ``retry_after`` has passed."""
+
+
+def frame(request: Request, status: int, headers: Headers, body: bytes, stored_at: float) -> bytes:
+    meta = {"method": request.method, "url": request.url, "status": status, "stored_at": stored_at,
+            "headers": [[k, v] for k in headers for v in headers.get_list(k) or []]}
+    return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + body
+
+
+def unframe(data: bytes) -> tuple[dict[str, Any], bytes]:
+    head, _, body = data.partition(b"\n")
+    return json.loads(head), body
+
+
+def prefixes(url: str) -> list[str]:
+    """Index names for a URL: its origin with each prefix of its path, outermost first."""
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}".lower()
+    segments = [s for s in parts.path.split("/") if s]
+    return [INDEX + origin + "/" + "/".join(segments[:i]) for i in range(len(segments) + 1)]
+
+
+def index_name(origin: str | None, path: str) -> str:
+    segments = [s for s in path.split("/") if s]
+    return INDEX + (origin or "").lower() + "/" + "/".join(segments)
+
+
+class _Guard:
+    """Skip Redis for a while after it failed, so that a dead Redis costs one timeout, not one per request."""
+
+    def __init__(self, retry_after: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.retry_after, self.clock = retry_after, clock
+        self.down_until = 0.0
+        self.outages = 0
+        self.failures = 0
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        if self.down_until and self.clock() < self.down_until:
+            raise StorageUnavailable(f"Redis unavailable; trying again in {self.down_until - self.clock():.2f}s")
+
+    def failed(self) -> None:
+        with self._lock:
+            self.failures += 1
+            if not self.down_until or self.clock() >= self.down_until:
+                self.outages += 1
+            self.down_until = self.clock() + self.retry_after
+
+    def ok(self) -> None:
+        self.down_until = 0.0
+
+
+class _Base:
+    def __init__(self, client: Any, *, default_ttl: float | None = None, retry_after: float = 5.0) -> None:
+        self.client = client
+        self.default_ttl = default_ttl
+        self.guard = _Guard(retry_after)
+
+    def _ttl_ms(self, ttl: float | None) -> int | None:
+        ttl = ttl if ttl is not None else self.default_ttl
+        return max(1, int(ttl * 1000)) if ttl is not None else None
+
+    @staticmethod
+    def _entry(entry_id: str, data: bytes, stream: Any) -> Entry:
+        meta, body = unframe(data)
+        headers = Headers({})
+        grouped: dict[str, list[str]] = {}
+        for k, v in meta["headers"]:
+            grouped.setdefault(k, []).append(v)
+        headers = Headers(grouped)
+        return Entry(uuid.UUID(entry_id), Request(meta["method"], meta["url"]),
+                     Response(meta["status"], headers, stream(body)))
+
+    def stats(self) -> dict[str, Any]:
+        return {"redis_outages": self.guard.outages, "redis_failures": self.guard.failures}
+
+
+def _queue_save(pipe: Any, key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None) -> None:
+    """One transaction: the entry, its owner record, and the path index; expiries only ever extended
+    (NX sets one where none is, GT lengthens), so a short-lived variant never shortens a longer one."""
+    pipe.hset(ENTRY + key, entry_id, data)
+    pipe.set(OWNER + entry_id, key, px=ttl_ms)
+    for name in (ENTRY + key, *prefixes(url)):
+        if name != ENTRY + key:
+            pipe.sadd(name, key)
+        if ttl_ms is not None:
+            pipe.pexpire(name, ttl_ms, nx=True)
+            pipe.pexpire(name, ttl_ms, gt=True)
+
+
+def _iter(body: bytes) -> Iterator[bytes]:
+    yield body
+
+
+async def _aiter(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+class RedisStore(_Base, BaseStorage):
+    """Sync: ``RedisStore(redis.Redis.from_url(url, socket_timeout=0.25))``."""
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        self.guard.check()
+        try:
+            result = fn()
+        except Exception:
+            self.guard.failed()
+            raise
+        self.guard.ok()
+        return result
+
+    def get_entries(self, key: str) -> list[Entry]:
+        found = self._call(lambda: self.client.hgetall(ENTRY + key))
+        return [self._entry(i.decode(), v, _iter) for i, v in found.items()]
+
+    def create_entry(self, request: Request, response: Response, key: str, *, ttl: float | None = None,
+                     tti: float | None = None) -> Entry:
+        entry_id = uuid.uuid4()
+        source = response.stream if response.stream is not None else iter(())
+        ttl_ms = self._ttl_ms(ttl)
+
+        def saving() -> Iterator[bytes]:
+            chunks = []
+            for chunk in source:  # type: ignore[union-attr]
+                chunks.append(chunk)
+                yield chunk
+            data = frame(request, response.status_code, response.headers, b"".join(chunks), time.time())
+            self._call(lambda: self._save(key, str(entry_id), data, request.url, ttl_ms))
+
+        return Entry(entry_id, request, Response(response.status_code, response.headers, saving()))
+
+    def _save(self, key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        _queue_save(pipe, key, entry_id, data, url, ttl_ms)
+        pipe.execute()
+
+    def update_headers(self, id: uuid.UUID, headers: Headers) -> None:  # noqa: A002
+        key = self._call(lambda: self.client.get(OWNER + str(id)))
+        if key is None:
+            return
+        current = self._call(lambda: self.client.hget(ENTRY + key.decode(), str(id)))
+        if current is None:
+            return
+        meta, body = unframe(current)
+        meta["headers"] = [[k, v] for k in headers for v in headers.get_list(k) or []]
+        data = json.dumps(meta, separators=(",", ":")).encode() + b"\n" + body
+        self._call(lambda: self.client.hset(ENTRY + key.decode(), str(id), data))
+
+    def remove_entry(self, id: uuid.UUID) -> None:  # noqa: A002
+        key = self._call(lambda: self.client.get(OWNER + str(id)))
+        if key is not None:
+            self._call(lambda: self.client.hdel(ENTRY + key.decode(), str(id)))
+
+    def invalidate_prefix(self, origin: str | None, path: str) -> int:
+        """Drop, for every process, the entries stored under ``path`` (and the path itself)."""
+        return int(self._call(lambda: self.client.eval(DROP_PREFIX, 1, index_name(origin, path), ENTRY)))
+
+    def invalidate_now(self, origin: str | None, path: str) -> int:
+        """Outside a request: ``origin`` None drops ``path`` under every origin the fleet has stored from."""
+        if origin is not None:
+            return self.invalidate_prefix(origin, path)
+        return sum(self.invalidate_prefix(o, path) for o in self._call(self._origins))
+
+    def _origins(self) -> set[str]:
+        found = set()
+        for name in self.client.scan_iter(match=INDEX + "*", count=500):
+            rest = name.decode()[len(INDEX):]
+            scheme, sep, tail = rest.partition("://")
+            if sep:
+                found.add(f"{scheme}://{tail.partition('/')[0]}")
+        return found
+
+    def clear(self) -> int:
+        def run() -> int:
+            n = 0
+            for name in self.client.scan_iter(match=f"pwt:{TAG}:*", count=500):
+                n += int(self.client.unlink(name))
+            return n
+        return int(self._call(run))
+
+    clear_now = clear
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class AsyncRedisStore(_Base, AsyncBaseStorage):
+    """Async: ``AsyncRedisStore(redis.asyncio.Redis.from_url(url, socket_timeout=0.25), sync_client=...)``.
+
+    ``sync_client`` serves the calls made outside the event loop (``layer.invalidate(prefix)``, ``clear()``).
+    """
+
+    def __init__(self, client: Any, *, sync_client: Any = None, default_ttl: float | None = None,
+                 retry_after: float = 5.0) -> None:
+        super().__init__(client, default_ttl=default_ttl, retry_after=retry_after)
+        self._sync = RedisStore(sync_client, default_ttl=default_ttl, retry_after=retry_after) if sync_client else None
+        if self._sync is not None:
+            self._sync.guard = self.guard
+
+    def invalidate_now(self, origin: str | None, path: str) -> int:
+        if self._sync is None:
+            raise RuntimeError("this AsyncRedisStore has no sync_client for invalidation outside the event loop")
+        return self._sync.invalidate_prefix(origin, path)
+
+    def clear_now(self) -> int:
+        if self._sync is None:
+            raise RuntimeError("this AsyncRedisStore has no sync_client for clearing outside the event loop")
+        return self._sync.clear()
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        self.guard.check()
+        try:
+            result = await fn()
+        except Exception:
+            self.guard.failed()
+            raise
+        self.guard.ok()
+        return result
+
+    async def get_entries(self, key: str) -> list[Entry]:
+        found = await self._call(lambda: self.client.hgetall(ENTRY + key))
+        return [self._entry(i.decode(), v, _aiter) for i, v in found.items()]
+
+    async def create_entry(self, request: Request, response: Response, key: str, *, ttl: float | None = None,
+                           tti: float | None = None) -> Entry:
+        entry_id = uuid.uuid4()
+        source = response.stream
+        ttl_ms = self._ttl_ms(ttl)
+
+        async def saving() -> AsyncIterator[bytes]:
+            chunks = []
+            if source is not None:
+                async for chunk in source:  # type: ignore[union-attr]
+                    chunks.append(chunk)
+                    yield chunk
+            data = frame(request, response.status_code, response.headers, b"".join(chunks), time.time())
+            await self._call(lambda: self._save(key, str(entry_id), data, request.url, ttl_ms))
+
+        return Entry(entry_id, request, Response(response.status_code, response.headers, saving()))
+
+    async def _save(self, key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        _queue_save(pipe, key, entry_id, data, url, ttl_ms)
+        await pipe.execute()
+
+    async def update_headers(self, id: uuid.UUID, headers: Headers) -> None:  # noqa: A002
+        key = await self._call(lambda: self.client.get(OWNER + str(id)))
+        if key is None:
+            return
+        current = await self._call(lambda: self.client.hget(ENTRY + key.decode(), str(id)))
+        if current is None:
+            return
+        meta, body = unframe(current)
+        meta["headers"] = [[k, v] for k in headers for v in headers.get_list(k) or []]
+        data = json.dumps(meta, separators=(",", ":")).encode() + b"\n" + body
+        await self._call(lambda: self.client.hset(ENTRY + key.decode(), str(id), data))
+
+    async def remove_entry(self, id: uuid.UUID) -> None:  # noqa: A002
+        key = await self._call(lambda: self.client.get(OWNER + str(id)))
+        if key is not None:
+            await self._call(lambda: self.client.hdel(ENTRY + key.decode(), str(id)))
+
+    async def invalidate_prefix(self, origin: str | None, path: str) -> int:
+        return int(await self._call(lambda: self.client.eval(DROP_PREFIX, 1, index_name(origin, path), ENTRY)))
+
+    async def clear(self) -> int:
+        async def run() -> int:
+            n = 0
+            async for name in self.client.scan_iter(match=f"pwt:{TAG}:*", count=500):
+                n += int(await self.client.unlink(name))
+            return n
+        return int(await self._call(run))
+
+    async def close(self) -> None:  # type: ignore[override]
+        await self.client.aclose()
+        if self._sync is not None:
+            self._sync.close()
