@@ -114,6 +114,16 @@ class ThrottleSettings(Section):
     per_host: bool = Field(True, description="One bucket per host instead of one for all.")
     max_wait: float | None = Field(None, ge=0, description="Fail fast instead of waiting longer than this (seconds).")
     adaptive: bool = Field(True, description="Slow down a host after 429/503 with Retry-After, recover gradually.")
+    backend: Literal["local", "redis"] = Field(
+        "local", description="`local`: a token bucket in this process; `redis`: one rate for every process sharing "
+        "`redis_url` (a moving window on the `limits` library), and a Retry-After seen by one holds the host for all.",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Server for `backend: redis`.")
+    redis_timeout: float = Field(0.25, gt=0, description="Longest a request waits on Redis for a token (seconds).")
+    redis_retry_after: float = Field(5.0, ge=0, description="After Redis failed, seconds the local bucket is used "
+                                     "before Redis is tried again.")
+    expected_processes: int = Field(1, ge=1, description="Processes sharing the fleet rate: while Redis is down, "
+                                    "each uses `rate / expected_processes` locally.")
     retry_after_max: float = Field(
         30.0, ge=0, description="Longest a server's Retry-After holds a host back (seconds; the retry layer's default backoff_max)."
     )

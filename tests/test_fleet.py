@@ -136,3 +136,97 @@ async def test_redis_killed_and_restarted(mode: str, tmp_path: Path) -> None:
     finally:
         await caller.close()
         redis.kill()
+
+
+# -- one rate for the fleet ------------------------------------------------------------------------------
+
+HAMMER = textwrap.dedent("""
+    import sys, time
+    import httpx
+    from pywats_transport import build_transport
+
+    url, redis_url, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    stack = build_transport(enable_cache=False, enable_retry=False,
+                            throttle={"enabled": True, "backend": "redis", "redis_url": redis_url, "rate": 20, "burst": 5})
+    sent = 0
+    with httpx.Client(transport=stack, base_url=url, timeout=httpx.Timeout(10, pool=None)) as client:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            client.get("/ping")
+            sent += 1
+    print(sent, stack.stats()["throttle"]["fleet"]["local_fallbacks"])
+""")
+
+
+def recording_server() -> Any:
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from pywats_transport._server import BackgroundServer
+
+    times: list[float] = []
+
+    async def ping(request: Any) -> JSONResponse:
+        times.append(time.monotonic())
+        return JSONResponse({})
+
+    server = BackgroundServer(Starlette(routes=[Route("/ping", ping)]))
+    server.times = times  # type: ignore[attr-defined]
+    return server
+
+
+def test_four_processes_share_one_rate(tmp_path: Path, redis_url: str) -> None:
+    script = tmp_path / "hammer.py"
+    script.write_text(HAMMER)
+    with recording_server() as server:
+        procs = [subprocess.Popen([sys.executable, str(script), server.url, redis_url, "2.5"], stdout=subprocess.PIPE,
+                                  text=True) for _ in range(4)]
+        outputs = [p.communicate(timeout=60)[0].split() for p in procs]
+        times = sorted(server.times)
+    assert all(p.returncode == 0 for p in procs) and all(out[1] == "0" for out in outputs)  # Redis answered
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert busiest <= 25, f"{busiest} requests in one second; the fleet limit is 20/s (burst 5)"
+    assert sum(int(out[0]) for out in outputs) == len(times) >= 30  # every process got its turns
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_retry_after_seen_by_one_holds_the_host_for_all(mode: str, redis_url: str) -> None:
+    from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
+
+    cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
+    settings = {"enabled": True, "backend": "redis", "redis_url": redis_url, "rate": 100, "per_host": True}
+    answers = iter([httpx.Response(429, headers={"Retry-After": "1"})])
+    first = Caller(mode, cls(httpx.MockTransport(lambda r: next(answers, httpx.Response(200))), **settings),
+                   base_url=f"http://hold-{mode}.test")
+    second = Caller(mode, cls(httpx.MockTransport(lambda r: httpx.Response(200)), **settings),
+                    base_url=f"http://hold-{mode}.test")
+    assert (await first.get("/a")).status_code == 429
+    started = time.monotonic()
+    assert (await second.get("/a")).status_code == 200  # another "process": it waits out the server's pause
+    assert time.monotonic() - started >= 0.8
+    await first.close()
+    await second.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_with_redis_down_each_process_takes_its_share(mode: str) -> None:
+    import socket
+
+    from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here
+    cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
+    layer = cls(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis",
+                redis_url=f"redis://127.0.0.1:{port}/0", rate=40, burst=1, expected_processes=4)
+    caller = Caller(mode, layer)
+    for _ in range(3):
+        assert (await caller.get("/a")).status_code == 200
+    stats = layer.stats()
+    assert stats["fleet"]["local_fallbacks"] == 3 and stats["fleet"]["redis_outages"] == 1
+    assert stats["rate_per_host"]["test"] == 10.0  # 40 / 4 processes
+    await caller.close()

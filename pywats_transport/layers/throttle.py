@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -14,8 +15,10 @@ from ..config import ThrottleSettings
 from ..errors import ThrottledError
 from ..hookspecs import LayerSpec, hookimpl
 from ..layer import AsyncLayer, Layer, layer_settings
-from ..policies.retry import DEADLINE_EXTENSION
+from ..policies.retry import DEADLINE_EXTENSION, parse_retry_after
 from ..policies.throttle import ThrottlePolicy
+
+log = logging.getLogger("pywats_transport.throttle")
 
 
 class _ThrottleCore:
@@ -26,9 +29,38 @@ class _ThrottleCore:
                policy_kwargs: dict[str, Any]) -> None:
         settings = layer_settings(ThrottleSettings, settings, overrides, f"{type(self).__name__} settings")
         self.settings = settings
-        self.policy = ThrottlePolicy(settings, **policy_kwargs)
         self.collector = collector
         self.in_flight = 0
+        self.fleet: Any = None
+        if settings.backend == "redis":
+            self.fleet = self._fleet_rate(settings)
+            # While Redis is down each process takes its share of the fleet's rate.
+            settings = settings.model_copy(update={"rate": settings.rate / settings.expected_processes})
+        self.policy = ThrottlePolicy(settings, **policy_kwargs)
+
+    def _fleet_rate(self, settings: ThrottleSettings) -> Any:
+        raise NotImplementedError
+
+    def _fleet_failed(self, exc: BaseException) -> None:
+        self.fleet.fallbacks += 1
+        if self.fleet.guard.failures == 1 or self.fleet.fallbacks == 1:
+            log.warning("throttle: Redis unavailable (%s); each process uses its share of the rate until it is back",
+                        type(exc).__name__)
+
+    def _fleet_give_up(self, request: httpx.Request, waited: float, wait: float, limit: float | None,
+                       why: str) -> None:
+        if limit is not None and waited + wait > limit:
+            host = request.url.host
+            if self.collector is not None:
+                self.collector.add_throttle_rejection(host)
+            raise ThrottledError(
+                f"throttle timeout: a request to {host} would wait {waited + wait:.3f}s for a token, over {why}",
+                host=host, wait=waited + wait, limit=why, request=request,
+            )
+
+    def _fleet_waited(self, request: httpx.Request, waited: float) -> None:
+        if self.collector is not None:
+            self.collector.record_throttle_wait(waited, request.url.host)
 
     def _limit(self, request: httpx.Request) -> tuple[float | None, str]:
         """The longest this request may wait for a token, and what sets that limit."""
@@ -63,15 +95,23 @@ class _ThrottleCore:
             self.collector.record_throttle_wait(wait, host)
         return wait
 
-    def _observe(self, request: httpx.Request, response: httpx.Response) -> None:
+    def _observe(self, request: httpx.Request, response: httpx.Response) -> float:
+        """Feed the adaptive policy; returns how long the fleet should hold the host (0: not at all)."""
         status = response.status_code
         # Only throttle signals, and successes while some host is still recovering, change a bucket.
         if self.settings.adaptive and (status == 429 or status == 503 or (self.policy.attentive and status < 400)):
             self.policy.on_response(request.url.host, status, response.headers.get("retry-after"))
+            if self.fleet is not None and status in (429, 503):
+                delay = parse_retry_after(response.headers.get("retry-after"), time.time())
+                if delay:
+                    return min(delay, self.settings.retry_after_max)
+        return 0.0
 
     def stats(self) -> dict[str, Any]:
         out = self.policy.stats_dict()
         out["in_flight"] = self.in_flight
+        if self.fleet is not None:
+            out["fleet"] = self.fleet.stats()
         return out
 
 
@@ -87,10 +127,38 @@ class ThrottleLayer(_ThrottleCore, Layer):
         cap = self.settings.max_concurrency
         self._slots = threading.BoundedSemaphore(cap) if cap else None
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def _fleet_rate(self, settings: ThrottleSettings) -> Any:
+        import redis
+
+        from ..policies.fleet_throttle import FleetRate
+
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout,
+                                      socket_connect_timeout=settings.redis_timeout)
+        return FleetRate(settings, client)
+
+    def _take_turn(self, request: httpx.Request) -> None:
+        """Wait for this attempt's turn: the fleet's rate in Redis, or the local bucket."""
+        if self.fleet is not None:
+            limit, why = self._limit(request)
+            waited = 0.0
+            while True:
+                try:
+                    wait = self.fleet.acquire(request.url.host)
+                except Exception as exc:  # Redis down (or skipped after a failure): the local share
+                    self._fleet_failed(exc)
+                    break
+                if not wait:
+                    self._fleet_waited(request, waited)
+                    return
+                self._fleet_give_up(request, waited, wait, limit, why)
+                self._sleep(wait)
+                waited += wait
         wait = self._wait_for(request)
         if wait > 0:
             self._sleep(wait)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self._take_turn(request)
         if self._slots is None:
             response = self.inner.handle_request(request)
         else:
@@ -100,7 +168,12 @@ class ThrottleLayer(_ThrottleCore, Layer):
                     response = self.inner.handle_request(request)
                 finally:
                     self.in_flight -= 1
-        self._observe(request, response)
+        hold = self._observe(request, response)
+        if hold:
+            try:
+                self.fleet.hold(request.url.host, hold)
+            except Exception as exc:
+                self._fleet_failed(exc)
         return response
 
 
@@ -115,10 +188,37 @@ class AsyncThrottleLayer(_ThrottleCore, AsyncLayer):
         self._sleep = sleep
         self._slots: anyio.Semaphore | None = None
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    def _fleet_rate(self, settings: ThrottleSettings) -> Any:
+        import redis.asyncio
+
+        from ..policies.fleet_throttle import AsyncFleetRate
+
+        client = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout,
+                                              socket_connect_timeout=settings.redis_timeout)
+        return AsyncFleetRate(settings, client)
+
+    async def _take_turn(self, request: httpx.Request) -> None:
+        if self.fleet is not None:
+            limit, why = self._limit(request)
+            waited = 0.0
+            while True:
+                try:
+                    wait = await self.fleet.acquire(request.url.host)
+                except Exception as exc:
+                    self._fleet_failed(exc)
+                    break
+                if not wait:
+                    self._fleet_waited(request, waited)
+                    return
+                self._fleet_give_up(request, waited, wait, limit, why)
+                await self._sleep(wait)
+                waited += wait
         wait = self._wait_for(request)
         if wait > 0:
             await self._sleep(wait)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await self._take_turn(request)
         cap = self.settings.max_concurrency
         if not cap:
             response = await self.inner.handle_async_request(request)
@@ -131,7 +231,12 @@ class AsyncThrottleLayer(_ThrottleCore, AsyncLayer):
                     response = await self.inner.handle_async_request(request)
                 finally:
                     self.in_flight -= 1
-        self._observe(request, response)
+        hold = self._observe(request, response)
+        if hold:
+            try:
+                await self.fleet.hold(request.url.host, hold)
+            except Exception as exc:
+                self._fleet_failed(exc)
         return response
 
 
