@@ -101,7 +101,7 @@ def _bench_suites() -> tuple[str, ...]:
     try:
         from benchmarks import SUITE_NAMES
     except ImportError:  # an installed package without the source checkout
-        return ("cache", "layers", "metrics", "wats", "reliability", "service", "offline")
+        return ("cache", "layers", "metrics", "wats", "reliability", "service", "offline", "fleet")
     return tuple(SUITE_NAMES)
 
 

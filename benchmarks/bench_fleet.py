@@ -1,0 +1,171 @@
+"""Fleet tier on a real redis-server (loopback): a Redis hit against raw httpx, stale reads after writes
+across processes, and one rate shared by four processes."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from pywats_transport._server import BackgroundServer
+from pywats_transport.layers.cache import AsyncCacheLayer
+
+from .common import Row, async_loop, ok_response, paired_ratios
+
+SUITE = "fleet"
+
+
+class _Redis:
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", tempfile.mkdtemp()], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def redis_hit(redis: _Redis, quick: bool) -> list[Row]:
+    n, rounds = (200, 5) if quick else (500, 15)
+    loop = asyncio.new_event_loop()
+    raw = httpx.AsyncClient(transport=httpx.MockTransport(ok_response), base_url="http://bench")
+    shared = httpx.AsyncClient(transport=AsyncCacheLayer(httpx.MockTransport(ok_response), mode="ttl", storage="redis",
+                                                         redis_url=redis.url), base_url="http://bench")
+    loop.run_until_complete(shared.get("/x"))
+    ratio = paired_ratios({"raw": async_loop(raw, loop), "redis": async_loop(shared, loop)}, n, rounds)["redis"]
+    for client in (raw, shared):
+        loop.run_until_complete(client.aclose())
+    loop.close()
+    return [Row(SUITE, "Redis hit / raw request (async)", ratio, "x", "<= 2", ratio <= 2)]
+
+
+WRITER_READER = textwrap.dedent("""
+    import sys
+    import httpx
+    from pywats_transport import build_transport
+
+    url, redis_url, role, pairs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    stack = build_transport(profile="wats", enable_throttling=False, cache={"storage": "redis", "redis_url": redis_url})
+    stale = 0
+    with httpx.Client(transport=stack, base_url=url) as client:
+        for i in range(pairs):
+            line = sys.stdin.readline()
+            if role == "writer":
+                client.put(f"/items/{i % 10}", json={"v": i})
+            else:
+                body = client.get(f"/items/{i % 10}").json()
+                stale += body["v"] != int(line)
+            print("done", flush=True)
+    print("stale", stale, flush=True)
+""")
+
+
+def stale_reads(redis: _Redis, quick: bool) -> list[Row]:
+    pairs = 100 if quick else 1000
+    values: dict[str, int] = {}
+
+    async def item(request: Request) -> JSONResponse:
+        key = request.path_params["k"]
+        if request.method == "PUT":
+            values[key] = (await request.json())["v"]
+            return JSONResponse({"ok": True})
+        return JSONResponse({"v": values.get(key, -1)})
+
+    app = Starlette(routes=[Route("/items/{k}", item, methods=["GET", "PUT"])])
+    script = Path(tempfile.mkdtemp()) / "wr.py"
+    script.write_text(WRITER_READER)
+    with BackgroundServer(app) as server:
+        writer, reader = (subprocess.Popen([sys.executable, str(script), server.url, redis.url, role, str(pairs)],
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                          for role in ("writer", "reader"))
+        assert writer.stdin and writer.stdout and reader.stdin and reader.stdout
+        for i in range(pairs):
+            writer.stdin.write(f"{i}\n")
+            writer.stdin.flush()
+            writer.stdout.readline()  # the write's answer has returned
+            reader.stdin.write(f"{i}\n")
+            reader.stdin.flush()
+            reader.stdout.readline()
+        stale = int(reader.stdout.readline().split()[1])
+        for proc in (writer, reader):
+            proc.stdin.close()  # type: ignore[union-attr]
+            proc.wait(30)
+    return [Row(SUITE, f"stale reads in {pairs} write/read pairs across two processes", stale, "", "= 0", stale == 0)]
+
+
+HAMMER = textwrap.dedent("""
+    import sys, time
+    import httpx
+    from pywats_transport import build_transport
+
+    url, redis_url, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    stack = build_transport(enable_cache=False, enable_retry=False,
+                            throttle={"enabled": True, "backend": "redis", "redis_url": redis_url, "rate": 20, "burst": 5})
+    with httpx.Client(transport=stack, base_url=url, timeout=httpx.Timeout(10, pool=None)) as client:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            client.get("/ping")
+""")
+
+
+def shared_rate(redis: _Redis, quick: bool) -> list[Row]:
+    seconds = 3.0 if quick else 10.0
+    times: list[float] = []
+
+    async def ping(request: Request) -> JSONResponse:
+        times.append(time.monotonic())
+        return JSONResponse({})
+
+    script = Path(tempfile.mkdtemp()) / "hammer.py"
+    script.write_text(HAMMER)
+    with BackgroundServer(Starlette(routes=[Route("/ping", ping)])) as server:
+        procs = [subprocess.Popen([sys.executable, str(script), server.url, redis.url, str(seconds)])
+                 for _ in range(4)]
+        for proc in procs:
+            proc.wait(120)
+    times.sort()
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    # Whole seconds from the first request: a moving window admits its rate per second, in bursts.
+    whole = max(1, int(times[-1] - times[0]))
+    rate = sum(1 for t in times if t < times[0] + whole) / whole
+    return [
+        Row(SUITE, "4 processes, fleet limit 20/s burst 5: most requests in any 1 s", busiest, "", "<= 25",
+            busiest <= 25),
+        Row(SUITE, "... sustained rate at the server", rate, "req/s", "19-21", abs(rate - 20) <= 1),
+    ]
+
+
+def run(quick: bool = False) -> list[Row]:
+    redis = _Redis()
+    try:
+        return redis_hit(redis, quick) + stale_reads(redis, quick) + shared_rate(redis, quick)
+    finally:
+        redis.stop()
