@@ -314,3 +314,13 @@ def test_repeated_log_records_are_rate_limited() -> None:
     now[0] = 61.0
     later = record()
     assert flt.filter(later) and "100 similar messages suppressed" in later.getMessage()
+
+
+def test_a_read_only_queue_dir_at_startup_is_one_clear_line(tmp_path: Path) -> None:
+    with small_filesystem(tmp_path, "1m") as (rw, svc):
+        (rw / "queue").mkdir()
+        remount(svc, "ro")
+        path = write(tmp_path, queue_dir=str(svc / "queue"))
+        run = serve(path)
+    lines = [line for line in run.stderr.strip().splitlines() if "pywats_transport.plugins" not in line]
+    assert run.returncode == 3 and len(lines) == 1 and "queue_dir" in lines[0] and "not writable" in lines[0]

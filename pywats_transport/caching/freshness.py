@@ -54,12 +54,24 @@ def vary_of(request: httpx.Request, response: httpx.Response) -> Vary | None | L
     return tuple((n, request.headers.get(n)) for n in names)
 
 
+_STORE_PLAIN = StoreDecision(True)
+
+
 def ttl_decision(request: httpx.Request, response: httpx.Response, *, store_no_store: bool) -> StoreDecision:
     """Mode ``ttl``: 2xx (not 206) GET/HEAD answers for the TTL; variants and ``no-store`` still respected."""
-    if not response.is_success or response.status_code == 206:
+    status = response.status_code
+    if not 200 <= status < 300 or status == 206:
         return DO_NOT_STORE
-    if not store_no_store and "no-store" in response.headers.get("cache-control", "").lower():
-        return DO_NOT_STORE
+    # One pass over the raw headers (a miss pays for this on every response).
+    varies = False
+    for name, value in response.headers.raw:
+        lname = name.lower()
+        if lname == b"vary":
+            varies = True
+        elif lname == b"cache-control" and not store_no_store and b"no-store" in value.lower():
+            return DO_NOT_STORE
+    if not varies:
+        return _STORE_PLAIN
     vary = vary_of(request, response)
     if vary is False:
         return DO_NOT_STORE

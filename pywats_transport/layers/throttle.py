@@ -81,6 +81,10 @@ class _ThrottleCore:
 
     def _wait_for(self, request: httpx.Request) -> float:
         host = request.url.host
+        if self.policy.take_now(host):  # a token was there: no wait, so no limit to work out
+            if self.collector is not None:
+                self.collector.record_throttle_wait(0.0, host)
+            return 0.0
         limit, why = self._limit(request)
         wait = self.policy.acquire(host, limit)
         if wait is None:

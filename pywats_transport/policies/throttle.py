@@ -79,6 +79,19 @@ class ThrottlePolicy:
             bucket = self._buckets[key] = TokenBucket(self.settings.rate, self.settings.burst, now)
         return bucket
 
+    def take_now(self, host: str) -> bool:
+        """Take a token if one is there now (the common case, which needs no wait limits); False: none is."""
+        key = self._key(host)
+        with self._lock:
+            now = self.clock()
+            bucket = self._buckets.get(key) or self._bucket(key, now)
+            bucket._refill(now)
+            if bucket.tokens < 1.0 or bucket.not_before > now:
+                return False
+            bucket.tokens -= 1.0
+            self.stats.requests += 1
+            return True
+
     def acquire(self, host: str, max_wait: float | None = None) -> float | None:
         """Seconds this request must wait before going, or None when it would wait over ``max_wait``
         (default: the setting of that name)."""
