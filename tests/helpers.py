@@ -47,3 +47,13 @@ class Counter:
     @property
     def count(self) -> int:
         return len(self.calls)
+
+
+class Clock:
+    """A clock a test moves by hand (``clock.now += 61``)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now

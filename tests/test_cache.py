@@ -18,17 +18,9 @@ from pywats_transport._server import BackgroundServer
 from pywats_transport.config import CacheSettings
 from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
 
-from .helpers import Caller, Counter
+from .helpers import Caller, Clock, Counter
 
 MODES = ["sync", "async"]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make(kind: str, handler: Any, clock: Clock | None = None, **settings: Any) -> tuple[Caller, Any]:

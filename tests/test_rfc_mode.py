@@ -9,15 +9,7 @@ import pytest
 
 from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
 
-from .helpers import Caller
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from .helpers import Caller, Clock
 
 
 class Origin:

@@ -162,6 +162,14 @@ class _CacheCore:
         window = max(stale.stale_if_error, self.settings.stale_if_error)
         return window > 0 and self.policy.clock() < stale.fresh_until + window
 
+    def _origin_failed(self, plan: Plan, request: httpx.Request, stale: Record | None, flight: Flight | None,
+                       exc: BaseException) -> httpx.Response:
+        """The request below raised: answer from the stale entry when allowed (stale-if-error), else re-raise."""
+        if isinstance(exc, FALLBACK_ERRORS) and stale is not None and self._may_fall_back(stale):
+            return self._fallback(plan, request, stale, flight)
+        self._failed(flight)
+        raise exc
+
     def _fallback(self, plan: Plan, request: httpx.Request, stale: Record, flight: Flight | None) -> httpx.Response:
         self._flights.land(flight)
         return self._served_stale(plan, request, stale, self.policy.clock())
@@ -428,15 +436,8 @@ class CacheLayer(_CacheCore, Layer):
         try:
             with _validating(request, stale if self.policy.rfc else None):
                 response = self.inner.handle_request(request)
-        except FALLBACK_ERRORS:
-            if self._may_fall_back(stale):
-                assert stale is not None
-                return self._fallback(plan, request, stale, flight)
-            self._failed(flight)
-            raise
-        except BaseException:
-            self._failed(flight)
-            raise
+        except BaseException as exc:
+            return self._origin_failed(plan, request, stale, flight, exc)
         if self._answer_is_spent(response, stale):
             response.close()
         return self._direct_end(plan, request, response, flight, stale)
@@ -531,15 +532,8 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
         try:
             with _validating(request, stale if self.policy.rfc else None):
                 response = await self.inner.handle_async_request(request)
-        except FALLBACK_ERRORS:
-            if self._may_fall_back(stale):
-                assert stale is not None
-                return self._fallback(plan, request, stale, flight)
-            self._failed(flight)
-            raise
-        except BaseException:
-            self._failed(flight)
-            raise
+        except BaseException as exc:
+            return self._origin_failed(plan, request, stale, flight, exc)
         if self._answer_is_spent(response, stale):
             await response.aclose()
         return self._direct_end(plan, request, response, flight, stale)

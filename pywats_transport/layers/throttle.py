@@ -47,20 +47,8 @@ class _ThrottleCore:
             log.warning("throttle: Redis unavailable (%s); each process uses its share of the rate until it is back",
                         type(exc).__name__)
 
-    def _fleet_give_up(self, request: httpx.Request, waited: float, wait: float, limit: float | None,
-                       why: str) -> None:
-        if limit is not None and waited + wait > limit:
-            host = request.url.host
-            if self.collector is not None:
-                self.collector.add_throttle_rejection(host)
-            raise ThrottledError(
-                f"throttle timeout: a request to {host} would wait {waited + wait:.3f}s for a token, over {why}",
-                host=host, wait=waited + wait, limit=why, request=request,
-            )
-
-    def _fleet_waited(self, request: httpx.Request, waited: float) -> None:
-        if self.collector is not None:
-            self.collector.record_throttle_wait(waited, request.url.host)
+    def _fleet_turn(self, request: httpx.Request) -> _FleetTurn:
+        return _FleetTurn(self, request)
 
     def _limit(self, request: httpx.Request) -> tuple[float | None, str]:
         """The longest this request may wait for a token, and what sets that limit."""
@@ -119,6 +107,35 @@ class _ThrottleCore:
         return out
 
 
+class _FleetTurn:
+    """One attempt waiting for the fleet's rate: what to do after each answer from Redis, decided once
+    for the sync and async layers (which only differ in how they sleep)."""
+
+    __slots__ = ("core", "request", "limit", "why", "waited")
+
+    def __init__(self, core: _ThrottleCore, request: httpx.Request) -> None:
+        self.core, self.request = core, request
+        self.limit, self.why = core._limit(request)
+        self.waited = 0.0
+
+    def after(self, wait: float) -> float | None:
+        """Seconds to sleep before asking again, or None: go now. Raises ThrottledError past the limit."""
+        core, host = self.core, self.request.url.host
+        if not wait:
+            if core.collector is not None:
+                core.collector.record_throttle_wait(self.waited, host)
+            return None
+        if self.limit is not None and self.waited + wait > self.limit:
+            if core.collector is not None:
+                core.collector.add_throttle_rejection(host)
+            raise ThrottledError(
+                f"throttle timeout: a request to {host} would wait {self.waited + wait:.3f}s for a token, "
+                f"over {self.why}", host=host, wait=self.waited + wait, limit=self.why, request=self.request,
+            )
+        self.waited += wait
+        return wait
+
+
 class ThrottleLayer(_ThrottleCore, Layer):
     """Sync throttle layer; waits with ``time.sleep`` in the calling thread."""
 
@@ -143,20 +160,18 @@ class ThrottleLayer(_ThrottleCore, Layer):
     def _take_turn(self, request: httpx.Request) -> None:
         """Wait for this attempt's turn: the fleet's rate in Redis, or the local bucket."""
         if self.fleet is not None:
-            limit, why = self._limit(request)
-            waited = 0.0
+            turn = self._fleet_turn(request)
             while True:
                 try:
-                    wait = self.fleet.acquire(request.url.host)
+                    pause = turn.after(self.fleet.acquire(request.url.host))
+                except ThrottledError:
+                    raise
                 except Exception as exc:  # Redis down (or skipped after a failure): the local share
                     self._fleet_failed(exc)
                     break
-                if not wait:
-                    self._fleet_waited(request, waited)
+                if pause is None:
                     return
-                self._fleet_give_up(request, waited, wait, limit, why)
-                self._sleep(wait)
-                waited += wait
+                self._sleep(pause)
         wait = self._wait_for(request)
         if wait > 0:
             self._sleep(wait)
@@ -203,20 +218,18 @@ class AsyncThrottleLayer(_ThrottleCore, AsyncLayer):
 
     async def _take_turn(self, request: httpx.Request) -> None:
         if self.fleet is not None:
-            limit, why = self._limit(request)
-            waited = 0.0
+            turn = self._fleet_turn(request)
             while True:
                 try:
-                    wait = await self.fleet.acquire(request.url.host)
-                except Exception as exc:
+                    pause = turn.after(await self.fleet.acquire(request.url.host))
+                except ThrottledError:
+                    raise
+                except Exception as exc:  # Redis down (or skipped after a failure): the local share
                     self._fleet_failed(exc)
                     break
-                if not wait:
-                    self._fleet_waited(request, waited)
+                if pause is None:
                     return
-                self._fleet_give_up(request, waited, wait, limit, why)
-                await self._sleep(wait)
-                waited += wait
+                await self._sleep(pause)
         wait = self._wait_for(request)
         if wait > 0:
             await self._sleep(wait)
