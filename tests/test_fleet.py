@@ -230,3 +230,49 @@ async def test_with_redis_down_each_process_takes_its_share(mode: str) -> None:
     assert stats["fleet"]["local_fallbacks"] == 3 and stats["fleet"]["redis_outages"] == 1
     assert stats["rate_per_host"]["test"] == 10.0  # 40 / 4 processes
     await caller.close()
+
+
+# -- one fetch per URL for the fleet ---------------------------------------------------------------------
+
+SAME_TIME = textwrap.dedent("""
+    import sys, time
+    import httpx
+    from pywats_transport import build_transport
+
+    url, redis_url, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    stack = build_transport(profile="wats", enable_throttling=False, cache={"storage": "redis", "redis_url": redis_url})
+    with httpx.Client(transport=stack, base_url=url) as client:
+        time.sleep(max(0.0, start - time.time()))  # every process misses at the same moment
+        bodies = [client.get(f"/slow/{i}").json()["n"] for i in range(5)]
+    print(",".join(map(str, bodies)), stack.stats()["cache"]["fleet_fetches_awaited"])
+""")
+
+
+def test_processes_that_miss_together_fetch_once(tmp_path: Path, redis_url: str) -> None:
+    import asyncio as _asyncio
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from pywats_transport._server import BackgroundServer
+
+    counts: dict[str, int] = {}
+
+    async def slow(request: Any) -> JSONResponse:
+        key = request.path_params["i"]
+        counts[key] = counts.get(key, 0) + 1
+        await _asyncio.sleep(0.2)  # long enough for the others to miss meanwhile
+        return JSONResponse({"n": counts[key]})
+
+    script = tmp_path / "same_time.py"
+    script.write_text(SAME_TIME)
+    with BackgroundServer(Starlette(routes=[Route("/slow/{i}", slow)])) as server:
+        start = time.time() + 2.0
+        procs = [subprocess.Popen([sys.executable, str(script), server.url, redis_url, str(start)],
+                                  stdout=subprocess.PIPE, text=True) for _ in range(4)]
+        outputs = [p.communicate(timeout=60)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert counts == {str(i): 1 for i in range(5)}  # one server request per URL for the four processes
+    assert all(out[0] == "1,1,1,1,1" for out in outputs)  # every process got that one answer
+    assert sum(int(out[1]) for out in outputs) >= 3  # the others waited for the one fetching

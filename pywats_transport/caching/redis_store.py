@@ -2,6 +2,10 @@
 
 - One round trip per lookup: a cache key's entries (its variants) are one Redis hash, read with
   ``HGETALL``; an entry is one value (status, headers and body framed together); the expiry is on the key.
+- Fleet-wide single flight: a process that misses takes a lock on the key (``SET NX PX``) and fetches;
+  one that misses while the lock is held waits for the entry (or the lock's end, or ``flight_timeout``)
+  instead of fetching too, so the server sees one request per URL per TTL across the fleet. A
+  holder that fails releases its lock; one that dies lets it expire.
 - Fleet-wide invalidation: each stored key is also indexed under every prefix of its path, per
   origin; dropping a prefix runs one Lua script that deletes the entries indexed there and the index,
   atomically, whichever process stored them and whenever.
@@ -16,6 +20,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -30,6 +35,16 @@ TAG = "{pwt}"
 ENTRY = f"pwt:{TAG}:e:"  # + cache key -> hash {entry id: framed entry}
 OWNER = f"pwt:{TAG}:o:"  # + entry id -> cache key (for remove_entry / update_headers by id)
 INDEX = f"pwt:{TAG}:p:"  # + origin + path prefix -> set of cache keys
+LOCK = f"pwt:{TAG}:l:"  # + cache key -> the token of the process fetching it (single flight)
+
+# KEYS[1]: a lock; ARGV[1]: our token. Deletes the lock only if it is still ours.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+POLL = 0.01  # seconds between looks while another process fetches
 
 # KEYS[1]: the index set of a prefix. Deletes every entry indexed there, then the set.
 DROP_PREFIX = """
@@ -96,10 +111,17 @@ class _Guard:
 
 
 class _Base:
-    def __init__(self, client: Any, *, default_ttl: float | None = None, retry_after: float = 5.0) -> None:
+    def __init__(self, client: Any, *, default_ttl: float | None = None, retry_after: float = 5.0,
+                 flight_timeout: float = 0.0, lock_ttl: float = 30.0) -> None:
         self.client = client
         self.default_ttl = default_ttl
         self.guard = _Guard(retry_after)
+        #: seconds a miss waits for another process's fetch (0: no single flight)
+        self.flight_timeout = flight_timeout
+        self.lock_ms = max(1, int(lock_ttl * 1000))
+        self._held: dict[str, str] = {}  # cache key -> our lock token
+        self.flights_led = 0
+        self.flights_followed = 0
 
     def _ttl_ms(self, ttl: float | None) -> int | None:
         ttl = ttl if ttl is not None else self.default_ttl
@@ -117,7 +139,8 @@ class _Base:
                      Response(meta["status"], headers, stream(body)))
 
     def stats(self) -> dict[str, Any]:
-        return {"redis_outages": self.guard.outages, "redis_failures": self.guard.failures}
+        return {"redis_outages": self.guard.outages, "redis_failures": self.guard.failures,
+                "fleet_fetches_led": self.flights_led, "fleet_fetches_awaited": self.flights_followed}
 
 
 def _queue_save(pipe: Any, key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None) -> None:
@@ -156,7 +179,40 @@ class RedisStore(_Base, BaseStorage):
 
     def get_entries(self, key: str) -> list[Entry]:
         found = self._call(lambda: self.client.hgetall(ENTRY + key))
+        if not found and self.flight_timeout > 0:
+            found = self._follow_or_lead(key)
         return [self._entry(i.decode(), v, _iter) for i, v in found.items()]
+
+    def _follow_or_lead(self, key: str) -> dict[bytes, bytes]:
+        """A miss: lead the fetch (take the lock, return nothing) or wait for the process that leads it."""
+        if key in self._held:
+            return {}  # this process leads it already
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + self.flight_timeout
+        followed = False
+        while True:
+            if self._call(lambda: self.client.set(LOCK + key, token, nx=True, px=self.lock_ms)):
+                self._held[key] = token
+                self.flights_led += 1
+                return {}
+            if not followed:
+                self.flights_followed += 1
+                followed = True
+            if time.monotonic() >= deadline:
+                return {}  # waited long enough: fetch without the lock
+            time.sleep(POLL)
+            found = self._call(lambda: self.client.hgetall(ENTRY + key))
+            if found:
+                return dict(found)
+
+    def release(self, key: str) -> None:
+        """The fetch this process led is over (stored, not storable, or failed): let the others go."""
+        token = self._held.pop(key, None)
+        if token is not None:
+            try:
+                self._call(lambda: self.client.eval(RELEASE, 1, LOCK + key, token))
+            except Exception:  # noqa: S110 - the lock expires by itself
+                pass
 
     def create_entry(self, request: Request, response: Response, key: str, *, ttl: float | None = None,
                      tti: float | None = None) -> Entry:
@@ -165,12 +221,15 @@ class RedisStore(_Base, BaseStorage):
         ttl_ms = self._ttl_ms(ttl)
 
         def saving() -> Iterator[bytes]:
-            chunks = []
-            for chunk in source:  # type: ignore[union-attr]
-                chunks.append(chunk)
-                yield chunk
-            data = frame(request, response.status_code, response.headers, b"".join(chunks), time.time())
-            self._call(lambda: self._save(key, str(entry_id), data, request.url, ttl_ms))
+            try:
+                chunks = []
+                for chunk in source:  # type: ignore[union-attr]
+                    chunks.append(chunk)
+                    yield chunk
+                data = frame(request, response.status_code, response.headers, b"".join(chunks), time.time())
+                self._call(lambda: self._save(key, str(entry_id), data, request.url, ttl_ms))
+            finally:
+                self.release(key)
 
         return Entry(entry_id, request, Response(response.status_code, response.headers, saving()))
 
@@ -236,8 +295,9 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
     """
 
     def __init__(self, client: Any, *, sync_client: Any = None, default_ttl: float | None = None,
-                 retry_after: float = 5.0) -> None:
-        super().__init__(client, default_ttl=default_ttl, retry_after=retry_after)
+                 retry_after: float = 5.0, flight_timeout: float = 0.0, lock_ttl: float = 30.0) -> None:
+        super().__init__(client, default_ttl=default_ttl, retry_after=retry_after, flight_timeout=flight_timeout,
+                         lock_ttl=lock_ttl)
         self._sync = RedisStore(sync_client, default_ttl=default_ttl, retry_after=retry_after) if sync_client else None
         if self._sync is not None:
             self._sync.guard = self.guard
@@ -264,7 +324,38 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
 
     async def get_entries(self, key: str) -> list[Entry]:
         found = await self._call(lambda: self.client.hgetall(ENTRY + key))
+        if not found and self.flight_timeout > 0:
+            found = await self._follow_or_lead(key)
         return [self._entry(i.decode(), v, _aiter) for i, v in found.items()]
+
+    async def _follow_or_lead(self, key: str) -> dict[bytes, bytes]:
+        if key in self._held:
+            return {}  # this process leads it already
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + self.flight_timeout
+        followed = False
+        while True:
+            if await self._call(lambda: self.client.set(LOCK + key, token, nx=True, px=self.lock_ms)):
+                self._held[key] = token
+                self.flights_led += 1
+                return {}
+            if not followed:
+                self.flights_followed += 1
+                followed = True
+            if time.monotonic() >= deadline:
+                return {}
+            await asyncio.sleep(POLL)
+            found = await self._call(lambda: self.client.hgetall(ENTRY + key))
+            if found:
+                return dict(found)
+
+    async def release(self, key: str) -> None:
+        token = self._held.pop(key, None)
+        if token is not None:
+            try:
+                await self._call(lambda: self.client.eval(RELEASE, 1, LOCK + key, token))
+            except Exception:  # noqa: S110 - the lock expires by itself
+                pass
 
     async def create_entry(self, request: Request, response: Response, key: str, *, ttl: float | None = None,
                            tti: float | None = None) -> Entry:
@@ -273,13 +364,16 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         ttl_ms = self._ttl_ms(ttl)
 
         async def saving() -> AsyncIterator[bytes]:
-            chunks = []
-            if source is not None:
-                async for chunk in source:  # type: ignore[union-attr]
-                    chunks.append(chunk)
-                    yield chunk
-            data = frame(request, response.status_code, response.headers, b"".join(chunks), time.time())
-            await self._call(lambda: self._save(key, str(entry_id), data, request.url, ttl_ms))
+            try:
+                chunks = []
+                if source is not None:
+                    async for chunk in source:  # type: ignore[union-attr]
+                        chunks.append(chunk)
+                        yield chunk
+                data = frame(request, response.status_code, response.headers, b"".join(chunks), time.time())
+                await self._call(lambda: self._save(key, str(entry_id), data, request.url, ttl_ms))
+            finally:
+                await self.release(key)
 
         return Entry(entry_id, request, Response(response.status_code, response.headers, saving()))
 

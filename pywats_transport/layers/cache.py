@@ -60,12 +60,14 @@ def _make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asy
     options: dict[str, Any] = {"socket_timeout": settings.redis_timeout, "socket_connect_timeout": settings.redis_timeout}
     if os.environ.get("REDIS_PASSWORD"):
         options["password"] = os.environ["REDIS_PASSWORD"]
+    # Fleet-wide single flight follows the coalescing switch: a miss waits for another process's fetch.
+    flight = settings.coalesce_timeout if settings.coalesce else 0.0
     if is_async:
         return AsyncRedisStore(redis.asyncio.Redis.from_url(settings.redis_url, **options),
                                sync_client=redis.Redis.from_url(settings.redis_url, **options),
-                               default_ttl=settings.ttl, retry_after=settings.redis_retry_after)
+                               default_ttl=settings.ttl, retry_after=settings.redis_retry_after, flight_timeout=flight)
     return RedisStore(redis.Redis.from_url(settings.redis_url, **options), default_ttl=settings.ttl,
-                      retry_after=settings.redis_retry_after)
+                      retry_after=settings.redis_retry_after, flight_timeout=flight)
 
 
 def decoded_headers(raw: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:
@@ -416,11 +418,15 @@ class CacheLayer(_CacheCore, Layer):
             response = self._hishel.handle_request(request)
         except _FromInner as wrapped:
             self._failed(flight)
+            if self._shared:
+                self.storage.release(plan.key)
             raise wrapped.original from None
         except Exception as exc:  # the storage failed: the request still gets its answer
             self._flights.land(flight)
             self._storage_failed(exc)
             return self._bypassed(self.inner.handle_request(request))
+        if self._shared and not response.extensions["caching"].get("stored"):
+            self.storage.release(plan.key)  # nothing will be stored: the fleet need not wait
         self._after_lookup(plan, request, response)
         return self._flights.land_when_read(flight, response)
 
@@ -511,11 +517,15 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
             response = await self._hishel.handle_async_request(request)
         except _FromInner as wrapped:
             self._failed(flight)
+            if self._shared:
+                await self.storage.release(plan.key)
             raise wrapped.original from None
         except Exception as exc:
             self._flights.land(flight)
             self._storage_failed(exc)
             return self._bypassed(await self.inner.handle_async_request(request))
+        if self._shared and not response.extensions["caching"].get("stored"):
+            await self.storage.release(plan.key)
         self._after_lookup(plan, request, response)
         return self._flights.land_when_read(flight, response)
 
