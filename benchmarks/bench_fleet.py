@@ -163,9 +163,50 @@ def shared_rate(redis: _Redis, quick: bool) -> list[Row]:
     ]
 
 
+WORKLOAD = textwrap.dedent("""
+    import asyncio, sys, time
+    from pywats_transport.workload import run_workload
+
+    url, token, storage, redis_url, start = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+    time.sleep(max(0.0, start - time.time()))
+    cache = {"storage": storage, "redis_url": redis_url}
+    result = asyncio.run(run_workload(url, token, "fleet", stations=3, units=2, enable_throttling=False,
+                                      config={"cache": cache}))
+    print(len(result.errors))
+""")
+SHARED_LOOKUPS = ("GET /api/Product/{partNumber}", "GET /api/App/Processes", "GET /api/Software/Packages",
+                  "GET /api/Asset/Status")
+
+
+def shared_lookups(redis: _Redis, quick: bool) -> list[Row]:
+    """Four station processes run the workload at once: server GETs for the lookups they share."""
+    from pywats_transport.emulator import EmulatorServer
+
+    script = Path(tempfile.mkdtemp()) / "workload.py"
+    script.write_text(WORKLOAD)
+    fetched = {}
+    for storage in ("redis", "memory"):
+        with EmulatorServer(token="bench", latency_ms=20) as emu:
+            start = time.time() + 3.0
+            procs = [subprocess.Popen([sys.executable, str(script), emu.url, "bench", storage, redis.url, str(start)],
+                                      stdout=subprocess.PIPE, text=True) for _ in range(4)]
+            errors = sum(int(p.communicate(timeout=300)[0].split()[-1]) for p in procs)
+            if errors:
+                raise RuntimeError(f"workload errors with storage {storage}: {errors}")
+            fetched[storage] = sum(emu.state.requests[route] for route in SHARED_LOOKUPS)
+        if storage == "redis":
+            subprocess.run(["redis-cli", "-p", str(redis.port), "FLUSHALL"], capture_output=True)
+    distinct = 2 * 2 + 2  # 2 units: two products and their packages, the processes, the fixture status
+    return [
+        Row(SUITE, f"4 processes, station workload: server GETs for the {distinct} shared lookup URLs (fleet)",
+            fetched["redis"], "", f"= {distinct}", fetched["redis"] == distinct),
+        Row(SUITE, "... without the fleet tier (a memory cache per process)", fetched["memory"], ""),
+    ]
+
+
 def run(quick: bool = False) -> list[Row]:
     redis = _Redis()
     try:
-        return redis_hit(redis, quick) + stale_reads(redis, quick) + shared_rate(redis, quick)
+        return redis_hit(redis, quick) + stale_reads(redis, quick) + shared_rate(redis, quick) + shared_lookups(redis, quick)
     finally:
         redis.stop()

@@ -193,6 +193,11 @@ class RedisStore(_Base, BaseStorage):
         while True:
             if self._call(lambda: self.client.set(LOCK + key, token, nx=True, px=self.lock_ms)):
                 self._held[key] = token
+                # The previous holder may have stored and let go between our first look and the lock.
+                found = self._call(lambda: self.client.hgetall(ENTRY + key))
+                if found:
+                    self.release(key)
+                    return dict(found)
                 self.flights_led += 1
                 return {}
             if not followed:
@@ -337,6 +342,11 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         while True:
             if await self._call(lambda: self.client.set(LOCK + key, token, nx=True, px=self.lock_ms)):
                 self._held[key] = token
+                # The previous holder may have stored and let go between our first look and the lock.
+                found = await self._call(lambda: self.client.hgetall(ENTRY + key))
+                if found:
+                    await self.release(key)
+                    return dict(found)
                 self.flights_led += 1
                 return {}
             if not followed:
