@@ -46,6 +46,10 @@ class CacheSettings(Section):
                            "or the environment, REDIS_PASSWORD; never logged).")
     redis_timeout: float = Field(0.25, gt=0, description="Longest a request waits on Redis (seconds) before it "
                                  "goes to the network.")
+    near_cache: bool = Field(False, description="`storage: redis`: keep entries in process memory too (hits at "
+                             "memory speed), dropped when any process invalidates them (Redis pub/sub).")
+    near_ttl: float = Field(5.0, gt=0, description="Longest a near-cache entry answers without Redis (seconds): the "
+                            "bound on staleness should an invalidation message be lost.")
     redis_retry_after: float = Field(5.0, ge=0, description="After Redis failed, seconds it is skipped before the "
                                      "next try (requests go to the network meanwhile).")
     identity_headers: list[str] = Field(

@@ -276,3 +276,75 @@ def test_processes_that_miss_together_fetch_once(tmp_path: Path, redis_url: str)
     assert counts == {str(i): 1 for i in range(5)}  # one server request per URL for the four processes
     assert all(out[0] == "1,1,1,1,1" for out in outputs)  # every process got that one answer
     assert sum(int(out[1]) for out in outputs) >= 3  # the others waited for the one fetching
+
+
+# -- the near cache ----------------------------------------------------------------------------------------
+
+def near(mode: str, server: Any, redis_url: str) -> tuple[Caller, Any]:
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    layer = cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=redis_url, near_cache=True,
+                redis_retry_after=5)
+    return Caller(mode, layer), layer
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_near_cache_hits_need_no_redis_and_a_lost_subscription_empties_it(mode: str, tmp_path: Path) -> None:
+    import shutil
+
+    from .conftest import RedisServer
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (.ci/run installs the Debian package redis-server)")
+    redis = RedisServer(binary, tmp_path)
+    redis.start()
+    server = Counter()
+    caller, layer = near(mode, server, redis.url)
+    lookups = []
+    original = layer.storage.client.hgetall
+    layer.storage.client.hgetall = lambda *a: lookups.append(a) or original(*a)
+    try:
+        await caller.get("/n/1")
+        asked = len(lookups)
+        for _ in range(5):
+            assert (await caller.get("/n/1")).extensions["caching"]["from_cache"]
+        assert len(lookups) == asked and server.count == 1  # answered from process memory, Redis not asked
+        assert layer.stats()["near_entries"] == 1
+        redis.kill()  # the subscription is gone: invalidations could be missed, so nothing is kept
+        deadline = time.monotonic() + 3
+        while layer.stats()["near_entries"] and time.monotonic() < deadline:
+            await asyncio_sleep(0.02)
+        assert layer.stats()["near_entries"] == 0
+        assert (await caller.get("/n/1")).status_code == 200  # Redis down: the network answers
+    finally:
+        await caller.close()
+        redis.kill()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_near_caches_drop_what_any_process_invalidates(mode: str, redis_url: str) -> None:
+    server = Counter()
+    writer, writer_layer = near(mode, server, redis_url)
+    reader, reader_layer = near(mode, server, redis_url)
+    path = f"/near/{mode}/items/1"
+    await writer.get(path)
+    assert (await reader.get(path)).extensions["caching"]["from_cache"]  # from Redis, now kept near
+    assert (await reader.get(path)).extensions["caching"]["from_cache"] and reader_layer.stats()["near_entries"] == 1
+    await writer.request("PUT", f"/near/{mode}/items")
+    assert not (await writer.get(path)).extensions["caching"]["from_cache"]  # its own near entry went at once
+    deadline = time.monotonic() + 2.0
+    while reader_layer.stats()["near_entries"] and time.monotonic() < deadline:
+        await asyncio_sleep(0.005)
+    assert reader_layer.stats()["near_entries"] == 0 and reader_layer.stats()["near_invalidations"] >= 1
+    after = await reader.get(path)
+    assert after.json()["n"] > 1  # the answer fetched after the write, not the one kept near before it
+    await writer.close()
+    await reader.close()
+
+
+async def asyncio_sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)

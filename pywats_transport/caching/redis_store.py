@@ -36,6 +36,7 @@ ENTRY = f"pwt:{TAG}:e:"  # + cache key -> hash {entry id: framed entry}
 OWNER = f"pwt:{TAG}:o:"  # + entry id -> cache key (for remove_entry / update_headers by id)
 INDEX = f"pwt:{TAG}:p:"  # + origin + path prefix -> set of cache keys
 LOCK = f"pwt:{TAG}:l:"  # + cache key -> the token of the process fetching it (single flight)
+CHANNEL = f"pwt:{TAG}:invalidated"  # "<origin>\n<path>" or "*": near caches drop what it names
 
 # KEYS[1]: a lock; ARGV[1]: our token. Deletes the lock only if it is still ours.
 RELEASE = """
@@ -46,13 +47,15 @@ return 0
 """
 POLL = 0.01  # seconds between looks while another process fetches
 
-# KEYS[1]: the index set of a prefix. Deletes every entry indexed there, then the set.
+# KEYS[1]: the index set of a prefix. Deletes every entry indexed there, then the set, and tells the
+# near caches (ARGV[2]: channel, ARGV[3]: message) in the same atomic step.
 DROP_PREFIX = """
 local keys = redis.call('SMEMBERS', KEYS[1])
 for _, key in ipairs(keys) do
   redis.call('DEL', ARGV[1] .. key)
 end
 redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
 return #keys
 """
 
@@ -262,7 +265,8 @@ class RedisStore(_Base, BaseStorage):
 
     def invalidate_prefix(self, origin: str | None, path: str) -> int:
         """Drop, for every process, the entries stored under ``path`` (and the path itself)."""
-        return int(self._call(lambda: self.client.eval(DROP_PREFIX, 1, index_name(origin, path), ENTRY)))
+        return int(self._call(lambda: self.client.eval(DROP_PREFIX, 1, index_name(origin, path), ENTRY, CHANNEL,
+                                                       f"{origin or ''}\n{path}")))
 
     def invalidate_now(self, origin: str | None, path: str) -> int:
         """Outside a request: ``origin`` None drops ``path`` under every origin the fleet has stored from."""
@@ -284,6 +288,7 @@ class RedisStore(_Base, BaseStorage):
             n = 0
             for name in self.client.scan_iter(match=f"pwt:{TAG}:*", count=500):
                 n += int(self.client.unlink(name))
+            self.client.publish(CHANNEL, "*")
             return n
         return int(self._call(run))
 
@@ -410,13 +415,15 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
             await self._call(lambda: self.client.hdel(ENTRY + key.decode(), str(id)))
 
     async def invalidate_prefix(self, origin: str | None, path: str) -> int:
-        return int(await self._call(lambda: self.client.eval(DROP_PREFIX, 1, index_name(origin, path), ENTRY)))
+        return int(await self._call(lambda: self.client.eval(DROP_PREFIX, 1, index_name(origin, path), ENTRY,
+                                                             CHANNEL, f"{origin or ''}\n{path}")))
 
     async def clear(self) -> int:
         async def run() -> int:
             n = 0
             async for name in self.client.scan_iter(match=f"pwt:{TAG}:*", count=500):
                 n += int(await self.client.unlink(name))
+            await self.client.publish(CHANNEL, "*")
             return n
         return int(await self._call(run))
 
@@ -424,3 +431,51 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         await self.client.aclose()
         if self._sync is not None:
             self._sync.close()
+
+
+class NearInvalidation:
+    """Listens on the invalidation channel in a thread and hands each message to ``on_message``.
+
+    Losing the connection loses messages: ``on_lost`` is called then (the near cache drops everything),
+    and the subscription resumes when Redis answers again.
+    """
+
+    def __init__(self, client: Any, on_message: Callable[[str], None], on_lost: Callable[[], None]) -> None:
+        self.on_message, self.on_lost = on_message, on_lost
+        self.client = client  # held: a collected client closes its pool, and the subscription with it
+        self.pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._stop = threading.Event()
+        self._subscribed = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="pywats-near-cache", daemon=True)
+        self.thread.start()
+        # Entries kept before the subscription holds could miss an invalidation: wait for it (briefly).
+        self._subscribed.wait(2.0)
+
+    def _run(self) -> None:
+        # One thread owns the connection: redis-py's PubSub is not safe to share between threads.
+        try:
+            self.pubsub.subscribe(CHANNEL)
+            self.pubsub.get_message(timeout=1.0)  # the subscription's confirmation
+        except Exception:
+            self.on_lost()
+        self._subscribed.set()
+        while not self._stop.is_set():
+            try:
+                message = self.pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            except Exception:
+                if self._stop.is_set():
+                    return
+                self.on_lost()
+                self._stop.wait(0.2)  # the next read reconnects and subscribes again
+                continue
+            if message and message.get("type") == "message":
+                data = message.get("data")
+                self.on_message(data.decode() if isinstance(data, bytes) else str(data))
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(2)
+        try:
+            self.pubsub.close()
+        except Exception:  # noqa: S110 - closing a dead connection
+            pass

@@ -20,7 +20,7 @@ from ..caching.freshness import conditional_headers, merge_not_modified
 from ..caching.health import FAILURES
 from ..caching.memory import AsyncMemoryStorage, MemoryStorage, Record
 from ..caching.policy import EXTENSION, CachePolicy, Plan, split_prefix
-from ..caching.redis_store import AsyncRedisStore, RedisStore
+from ..caching.redis_store import AsyncRedisStore, NearInvalidation, RedisStore
 from ..config import CacheSettings
 from ..errors import TransportError
 from ..hookspecs import LayerSpec, hookimpl
@@ -37,6 +37,13 @@ class _FromInner(Exception):
 
     def __init__(self, original: BaseException) -> None:
         self.original = original
+
+
+def _redis_options(settings: CacheSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {"socket_timeout": settings.redis_timeout, "socket_connect_timeout": settings.redis_timeout}
+    if os.environ.get("REDIS_PASSWORD"):
+        options["password"] = os.environ["REDIS_PASSWORD"]
+    return options
 
 
 def _make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_async: bool) -> Any:
@@ -57,9 +64,7 @@ def _make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asy
         import redis.asyncio
     except ImportError:
         raise ImportError("cache storage 'redis' needs the redis package: pip install 'pywats-transport[redis]'") from None
-    options: dict[str, Any] = {"socket_timeout": settings.redis_timeout, "socket_connect_timeout": settings.redis_timeout}
-    if os.environ.get("REDIS_PASSWORD"):
-        options["password"] = os.environ["REDIS_PASSWORD"]
+    options = _redis_options(settings)
     # Fleet-wide single flight follows the coalescing switch: a miss waits for another process's fetch.
     flight = settings.coalesce_timeout if settings.coalesce else 0.0
     if is_async:
@@ -118,6 +123,22 @@ class _CacheCore:
         self._direct = isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage))
         #: a storage shared by processes (Redis): invalidation goes to it, for every process
         self._shared = isinstance(self.storage, (RedisStore, AsyncRedisStore))
+        # The near cache: entries in process memory in front of Redis, dropped on any process's invalidation.
+        self.near: Any = None
+        self._near_sub: NearInvalidation | None = None
+        self.near_invalidations = 0
+        if self._shared and settings.near_cache:
+            import redis
+
+            near_cls = AsyncMemoryStorage if is_async else MemoryStorage
+            self.near = near_cls(max_entries=settings.max_size, default_ttl=min(settings.ttl, settings.near_ttl),
+                                 clock=clock)
+            self.near._core.on_forget = self.policy.forget
+            # The subscriber waits for messages by design: no read timeout on its connection (a dead one is
+            # found by the health check, and the near cache is dropped then).
+            options = {k: v for k, v in _redis_options(settings).items() if k != "socket_timeout"}
+            self._near_sub = NearInvalidation(redis.Redis.from_url(settings.redis_url, health_check_interval=10, **options),
+                                              self._near_message, self.near.clear)
         if self._direct:
             self.storage._core.on_forget = self.policy.forget
 
@@ -344,6 +365,10 @@ class _CacheCore:
 
         With a shared storage (Redis) for every process, whoever stored them."""
         if self._shared:
+            if "://" in prefix:
+                self._near_drop_now([split_prefix(prefix, None)])
+            elif self.near is not None:
+                self.near.clear()  # a path under any origin: the near cache starts again
             try:
                 return int(self.storage.invalidate_now(*split_prefix(prefix, None)))
             except Exception as exc:
@@ -354,6 +379,8 @@ class _CacheCore:
     def clear(self) -> int:
         """Drop every cached entry (with a shared storage: the whole fleet's); returns how many."""
         if self._shared:
+            if self.near is not None:
+                self.near.clear()
             try:
                 return int(self.storage.clear_now())
             except Exception as exc:
@@ -368,12 +395,66 @@ class _CacheCore:
     def _fleet_failed(self, exc: BaseException) -> None:
         self._storage_failed(exc)
 
+    # -- the near cache --------------------------------------------------------------------
+
+    def _near_message(self, message: str) -> None:
+        """An invalidation from any process (or this one): drop what it names from the near cache."""
+        self.near_invalidations += 1
+        if message == "*":
+            self.near.clear()
+            return
+        origin, _, path = message.partition("\n")
+        keys = self.policy.keys_under(path or "/", origin or None)
+        self.near.drop_keys(keys)
+        self.policy.forget(keys)
+
+    def _near_hit(self, plan: Plan, request: httpx.Request) -> httpx.Response | None:
+        if plan.refresh:
+            self.near.drop_keys([plan.key])
+            return None
+        if plan.revalidate:
+            return None
+        record = self.near.find(plan.key, request.method, request.headers)
+        if record is None:
+            return None
+        now = self.policy.clock()
+        if now >= record.fresh_until:
+            return None
+        return self._served(plan, request, record, False, now)
+
+    def _near_keep(self, plan: Plan, request: httpx.Request, response: httpx.Response) -> None:
+        """Keep what Redis (or the network) answered in the near cache too, once its body is read."""
+        caching = response.extensions.get("caching") or {}
+        if not (caching.get("from_cache") or caching.get("stored")):
+            return
+        decision = self.policy.decide(request, response)
+        if not decision.store:
+            return
+        near, key, near_ttl = self.near, plan.key, self.settings.near_ttl
+        fresh = min(decision.fresh_for if decision.fresh_for is not None else near_ttl, near_ttl)
+        method, url, raw, status = request.method, str(request.url), list(response.headers.raw), response.status_code
+        token = near.begin(key)
+
+        def save(body: bytes) -> None:
+            near.store(key, method, url, status, raw, body, near_ttl, vary=decision.vary, token=token, fresh_for=fresh)
+
+        response.stream = SaveWhenRead(response.stream, save, lambda: near.abandon(key, token))
+        self.policy.remember(plan, request)
+
+    def _near_drop_now(self, targets: list[tuple[str | None, str]]) -> None:
+        """This process's own writes: its near cache drops at once, not when the message comes back."""
+        if self.near is not None:
+            for origin, path in targets:
+                self._near_message(f"{origin or ''}\n{path}")
+
     def stats(self) -> dict[str, Any]:
         entries = len(self.storage) if isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage)) else None
         out = self.policy.stats.as_dict(entries, getattr(self.storage, "evictions", 0))
         out["storage_errors"] += FAILURES.count - self._failures_at_start
         if self._shared:
             out.update(self.storage.stats())
+        if self.near is not None:
+            out.update(near_entries=len(self.near), near_invalidations=self.near_invalidations)
         return out
 
 
@@ -400,14 +481,18 @@ class CacheLayer(_CacheCore, Layer):
         if plan.action == "write":
             response = self.inner.handle_request(request)
             if self._shared:  # before the write's answer returns: no process reads the pre-write entry after
-                for origin, path in self.policy.fleet_targets(request, response):
+                targets = self.policy.fleet_targets(request, response)
+                for origin, path in targets:
                     try:
                         self.storage.invalidate_prefix(origin, path)
                     except Exception as exc:
                         self._fleet_failed(exc)
+                self._near_drop_now(targets)
             return self._written(request, response)
         if self._direct:
             return self._handle_direct(plan, request)
+        if self.near is not None and (hit := self._near_hit(plan, request)) is not None:
+            return hit
         if plan.refresh:
             self._remove_now(plan.key)
         self._prepare(request, plan)
@@ -427,6 +512,8 @@ class CacheLayer(_CacheCore, Layer):
             return self._bypassed(self.inner.handle_request(request))
         if self._shared and not response.extensions["caching"].get("stored"):
             self.storage.release(plan.key)  # nothing will be stored: the fleet need not wait
+        if self.near is not None:
+            self._near_keep(plan, request, response)
         self._after_lookup(plan, request, response)
         return self._flights.land_when_read(flight, response)
 
@@ -474,6 +561,8 @@ class CacheLayer(_CacheCore, Layer):
         threading.Thread(target=run, name="pywats-cache-refresh", daemon=True).start()
 
     def close_layer(self) -> None:
+        if self._near_sub is not None:
+            self._near_sub.close()
         self.storage.close()
 
 
@@ -498,14 +587,18 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
         if plan.action == "write":
             response = await self.inner.handle_async_request(request)
             if self._shared:  # before the write's answer returns: no process reads the pre-write entry after
-                for origin, path in self.policy.fleet_targets(request, response):
+                targets = self.policy.fleet_targets(request, response)
+                for origin, path in targets:
                     try:
                         await self.storage.invalidate_prefix(origin, path)
                     except Exception as exc:
                         self._fleet_failed(exc)
+                self._near_drop_now(targets)
             return self._written(request, response)
         if self._direct:
             return await self._handle_direct(plan, request)
+        if self.near is not None and (hit := self._near_hit(plan, request)) is not None:
+            return hit
         if plan.refresh:
             await self._remove_now(plan.key)
         self._prepare(request, plan)
@@ -526,6 +619,8 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
             return self._bypassed(await self.inner.handle_async_request(request))
         if self._shared and not response.extensions["caching"].get("stored"):
             await self.storage.release(plan.key)
+        if self.near is not None:
+            self._near_keep(plan, request, response)
         self._after_lookup(plan, request, response)
         return self._flights.land_when_read(flight, response)
 
@@ -581,6 +676,8 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
             task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        if self._near_sub is not None:
+            self._near_sub.close()
         await self.storage.close()
 
 
