@@ -136,6 +136,10 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.fleet:
+        from .fleet_demo import run as run_fleet
+
+        return run_fleet(args)
     return asyncio.run(_demo(args))
 
 
@@ -146,6 +150,9 @@ def register(sub: Any) -> None:
     p.add_argument("--latency-ms", type=float, default=20.0)
     p.add_argument("--fail-rate", type=float, default=0.03)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--fleet", type=int, metavar="N", default=0,
+                   help="N station processes sharing a local redis-server (cache, invalidation, rate), against "
+                        "the same N without it")
     p.add_argument("--outage-seconds", type=float, default=2.0, help="the outage run's WATS outage (0: no outage run)")
     p.add_argument("--test-ms", type=float, default=100.0, help="outage run: how long each test operation takes")
     p.add_argument("--outage-cache-ttl", type=float, default=1.0,

@@ -8,7 +8,7 @@ import re
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,8 @@ class EmulatorState:
     report_posts: int = 0
     requests: Counter[str] = field(default_factory=Counter)  # by "METHOD route-template"
     injected: Counter[str] = field(default_factory=Counter)
+    #: monotonic times of the latest /api requests (for peak-rate figures)
+    request_times: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -106,6 +108,7 @@ class _Gate:
         st = self.state
         with st.lock:
             st.requests[f"{request.method} {_route_of(request)}"] += 1
+            st.request_times.append(time.monotonic())
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "basic" or not token or (st.token is not None and token != st.token):
