@@ -38,6 +38,8 @@ Submit = Callable[[dict[str, Any]], Awaitable[Any]]
 FOLDER_PROBLEM = "folder"
 # What became of a report handed to the sender.
 CONFIRMED, REJECTED, FAILED, KEPT, GONE = "confirmed", "rejected", "failed", "kept", "gone"
+#: confirmed by the server before this hand-over (the same report id was sent earlier)
+ALREADY = "already confirmed"
 
 
 class QueueFolderError(StartupError):
@@ -305,13 +307,13 @@ class ReportQueue:
         """Try to send one report at once; ``confirmed``, ``rejected`` (moved to error/), or ``kept``
         (the server is unreachable or busy, or the queue is waiting for it: a sender will send it later)."""
         if (self.dirs["done"] / path.name).exists():
-            return CONFIRMED
+            return ALREADY
         if self.backing_off() > 0 or path.name in self._in_flight:
             return KEPT
         if not path.exists():
             path = self.dirs["sending"] / path.name
             if not path.exists():
-                return CONFIRMED if (self.dirs["done"] / path.name).exists() else KEPT
+                return ALREADY if (self.dirs["done"] / path.name).exists() else KEPT
         outcome = await self._take_and_send(path)
         return KEPT if outcome in (FAILED, GONE) else outcome
 

@@ -52,8 +52,10 @@ async def test_async_outbox_sends_at_once_or_keeps_until_the_server_is_back(tmp_
         assert await api.outbox.drain(timeout=15)
     assert stored_ids(emulator) == sorted([first.id, *(q.id for q in queued)])
     assert emulator.state.report_posts == len(emulator.state.reports)  # none was sent twice
+    posts = emulator.state.report_posts
     again = await _resubmit_same(tmp_path, emulator, first)
-    assert again.status == "sent" and stored_ids(emulator).count(first.id) == 1
+    assert (again.status, again.duplicate) == ("sent", True) and stored_ids(emulator).count(first.id) == 1
+    assert emulator.state.report_posts == posts  # confirmed before: not sent again
 
 
 async def _resubmit_same(tmp_path: Path, emulator: EmulatorServer, rep: UUTReport) -> Any:

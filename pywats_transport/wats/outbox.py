@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
-from ..reportqueue import CONFIRMED, REJECTED, ReportQueue
+from ..reportqueue import ALREADY, CONFIRMED, REJECTED, ReportQueue
 
 T = TypeVar("T")
 
@@ -79,6 +79,8 @@ class AsyncOutbox:
         report_id = path.stem
         self._ensure_sender()
         outcome = await self.queue.send_now(path)
+        if outcome == ALREADY:
+            return Submitted(report_id, "sent", duplicate=True)  # this id was confirmed before: not sent again
         if outcome == CONFIRMED:
             duplicate = bool(getattr(self.queue.last_result, "duplicate", False))
             return Submitted(report_id, "sent", duplicate)
