@@ -106,16 +106,8 @@ async def test_invalidate_and_clear_reach_entries_other_layers_stored(mode: str,
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_redis_killed_and_restarted(mode: str, tmp_path: Path) -> None:
-    import shutil
-
-    from .conftest import RedisServer
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (.ci/run installs the Debian package redis-server)")
-    redis = RedisServer(binary, tmp_path)
-    redis.start()
+async def test_redis_killed_and_restarted(mode: str, own_redis: Any) -> None:
+    redis = own_redis
     server = Counter()
     cls = CacheLayer if mode == "sync" else AsyncCacheLayer
     layer = cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=redis.url, redis_retry_after=0.3)
@@ -289,16 +281,8 @@ def near(mode: str, server: Any, redis_url: str) -> tuple[Caller, Any]:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_near_cache_hits_need_no_redis_and_a_lost_subscription_empties_it(mode: str, tmp_path: Path) -> None:
-    import shutil
-
-    from .conftest import RedisServer
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (.ci/run installs the Debian package redis-server)")
-    redis = RedisServer(binary, tmp_path)
-    redis.start()
+async def test_near_cache_hits_need_no_redis_and_a_lost_subscription_empties_it(mode: str, own_redis: Any) -> None:
+    redis = own_redis
     server = Counter()
     caller, layer = near(mode, server, redis.url)
     lookups = []
