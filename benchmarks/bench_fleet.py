@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pywats_transport._server import BackgroundServer
+from pywats_transport.fleet_demo import LocalRedis
 from pywats_transport.layers.cache import AsyncCacheLayer
 
 from .common import Row, async_loop, ok_response, paired_ratios
@@ -27,33 +27,7 @@ from .common import Row, async_loop, ok_response, paired_ratios
 SUITE = "fleet"
 
 
-class _Redis:
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", tempfile.mkdtemp()], stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-
-
-def redis_hit(redis: _Redis, quick: bool) -> list[Row]:
+def redis_hit(redis: LocalRedis, quick: bool) -> list[Row]:
     n, rounds = (200, 5) if quick else (500, 15)
     loop = asyncio.new_event_loop()
     raw = httpx.AsyncClient(transport=httpx.MockTransport(ok_response), base_url="http://bench")
@@ -73,7 +47,7 @@ def redis_hit(redis: _Redis, quick: bool) -> list[Row]:
             Row(SUITE, "near-cache hit / raw request (async)", ratios["near"], "x", "<= 1.2", ratios["near"] <= 1.2)]
 
 
-def near_staleness(redis: _Redis, quick: bool) -> list[Row]:
+def near_staleness(redis: LocalRedis, quick: bool) -> list[Row]:
     """How long another process's near cache may still answer with an entry a write invalidated."""
     from pywats_transport.layers.cache import CacheLayer
 
@@ -129,7 +103,7 @@ WRITER_READER = textwrap.dedent("""
 """)
 
 
-def stale_reads(redis: _Redis, quick: bool) -> list[Row]:
+def stale_reads(redis: LocalRedis, quick: bool) -> list[Row]:
     pairs = 100 if quick else 1000
     values: dict[str, int] = {}
 
@@ -177,7 +151,7 @@ HAMMER = textwrap.dedent("""
 """)
 
 
-def shared_rate(redis: _Redis, quick: bool) -> list[Row]:
+def shared_rate(redis: LocalRedis, quick: bool) -> list[Row]:
     seconds = 3.0 if quick else 10.0
     times: list[float] = []
 
@@ -219,7 +193,7 @@ SHARED_LOOKUPS = ("GET /api/Product/{partNumber}", "GET /api/App/Processes", "GE
                   "GET /api/Asset/Status")
 
 
-def shared_lookups(redis: _Redis, quick: bool) -> list[Row]:
+def shared_lookups(redis: LocalRedis, quick: bool) -> list[Row]:
     """Four station processes run the workload at once: server GETs for the lookups they share."""
     from pywats_transport.emulator import EmulatorServer
 
@@ -246,7 +220,10 @@ def shared_lookups(redis: _Redis, quick: bool) -> list[Row]:
 
 
 def run(quick: bool = False) -> list[Row]:
-    redis = _Redis()
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    redis = LocalRedis(binary)
     try:
         return (redis_hit(redis, quick) + near_staleness(redis, quick) + stale_reads(redis, quick)
                 + shared_rate(redis, quick) + shared_lookups(redis, quick))

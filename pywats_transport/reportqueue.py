@@ -176,13 +176,6 @@ class ReportQueue:
 
     # -- inspection -------------------------------------------------------------------
 
-    def files(self, state: str) -> list[Path]:
-        """Report files in a state folder, oldest first (lists the folder: not for health checks)."""
-        d = self.dirs[state]
-        found = [(e.stat(follow_symlinks=False).st_mtime, e.name) for e in os.scandir(d)
-                 if _is_report_name(e.name) and e.is_file(follow_symlinks=False)]
-        return [d / name for _, name in sorted(found)]
-
     def scan(self, limit: int = 100) -> Scan:
         """List sending/ and pending/: the next batch (sending first), counts, the oldest waiting report,
         links to move aside and entries that cannot be reports. Blocking: run it in a worker thread."""

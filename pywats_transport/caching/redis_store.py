@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 import uuid
@@ -73,6 +74,22 @@ def frame(request: Request, status: int, headers: Headers, body: bytes, stored_a
 def unframe(data: bytes) -> tuple[dict[str, Any], bytes]:
     head, _, body = data.partition(b"\n")
     return json.loads(head), body
+
+
+def reframed(data: bytes, headers: Headers) -> bytes:
+    """A stored entry with new headers (a 304 refreshed it), its body unchanged."""
+    meta, body = unframe(data)
+    meta["headers"] = [[k, v] for k in headers for v in headers.get_list(k) or []]
+    return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + body
+
+
+def redis_options(timeout: float) -> dict[str, Any]:
+    """Client options for every Redis connection of ours: short timeouts, and the password from the
+    environment (``REDIS_PASSWORD``) when the URL carries none; it is never logged."""
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if os.environ.get("REDIS_PASSWORD"):
+        options["password"] = os.environ["REDIS_PASSWORD"]
+    return options
 
 
 def prefixes(url: str) -> list[str]:
@@ -133,7 +150,6 @@ class _Base:
     @staticmethod
     def _entry(entry_id: str, data: bytes, stream: Any) -> Entry:
         meta, body = unframe(data)
-        headers = Headers({})
         grouped: dict[str, list[str]] = {}
         for k, v in meta["headers"]:
             grouped.setdefault(k, []).append(v)
@@ -253,9 +269,7 @@ class RedisStore(_Base, BaseStorage):
         current = self._call(lambda: self.client.hget(ENTRY + key.decode(), str(id)))
         if current is None:
             return
-        meta, body = unframe(current)
-        meta["headers"] = [[k, v] for k in headers for v in headers.get_list(k) or []]
-        data = json.dumps(meta, separators=(",", ":")).encode() + b"\n" + body
+        data = reframed(current, headers)
         self._call(lambda: self.client.hset(ENTRY + key.decode(), str(id), data))
 
     def remove_entry(self, id: uuid.UUID) -> None:  # noqa: A002
@@ -404,9 +418,7 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         current = await self._call(lambda: self.client.hget(ENTRY + key.decode(), str(id)))
         if current is None:
             return
-        meta, body = unframe(current)
-        meta["headers"] = [[k, v] for k in headers for v in headers.get_list(k) or []]
-        data = json.dumps(meta, separators=(",", ":")).encode() + b"\n" + body
+        data = reframed(current, headers)
         await self._call(lambda: self.client.hset(ENTRY + key.decode(), str(id), data))
 
     async def remove_entry(self, id: uuid.UUID) -> None:  # noqa: A002

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from ..caching.freshness import conditional_headers, merge_not_modified
 from ..caching.health import FAILURES
 from ..caching.memory import AsyncMemoryStorage, MemoryStorage, Record
 from ..caching.policy import EXTENSION, CachePolicy, Plan, split_prefix
-from ..caching.redis_store import AsyncRedisStore, NearInvalidation, RedisStore
+from ..caching.redis_store import AsyncRedisStore, NearInvalidation, RedisStore, redis_options
 from ..config import CacheSettings
 from ..errors import TransportError
 from ..hookspecs import LayerSpec, hookimpl
@@ -37,13 +36,6 @@ class _FromInner(Exception):
 
     def __init__(self, original: BaseException) -> None:
         self.original = original
-
-
-def _redis_options(settings: CacheSettings) -> dict[str, Any]:
-    options: dict[str, Any] = {"socket_timeout": settings.redis_timeout, "socket_connect_timeout": settings.redis_timeout}
-    if os.environ.get("REDIS_PASSWORD"):
-        options["password"] = os.environ["REDIS_PASSWORD"]
-    return options
 
 
 def _make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_async: bool) -> Any:
@@ -64,7 +56,7 @@ def _make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asy
         import redis.asyncio
     except ImportError:
         raise ImportError("cache storage 'redis' needs the redis package: pip install 'pywats-transport[redis]'") from None
-    options = _redis_options(settings)
+    options = redis_options(settings.redis_timeout)
     # Fleet-wide single flight follows the coalescing switch: a miss waits for another process's fetch.
     flight = settings.coalesce_timeout if settings.coalesce else 0.0
     if is_async:
@@ -136,7 +128,7 @@ class _CacheCore:
             self.near._core.on_forget = self.policy.forget
             # The subscriber waits for messages by design: no read timeout on its connection (a dead one is
             # found by the health check, and the near cache is dropped then).
-            options = {k: v for k, v in _redis_options(settings).items() if k != "socket_timeout"}
+            options = {k: v for k, v in redis_options(settings.redis_timeout).items() if k != "socket_timeout"}
             self._near_sub = NearInvalidation(redis.Redis.from_url(settings.redis_url, health_check_interval=10, **options),
                                               self._near_message, self.near.clear)
         if self._direct:

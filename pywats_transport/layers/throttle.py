@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import httpx
 
+from ..caching.redis_store import redis_options
 from ..config import ThrottleSettings
 from ..errors import ThrottledError
 from ..hookspecs import LayerSpec, hookimpl
@@ -153,8 +154,7 @@ class ThrottleLayer(_ThrottleCore, Layer):
 
         from ..policies.fleet_throttle import FleetRate
 
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout,
-                                      socket_connect_timeout=settings.redis_timeout)
+        client = redis.Redis.from_url(settings.redis_url, **redis_options(settings.redis_timeout))
         return FleetRate(settings, client)
 
     def _take_turn(self, request: httpx.Request) -> None:
@@ -212,8 +212,7 @@ class AsyncThrottleLayer(_ThrottleCore, AsyncLayer):
 
         from ..policies.fleet_throttle import AsyncFleetRate
 
-        client = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout,
-                                              socket_connect_timeout=settings.redis_timeout)
+        client = redis.asyncio.Redis.from_url(settings.redis_url, **redis_options(settings.redis_timeout))
         return AsyncFleetRate(settings, client)
 
     async def _take_turn(self, request: httpx.Request) -> None:
