@@ -300,3 +300,19 @@ async def test_every_attempt_takes_a_throttle_token(mode: str) -> None:
     stats = stack.stats()
     assert stats["retry"]["attempts"] == 3 and stats["throttle"]["requests"] == 3 and script.calls == 3
     await caller.close()
+
+
+def test_fault_proxy_stop_leaves_no_pending_handler(caplog: pytest.LogCaptureFixture) -> None:
+    import gc
+    import socket
+
+    app, _ = flaky_app()
+    with BackgroundServer(app) as server:
+        proxy = FaultProxy(server.port).start()
+        with socket.create_connection((proxy.host, proxy.port)) as peer:
+            peer.sendall(b"GET /ok HTTP/1.1\r\n")  # a head never finished: its handler waits
+            time.sleep(0.1)
+            with caplog.at_level("ERROR", logger="asyncio"):
+                proxy.stop()
+                gc.collect()
+    assert not [r for r in caplog.records if "pending" in r.getMessage()]

@@ -90,8 +90,18 @@ class FaultProxy:
         self._ready.set()
         loop.run_forever()
         self._server.close()
-        loop.run_until_complete(self._server.wait_closed())
+        # Handlers still waiting on a slow peer are cancelled and awaited, so that none is
+        # garbage-collected pending after the loop is gone (a warning in the host's test run).
+        loop.run_until_complete(self._shutdown())
         loop.close()
+
+    async def _shutdown(self) -> None:
+        assert self._server is not None
+        pending = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await self._server.wait_closed()
 
     def start(self) -> FaultProxy:
         self._thread = threading.Thread(target=self._run, daemon=True)
