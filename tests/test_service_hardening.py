@@ -270,9 +270,12 @@ async def test_health_never_lists_the_queue(tmp_path: Path) -> None:
 # -- 7. idle connections and repeated errors --------------------------------------------------------
 
 @pytest.mark.anyio
-async def test_half_sent_requests_are_closed_and_health_keeps_answering(tmp_path: Path) -> None:
-    cfg = config(tmp_path, "http://127.0.0.1:9", health_header_timeout=0.5, health_max_connections=40)
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+async def test_half_sent_requests_are_closed_and_health_keeps_answering(tmp_path: Path, parser: str) -> None:
+    cfg = config(tmp_path, "http://127.0.0.1:9", health_header_timeout=0.5, health_max_connections=40,
+                 health_parser=parser)
     async with AsyncClientService(cfg) as service:
+        assert parser in service._servers[0].config.http.__name__.lower()  # type: ignore[union-attr]
         port = service.health_port
         socks = []
         for _ in range(60):

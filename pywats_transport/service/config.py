@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -46,6 +46,10 @@ class ClientConfig(BaseModel):
     health_max_connections: int = Field(
         100, ge=1, description="Connections the health server holds at once; more are closed at once, so that "
         "a flood of connections cannot take the file descriptors the queue needs.",
+    )
+    health_parser: Literal["auto", "httptools", "h11"] = Field(
+        "auto", description="HTTP parser of the health server: httptools (C, the default when installed) or h11 "
+        "(pure Python).",
     )
 
     def __init__(self, **data: Any) -> None:
