@@ -304,6 +304,49 @@ async def test_half_sent_requests_are_closed_and_health_keeps_answering(tmp_path
         assert closed == 60
 
 
+@pytest.mark.parametrize("limit", [256, 160])
+def test_a_connection_flood_under_a_low_descriptor_limit_leaves_the_queue_working(
+        tmp_path: Path, emulator: EmulatorServer, limit: int) -> None:
+    """A real ``serve`` process under ``ulimit -n 256`` (and one so low that the connection limit
+    must give way), flooded with 300 half-sent requests: the queue still sends, /health still
+    answers, and the log stays small."""
+    import resource
+
+    path = write(tmp_path, service_address=emulator.url, api_token=TOKEN, poll_interval=0.05, ping_interval=0.5)
+    queue = tmp_path / "q"
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    proc = subprocess.Popen([sys.executable, "-m", "pywats_transport", "serve", "--config", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=low_limit)
+    socks: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split("http://127.0.0.1:")[1].split()[0])
+        for _ in range(300):
+            with contextlib.suppress(OSError):  # refused or reset once the server sheds them
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never finished
+                socks.append(s)
+        for i in range(20):
+            drop(queue, f"f{i:02}.json", report(f"SN-FLOOD-{i}"))
+        deadline = time.monotonic() + 30
+        while len(done(queue)) < 20:
+            assert time.monotonic() < deadline, f"{len(done(queue))} of 20 reports sent under the flood"
+            time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json() == {"status": "ok"}
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "Too many open files" not in stderr and len(stderr) < 20_000, stderr[-2000:]
+    lowered = "health_max_connections 100 lowered to" in stderr
+    assert lowered == (limit < 100 + 4 * 16 + 64)
+
+
 def test_repeated_log_records_are_rate_limited() -> None:
     now = [0.0]
     flt = RepeatFilter(interval=60.0, clock=lambda: now[0])

@@ -3,13 +3,16 @@
 uvicorn closes idle keep-alive connections but waits forever for a request whose headers never
 finish, and accepts connections without limit: a few hundred half-open connections would take the
 file descriptors the queue needs. The protocol here closes a connection that has not started a
-request within ``header_timeout`` and refuses connections beyond ``max_connections``.
+request within ``header_timeout`` and holds at most ``max_connections``: beyond that, the connection
+that has waited longest without a request is closed to make room.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import logging
 import socket
 from typing import Any
 
@@ -21,6 +24,8 @@ except ImportError:  # pragma: no cover - the pure-Python parser serves just the
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 from ..errors import ConfigError, StartupError
+
+log = logging.getLogger("pywats_transport.service")
 
 
 class BindError(StartupError):
@@ -41,14 +46,23 @@ class _Guard:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
-        if len(self.connections) > self.max_connections:
-            transport.close()  # shed at once: the descriptor goes back before any work is done
-            return
         self._arm_header_timer()
+        if len(self.connections) > self.max_connections:
+            # Full: make room by closing the connection that has waited longest without a
+            # request (idle keep-alive or headers trickling in), as nginx reuses idle
+            # connections first; a probe that does send a request must not be the one refused.
+            # Only when every connection is busy is the new one closed.
+            idle = [c for c in self.connections if isinstance(c, _Guard) and c is not self and c._idle()]
+            victim = min(idle, key=lambda c: c._waiting_since) if idle else self
+            victim.transport.close()
+
+    def _idle(self) -> bool:
+        return self.cycle is self._armed_for and not self.transport.is_closing()
 
     def _arm_header_timer(self) -> None:
-        armed_for = self.cycle
-        timer = self.loop.call_later(self.header_timeout, self._headers_overdue, armed_for)
+        self._armed_for = self.cycle
+        self._waiting_since = self.loop.time()
+        timer = self.loop.call_later(self.header_timeout, self._headers_overdue, self._armed_for)
         self._header_timer: asyncio.TimerHandle | None = timer
 
     def _headers_overdue(self, armed_for: Any) -> None:
@@ -82,6 +96,43 @@ if HttpToolsProtocol is not None:
         pass
 
 
+# Descriptors kept for everything but health connections: the queue's files and folder scans,
+# connections to WATS, logs, the event loop's own.
+RESERVED_DESCRIPTORS = 64
+LISTEN_BACKLOG = 1024
+ACCEPT_BURST = 16
+
+
+def connection_budget(max_connections: int) -> tuple[int, int]:
+    """``(max_connections, accept_burst)`` that fit the process's descriptor limit, raising the
+    soft limit toward the hard one first (as servers commonly do).
+
+    asyncio accepts up to ``accept_burst`` connections per loop pass before the protocol can shed
+    any, and a shed connection's descriptor is released a pass later: held connections, a few
+    bursts in flight and the reserve must fit under the limit together.
+    """
+    burst = min(ACCEPT_BURST, max_connections)
+    try:
+        import resource
+    except ImportError:  # Windows: no per-process descriptor limit of this kind
+        return max_connections, burst
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_flight = 4 * burst + RESERVED_DESCRIPTORS
+    needed = max_connections + in_flight
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return max_connections, burst
+    fitted = max(1, soft - in_flight)
+    log.warning("health_max_connections %d lowered to %d: this process may open only %d files (ulimit -n), "
+                "and %d stay reserved for the queue and connections being accepted", max_connections, fitted, soft,
+                in_flight)
+    return fitted, burst
+
+
 def protocol_class(header_timeout: float, max_connections: int, *, parser: str = "auto") -> type[Any]:
     """The guarded protocol on httptools when it is installed (``parser="auto"``), else on h11."""
     if parser not in ("auto", "h11", "httptools"):
@@ -107,7 +158,7 @@ def bind(host: str, port: int, *, host_field: str, port_field: str) -> socket.so
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind(address)
-        sock.listen(128)
+        sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:

@@ -20,7 +20,7 @@ from ..wats import AsyncWATS
 from . import logs
 from .config import ClientConfig
 from .health import create_health_app
-from .server import BindError, bind, protocol_class
+from .server import LISTEN_BACKLOG, BindError, bind, connection_budget, protocol_class
 
 log = logging.getLogger("pywats_transport.service")
 
@@ -79,9 +79,10 @@ class AsyncClientService:
         cfg = self.config
         sock = bind(host, port, host_field="health_host", port_field=port_field)
         app = create_health_app(self, metrics_only=metrics_only)
+        max_connections, accept_burst = connection_budget(cfg.health_max_connections)
         server = _EmbeddedServer(uvicorn.Config(
-            app, log_level="warning", lifespan="off", access_log=False, proxy_headers=False,
-            http=protocol_class(cfg.health_header_timeout, cfg.health_max_connections, parser=cfg.health_parser),
+            app, log_level="warning", lifespan="off", access_log=False, proxy_headers=False, backlog=accept_burst,
+            http=protocol_class(cfg.health_header_timeout, max_connections, parser=cfg.health_parser),
             timeout_keep_alive=int(max(1, round(cfg.health_keepalive_timeout))),
         ))
         task = asyncio.create_task(server.serve(sockets=[sock]), name="pywats-health")
@@ -91,6 +92,9 @@ class AsyncClientService:
                 task.result()
                 raise BindError(f"the server on {host}:{port} ({port_field}) stopped while starting")
             await asyncio.sleep(0.01)
+        # asyncio listens with the same number it uses as the accept burst; waiting connections
+        # cost no descriptor until accepted, so the kernel queue is made long again.
+        sock.listen(LISTEN_BACKLOG)
         self._servers.append(server)
         self._tasks.append(task)
         return int(sock.getsockname()[1])
