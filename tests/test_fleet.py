@@ -106,6 +106,59 @@ async def test_invalidate_and_clear_reach_entries_other_layers_stored(mode: str,
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_the_shared_storage_keeps_variants_apart_and_honours_no_store(mode: str, redis_url: str) -> None:
+    """ttl mode on Redis, as on memory: one entry per ``Vary`` variant, ``Vary: *`` and ``no-store`` not stored."""
+    calls = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        path = request.url.path
+        if path.endswith("/no-store"):
+            return httpx.Response(200, text="n", headers={"cache-control": "no-store"})
+        if path.endswith("/star"):
+            return httpx.Response(200, text="s", headers={"vary": "*"})
+        return httpx.Response(200, text=request.headers.get("accept", ""), headers={"vary": "Accept"})
+
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    one = Caller(mode, cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=redis_url))
+    other = Caller(mode, cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=redis_url))
+    base = f"/variants/{mode}/{time.time_ns()}"
+    assert (await one.get(f"{base}/v", headers={"accept": "application/json"})).text == "application/json"
+    second = await other.get(f"{base}/v", headers={"accept": "text/plain"})
+    assert second.text == "text/plain" and not second.extensions["caching"]["from_cache"]
+    for caller, accept in ((one, "text/plain"), (other, "application/json")):  # both variants now shared
+        hit = await caller.get(f"{base}/v", headers={"accept": accept})
+        assert hit.text == accept and hit.extensions["caching"]["from_cache"]
+    for path in ("no-store", "star"):
+        first = await one.get(f"{base}/{path}")
+        assert first.extensions["caching"]["stored"] is False
+        assert not (await other.get(f"{base}/{path}")).extensions["caching"]["from_cache"]
+    assert calls.count(f"{base}/v") == 2 and calls.count(f"{base}/no-store") == 2 and calls.count(f"{base}/star") == 2
+    await one.close()
+    await other.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_hit_is_one_redis_command(mode: str, own_redis: Any) -> None:
+    import redis
+
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    caller = Caller(mode, cls(httpx.MockTransport(Counter()), mode="ttl", storage="redis", redis_url=own_redis.url))
+    await caller.get("/one/trip")
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.config_resetstat()
+    for _ in range(10):
+        assert (await caller.get("/one/trip")).extensions["caching"]["from_cache"]
+    calls = {name: stat["calls"] for name, stat in admin.info("commandstats").items()
+             if name not in ("cmdstat_info", "cmdstat_config|resetstat")}
+    assert calls == {"cmdstat_hgetall": 10}
+    admin.close()
+    await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_redis_killed_and_restarted(mode: str, own_redis: Any) -> None:
     redis = own_redis
     server = Counter()

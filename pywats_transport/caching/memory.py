@@ -19,6 +19,7 @@ from typing import Any
 from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Response
 
 Clock = Callable[[], float]
+RecordId = uuid.UUID | int | str
 # Not stored with an entry: the body is kept without its transfer coding, and a hit states its own Age.
 _NOT_KEPT = frozenset({b"transfer-encoding", b"age"})
 _direct_ids = itertools.count(1)
@@ -26,7 +27,8 @@ _direct_ids = itertools.count(1)
 
 @dataclass
 class Record:
-    id: uuid.UUID | int  # hishel's entries get a UUID; the layer's own path a cheaper counter value
+    #: hishel's entries get a UUID, the layer's own path a cheaper counter value, a Redis entry its field
+    id: RecordId
     key: str
     request: Request
     status_code: int
@@ -74,8 +76,8 @@ class _LRUCore:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         self.max_entries = max_entries
         self.clock = clock
-        self._records: OrderedDict[uuid.UUID | int, Record] = OrderedDict()
-        self._by_key: dict[str, list[uuid.UUID | int]] = {}
+        self._records: OrderedDict[RecordId, Record] = OrderedDict()
+        self._by_key: dict[str, list[RecordId]] = {}
         self._lock = threading.Lock()
         self.evictions = 0
         self.expirations = 0

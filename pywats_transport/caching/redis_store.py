@@ -27,10 +27,14 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
 
 from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Response
+
+from .freshness import StoreDecision, Vary
+from .memory import Record
 
 TAG = "{pwt}"
 ENTRY = f"pwt:{TAG}:e:"  # + cache key -> hash {entry id: framed entry}
@@ -65,15 +69,79 @@ class StorageUnavailable(ConnectionError):
     """Redis did not answer lately: the storage is skipped until ``retry_after`` has passed."""
 
 
-def frame(request: Request, status: int, headers: Headers, body: bytes, stored_at: float) -> bytes:
-    meta = {"method": request.method, "url": request.url, "status": status, "stored_at": stored_at,
-            "headers": [[k, v] for k in headers for v in headers.get_list(k) or []]}
+def frame(request: Request, status: int, headers: Headers, body: bytes, stored_at: float, *,
+          vary: Vary | None = None, fresh_until: float | None = None) -> bytes:
+    """An entry as one value: a JSON line (request method and URL, status, headers, and, from the ttl
+    mode's lookup, the request header values ``Vary`` names and the end of freshness), then the body."""
+    meta: dict[str, Any] = {"method": request.method, "url": request.url, "status": status, "stored_at": stored_at,
+                            "headers": [[k, v] for k in headers for v in headers.get_list(k) or []]}
+    if vary is not None:
+        meta["vary"] = [list(pair) for pair in vary]
+    if fresh_until is not None:
+        meta["fresh_until"] = fresh_until
     return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + body
 
 
 def unframe(data: bytes) -> tuple[dict[str, Any], bytes]:
     head, _, body = data.partition(b"\n")
     return json.loads(head), body
+
+
+def record_of(key: str, entry_id: bytes, data: bytes) -> Record:
+    """A stored entry as the layer's direct path serves it (no hishel entry, no stream conversions)."""
+    meta, body = unframe(data)
+    vary = meta.get("vary")
+    return Record(entry_id.decode(), key, Request(meta["method"], meta["url"]), meta["status"], None, body, None, None,
+                  None, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in meta["headers"]],
+                  tuple((name, value) for name, value in vary) if vary is not None else None,
+                  meta.get("fresh_until", float("inf")), meta.get("stored_at", 0.0))
+
+
+def choose(key: str, found: dict[bytes, bytes], method: str, headers: Any) -> Record | None:
+    """The stored variant answering ``method`` and, by ``Vary``, these request headers."""
+    for entry_id, data in found.items():
+        record = record_of(key, entry_id, data)
+        if record.matches(method, headers):
+            return record
+    return None
+
+
+class Lookup:
+    """What the layer's lookup of one request (ttl mode) tells the storage underneath hishel's miss path.
+
+    ``looked``: the layer read the key and found no usable variant, so the storage need not read it
+    again; ``usable`` filters what a wait for another process's fetch finds; ``decide`` says whether
+    and how the fetched response is stored (``no-store``, ``Vary``), which hishel's plain mode does not.
+    """
+
+    __slots__ = ("key", "looked", "usable", "decide", "stored")
+
+    def __init__(self, key: str, usable: Callable[[Record], bool],
+                 decide: Callable[[Request, Response], StoreDecision]) -> None:
+        self.key, self.usable, self.decide = key, usable, decide
+        self.looked = True
+        self.stored = True
+
+
+#: the lookup in progress in this thread or task
+LOOKUP: ContextVar[Lookup | None] = ContextVar("pywats_transport_redis_lookup", default=None)
+
+
+def _current(key: str) -> Lookup | None:
+    lookup = LOOKUP.get()
+    return lookup if lookup is not None and lookup.key == key else None
+
+
+def _filtered(key: str, found: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    lookup = _current(key)
+    if lookup is None or not found:
+        return found
+    return {i: v for i, v in found.items() if lookup.usable(record_of(key, i, v))}
+
+
+def variant_id(method: str, vary: Vary | None) -> str:
+    """One field per variant, so that storing a variant again replaces it instead of adding to the key."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, json.dumps([method, vary])))
 
 
 def reframed(data: bytes, headers: Headers) -> bytes:
@@ -132,8 +200,12 @@ class _Guard:
 
 class _Base:
     def __init__(self, client: Any, *, default_ttl: float | None = None, retry_after: float = 5.0,
-                 flight_timeout: float = 0.0, lock_ttl: float = 30.0) -> None:
+                 flight_timeout: float = 0.0, lock_ttl: float = 30.0, reader: Callable[[], Any] | None = None) -> None:
         self.client = client
+        # Lookups may go through a client of their own (a single-connection client skips the pool on
+        # every hit), made on first use: a sync one connects when made, which must not fail here.
+        self._reader_factory = reader
+        self._reader: Any = None
         self.default_ttl = default_ttl
         self.guard = _Guard(retry_after)
         #: seconds a miss waits for another process's fetch (0: no single flight)
@@ -143,9 +215,28 @@ class _Base:
         self.flights_led = 0
         self.flights_followed = 0
 
+    def reader(self) -> Any:
+        if self._reader is None:
+            self._reader = self._reader_factory() if self._reader_factory is not None else self.client
+        return self._reader
+
     def _ttl_ms(self, ttl: float | None) -> int | None:
         ttl = ttl if ttl is not None else self.default_ttl
         return max(1, int(ttl * 1000)) if ttl is not None else None
+
+    def _framing(self, request: Request, response: Response, key: str, ttl: float | None,
+                 ) -> tuple[str | None, dict[str, Any]]:
+        """The field a new entry goes to and its frame's extras; no field: the response is not stored."""
+        lookup = _current(key)
+        if lookup is None:  # hishel's own rules decided (rfc mode): every entry its own field
+            return str(uuid.uuid4()), {}
+        decision = lookup.decide(request, response)
+        if not decision.store:
+            lookup.stored = False
+            return None, {}
+        ttl = ttl if ttl is not None else self.default_ttl
+        return variant_id(request.method, decision.vary), {
+            "vary": decision.vary, "fresh_until": time.time() + ttl if ttl is not None else None}
 
     @staticmethod
     def _entry(entry_id: str, data: bytes, stream: Any) -> Entry:
@@ -196,8 +287,13 @@ class RedisStore(_Base, BaseStorage):
         self.guard.ok()
         return result
 
+    def find(self, key: str, method: str, headers: Any) -> Record | None:
+        """The layer's lookup (ttl mode): one round trip, the variant chosen by method and ``Vary``."""
+        return choose(key, self._call(lambda: self.reader().hgetall(ENTRY + key)), method, headers)
+
     def get_entries(self, key: str) -> list[Entry]:
-        found = self._call(lambda: self.client.hgetall(ENTRY + key))
+        lookup = _current(key)
+        found = {} if lookup is not None and lookup.looked else self._call(lambda: self.client.hgetall(ENTRY + key))
         if not found and self.flight_timeout > 0:
             found = self._follow_or_lead(key)
         return [self._entry(i.decode(), v, _iter) for i, v in found.items()]
@@ -213,7 +309,7 @@ class RedisStore(_Base, BaseStorage):
             if self._call(lambda: self.client.set(LOCK + key, token, nx=True, px=self.lock_ms)):
                 self._held[key] = token
                 # The previous holder may have stored and let go between our first look and the lock.
-                found = self._call(lambda: self.client.hgetall(ENTRY + key))
+                found = _filtered(key, self._call(lambda: self.client.hgetall(ENTRY + key)))
                 if found:
                     self.release(key)
                     return dict(found)
@@ -225,7 +321,7 @@ class RedisStore(_Base, BaseStorage):
             if time.monotonic() >= deadline:
                 return {}  # waited long enough: fetch without the lock
             time.sleep(POLL)
-            found = self._call(lambda: self.client.hgetall(ENTRY + key))
+            found = _filtered(key, self._call(lambda: self.client.hgetall(ENTRY + key)))
             if found:
                 return dict(found)
 
@@ -240,7 +336,7 @@ class RedisStore(_Base, BaseStorage):
 
     def create_entry(self, request: Request, response: Response, key: str, *, ttl: float | None = None,
                      tti: float | None = None) -> Entry:
-        entry_id = uuid.uuid4()
+        field, extras = self._framing(request, response, key, ttl)
         source = response.stream if response.stream is not None else iter(())
         ttl_ms = self._ttl_ms(ttl)
 
@@ -250,12 +346,15 @@ class RedisStore(_Base, BaseStorage):
                 for chunk in source:  # type: ignore[union-attr]
                     chunks.append(chunk)
                     yield chunk
-                data = frame(request, response.status_code, response.headers, b"".join(chunks), time.time())
-                self._call(lambda: self._save(key, str(entry_id), data, request.url, ttl_ms))
+                if field is not None:
+                    data = frame(request, response.status_code, response.headers, b"".join(chunks), time.time(),
+                                 **extras)
+                    self._call(lambda: self._save(key, field, data, request.url, ttl_ms))
             finally:
                 self.release(key)
 
-        return Entry(entry_id, request, Response(response.status_code, response.headers, saving()))
+        return Entry(uuid.UUID(field) if field else uuid.uuid4(), request,
+                     Response(response.status_code, response.headers, saving()))
 
     def _save(self, key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None) -> None:
         pipe = self.client.pipeline(transaction=True)
@@ -309,6 +408,8 @@ class RedisStore(_Base, BaseStorage):
     clear_now = clear
 
     def close(self) -> None:
+        if self._reader is not None and self._reader is not self.client:
+            self._reader.close()
         self.client.close()
 
 
@@ -319,9 +420,10 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
     """
 
     def __init__(self, client: Any, *, sync_client: Any = None, default_ttl: float | None = None,
-                 retry_after: float = 5.0, flight_timeout: float = 0.0, lock_ttl: float = 30.0) -> None:
+                 retry_after: float = 5.0, flight_timeout: float = 0.0, lock_ttl: float = 30.0,
+                 reader: Callable[[], Any] | None = None) -> None:
         super().__init__(client, default_ttl=default_ttl, retry_after=retry_after, flight_timeout=flight_timeout,
-                         lock_ttl=lock_ttl)
+                         lock_ttl=lock_ttl, reader=reader)
         self._sync = RedisStore(sync_client, default_ttl=default_ttl, retry_after=retry_after) if sync_client else None
         if self._sync is not None:
             self._sync.guard = self.guard
@@ -346,8 +448,14 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         self.guard.ok()
         return result
 
+    async def find(self, key: str, method: str, headers: Any) -> Record | None:
+        """The layer's lookup (ttl mode): one round trip, the variant chosen by method and ``Vary``."""
+        return choose(key, await self._call(lambda: self.reader().hgetall(ENTRY + key)), method, headers)
+
     async def get_entries(self, key: str) -> list[Entry]:
-        found = await self._call(lambda: self.client.hgetall(ENTRY + key))
+        lookup = _current(key)
+        found = {} if lookup is not None and lookup.looked else await self._call(
+            lambda: self.client.hgetall(ENTRY + key))
         if not found and self.flight_timeout > 0:
             found = await self._follow_or_lead(key)
         return [self._entry(i.decode(), v, _aiter) for i, v in found.items()]
@@ -362,7 +470,7 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
             if await self._call(lambda: self.client.set(LOCK + key, token, nx=True, px=self.lock_ms)):
                 self._held[key] = token
                 # The previous holder may have stored and let go between our first look and the lock.
-                found = await self._call(lambda: self.client.hgetall(ENTRY + key))
+                found = _filtered(key, await self._call(lambda: self.client.hgetall(ENTRY + key)))
                 if found:
                     await self.release(key)
                     return dict(found)
@@ -374,7 +482,7 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
             if time.monotonic() >= deadline:
                 return {}
             await asyncio.sleep(POLL)
-            found = await self._call(lambda: self.client.hgetall(ENTRY + key))
+            found = _filtered(key, await self._call(lambda: self.client.hgetall(ENTRY + key)))
             if found:
                 return dict(found)
 
@@ -388,7 +496,7 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
 
     async def create_entry(self, request: Request, response: Response, key: str, *, ttl: float | None = None,
                            tti: float | None = None) -> Entry:
-        entry_id = uuid.uuid4()
+        field, extras = self._framing(request, response, key, ttl)
         source = response.stream
         ttl_ms = self._ttl_ms(ttl)
 
@@ -399,12 +507,15 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
                     async for chunk in source:  # type: ignore[union-attr]
                         chunks.append(chunk)
                         yield chunk
-                data = frame(request, response.status_code, response.headers, b"".join(chunks), time.time())
-                await self._call(lambda: self._save(key, str(entry_id), data, request.url, ttl_ms))
+                if field is not None:
+                    data = frame(request, response.status_code, response.headers, b"".join(chunks), time.time(),
+                                 **extras)
+                    await self._call(lambda: self._save(key, field, data, request.url, ttl_ms))
             finally:
                 await self.release(key)
 
-        return Entry(entry_id, request, Response(response.status_code, response.headers, saving()))
+        return Entry(uuid.UUID(field) if field else uuid.uuid4(), request,
+                     Response(response.status_code, response.headers, saving()))
 
     async def _save(self, key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None) -> None:
         pipe = self.client.pipeline(transaction=True)
@@ -440,6 +551,8 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         return int(await self._call(run))
 
     async def close(self) -> None:  # type: ignore[override]
+        if self._reader is not None and self._reader is not self.client:
+            await self._reader.aclose()
         await self.client.aclose()
         if self._sync is not None:
             self._sync.close()

@@ -19,7 +19,7 @@ from ..caching.freshness import conditional_headers, merge_not_modified
 from ..caching.health import FAILURES
 from ..caching.memory import AsyncMemoryStorage, MemoryStorage, Record
 from ..caching.policy import EXTENSION, CachePolicy, Plan, split_prefix
-from ..caching.redis_store import AsyncRedisStore, NearInvalidation, RedisStore, redis_options
+from ..caching.redis_store import LOOKUP, AsyncRedisStore, Lookup, NearInvalidation, RedisStore, redis_options
 from ..config import CacheSettings
 from ..errors import TransportError
 from ..hookspecs import LayerSpec, hookimpl
@@ -59,11 +59,16 @@ def _make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asy
     options = redis_options(settings.redis_timeout)
     # Fleet-wide single flight follows the coalescing switch: a miss waits for another process's fetch.
     flight = settings.coalesce_timeout if settings.coalesce else 0.0
+    # Lookups have a connection of their own: taking one from the pool and giving it back cost about
+    # as much as the round trip itself.
     if is_async:
         return AsyncRedisStore(redis.asyncio.Redis.from_url(settings.redis_url, **options),
                                sync_client=redis.Redis.from_url(settings.redis_url, **options),
+                               reader=lambda: redis.asyncio.Redis.from_url(settings.redis_url,
+                                                                           single_connection_client=True, **options),
                                default_ttl=settings.ttl, retry_after=settings.redis_retry_after, flight_timeout=flight)
     return RedisStore(redis.Redis.from_url(settings.redis_url, **options), default_ttl=settings.ttl,
+                      reader=lambda: redis.Redis.from_url(settings.redis_url, single_connection_client=True, **options),
                       retry_after=settings.redis_retry_after, flight_timeout=flight)
 
 
@@ -115,6 +120,10 @@ class _CacheCore:
         self._direct = isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage))
         #: a storage shared by processes (Redis): invalidation goes to it, for every process
         self._shared = isinstance(self.storage, (RedisStore, AsyncRedisStore))
+        # ttl mode on Redis: the layer reads the key itself (one round trip, the variant chosen by method,
+        # Vary and freshness) and serves a hit without hishel; a miss goes through hishel's path, told
+        # by a Lookup what to store.
+        self._fleet_lookup = self._shared and not self.policy.rfc
         # The near cache: entries in process memory in front of Redis, dropped on any process's invalidation.
         self.near: Any = None
         self._near_sub: NearInvalidation | None = None
@@ -148,6 +157,29 @@ class _CacheCore:
                 self._refresh_later(plan, request, record)
                 return self._served_stale(plan, request, record, now), None
         return None, record
+
+    def _fleet_hit(self, plan: Plan, request: httpx.Request, record: Record | None) -> httpx.Response | None:
+        """A fresh variant read from Redis answers at once (and is kept near, with a near cache)."""
+        if record is None or plan.revalidate or time.time() >= record.fresh_until:
+            return None
+        response = self._served(plan, request, record, False, self.policy.clock())
+        if self.near is not None:
+            self._near_keep(plan, request, response)
+        return response
+
+    def _lookup(self, plan: Plan, request: httpx.Request, looked: bool) -> Lookup:
+        method, headers = request.method, request.headers
+
+        def usable(record: Record) -> bool:
+            return record.matches(method, headers) and time.time() < record.fresh_until
+
+        def decide(_: hishel.Request, response: hishel.Response) -> Any:
+            raw = [(k, v) for k in response.headers for v in response.headers.get_list(k) or []]
+            return self.policy.decide(request, httpx.Response(response.status_code, headers=raw))
+
+        lookup = Lookup(plan.key, usable, decide)
+        lookup.looked = looked
+        return lookup
 
     def _response_from(self, record: Record, now: float, caching: dict[str, Any]) -> httpx.Response:
         headers = record.httpx_headers()
@@ -487,10 +519,21 @@ class CacheLayer(_CacheCore, Layer):
             return hit
         if plan.refresh:
             self._remove_now(plan.key)
+        elif self._fleet_lookup:
+            try:
+                record = self.storage.find(plan.key, request.method, request.headers)
+            except Exception as exc:
+                self._storage_failed(exc)
+                return self._bypassed(self.inner.handle_request(request))
+            if (hit := self._fleet_hit(plan, request, record)) is not None:
+                return hit
         self._prepare(request, plan)
         flight = self._join(plan)
         if flight is not None and not flight.leader:
             flight.event.wait(self.settings.coalesce_timeout)  # then look up what the leader stored
+        lookup = self._lookup(plan, request, not plan.refresh and (flight is None or flight.leader)) \
+            if self._fleet_lookup else None
+        context = LOOKUP.set(lookup)
         try:
             response = self._hishel.handle_request(request)
         except _FromInner as wrapped:
@@ -502,6 +545,10 @@ class CacheLayer(_CacheCore, Layer):
             self._flights.land(flight)
             self._storage_failed(exc)
             return self._bypassed(self.inner.handle_request(request))
+        finally:
+            LOOKUP.reset(context)
+        if lookup is not None and not lookup.stored:
+            response.extensions["caching"] = {**response.extensions["caching"], "stored": False}
         if self._shared and not response.extensions["caching"].get("stored"):
             self.storage.release(plan.key)  # nothing will be stored: the fleet need not wait
         if self.near is not None:
@@ -593,11 +640,22 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
             return hit
         if plan.refresh:
             await self._remove_now(plan.key)
+        elif self._fleet_lookup:
+            try:
+                record = await self.storage.find(plan.key, request.method, request.headers)
+            except Exception as exc:
+                self._storage_failed(exc)
+                return self._bypassed(await self.inner.handle_async_request(request))
+            if (hit := self._fleet_hit(plan, request, record)) is not None:
+                return hit
         self._prepare(request, plan)
         flight = self._join(plan)
         if flight is not None and not flight.leader:
             with anyio.move_on_after(self.settings.coalesce_timeout):
                 await flight.event.wait()  # then look up what the leader stored
+        lookup = self._lookup(plan, request, not plan.refresh and (flight is None or flight.leader)) \
+            if self._fleet_lookup else None
+        context = LOOKUP.set(lookup)
         try:
             response = await self._hishel.handle_async_request(request)
         except _FromInner as wrapped:
@@ -609,6 +667,10 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
             self._flights.land(flight)
             self._storage_failed(exc)
             return self._bypassed(await self.inner.handle_async_request(request))
+        finally:
+            LOOKUP.reset(context)
+        if lookup is not None and not lookup.stored:
+            response.extensions["caching"] = {**response.extensions["caching"], "stored": False}
         if self._shared and not response.extensions["caching"].get("stored"):
             await self.storage.release(plan.key)
         if self.near is not None:
