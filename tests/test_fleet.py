@@ -140,6 +140,40 @@ async def test_the_shared_storage_keeps_variants_apart_and_honours_no_store(mode
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_shared_entry_answers_for_a_failed_origin_in_any_process(mode: str, redis_url: str) -> None:
+    """stale-if-error on Redis: kept past its TTL for the window, served by whichever process finds the origin down."""
+    state = {"down": ""}
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if state["down"] == "refused":
+            raise httpx.ConnectError("connection refused", request=request)
+        if state["down"] == "503":
+            return httpx.Response(503, text="maintenance")
+        return httpx.Response(200, json={"v": 1})
+
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    flags: dict[str, Any] = {"mode": "ttl", "storage": "redis", "redis_url": redis_url, "ttl": 0.2, "stale_if_error": 60}
+    one = Caller(mode, cls(httpx.MockTransport(server), **flags))
+    other_layer = cls(httpx.MockTransport(server), **flags)
+    other = Caller(mode, other_layer)
+    path = f"/stale/{mode}/{time.time_ns()}"
+    assert (await one.get(path)).extensions["caching"]["stored"]
+    time.sleep(0.3)  # past the TTL, within the stale-if-error window
+    for down, caller in (("refused", other), ("503", one)):
+        state["down"] = down
+        answer = await caller.get(path)
+        assert answer.status_code == 200 and answer.json() == {"v": 1}
+        assert answer.extensions["caching"]["stale"] is True
+    assert other_layer.stats()["stale_served"] == 1
+    state["down"] = ""
+    fresh = await other.get(path)  # the origin is back: fetched, not stale
+    assert fresh.extensions["caching"]["from_cache"] is False and "stale" not in fresh.extensions["caching"]
+    await one.close()
+    await other.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_hit_is_one_redis_command(mode: str, own_redis: Any) -> None:
     import redis
 

@@ -114,12 +114,15 @@ class Lookup:
     and how the fetched response is stored (``no-store``, ``Vary``), which hishel's plain mode does not.
     """
 
-    __slots__ = ("key", "looked", "usable", "decide", "stored")
+    __slots__ = ("key", "looked", "usable", "decide", "stored", "keep_stale")
 
     def __init__(self, key: str, usable: Callable[[Record], bool],
-                 decide: Callable[[Request, Response], StoreDecision]) -> None:
+                 decide: Callable[[Request, Response], StoreDecision], *, looked: bool = True,
+                 keep_stale: float = 0.0) -> None:
         self.key, self.usable, self.decide = key, usable, decide
-        self.looked = True
+        self.looked = looked
+        #: seconds an entry is kept past its freshness (stale-if-error)
+        self.keep_stale = keep_stale
         self.stored = True
 
 
@@ -225,18 +228,21 @@ class _Base:
         return max(1, int(ttl * 1000)) if ttl is not None else None
 
     def _framing(self, request: Request, response: Response, key: str, ttl: float | None,
-                 ) -> tuple[str | None, dict[str, Any]]:
-        """The field a new entry goes to and its frame's extras; no field: the response is not stored."""
+                 ) -> tuple[str | None, dict[str, Any], int | None]:
+        """The field a new entry goes to, its frame's extras and how long Redis keeps it; no field: the
+        response is not stored."""
         lookup = _current(key)
         if lookup is None:  # hishel's own rules decided (rfc mode): every entry its own field
-            return str(uuid.uuid4()), {}
+            return str(uuid.uuid4()), {}, self._ttl_ms(ttl)
         decision = lookup.decide(request, response)
         if not decision.store:
             lookup.stored = False
-            return None, {}
+            return None, {}, None
         ttl = ttl if ttl is not None else self.default_ttl
-        return variant_id(request.method, decision.vary), {
-            "vary": decision.vary, "fresh_until": time.time() + ttl if ttl is not None else None}
+        extras = {"vary": decision.vary, "fresh_until": time.time() + ttl if ttl is not None else None}
+        # Kept past its freshness for as long as it may still answer for a failed origin.
+        return variant_id(request.method, decision.vary), extras, self._ttl_ms(
+            ttl + lookup.keep_stale if ttl is not None else None)
 
     @staticmethod
     def _entry(entry_id: str, data: bytes, stream: Any) -> Entry:
@@ -336,9 +342,8 @@ class RedisStore(_Base, BaseStorage):
 
     def create_entry(self, request: Request, response: Response, key: str, *, ttl: float | None = None,
                      tti: float | None = None) -> Entry:
-        field, extras = self._framing(request, response, key, ttl)
+        field, extras, ttl_ms = self._framing(request, response, key, ttl)
         source = response.stream if response.stream is not None else iter(())
-        ttl_ms = self._ttl_ms(ttl)
 
         def saving() -> Iterator[bytes]:
             try:
@@ -496,9 +501,8 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
 
     async def create_entry(self, request: Request, response: Response, key: str, *, ttl: float | None = None,
                            tti: float | None = None) -> Entry:
-        field, extras = self._framing(request, response, key, ttl)
+        field, extras, ttl_ms = self._framing(request, response, key, ttl)
         source = response.stream
-        ttl_ms = self._ttl_ms(ttl)
 
         async def saving() -> AsyncIterator[bytes]:
             try:

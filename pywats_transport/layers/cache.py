@@ -159,13 +159,23 @@ class _CacheCore:
         return None, record
 
     def _fleet_hit(self, plan: Plan, request: httpx.Request, record: Record | None) -> httpx.Response | None:
-        """A fresh variant read from Redis answers at once (and is kept near, with a near cache)."""
+        """A fresh variant read from Redis answers at once (and is kept near, with a near cache); a stale
+        one may still answer if the origin fails (:meth:`_fleet_fallback`)."""
         if record is None or plan.revalidate or time.time() >= record.fresh_until:
             return None
         response = self._served(plan, request, record, False, self.policy.clock())
         if self.near is not None:
             self._near_keep(plan, request, response)
         return response
+
+    def _fleet_fallback(self, plan: Plan, request: httpx.Request, record: Record | None,
+                        flight: Flight | None, failure: BaseException | httpx.Response) -> httpx.Response | None:
+        """Stale-if-error from Redis: the origin raised, or answered 5xx after the retries below."""
+        failed = failure.status_code >= 500 if isinstance(failure, httpx.Response) else isinstance(failure, FALLBACK_ERRORS)
+        if not failed or not self._may_fall_back(record):
+            return None
+        assert record is not None
+        return self._fallback(plan, request, record, flight)
 
     def _lookup(self, plan: Plan, request: httpx.Request, looked: bool) -> Lookup:
         method, headers = request.method, request.headers
@@ -177,9 +187,7 @@ class _CacheCore:
             raw = [(k, v) for k in response.headers for v in response.headers.get_list(k) or []]
             return self.policy.decide(request, httpx.Response(response.status_code, headers=raw))
 
-        lookup = Lookup(plan.key, usable, decide)
-        lookup.looked = looked
-        return lookup
+        return Lookup(plan.key, usable, decide, looked=looked, keep_stale=self.settings.stale_if_error)
 
     def _response_from(self, record: Record, now: float, caching: dict[str, Any]) -> httpx.Response:
         headers = record.httpx_headers()
@@ -517,6 +525,7 @@ class CacheLayer(_CacheCore, Layer):
             return self._handle_direct(plan, request)
         if self.near is not None and (hit := self._near_hit(plan, request)) is not None:
             return hit
+        record: Record | None = None
         if plan.refresh:
             self._remove_now(plan.key)
         elif self._fleet_lookup:
@@ -537,9 +546,11 @@ class CacheLayer(_CacheCore, Layer):
         try:
             response = self._hishel.handle_request(request)
         except _FromInner as wrapped:
-            self._failed(flight)
             if self._shared:
                 self.storage.release(plan.key)
+            if (stale := self._fleet_fallback(plan, request, record, flight, wrapped.original)) is not None:
+                return stale
+            self._failed(flight)
             raise wrapped.original from None
         except Exception as exc:  # the storage failed: the request still gets its answer
             self._flights.land(flight)
@@ -551,6 +562,9 @@ class CacheLayer(_CacheCore, Layer):
             response.extensions["caching"] = {**response.extensions["caching"], "stored": False}
         if self._shared and not response.extensions["caching"].get("stored"):
             self.storage.release(plan.key)  # nothing will be stored: the fleet need not wait
+            if (stale := self._fleet_fallback(plan, request, record, flight, response)) is not None:
+                response.close()
+                return stale
         if self.near is not None:
             self._near_keep(plan, request, response)
         self._after_lookup(plan, request, response)
@@ -638,6 +652,7 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
             return await self._handle_direct(plan, request)
         if self.near is not None and (hit := self._near_hit(plan, request)) is not None:
             return hit
+        record: Record | None = None
         if plan.refresh:
             await self._remove_now(plan.key)
         elif self._fleet_lookup:
@@ -659,9 +674,11 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
         try:
             response = await self._hishel.handle_async_request(request)
         except _FromInner as wrapped:
-            self._failed(flight)
             if self._shared:
                 await self.storage.release(plan.key)
+            if (stale := self._fleet_fallback(plan, request, record, flight, wrapped.original)) is not None:
+                return stale
+            self._failed(flight)
             raise wrapped.original from None
         except Exception as exc:
             self._flights.land(flight)
@@ -673,6 +690,9 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
             response.extensions["caching"] = {**response.extensions["caching"], "stored": False}
         if self._shared and not response.extensions["caching"].get("stored"):
             await self.storage.release(plan.key)
+            if (stale := self._fleet_fallback(plan, request, record, flight, response)) is not None:
+                await response.aclose()
+                return stale
         if self.near is not None:
             self._near_keep(plan, request, response)
         self._after_lookup(plan, request, response)
