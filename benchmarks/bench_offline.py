@@ -31,7 +31,7 @@ def outage_run(quick: bool) -> list[Row]:
             await outage(result, api, emu)
 
         return await run_workload(emu.url, TOKEN, "outage", stations=stations, units=units, emulator_state=emu.state,
-                                  outbox=folder, during=during, cache_ttl=1.0, test_seconds=0.1,
+                                  outbox=folder, during=during, offline=True, cache_ttl=1.0, test_seconds=0.1,
                                   retry={"backoff_base": 0.05})
 
     with EmulatorServer(token=TOKEN, latency_ms=20) as emu, tempfile.TemporaryDirectory() as folder:

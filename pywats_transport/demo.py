@@ -100,7 +100,10 @@ async def _demo(args: argparse.Namespace) -> int:
     logging.getLogger("pywats_transport.queue").setLevel(logging.ERROR)
     with EmulatorServer(token=TOKEN, latency_ms=args.latency_ms, fail_rate=args.fail_rate, seed=args.seed) as emu, \
             tempfile.TemporaryDirectory(prefix="pywats-outbox-") as outbox:
-        common = dict(stations=args.stations, units=args.units, emulator_state=emu.state, retry={"backoff_base": 0.05})
+        # Every run hands its reports to the outbox, as a station should: one whose retries the
+        # injected faults exhaust is kept and sent again, not lost with the run.
+        common = dict(stations=args.stations, units=args.units, emulator_state=emu.state, retry={"backoff_base": 0.05},
+                      outbox=outbox)
         per_run = args.stations * args.units * 3
         cached = await run_workload(emu.url, TOKEN, "default stack", **common)
         uncached = await run_workload(emu.url, TOKEN, "cache off", enable_cache=False, **common)
@@ -114,7 +117,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
             # Seconds-long TTL and test steps: the outage meets expired entries, as an outage of an hour
             # would with the profile's 300 s.
-            offline = await run_workload(emu.url, TOKEN, "outage", outbox=outbox, during=during,
+            offline = await run_workload(emu.url, TOKEN, "outage", during=during, offline=True,
                                          cache_ttl=args.outage_cache_ttl, test_seconds=args.test_ms / 1000, **common)
             print(outage_report(offline, outage))
             runs.append(offline)

@@ -117,8 +117,8 @@ class _Timed:
 
 
 async def station(api: AsyncWATS, timed: _Timed, name: str, units: int, result: RunResult,
-                  outbox: bool = False, test_seconds: float = 0.0) -> None:
-    if outbox:
+                  outbox: bool = False, test_seconds: float = 0.0, offline: bool = False) -> None:
+    if offline:
         # A station that must keep testing offline loads what it will look up when it starts, as test
         # software loads its sequences: an outage then finds a copy of everything it needs.
         for pn in PRODUCTS:
@@ -144,18 +144,18 @@ async def station(api: AsyncWATS, timed: _Timed, name: str, units: int, result: 
             else:
                 handed = await timed("POST /api/Report/WSJF", f"submit {report.id}", api.report.submit(report))
             result.reports.append(handed.id)
-        await _unit_check(timed, result, outbox, "GET /api/Production/Unit/{serialNumber}/{partNumber}",
+        await _unit_check(timed, result, offline, "GET /api/Production/Unit/{serialNumber}/{partNumber}",
                           f"unit {sn}", api.production.unit(sn, pn))
-        await _unit_check(timed, result, outbox, "GET /api/Report/Query/Header", f"headers {sn}",
+        await _unit_check(timed, result, offline, "GET /api/Report/Query/Header", f"headers {sn}",
                           api.report.query_headers(serial_number=sn, top=5))
 
 
-async def _unit_check(timed: _Timed, result: RunResult, outbox: bool, route: str, key: str, call: Any) -> None:
+async def _unit_check(timed: _Timed, result: RunResult, offline: bool, route: str, key: str, call: Any) -> None:
     """A check about this very unit: no earlier answer can stand in for it while WATS is down."""
     try:
         await timed(route, key, call)
     except (WATSConnectionError, ServerError):
-        if not outbox:
+        if not offline:
             raise
         result.unit_checks_skipped += 1
 
@@ -163,9 +163,11 @@ async def _unit_check(timed: _Timed, result: RunResult, outbox: bool, route: str
 async def run_workload(url: str, token: str, label: str, *, stations: int = 3, units: int = 4,
                        emulator_state: Any = None, outbox: Any = None,
                        during: Callable[[RunResult, AsyncWATS], Awaitable[None]] | None = None,
-                       drain_timeout: float = 60.0, test_seconds: float = 0.0, **client_flags: Any) -> RunResult:
+                       drain_timeout: float = 60.0, test_seconds: float = 0.0, offline: bool = False,
+                       **client_flags: Any) -> RunResult:
     """Run the stations against ``url``. With ``outbox`` (a folder) reports go through the outbox, which is
-    drained before the run ends; ``during`` runs beside the stations (an outage, say)."""
+    drained before the run ends; ``during`` runs beside the stations (an outage, say). ``offline``:
+    stations ready for an outage load their lookups at start and skip checks no stored answer can make."""
     result = RunResult(label)
     before = emulator_state.total_requests if emulator_state is not None else 0
     async with AsyncWATS(url, token, outbox=outbox, **client_flags) as api:
@@ -174,7 +176,7 @@ async def run_workload(url: str, token: str, label: str, *, stations: int = 3, u
         started = time.perf_counter()
         side = asyncio.ensure_future(during(result, api)) if during is not None else None
         outcomes = await asyncio.gather(
-            *(station(api, timed, f"ST{i + 1}", units, result, outbox is not None, test_seconds)
+            *(station(api, timed, f"ST{i + 1}", units, result, outbox is not None, test_seconds, offline)
               for i in range(stations)),
             return_exceptions=True,
         )

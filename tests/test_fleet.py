@@ -174,6 +174,42 @@ async def test_a_shared_entry_answers_for_a_failed_origin_in_any_process(mode: s
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_shared_entry_is_served_while_it_is_refreshed_for_every_process(mode: str, redis_url: str) -> None:
+    """stale-while-revalidate on Redis: the stale entry answers at once; the refresh is stored for the fleet."""
+    import anyio
+
+    version = {"v": 1}
+    calls = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(200, json=dict(version))
+
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    flags: dict[str, Any] = {"mode": "ttl", "storage": "redis", "redis_url": redis_url, "ttl": 0.3,
+                             "stale_while_revalidate": 60}
+    one_layer = cls(httpx.MockTransport(server), **flags)
+    one, other = Caller(mode, one_layer), Caller(mode, cls(httpx.MockTransport(server), **flags))
+    path = f"/swr/{mode}/{time.time_ns()}"
+    await one.get(path)
+    await anyio.sleep(0.4)  # past the TTL, within the window
+    version["v"] = 2
+    stale = await one.get(path)
+    assert stale.json() == {"v": 1} and stale.extensions["caching"]["stale"] is True
+    deadline = time.monotonic() + 5
+    while one_layer.stats()["refreshes"] < 1:  # the refresh runs in the background
+        assert time.monotonic() < deadline
+        await anyio.sleep(0.02)
+    answer = await other.get(path)  # stored in Redis, where the other process finds it fresh
+    assert answer.json() == {"v": 2}
+    assert answer.extensions["caching"]["from_cache"] and "stale" not in answer.extensions["caching"]
+    assert len(calls) == 2 and one_layer.stats()["refreshes"] == 1
+    await one.close()
+    await other.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_hit_is_one_redis_command(mode: str, own_redis: Any) -> None:
     import redis
 

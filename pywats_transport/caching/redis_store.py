@@ -73,8 +73,13 @@ def frame(request: Request, status: int, headers: Headers, body: bytes, stored_a
           vary: Vary | None = None, fresh_until: float | None = None) -> bytes:
     """An entry as one value: a JSON line (request method and URL, status, headers, and, from the ttl
     mode's lookup, the request header values ``Vary`` names and the end of freshness), then the body."""
-    meta: dict[str, Any] = {"method": request.method, "url": request.url, "status": status, "stored_at": stored_at,
-                            "headers": [[k, v] for k in headers for v in headers.get_list(k) or []]}
+    return framed(request.method, request.url, status, [[k, v] for k in headers for v in headers.get_list(k) or []],
+                  body, stored_at, vary=vary, fresh_until=fresh_until)
+
+
+def framed(method: str, url: str, status: int, headers: list[list[str]], body: bytes, stored_at: float, *,
+           vary: Vary | None = None, fresh_until: float | None = None) -> bytes:
+    meta: dict[str, Any] = {"method": method, "url": url, "status": status, "stored_at": stored_at, "headers": headers}
     if vary is not None:
         meta["vary"] = [list(pair) for pair in vary]
     if fresh_until is not None:
@@ -244,6 +249,15 @@ class _Base:
         return variant_id(request.method, decision.vary), extras, self._ttl_ms(
             ttl + lookup.keep_stale if ttl is not None else None)
 
+    def _put_args(self, key: str, method: str, url: str, status: int, raw_headers: list[tuple[bytes, bytes]],
+                  body: bytes, ttl: float | None, vary: Vary | None, keep_stale: float) -> tuple[Any, ...]:
+        ttl = ttl if ttl is not None else self.default_ttl
+        now = time.time()
+        headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in raw_headers]
+        data = framed(method, url, status, headers, body, now, vary=vary,
+                      fresh_until=now + ttl if ttl is not None else None)
+        return key, variant_id(method, vary), data, url, self._ttl_ms(ttl + keep_stale if ttl is not None else None)
+
     @staticmethod
     def _entry(entry_id: str, data: bytes, stream: Any) -> Entry:
         meta, body = unframe(data)
@@ -365,6 +379,12 @@ class RedisStore(_Base, BaseStorage):
         pipe = self.client.pipeline(transaction=True)
         _queue_save(pipe, key, entry_id, data, url, ttl_ms)
         pipe.execute()
+
+    def put(self, key: str, method: str, url: str, status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes,
+            ttl: float | None, *, vary: Vary | None = None, keep_stale: float = 0.0) -> None:
+        """Store a complete response (the layer's background refresh), replacing its variant."""
+        args = self._put_args(key, method, url, status, raw_headers, body, ttl, vary, keep_stale)
+        self._call(lambda: self._save(*args))
 
     def update_headers(self, id: uuid.UUID, headers: Headers) -> None:  # noqa: A002
         key = self._call(lambda: self.client.get(OWNER + str(id)))
@@ -525,6 +545,12 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         pipe = self.client.pipeline(transaction=True)
         _queue_save(pipe, key, entry_id, data, url, ttl_ms)
         await pipe.execute()
+
+    async def put(self, key: str, method: str, url: str, status: int, raw_headers: list[tuple[bytes, bytes]],
+                  body: bytes, ttl: float | None, *, vary: Vary | None = None, keep_stale: float = 0.0) -> None:
+        """Store a complete response (the layer's background refresh), replacing its variant."""
+        args = self._put_args(key, method, url, status, raw_headers, body, ttl, vary, keep_stale)
+        await self._call(lambda: self._save(*args))
 
     async def update_headers(self, id: uuid.UUID, headers: Headers) -> None:  # noqa: A002
         key = await self._call(lambda: self.client.get(OWNER + str(id)))

@@ -161,7 +161,13 @@ class _CacheCore:
     def _fleet_hit(self, plan: Plan, request: httpx.Request, record: Record | None) -> httpx.Response | None:
         """A fresh variant read from Redis answers at once (and is kept near, with a near cache); a stale
         one may still answer if the origin fails (:meth:`_fleet_fallback`)."""
-        if record is None or plan.revalidate or time.time() >= record.fresh_until:
+        if record is None or plan.revalidate:
+            return None
+        now = time.time()
+        if now >= record.fresh_until:
+            if now < record.fresh_until + self.settings.stale_while_revalidate:
+                self._refresh_later(plan, request, record)
+                return self._served_stale(plan, request, record, now)
             return None
         response = self._served(plan, request, record, False, self.policy.clock())
         if self.near is not None:
@@ -177,6 +183,24 @@ class _CacheCore:
         assert record is not None
         return self._fallback(plan, request, record, flight)
 
+    def _fleet_put(self, plan: Plan, request: httpx.Request, response: httpx.Response) -> dict[str, Any] | None:
+        """What a background refresh stores in Redis: the arguments of the storage's ``put``, or None."""
+        if response.status_code >= 500:
+            return None
+        decision = self.policy.decide(request, response)
+        if not decision.store:
+            return None
+        self.policy.remember(plan, request)
+        raw = decoded_headers(list(response.headers.raw), len(response.content))
+        return {"key": plan.key, "method": request.method, "url": str(request.url), "status": response.status_code,
+                "raw_headers": raw, "body": response.content, "ttl": plan.ttl, "vary": decision.vary,
+                "keep_stale": self._keep_stale}
+
+    @property
+    def _keep_stale(self) -> float:
+        """Seconds a shared entry stays in Redis past its freshness: it may still answer meanwhile."""
+        return max(self.settings.stale_if_error, self.settings.stale_while_revalidate)
+
     def _lookup(self, plan: Plan, request: httpx.Request, looked: bool) -> Lookup:
         method, headers = request.method, request.headers
 
@@ -187,7 +211,7 @@ class _CacheCore:
             raw = [(k, v) for k in response.headers for v in response.headers.get_list(k) or []]
             return self.policy.decide(request, httpx.Response(response.status_code, headers=raw))
 
-        return Lookup(plan.key, usable, decide, looked=looked, keep_stale=self.settings.stale_if_error)
+        return Lookup(plan.key, usable, decide, looked=looked, keep_stale=self._keep_stale)
 
     def _response_from(self, record: Record, now: float, caching: dict[str, Any]) -> httpx.Response:
         headers = record.httpx_headers()
@@ -249,7 +273,9 @@ class _CacheCore:
 
     def _refreshed(self, plan: Plan, request: httpx.Request, response: httpx.Response, stale: Record | None) -> None:
         """A background refresh answered (its body read): store it, or keep the stale entry if it failed."""
-        if stale is not None and response.status_code == 304:
+        if self._shared:
+            pass  # stored by the caller, which awaits Redis where the layer is async (_fleet_put)
+        elif stale is not None and response.status_code == 304:
             self._apply_not_modified(plan, request, response, stale)
         elif response.status_code < 500:
             self._direct_store(plan, request, response)
@@ -603,6 +629,8 @@ class CacheLayer(_CacheCore, Layer):
                     response = self.inner.handle_request(request)
                 try:
                     response.read()
+                    if self._shared and (put := self._fleet_put(plan, request, response)) is not None:
+                        self.storage.put(**put)
                     self._refreshed(plan, request, response, stale)
                 finally:
                     response.close()
@@ -736,6 +764,8 @@ class AsyncCacheLayer(_CacheCore, AsyncLayer):
                 response = await self.inner.handle_async_request(request)
             try:
                 await response.aread()
+                if self._shared and (put := self._fleet_put(plan, request, response)) is not None:
+                    await self.storage.put(**put)
                 self._refreshed(plan, request, response, stale)
             finally:
                 await response.aclose()

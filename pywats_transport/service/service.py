@@ -123,7 +123,10 @@ class AsyncClientService:
         await self.stop()
 
     async def run_forever(self, on_started: Callable[[AsyncClientService], None] | None = None) -> None:
-        """Start, then stop cleanly on SIGINT or SIGTERM; ``on_started`` sees the service once it listens."""
+        """Start, then stop cleanly on SIGINT or SIGTERM; ``on_started`` sees the service once it listens.
+
+        Meant to own the process (``pywats-transport serve``): once started it freezes the objects
+        allocated so far out of full garbage collections (``gc.freeze()``)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
