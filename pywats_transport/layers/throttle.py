@@ -234,7 +234,10 @@ class AsyncThrottleLayer(_ThrottleCore, AsyncLayer):
             await self._sleep(wait)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await self._take_turn(request)
+        if self.fleet is not None:
+            await self._take_turn(request)
+        elif (wait := self._wait_for(request)) > 0:  # the local bucket, without a coroutine per request
+            await self._sleep(wait)
         cap = self.settings.max_concurrency
         if not cap:
             response = await self.inner.handle_async_request(request)
