@@ -210,6 +210,23 @@ async def test_a_shared_entry_is_served_while_it_is_refreshed_for_every_process(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_refreshing_one_shared_entry_leaves_the_others(mode: str, redis_url: str) -> None:
+    server = Counter()
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    caller = Caller(mode, cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=redis_url))
+    base = f"/refresh/{mode}/{time.time_ns()}"
+    await caller.get(f"{base}/a")
+    await caller.get(f"{base}/b")
+    refreshed = await caller.get(f"{base}/a", extensions={"cache": {"refresh": True}})  # stored first
+    assert refreshed.extensions["caching"]["from_cache"] is False
+    assert (await caller.get(f"{base}/b")).extensions["caching"]["from_cache"]
+    assert (await caller.get(f"{base}/a")).extensions["caching"]["from_cache"]
+    assert server.count == 3
+    await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_hit_is_one_redis_command(mode: str, own_redis: Any) -> None:
     import redis
 

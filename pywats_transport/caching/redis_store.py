@@ -126,7 +126,7 @@ class Lookup:
                  keep_stale: float = 0.0) -> None:
         self.key, self.usable, self.decide = key, usable, decide
         self.looked = looked
-        #: seconds an entry is kept past its freshness (stale-if-error)
+        #: seconds an entry is kept past its freshness (the stale windows)
         self.keep_stale = keep_stale
         self.stored = True
 
@@ -147,9 +147,10 @@ def _filtered(key: str, found: dict[bytes, bytes]) -> dict[bytes, bytes]:
     return {i: v for i, v in found.items() if lookup.usable(record_of(key, i, v))}
 
 
-def variant_id(method: str, vary: Vary | None) -> str:
-    """One field per variant, so that storing a variant again replaces it instead of adding to the key."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, json.dumps([method, vary])))
+def variant_id(key: str, method: str, vary: Vary | None) -> str:
+    """One field per variant, so that storing a variant again replaces it instead of adding to the key;
+    unique across keys too, as an entry's id finds its key (``OWNER``)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, json.dumps([key, method, vary])))
 
 
 def reframed(data: bytes, headers: Headers) -> bytes:
@@ -246,7 +247,7 @@ class _Base:
         ttl = ttl if ttl is not None else self.default_ttl
         extras = {"vary": decision.vary, "fresh_until": time.time() + ttl if ttl is not None else None}
         # Kept past its freshness for as long as it may still answer for a failed origin.
-        return variant_id(request.method, decision.vary), extras, self._ttl_ms(
+        return variant_id(key, request.method, decision.vary), extras, self._ttl_ms(
             ttl + lookup.keep_stale if ttl is not None else None)
 
     def _put_args(self, key: str, method: str, url: str, status: int, raw_headers: list[tuple[bytes, bytes]],
@@ -256,7 +257,7 @@ class _Base:
         headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in raw_headers]
         data = framed(method, url, status, headers, body, now, vary=vary,
                       fresh_until=now + ttl if ttl is not None else None)
-        return key, variant_id(method, vary), data, url, self._ttl_ms(ttl + keep_stale if ttl is not None else None)
+        return key, variant_id(key, method, vary), data, url, self._ttl_ms(ttl + keep_stale if ttl is not None else None)
 
     @staticmethod
     def _entry(entry_id: str, data: bytes, stream: Any) -> Entry:
