@@ -161,6 +161,12 @@ async def test_health_endpoints_and_metrics(tmp_path: Path, emulator: EmulatorSe
             assert accept.json()["enabled"] is True
             missing = await client.get("/nope")
             assert missing.status_code == 404 and missing.json()["error"] == "not found"
+            head = await client.head("/health")
+            assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"]) > 0
+            assert (await client.get("/health/")).json() == {"status": "ok"}
+            posted = await client.post("/health")
+            assert posted.status_code == 405 and posted.headers["allow"] == "GET, HEAD"
+            assert (await client.get("/health")).headers["cache-control"] == "no-store"
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.metrics_port}") as client:
             assert "http_client_request_duration_seconds" in (await client.get("/metrics")).text
             assert (await client.get("/health")).status_code == 404
