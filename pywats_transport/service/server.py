@@ -18,9 +18,9 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-try:  # uvicorn's C parser (the `service` extra): several times faster per request than h11
+try:  # uvicorn's C parser (httptools, a dependency): several times faster per request than h11
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-except ImportError:  # pragma: no cover - the pure-Python parser serves just the same
+except ImportError:  # pragma: no cover - a platform without its wheel: the pure-Python parser serves
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 from ..errors import ConfigError, StartupError
