@@ -132,6 +132,10 @@ class ThrottleSettings(Section):
         30.0, ge=0, description="Longest a server's Retry-After holds a host back (seconds; the retry layer's default backoff_max)."
     )
     min_rate: float = Field(0.5, gt=0, description="Lowest rate the adaptive mode slows a host to.")
+    fleet_slowdown_seconds: float = Field(
+        10.0, gt=0, description="`backend: redis`: when a station's adaptive mode slows a host, the fleet's rate for "
+        "it halves, and wins back one halving after this many seconds without another.",
+    )
 
 
 class MetricsSettings(Section):

@@ -324,6 +324,50 @@ def test_four_processes_share_one_rate(tmp_path: Path, redis_url: str) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_429s_in_a_row_at_one_station_halve_the_fleet_rate(mode: str, redis_url: str) -> None:
+    """No Retry-After: the adaptive slow-down one station's policy decides is the fleet's too."""
+    import redis
+
+    from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
+    from pywats_transport.policies.fleet_throttle import SLOW
+
+    cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
+    host = f"slow-{mode}-{time.time_ns()}.test"
+    settings = {"enabled": True, "backend": "redis", "redis_url": redis_url, "rate": 20, "per_host": True,
+                "fleet_slowdown_seconds": 0.5}
+    answers = iter([httpx.Response(429), httpx.Response(429)])
+    first_layer = cls(httpx.MockTransport(lambda r: next(answers, httpx.Response(200))), **settings)
+    second_layer = cls(httpx.MockTransport(lambda r: httpx.Response(200)), **settings)
+    first, second = Caller(mode, first_layer, base_url=f"http://{host}"), Caller(mode, second_layer, base_url=f"http://{host}")
+
+    async def free_turns(layer: Any) -> int:
+        """Turns the fleet grants this host at once, in a tight loop (the moving window's capacity now)."""
+        n = 0
+        for _ in range(40):
+            wait = layer.fleet.acquire(host) if mode == "sync" else await layer.fleet.acquire(host)
+            n += wait == 0
+        return n
+
+    assert (await first.get("/a")).status_code == 429
+    assert (await first.get("/a")).status_code == 429  # two in a row: this station's policy slows down
+    assert first_layer.stats()["fleet"]["fleet_slowdowns"] == 1
+    # Half of 20 a second (the slowed rate counts in a window of its own; unslowed, 18 would be left).
+    assert await free_turns(second_layer) == 10
+    time.sleep(0.6)  # one halving lasts 0.5 s without another
+    assert await free_turns(second_layer) == 18  # the full rate again (its window holds the first two requests)
+    fleet = second_layer.fleet
+    for _ in range(3):  # halvings stack, each adding 0.5 s, and come back one at a time
+        fleet.slow_down(host) if mode == "sync" else await fleet.slow_down(host)
+    with redis.Redis.from_url(redis_url) as admin:
+        left = admin.pttl(SLOW + host)
+    assert 1000 < left <= 1500 and fleet._item(left).amount == 20 // 8
+    assert fleet._item(left - 500).amount == 5 and fleet._item(left - 1000).amount == 10 and fleet._item(-2).amount == 20
+    await first.close()
+    await second.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_retry_after_seen_by_one_holds_the_host_for_all(mode: str, redis_url: str) -> None:
     from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
 

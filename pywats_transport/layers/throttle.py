@@ -88,17 +88,19 @@ class _ThrottleCore:
             self.collector.record_throttle_wait(wait, host)
         return wait
 
-    def _observe(self, request: httpx.Request, response: httpx.Response) -> float:
-        """Feed the adaptive policy; returns how long the fleet should hold the host (0: not at all)."""
+    def _observe(self, request: httpx.Request, response: httpx.Response) -> tuple[float, bool]:
+        """Feed the adaptive policy; returns how long the fleet should hold the host (0: not at all) and
+        whether the fleet's rate for it should halve (this station's policy slowed it)."""
         status = response.status_code
         # Only throttle signals, and successes while some host is still recovering, change a bucket.
         if self.settings.adaptive and (status == 429 or status == 503 or (self.policy.attentive and status < 400)):
+            slowdowns = self.policy.stats.slowdowns
             self.policy.on_response(request.url.host, status, response.headers.get("retry-after"))
             if self.fleet is not None and status in (429, 503):
                 delay = parse_retry_after(response.headers.get("retry-after"), time.time())
-                if delay:
-                    return min(delay, self.settings.retry_after_max)
-        return 0.0
+                return (min(delay, self.settings.retry_after_max) if delay else 0.0,
+                        self.policy.stats.slowdowns > slowdowns)
+        return 0.0, False
 
     def stats(self) -> dict[str, Any]:
         out = self.policy.stats_dict()
@@ -187,10 +189,13 @@ class ThrottleLayer(_ThrottleCore, Layer):
                     response = self.inner.handle_request(request)
                 finally:
                     self.in_flight -= 1
-        hold = self._observe(request, response)
-        if hold:
+        hold, slowed = self._observe(request, response)
+        if hold or slowed:
             try:
-                self.fleet.hold(request.url.host, hold)
+                if hold:
+                    self.fleet.hold(request.url.host, hold)
+                if slowed:
+                    self.fleet.slow_down(request.url.host)
             except Exception as exc:
                 self._fleet_failed(exc)
         return response
@@ -250,10 +255,13 @@ class AsyncThrottleLayer(_ThrottleCore, AsyncLayer):
                     response = await self.inner.handle_async_request(request)
                 finally:
                     self.in_flight -= 1
-        hold = self._observe(request, response)
-        if hold:
+        hold, slowed = self._observe(request, response)
+        if hold or slowed:
             try:
-                await self.fleet.hold(request.url.host, hold)
+                if hold:
+                    await self.fleet.hold(request.url.host, hold)
+                if slowed:
+                    await self.fleet.slow_down(request.url.host)
             except Exception as exc:
                 self._fleet_failed(exc)
         return response

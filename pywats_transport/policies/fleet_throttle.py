@@ -3,8 +3,11 @@
 ``limits`` is well kept, has a Redis backend with atomic scripts for both sync and asyncio clients,
 and its moving window bounds what any one-second window sees (what a server's own limiter counts),
 where a token bucket per process cannot. A server's ``Retry-After`` seen by one station holds the
-host for the whole fleet (a key with that expiry). When Redis fails, the caller falls back to its
-local bucket (at ``rate / expected_processes``) for ``redis_retry_after`` seconds, then tries again.
+host for the whole fleet (a key with that expiry), and so does the adaptive slow-down: when one
+station's policy slows a host (429s in a row, or a ``Retry-After``), the fleet's rate for that host
+halves, and wins back one halving every ``fleet_slowdown_seconds`` without another. When Redis fails, the
+caller falls back to its local bucket (at ``rate / expected_processes``) for ``redis_retry_after``
+seconds, then tries again.
 """
 
 from __future__ import annotations
@@ -16,9 +19,24 @@ from typing import Any
 from limits import RateLimitItem, RateLimitItemPerSecond
 
 from ..caching.redis_store import TAG, _Guard
+from .throttle import SLOWDOWN
 
 HOLD = f"pwt:{TAG}:hold:"  # + host -> set while the fleet must not send to the host
+# + host -> its expiry tells how many halvings are in force: one per ``fleet_slowdown_seconds`` left,
+# so the rate comes back one step at a time, on Redis's clock (the stations' clocks may disagree)
+SLOW = f"pwt:{TAG}:slow:"
 NAMESPACE = f"pwt:{TAG}:rate"
+MAX_HALVINGS = 6
+
+# KEYS[1]: the slow key; ARGV[1]: ms per halving; ARGV[2]: the most halvings. One more halving, atomically.
+SLOW_DOWN = """
+local left = redis.call('PTTL', KEYS[1])
+local level = 0
+if left > 0 then level = math.ceil(left / tonumber(ARGV[1])) end
+level = math.min(level + 1, tonumber(ARGV[2]))
+redis.call('SET', KEYS[1], '1', 'PX', level * tonumber(ARGV[1]))
+return level
+"""
 
 
 def rate_item(rate: float) -> RateLimitItem:
@@ -32,13 +50,20 @@ def rate_item(rate: float) -> RateLimitItem:
 class _FleetBase:
     def __init__(self, settings: Any, *, clock: Any = time.time) -> None:
         self.settings = settings
-        self.item = rate_item(settings.rate)
+        #: the fleet's rate with 0, 1, 2, ... halvings in force (each its own window in ``limits``)
+        self.items = [rate_item(max(settings.min_rate, settings.rate * SLOWDOWN ** k)) for k in range(MAX_HALVINGS + 1)]
         self.guard = _Guard(settings.redis_retry_after)
         self.clock = clock
         self.fallbacks = 0
+        self.slowdowns = 0
+        self.slow_ms = max(1, int(settings.fleet_slowdown_seconds * 1000))
 
     def _key(self, host: str) -> str:
         return host if self.settings.per_host else "*"
+
+    def _item(self, slow_ms: int | None) -> RateLimitItem:
+        halvings = math.ceil(slow_ms / self.slow_ms) if slow_ms and slow_ms > 0 else 0
+        return self.items[min(halvings, MAX_HALVINGS)]
 
     def _wait_from(self, hold_ms: int, allowed: bool, reset_at: float) -> float:
         if hold_ms > 0:
@@ -49,7 +74,7 @@ class _FleetBase:
 
     def stats(self) -> dict[str, Any]:
         return {"backend": "redis", "redis_outages": self.guard.outages, "redis_failures": self.guard.failures,
-                "local_fallbacks": self.fallbacks}
+                "local_fallbacks": self.fallbacks, "fleet_slowdowns": self.slowdowns}
 
 
 class FleetRate(_FleetBase):
@@ -68,9 +93,13 @@ class FleetRate(_FleetBase):
         self.guard.check()
         key = self._key(host)
         try:
-            hold = int(self.client.pttl(HOLD + key) or 0)
-            allowed = hold <= 0 and self.limiter.hit(self.item, key)
-            reset = self.limiter.get_window_stats(self.item, key).reset_time if hold <= 0 and not allowed else 0.0
+            pipe = self.client.pipeline(transaction=False)
+            pipe.pttl(HOLD + key)
+            pipe.pttl(SLOW + key)
+            hold, slow = pipe.execute()
+            hold, item = int(hold or 0), self._item(slow)
+            allowed = hold <= 0 and self.limiter.hit(item, key)
+            reset = self.limiter.get_window_stats(item, key).reset_time if hold <= 0 and not allowed else 0.0
         except Exception:
             self.guard.failed()
             raise
@@ -85,6 +114,16 @@ class FleetRate(_FleetBase):
         except Exception:
             self.guard.failed()
             raise
+
+    def slow_down(self, host: str) -> None:
+        """This station's policy slowed the host: the fleet's rate for it halves too."""
+        self.guard.check()
+        try:
+            self.client.eval(SLOW_DOWN, 1, SLOW + self._key(host), self.slow_ms, MAX_HALVINGS)
+        except Exception:
+            self.guard.failed()
+            raise
+        self.slowdowns += 1
 
 
 class AsyncFleetRate(_FleetBase):
@@ -104,9 +143,13 @@ class AsyncFleetRate(_FleetBase):
         self.guard.check()
         key = self._key(host)
         try:
-            hold = int(await self.client.pttl(HOLD + key) or 0)
-            allowed = hold <= 0 and await self.limiter.hit(self.item, key)
-            reset = (await self.limiter.get_window_stats(self.item, key)).reset_time if hold <= 0 and not allowed else 0.0
+            pipe = self.client.pipeline(transaction=False)
+            pipe.pttl(HOLD + key)
+            pipe.pttl(SLOW + key)
+            hold, slow = await pipe.execute()
+            hold, item = int(hold or 0), self._item(slow)
+            allowed = hold <= 0 and await self.limiter.hit(item, key)
+            reset = (await self.limiter.get_window_stats(item, key)).reset_time if hold <= 0 and not allowed else 0.0
         except Exception:
             self.guard.failed()
             raise
@@ -120,3 +163,12 @@ class AsyncFleetRate(_FleetBase):
         except Exception:
             self.guard.failed()
             raise
+
+    async def slow_down(self, host: str) -> None:
+        self.guard.check()
+        try:
+            await self.client.eval(SLOW_DOWN, 1, SLOW + self._key(host), self.slow_ms, MAX_HALVINGS)
+        except Exception:
+            self.guard.failed()
+            raise
+        self.slowdowns += 1
