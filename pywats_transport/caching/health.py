@@ -34,14 +34,14 @@ class _FailureCounter(logging.Filter):
             self._seen.add(key)
         return True
 
-    def note(self, exc: BaseException) -> None:
-        """An error that escaped hishel: count it and log its kind once."""
+    def note(self, exc: BaseException, *, logged: bool = False) -> None:
+        """An error that escaped hishel: count it and log its kind once (unless ``logged`` elsewhere)."""
         with self._lock:
             self.count += 1
             key = ("escaped", type(exc).__name__)
             first = key not in self._seen
             self._seen.add(key)
-        if first:
+        if first and not logged:
             log.error("cache storage failed (%s: %s); requests go to the network", type(exc).__name__, exc)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import threading
 import time
@@ -35,6 +36,8 @@ from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Respo
 
 from .freshness import StoreDecision, Vary
 from .memory import Record
+
+log = logging.getLogger("pywats_transport.cache")
 
 TAG = "{pwt}"
 ENTRY = f"pwt:{TAG}:e:"  # + cache key -> hash {entry id: framed entry}
@@ -183,11 +186,18 @@ def index_name(origin: str | None, path: str) -> str:
 
 
 class _Guard:
-    """Skip Redis for a while after it failed, so that a dead Redis costs one timeout, not one per request."""
+    """Skip Redis for a while after it failed, so that a dead Redis costs one timeout, not one per request.
 
-    def __init__(self, retry_after: float, clock: Callable[[], float] = time.monotonic) -> None:
+    Logs once when an outage begins (the first failure after Redis answered) and once when Redis answers
+    again: a dead Redis writes two lines, however many requests meet it.
+    """
+
+    def __init__(self, retry_after: float, clock: Callable[[], float] = time.monotonic, *,
+                 use: str = "cache", fallback: str = "requests go to the network") -> None:
         self.retry_after, self.clock = retry_after, clock
+        self.use, self.fallback = use, fallback
         self.down_until = 0.0
+        self.down_since = 0.0
         self.outages = 0
         self.failures = 0
         self._lock = threading.Lock()
@@ -196,14 +206,24 @@ class _Guard:
         if self.down_until and self.clock() < self.down_until:
             raise StorageUnavailable(f"Redis unavailable; trying again in {self.down_until - self.clock():.2f}s")
 
-    def failed(self) -> None:
+    def failed(self, exc: BaseException | None = None) -> None:
         with self._lock:
             self.failures += 1
-            if not self.down_until or self.clock() >= self.down_until:
+            began = not self.down_since
+            if began:
                 self.outages += 1
+                self.down_since = self.clock()
             self.down_until = self.clock() + self.retry_after
+        if began:
+            log.warning("Redis unavailable for the %s (%s); %s, and Redis is tried again every %.0f s", self.use,
+                        type(exc).__name__ if exc is not None else "no answer", self.fallback, self.retry_after)
 
     def ok(self) -> None:
+        if self.down_since:
+            with self._lock:
+                since, self.down_since = self.down_since, 0.0
+            if since:
+                log.warning("Redis answers the %s again, after %.1f s", self.use, self.clock() - since)
         self.down_until = 0.0
 
 
@@ -302,8 +322,8 @@ class RedisStore(_Base, BaseStorage):
         self.guard.check()
         try:
             result = fn()
-        except Exception:
-            self.guard.failed()
+        except Exception as exc:
+            self.guard.failed(exc)
             raise
         self.guard.ok()
         return result
@@ -468,8 +488,8 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         self.guard.check()
         try:
             result = await fn()
-        except Exception:
-            self.guard.failed()
+        except Exception as exc:
+            self.guard.failed(exc)
             raise
         self.guard.ok()
         return result

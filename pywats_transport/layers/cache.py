@@ -412,7 +412,7 @@ class _CacheCore:
         return len(keys)
 
     def _storage_failed(self, exc: BaseException) -> None:
-        FAILURES.note(exc)
+        FAILURES.note(exc, logged=self._shared)  # Redis's outages are logged by the storage, once each
         if self.collector is not None:
             self.collector.add_cache_event("storage_error")
 

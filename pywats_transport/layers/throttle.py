@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -18,8 +17,6 @@ from ..hookspecs import LayerSpec, hookimpl
 from ..layer import AsyncLayer, Layer, layer_settings
 from ..policies.retry import DEADLINE_EXTENSION, parse_retry_after
 from ..policies.throttle import ThrottlePolicy
-
-log = logging.getLogger("pywats_transport.throttle")
 
 
 class _ThrottleCore:
@@ -42,11 +39,11 @@ class _ThrottleCore:
     def _fleet_rate(self, settings: ThrottleSettings) -> Any:
         raise NotImplementedError
 
-    def _fleet_failed(self, exc: BaseException) -> None:
+    def _fleet_failed(self, exc: BaseException, host: str) -> None:
+        """Redis failed or is skipped (its outage is logged by the fleet rate, once): the local share serves."""
         self.fleet.fallbacks += 1
-        if self.fleet.guard.failures == 1 or self.fleet.fallbacks == 1:
-            log.warning("throttle: Redis unavailable (%s); each process uses its share of the rate until it is back",
-                        type(exc).__name__)
+        if self.collector is not None:
+            self.collector.add_throttle_fallback(host)
 
     def _fleet_turn(self, request: httpx.Request) -> _FleetTurn:
         return _FleetTurn(self, request)
@@ -169,7 +166,7 @@ class ThrottleLayer(_ThrottleCore, Layer):
                 except ThrottledError:
                     raise
                 except Exception as exc:  # Redis down (or skipped after a failure): the local share
-                    self._fleet_failed(exc)
+                    self._fleet_failed(exc, request.url.host)
                     break
                 if pause is None:
                     return
@@ -197,7 +194,7 @@ class ThrottleLayer(_ThrottleCore, Layer):
                 if slowed:
                     self.fleet.slow_down(request.url.host)
             except Exception as exc:
-                self._fleet_failed(exc)
+                self._fleet_failed(exc, request.url.host)
         return response
 
 
@@ -229,7 +226,7 @@ class AsyncThrottleLayer(_ThrottleCore, AsyncLayer):
                 except ThrottledError:
                     raise
                 except Exception as exc:  # Redis down (or skipped after a failure): the local share
-                    self._fleet_failed(exc)
+                    self._fleet_failed(exc, request.url.host)
                     break
                 if pause is None:
                     return
@@ -263,7 +260,7 @@ class AsyncThrottleLayer(_ThrottleCore, AsyncLayer):
                 if slowed:
                     await self.fleet.slow_down(request.url.host)
             except Exception as exc:
-                self._fleet_failed(exc)
+                self._fleet_failed(exc, request.url.host)
         return response
 
 

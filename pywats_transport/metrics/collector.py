@@ -83,6 +83,10 @@ class _Telemetry:
         self.throttle_rejections = meter.create_counter(
             "pywats_transport.throttle.rejections", unit="{request}", description="Requests refused for waiting over max_wait."
         )
+        self.throttle_fallbacks = meter.create_counter(
+            "pywats_transport.throttle.fleet_fallbacks", unit="{request}",
+            description="Requests that took the local share of the rate because the fleet rate in Redis was unavailable.",
+        )
         self.queue_processing = meter.create_histogram(
             "pywats_transport.queue.processing.duration", unit="s", description="Time from pick-up to server confirmation.",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
@@ -239,6 +243,10 @@ class MetricsCollector:
     def add_throttle_rejection(self, host: str) -> None:
         if self._t is not None:
             self._t.throttle_rejections.add(1, {"server.address": host})
+
+    def add_throttle_fallback(self, host: str) -> None:
+        if self._t is not None:
+            self._t.throttle_fallbacks.add(1, {"server.address": host})
 
     def record_queue_processing(self, seconds: float, outcome: str) -> None:
         if self._t is not None:

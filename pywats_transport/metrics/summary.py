@@ -99,6 +99,7 @@ def summarise(registry: CollectorRegistry) -> dict[str, Any]:
             "waits": int(sum(h["count"] for h in waits.values())),
             "wait_seconds_total": sum(h["sum"] for h in waits.values()),
             "rejections": sum(counter("pywats_transport_throttle_rejections", "server_address").values()),
+            "fleet_fallbacks": sum(counter("pywats_transport_throttle_fleet_fallbacks", "server_address").values()),
         },
         "queue": {s.labels.get("state", ""): s.value for s in queue_fam.samples} if queue_fam else {},
         "process": {

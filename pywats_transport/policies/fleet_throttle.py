@@ -52,7 +52,8 @@ class _FleetBase:
         self.settings = settings
         #: the fleet's rate with 0, 1, 2, ... halvings in force (each its own window in ``limits``)
         self.items = [rate_item(max(settings.min_rate, settings.rate * SLOWDOWN ** k)) for k in range(MAX_HALVINGS + 1)]
-        self.guard = _Guard(settings.redis_retry_after)
+        self.guard = _Guard(settings.redis_retry_after, use="fleet rate",
+                            fallback="each process uses its share of the rate")
         self.clock = clock
         self.fallbacks = 0
         self.slowdowns = 0
@@ -100,8 +101,8 @@ class FleetRate(_FleetBase):
             hold, item = int(hold or 0), self._item(slow)
             allowed = hold <= 0 and self.limiter.hit(item, key)
             reset = self.limiter.get_window_stats(item, key).reset_time if hold <= 0 and not allowed else 0.0
-        except Exception:
-            self.guard.failed()
+        except Exception as exc:
+            self.guard.failed(exc)
             raise
         self.guard.ok()
         return self._wait_from(hold, allowed, reset)
@@ -111,8 +112,8 @@ class FleetRate(_FleetBase):
         self.guard.check()
         try:
             self.client.set(HOLD + self._key(host), b"1", px=max(1, int(seconds * 1000)))
-        except Exception:
-            self.guard.failed()
+        except Exception as exc:
+            self.guard.failed(exc)
             raise
 
     def slow_down(self, host: str) -> None:
@@ -120,8 +121,8 @@ class FleetRate(_FleetBase):
         self.guard.check()
         try:
             self.client.eval(SLOW_DOWN, 1, SLOW + self._key(host), self.slow_ms, MAX_HALVINGS)
-        except Exception:
-            self.guard.failed()
+        except Exception as exc:
+            self.guard.failed(exc)
             raise
         self.slowdowns += 1
 
@@ -150,8 +151,8 @@ class AsyncFleetRate(_FleetBase):
             hold, item = int(hold or 0), self._item(slow)
             allowed = hold <= 0 and await self.limiter.hit(item, key)
             reset = (await self.limiter.get_window_stats(item, key)).reset_time if hold <= 0 and not allowed else 0.0
-        except Exception:
-            self.guard.failed()
+        except Exception as exc:
+            self.guard.failed(exc)
             raise
         self.guard.ok()
         return self._wait_from(hold, allowed, reset)
@@ -160,15 +161,15 @@ class AsyncFleetRate(_FleetBase):
         self.guard.check()
         try:
             await self.client.set(HOLD + self._key(host), b"1", px=max(1, int(seconds * 1000)))
-        except Exception:
-            self.guard.failed()
+        except Exception as exc:
+            self.guard.failed(exc)
             raise
 
     async def slow_down(self, host: str) -> None:
         self.guard.check()
         try:
             await self.client.eval(SLOW_DOWN, 1, SLOW + self._key(host), self.slow_ms, MAX_HALVINGS)
-        except Exception:
-            self.guard.failed()
+        except Exception as exc:
+            self.guard.failed(exc)
             raise
         self.slowdowns += 1
