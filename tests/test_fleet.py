@@ -186,13 +186,13 @@ async def test_a_shared_entry_is_served_while_it_is_refreshed_for_every_process(
         return httpx.Response(200, json=dict(version))
 
     cls = CacheLayer if mode == "sync" else AsyncCacheLayer
-    flags: dict[str, Any] = {"mode": "ttl", "storage": "redis", "redis_url": redis_url, "ttl": 0.3,
+    flags: dict[str, Any] = {"mode": "ttl", "storage": "redis", "redis_url": redis_url, "ttl": 1.0,
                              "stale_while_revalidate": 60}
     one_layer = cls(httpx.MockTransport(server), **flags)
     one, other = Caller(mode, one_layer), Caller(mode, cls(httpx.MockTransport(server), **flags))
     path = f"/swr/{mode}/{time.time_ns()}"
     await one.get(path)
-    await anyio.sleep(0.4)  # past the TTL, within the window
+    await anyio.sleep(1.1)  # past the TTL, within the window
     version["v"] = 2
     stale = await one.get(path)
     assert stale.json() == {"v": 1} and stale.extensions["caching"]["stale"] is True
@@ -354,7 +354,8 @@ async def test_429s_in_a_row_at_one_station_halve_the_fleet_rate(mode: str, redi
     # Half of 20 a second (the slowed rate counts in a window of its own; unslowed, 18 would be left).
     assert await free_turns(second_layer) == 10
     time.sleep(0.6)  # one halving lasts 0.5 s without another
-    assert await free_turns(second_layer) == 18  # the full rate again (its window holds the first two requests)
+    # The full rate again: 18 while its window still holds the first two requests, 20 on a slow machine.
+    assert await free_turns(second_layer) >= 18
     fleet = second_layer.fleet
     for _ in range(3):  # halvings stack, each adding 0.5 s, and come back one at a time
         fleet.slow_down(host) if mode == "sync" else await fleet.slow_down(host)
