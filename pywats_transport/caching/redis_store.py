@@ -27,8 +27,10 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -218,6 +220,17 @@ class _Guard:
             log.warning("Redis unavailable for the %s (%s); %s, and Redis is tried again every %.0f s", self.use,
                         type(exc).__name__ if exc is not None else "no answer", self.fallback, self.retry_after)
 
+    @contextmanager
+    def calling(self) -> Iterator[None]:
+        """One Redis call (or a few in one round trip): skipped while Redis is down, and its outcome noted."""
+        self.check()
+        try:
+            yield
+        except Exception as exc:
+            self.failed(exc)
+            raise
+        self.ok()
+
     def ok(self) -> None:
         if self.down_since:
             with self._lock:
@@ -243,6 +256,42 @@ class _Base:
         self._held: dict[str, str] = {}  # cache key -> our lock token
         self.flights_led = 0
         self.flights_followed = 0
+
+    def _flight(self, key: str) -> Generator[tuple[str, Any], Any, dict[bytes, bytes]]:
+        """A miss, sans I/O: lead the fetch (take the lock, end with nothing) or wait for the process that
+        leads it. Yields ``(operation, argument)`` for the sync or async driver to carry out: ``lock`` and
+        ``look`` (Redis, the result sent back), ``sleep`` and ``release``."""
+        if key in self._held:
+            return {}  # this process leads it already
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + self.flight_timeout
+        followed = False
+        while True:
+            if (yield "lock", (key, token)):
+                self._held[key] = token
+                # The previous holder may have stored and let go between our first look and the lock.
+                found = _filtered(key, (yield "look", key))
+                if found:
+                    yield "release", key
+                    return found
+                self.flights_led += 1
+                return {}
+            if not followed:
+                self.flights_followed += 1
+                followed = True
+            if time.monotonic() >= deadline:
+                return {}  # waited long enough: fetch without the lock
+            yield "sleep", POLL
+            found = _filtered(key, (yield "look", key))
+            if found:
+                return found
+
+    def _flight_call(self, op: str, arg: Any) -> Any:
+        """The Redis call behind a ``lock`` or ``look`` step (a coroutine with an asyncio client)."""
+        if op == "lock":
+            key, token = arg
+            return self.client.set(LOCK + key, token, nx=True, px=self.lock_ms)
+        return self.client.hgetall(ENTRY + arg)
 
     def reader(self) -> Any:
         if self._reader is None:
@@ -319,14 +368,8 @@ class RedisStore(_Base, BaseStorage):
     """Sync: ``RedisStore(redis.Redis.from_url(url, socket_timeout=0.25))``."""
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        self.guard.check()
-        try:
-            result = fn()
-        except Exception as exc:
-            self.guard.failed(exc)
-            raise
-        self.guard.ok()
-        return result
+        with self.guard.calling():
+            return fn()
 
     def find(self, key: str, method: str, headers: Any) -> Record | None:
         """The layer's lookup (ttl mode): one round trip, the variant chosen by method and ``Vary``."""
@@ -340,31 +383,21 @@ class RedisStore(_Base, BaseStorage):
         return [self._entry(i.decode(), v, _iter) for i, v in found.items()]
 
     def _follow_or_lead(self, key: str) -> dict[bytes, bytes]:
-        """A miss: lead the fetch (take the lock, return nothing) or wait for the process that leads it."""
-        if key in self._held:
-            return {}  # this process leads it already
-        token = uuid.uuid4().hex
-        deadline = time.monotonic() + self.flight_timeout
-        followed = False
-        while True:
-            if self._call(lambda: self.client.set(LOCK + key, token, nx=True, px=self.lock_ms)):
-                self._held[key] = token
-                # The previous holder may have stored and let go between our first look and the lock.
-                found = _filtered(key, self._call(lambda: self.client.hgetall(ENTRY + key)))
-                if found:
-                    self.release(key)
-                    return dict(found)
-                self.flights_led += 1
-                return {}
-            if not followed:
-                self.flights_followed += 1
-                followed = True
-            if time.monotonic() >= deadline:
-                return {}  # waited long enough: fetch without the lock
-            time.sleep(POLL)
-            found = _filtered(key, self._call(lambda: self.client.hgetall(ENTRY + key)))
-            if found:
-                return dict(found)
+        steps = self._flight(key)
+        try:
+            step = next(steps)
+            while True:
+                op, arg = step
+                result: Any = None
+                if op == "sleep":
+                    time.sleep(arg)
+                elif op == "release":
+                    self.release(arg)
+                else:
+                    result = self._call(partial(self._flight_call, op, arg))
+                step = steps.send(result)
+        except StopIteration as done:
+            return dict(done.value)
 
     def release(self, key: str) -> None:
         """The fetch this process led is over (stored, not storable, or failed): let the others go."""
@@ -485,14 +518,8 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         return self._sync.clear()
 
     async def _call(self, fn: Callable[[], Any]) -> Any:
-        self.guard.check()
-        try:
-            result = await fn()
-        except Exception as exc:
-            self.guard.failed(exc)
-            raise
-        self.guard.ok()
-        return result
+        with self.guard.calling():
+            return await fn()
 
     async def find(self, key: str, method: str, headers: Any) -> Record | None:
         """The layer's lookup (ttl mode): one round trip, the variant chosen by method and ``Vary``."""
@@ -507,30 +534,21 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         return [self._entry(i.decode(), v, _aiter) for i, v in found.items()]
 
     async def _follow_or_lead(self, key: str) -> dict[bytes, bytes]:
-        if key in self._held:
-            return {}  # this process leads it already
-        token = uuid.uuid4().hex
-        deadline = time.monotonic() + self.flight_timeout
-        followed = False
-        while True:
-            if await self._call(lambda: self.client.set(LOCK + key, token, nx=True, px=self.lock_ms)):
-                self._held[key] = token
-                # The previous holder may have stored and let go between our first look and the lock.
-                found = _filtered(key, await self._call(lambda: self.client.hgetall(ENTRY + key)))
-                if found:
-                    await self.release(key)
-                    return dict(found)
-                self.flights_led += 1
-                return {}
-            if not followed:
-                self.flights_followed += 1
-                followed = True
-            if time.monotonic() >= deadline:
-                return {}
-            await asyncio.sleep(POLL)
-            found = _filtered(key, await self._call(lambda: self.client.hgetall(ENTRY + key)))
-            if found:
-                return dict(found)
+        steps = self._flight(key)
+        try:
+            step = next(steps)
+            while True:
+                op, arg = step
+                result: Any = None
+                if op == "sleep":
+                    await asyncio.sleep(arg)
+                elif op == "release":
+                    await self.release(arg)
+                else:
+                    result = await self._call(partial(self._flight_call, op, arg))
+                step = steps.send(result)
+        except StopIteration as done:
+            return dict(done.value)
 
     async def release(self, key: str) -> None:
         token = self._held.pop(key, None)

@@ -189,10 +189,7 @@ class ThrottleLayer(_ThrottleCore, Layer):
         hold, slowed = self._observe(request, response)
         if hold or slowed:
             try:
-                if hold:
-                    self.fleet.hold(request.url.host, hold)
-                if slowed:
-                    self.fleet.slow_down(request.url.host)
+                self.fleet.signal(request.url.host, hold, slowed)
             except Exception as exc:
                 self._fleet_failed(exc, request.url.host)
         return response
@@ -255,10 +252,7 @@ class AsyncThrottleLayer(_ThrottleCore, AsyncLayer):
         hold, slowed = self._observe(request, response)
         if hold or slowed:
             try:
-                if hold:
-                    await self.fleet.hold(request.url.host, hold)
-                if slowed:
-                    await self.fleet.slow_down(request.url.host)
+                await self.fleet.signal(request.url.host, hold, slowed)
             except Exception as exc:
                 self._fleet_failed(exc, request.url.host)
         return response

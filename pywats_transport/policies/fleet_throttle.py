@@ -62,6 +62,21 @@ class _FleetBase:
     def _key(self, host: str) -> str:
         return host if self.settings.per_host else "*"
 
+    @staticmethod
+    def _state(pipe: Any, key: str) -> Any:
+        """Queue the reads of a turn: how long the host is held, and how many halvings are in force."""
+        pipe.pttl(HOLD + key)
+        pipe.pttl(SLOW + key)
+        return pipe
+
+    def _signals(self, pipe: Any, host: str, hold: float, slow_down: bool) -> Any:
+        key = self._key(host)
+        if hold:
+            pipe.set(HOLD + key, b"1", px=max(1, int(hold * 1000)))
+        if slow_down:
+            pipe.eval(SLOW_DOWN, 1, SLOW + key, self.slow_ms, MAX_HALVINGS)
+        return pipe
+
     def _item(self, slow_ms: int | None) -> RateLimitItem:
         halvings = math.ceil(slow_ms / self.slow_ms) if slow_ms and slow_ms > 0 else 0
         return self.items[min(halvings, MAX_HALVINGS)]
@@ -91,40 +106,23 @@ class FleetRate(_FleetBase):
         self.limiter = MovingWindowRateLimiter(self.storage)
 
     def acquire(self, host: str) -> float:
-        self.guard.check()
         key = self._key(host)
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.pttl(HOLD + key)
-            pipe.pttl(SLOW + key)
-            hold, slow = pipe.execute()
+        with self.guard.calling():
+            hold, slow = self._state(self.client.pipeline(transaction=False), key).execute()
             hold, item = int(hold or 0), self._item(slow)
             allowed = hold <= 0 and self.limiter.hit(item, key)
             reset = self.limiter.get_window_stats(item, key).reset_time if hold <= 0 and not allowed else 0.0
-        except Exception as exc:
-            self.guard.failed(exc)
-            raise
-        self.guard.ok()
         return self._wait_from(hold, allowed, reset)
 
-    def hold(self, host: str, seconds: float) -> None:
-        """The server asked for a pause: every process holds the host that long."""
-        self.guard.check()
-        try:
-            self.client.set(HOLD + self._key(host), b"1", px=max(1, int(seconds * 1000)))
-        except Exception as exc:
-            self.guard.failed(exc)
-            raise
+    def signal(self, host: str, hold: float = 0.0, slow_down: bool = False) -> None:
+        """What this station learnt from the server, for the whole fleet: hold the host ``hold`` seconds
+        (its ``Retry-After``), halve its rate (the adaptive policy slowed it); one round trip."""
+        with self.guard.calling():
+            self._signals(self.client.pipeline(transaction=False), host, hold, slow_down).execute()
+        self.slowdowns += slow_down
 
     def slow_down(self, host: str) -> None:
-        """This station's policy slowed the host: the fleet's rate for it halves too."""
-        self.guard.check()
-        try:
-            self.client.eval(SLOW_DOWN, 1, SLOW + self._key(host), self.slow_ms, MAX_HALVINGS)
-        except Exception as exc:
-            self.guard.failed(exc)
-            raise
-        self.slowdowns += 1
+        self.signal(host, slow_down=True)
 
 
 class AsyncFleetRate(_FleetBase):
@@ -141,35 +139,18 @@ class AsyncFleetRate(_FleetBase):
         self.limiter = MovingWindowRateLimiter(self.storage)
 
     async def acquire(self, host: str) -> float:
-        self.guard.check()
         key = self._key(host)
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.pttl(HOLD + key)
-            pipe.pttl(SLOW + key)
-            hold, slow = await pipe.execute()
+        with self.guard.calling():
+            hold, slow = await self._state(self.client.pipeline(transaction=False), key).execute()
             hold, item = int(hold or 0), self._item(slow)
             allowed = hold <= 0 and await self.limiter.hit(item, key)
             reset = (await self.limiter.get_window_stats(item, key)).reset_time if hold <= 0 and not allowed else 0.0
-        except Exception as exc:
-            self.guard.failed(exc)
-            raise
-        self.guard.ok()
         return self._wait_from(hold, allowed, reset)
 
-    async def hold(self, host: str, seconds: float) -> None:
-        self.guard.check()
-        try:
-            await self.client.set(HOLD + self._key(host), b"1", px=max(1, int(seconds * 1000)))
-        except Exception as exc:
-            self.guard.failed(exc)
-            raise
+    async def signal(self, host: str, hold: float = 0.0, slow_down: bool = False) -> None:
+        with self.guard.calling():
+            await self._signals(self.client.pipeline(transaction=False), host, hold, slow_down).execute()
+        self.slowdowns += slow_down
 
     async def slow_down(self, host: str) -> None:
-        self.guard.check()
-        try:
-            await self.client.eval(SLOW_DOWN, 1, SLOW + self._key(host), self.slow_ms, MAX_HALVINGS)
-        except Exception as exc:
-            self.guard.failed(exc)
-            raise
-        self.slowdowns += 1
+        await self.signal(host, slow_down=True)
