@@ -63,6 +63,9 @@ def redis_hit(redis: LocalRedis, quick: bool) -> list[Row]:
             return time.perf_counter() - start
         return lambda count: loop.run_until_complete(body(count))
 
+    async def hgetall() -> None:
+        await bare.hgetall(entry)
+
     async def floor() -> None:
         await raw.get("/x")
         stream[1].write(PING)
@@ -70,7 +73,7 @@ def redis_hit(redis: LocalRedis, quick: bool) -> list[Row]:
 
     ratios = paired_ratios({"raw": async_loop(raw, loop), "redis": async_loop(shared, loop),
                             "near": async_loop(near, loop, url_of=lambda i: "/near"),
-                            "bare": timed(lambda: bare.hgetall(entry)), "floor": timed(floor)}, n, rounds)
+                            "bare": timed(hgetall), "floor": timed(floor)}, n, rounds)
     stream[1].close()
     for client in (raw, shared, near):
         loop.run_until_complete(client.aclose())
