@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -406,6 +407,23 @@ def flags_to_dict(flags: Mapping[str, Any]) -> dict[str, Any]:
                 )
             out = deep_merge(out, {owner: {key[len(owner) + 1:]: value}})
     return out
+
+
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:@/]*):[^@/]*@", re.IGNORECASE)
+
+
+def redacted(value: Any, key: str = "") -> Any:
+    """Settings as they may be shown (``stack``, ``/health/details``): a secret-named key's value and the
+    password in a URL (``redis://user:***@host``) masked, everything else as it is."""
+    if isinstance(value, Mapping):
+        return {k: redacted(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v, key) for v in value]
+    if isinstance(value, str) and value:
+        if _is_secret((key,)):
+            return "***"
+        return _URL_PASSWORD.sub(r"\1:***@", value)
+    return value
 
 
 def _is_secret(loc: tuple[Any, ...]) -> bool:

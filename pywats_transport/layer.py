@@ -12,6 +12,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from .config import redacted
+
 T = TypeVar("T", httpx.BaseTransport, httpx.AsyncBaseTransport)
 S = TypeVar("S", bound=BaseModel)
 
@@ -73,7 +75,7 @@ class LayerBase(Generic[T]):
 
     def describe(self) -> dict[str, Any]:
         """Name and effective settings, JSON-serialisable."""
-        settings = self.settings.model_dump(mode="json") if self.settings is not None else {}
+        settings = redacted(self.settings.model_dump(mode="json")) if self.settings is not None else {}
         return {"name": self.name, "class": f"{type(self).__module__}.{type(self).__qualname__}", "settings": settings}
 
     def stats(self) -> dict[str, Any]:

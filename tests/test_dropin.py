@@ -167,6 +167,27 @@ def test_cli_stack_shows_profile_and_sources_and_reads_a_client_file(tmp_path: A
     assert "tok-secret" not in out.stdout + out.stderr
 
 
+def test_a_password_in_a_redis_url_is_never_shown(tmp_path: Any) -> None:
+    """``stack`` and the service's ``/health/details`` print every layer's settings: not the Redis password."""
+    config = tmp_path / "transport.json"
+    config.write_text(json.dumps({
+        "cache": {"storage": "redis", "redis_url": "redis://station:pw-cache-9@127.0.0.1:1/0"},
+        "throttle": {"enabled": True, "backend": "redis", "redis_url": "rediss://:pw-rate-9@10.0.0.5:6380/1"}}))
+    for args in (("--json",), ()):
+        out = run_cli("stack", "--config", str(config), *args)
+        assert out.returncode == 0, out.stderr
+        assert "pw-cache-9" not in out.stdout and "pw-rate-9" not in out.stdout
+    chain = {item["name"]: item for item in json.loads(run_cli("stack", "--config", str(config), "--json").stdout)}
+    # What is not secret stays visible: the user, the host, the port and the database.
+    assert chain["cache"]["settings"]["redis_url"] == "redis://station:***@127.0.0.1:1/0"
+    assert chain["throttle"]["settings"]["redis_url"] == "rediss://:***@10.0.0.5:6380/1"
+    stack = build_transport(cache={"storage": "redis", "redis_url": "redis://:pw-x@127.0.0.1:1/0"})
+    try:
+        assert "pw-x" not in json.dumps(stack.describe())
+    finally:
+        stack.close()
+
+
 def test_cli_version_quiet_pipe_and_plain_help() -> None:
     assert run_cli("--version").stdout.strip().startswith("pywats-transport ")
     assert "``" not in run_cli("--help").stdout
