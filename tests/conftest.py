@@ -27,8 +27,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 class RedisServer:
     """A real redis-server on 127.0.0.1 that a test may kill and start again on the same port."""
 
-    def __init__(self, binary: str, workdir: Path) -> None:
-        self.binary, self.workdir = binary, workdir
+    def __init__(self, binary: str, workdir: Path, *args: str) -> None:
+        self.binary, self.workdir, self.args = binary, workdir, args
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -41,7 +41,7 @@ class RedisServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"],
+             "--dir", str(self.workdir), "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 10
@@ -75,6 +75,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture(scope="module")
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+@pytest.fixture
+def redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (.ci/run installs the Debian package redis-server)")
+    return binary
 
 
 @pytest.fixture

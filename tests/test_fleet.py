@@ -409,6 +409,37 @@ async def test_with_redis_down_each_process_takes_its_share(mode: str) -> None:
     await caller.close()
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_the_password_may_come_from_the_environment(mode: str, redis_binary: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``REDIS_PASSWORD`` reaches every Redis connection of ours: the cache's and the fleet rate's (limits)."""
+    from pywats_transport import build_async_transport, build_transport
+
+    from .conftest import RedisServer
+
+    server = RedisServer(redis_binary, tmp_path, "--requirepass", "pw-from-env")
+    server.start()
+    monkeypatch.setenv("REDIS_PASSWORD", "pw-from-env")
+    try:
+        build = build_transport if mode == "sync" else build_async_transport
+        stack = build(inner=httpx.MockTransport(lambda r: httpx.Response(200)), enable_retry=False,
+                      cache={"mode": "ttl", "storage": "redis", "redis_url": server.url},
+                      throttle={"enabled": True, "backend": "redis", "redis_url": server.url, "rate": 50})
+        caller = Caller(mode, stack)
+        try:
+            for _ in range(3):
+                assert (await caller.get("/a")).status_code == 200
+            stats = stack.stats()
+            assert stats["throttle"]["fleet"]["redis_failures"] == 0
+            assert stats["throttle"]["fleet"]["local_fallbacks"] == 0
+            assert stats["cache"]["hits"] == 2
+        finally:
+            await caller.close()
+    finally:
+        server.kill()
+
+
 # -- one fetch per URL for the fleet ---------------------------------------------------------------------
 
 SAME_TIME = textwrap.dedent("""

@@ -18,7 +18,7 @@ from typing import Any
 
 from limits import RateLimitItem, RateLimitItemPerSecond
 
-from ..caching.redis_store import TAG, _Guard
+from ..caching.redis_store import TAG, _Guard, redis_options
 from .throttle import SLOWDOWN
 
 HOLD = f"pwt:{TAG}:hold:"  # + host -> set while the fleet must not send to the host
@@ -134,8 +134,7 @@ class AsyncFleetRate(_FleetBase):
         from limits.aio.strategies import MovingWindowRateLimiter
 
         self.client = client
-        self.storage = RedisStorage(settings.redis_url, implementation="redispy",
-                                    socket_timeout=settings.redis_timeout, socket_connect_timeout=settings.redis_timeout)
+        self.storage = RedisStorage(settings.redis_url, implementation="redispy", **redis_options(settings.redis_timeout))
         self.limiter = MovingWindowRateLimiter(self.storage)
 
     async def acquire(self, host: str) -> float:
