@@ -544,6 +544,38 @@ async def test_near_caches_drop_what_any_process_invalidates(mode: str, redis_ur
     await reader.close()
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_near_cache_started_while_redis_is_down_subscribes_when_it_comes(mode: str, own_redis: Any) -> None:
+    """A station may start before Redis: once Redis is there, its near cache hears invalidations as any other."""
+    own_redis.kill()
+    server = Counter()
+    reader, reader_layer = near(mode, server, own_redis.url)
+    reader_layer.storage.guard.retry_after = 0.05  # try Redis again soon
+    own_redis.start()
+    writer, _ = near(mode, server, own_redis.url)
+    path = f"/late/{mode}/items/1"
+    try:
+        await writer.get(path)
+        # Kept near only once the reader listens for invalidations again (and its skip window has passed).
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            await reader.get(path)
+            if reader_layer.stats()["near_entries"]:
+                break
+            await asyncio_sleep(0.06)
+        assert reader_layer.stats()["near_entries"] == 1 and reader_layer._near_sub.listening
+        await writer.request("PUT", f"/late/{mode}/items")
+        deadline = time.monotonic() + 3
+        while reader_layer.stats()["near_entries"] and time.monotonic() < deadline:
+            await asyncio_sleep(0.01)
+        assert reader_layer.stats()["near_entries"] == 0  # the invalidation reached it
+        assert (await reader.get(path)).json()["n"] > 1
+    finally:
+        await writer.close()
+        await reader.close()
+
+
 async def asyncio_sleep(seconds: float) -> None:
     import asyncio
 

@@ -9,8 +9,8 @@
 - Fleet-wide invalidation: each stored key is also indexed under every prefix of its path, per
   origin; dropping a prefix runs one Lua script that deletes the entries indexed there and the index,
   atomically, whichever process stored them and whenever.
-- Every key carries the hash tag ``{pwt}``, so the scripts also run on Redis Cluster (all of the
-  cache lives in one slot).
+- Every key carries the hash tag ``{pwt}``, so the scripts and transactions also run on Redis Cluster
+  (all of the cache lives in one slot); clients come from :mod:`.redis_connect`.
 - Bounded by Redis itself: ``maxmemory`` with ``maxmemory-policy allkeys-lru`` (the docs say so);
   ``max_size`` applies to the in-process storage only.
 - Redis down or slow: every call has a short timeout, and after a failure the storage answers
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -38,6 +37,7 @@ from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Respo
 
 from .freshness import StoreDecision, Vary
 from .memory import Record
+from .redis_connect import redis_options  # noqa: F401 - where it was imported from before
 
 log = logging.getLogger("pywats_transport.cache")
 
@@ -163,15 +163,6 @@ def reframed(data: bytes, headers: Headers) -> bytes:
     meta, body = unframe(data)
     meta["headers"] = [[k, v] for k in headers for v in headers.get_list(k) or []]
     return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + body
-
-
-def redis_options(timeout: float) -> dict[str, Any]:
-    """Client options for every Redis connection of ours: short timeouts, and the password from the
-    environment (``REDIS_PASSWORD``) when the URL carries none; it is never logged."""
-    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-    if os.environ.get("REDIS_PASSWORD"):
-        options["password"] = os.environ["REDIS_PASSWORD"]
-    return options
 
 
 def prefixes(url: str) -> list[str]:
@@ -637,7 +628,9 @@ class NearInvalidation:
     def __init__(self, client: Any, on_message: Callable[[str], None], on_lost: Callable[[], None]) -> None:
         self.on_message, self.on_lost = on_message, on_lost
         self.client = client  # held: a collected client closes its pool, and the subscription with it
-        self.pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub: Any = None  # made in the thread: a cluster client connects when first used
+        #: subscribed, and no message lost since: only then may the near cache keep entries
+        self.listening = False
         self._stop = threading.Event()
         self._subscribed = threading.Event()
         self.thread = threading.Thread(target=self._run, name="pywats-near-cache", daemon=True)
@@ -647,29 +640,37 @@ class NearInvalidation:
 
     def _run(self) -> None:
         # One thread owns the connection: redis-py's PubSub is not safe to share between threads.
-        try:
-            self.pubsub.subscribe(CHANNEL)
-            self.pubsub.get_message(timeout=1.0)  # the subscription's confirmation
-        except Exception:
-            self.on_lost()
-        self._subscribed.set()
         while not self._stop.is_set():
             try:
+                if not self.listening:
+                    self._subscribe()
+                    self.listening = True
+                    self._subscribed.set()
                 message = self.pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
             except Exception:
+                self.listening = False
+                self._subscribed.set()  # nothing to wait for at start: Redis is not there
                 if self._stop.is_set():
                     return
                 self.on_lost()
-                self._stop.wait(0.2)  # the next read reconnects and subscribes again
+                self._stop.wait(0.2)  # then read again: redis-py reconnects and subscribes again
                 continue
             if message and message.get("type") == "message":
                 data = message.get("data")
                 self.on_message(data.decode() if isinstance(data, bytes) else str(data))
 
+    def _subscribe(self) -> None:
+        if self.pubsub is None:
+            self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        if not self.pubsub.channels:  # else redis-py subscribes again as it reconnects
+            self.pubsub.subscribe(CHANNEL)
+        self.pubsub.get_message(timeout=1.0)  # the subscription's confirmation (or a reconnection)
+
     def close(self) -> None:
         self._stop.set()
         self.thread.join(2)
         try:
-            self.pubsub.close()
+            if self.pubsub is not None:
+                self.pubsub.close()
         except Exception:  # noqa: S110 - closing a dead connection
             pass

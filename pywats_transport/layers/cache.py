@@ -19,7 +19,8 @@ from ..caching.freshness import conditional_headers, merge_not_modified
 from ..caching.health import FAILURES
 from ..caching.memory import AsyncMemoryStorage, MemoryStorage, Record
 from ..caching.policy import EXTENSION, CachePolicy, Plan, split_prefix
-from ..caching.redis_store import LOOKUP, AsyncRedisStore, Lookup, NearInvalidation, RedisStore, redis_options
+from ..caching.redis_connect import async_client, is_cluster, sync_client
+from ..caching.redis_store import LOOKUP, AsyncRedisStore, Lookup, NearInvalidation, RedisStore
 from ..config import CacheSettings
 from ..errors import TransportError
 from ..hookspecs import LayerSpec, hookimpl
@@ -52,23 +53,21 @@ def _make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asy
             return hishel.AsyncSqliteStorage(database_path=settings.sqlite_path, default_ttl=settings.ttl)
         return hishel.SqliteStorage(database_path=settings.sqlite_path, default_ttl=settings.ttl)
     try:
-        import redis
-        import redis.asyncio
+        import redis  # noqa: F401 - the one check that it is installed
     except ImportError:
         raise ImportError("cache storage 'redis' needs the redis package: pip install 'pywats-transport[redis]'") from None
-    options = redis_options(settings.redis_timeout)
+    url, timeout = settings.redis_url, settings.redis_timeout
     # Fleet-wide single flight follows the coalescing switch: a miss waits for another process's fetch.
     flight = settings.coalesce_timeout if settings.coalesce else 0.0
     # Lookups have a connection of their own: taking one from the pool and giving it back cost about
-    # as much as the round trip itself.
+    # as much as the round trip itself. A cluster client routes every command itself.
+    own = not is_cluster(url)
     if is_async:
-        return AsyncRedisStore(redis.asyncio.Redis.from_url(settings.redis_url, **options),
-                               sync_client=redis.Redis.from_url(settings.redis_url, **options),
-                               reader=lambda: redis.asyncio.Redis.from_url(settings.redis_url,
-                                                                           single_connection_client=True, **options),
+        return AsyncRedisStore(async_client(url, timeout), sync_client=sync_client(url, timeout),
+                               reader=(lambda: async_client(url, timeout, single_connection=True)) if own else None,
                                default_ttl=settings.ttl, retry_after=settings.redis_retry_after, flight_timeout=flight)
-    return RedisStore(redis.Redis.from_url(settings.redis_url, **options), default_ttl=settings.ttl,
-                      reader=lambda: redis.Redis.from_url(settings.redis_url, single_connection_client=True, **options),
+    return RedisStore(sync_client(url, timeout), default_ttl=settings.ttl,
+                      reader=(lambda: sync_client(url, timeout, single_connection=True)) if own else None,
                       retry_after=settings.redis_retry_after, flight_timeout=flight)
 
 
@@ -129,17 +128,19 @@ class _CacheCore:
         self._near_sub: NearInvalidation | None = None
         self.near_invalidations = 0
         if self._shared and settings.near_cache:
-            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
 
             near_cls = AsyncMemoryStorage if is_async else MemoryStorage
             self.near = near_cls(max_entries=settings.max_size, default_ttl=min(settings.ttl, settings.near_ttl),
                                  clock=clock)
             self.near._core.on_forget = self.policy.forget
             # The subscriber waits for messages by design: no read timeout on its connection (a dead one is
-            # found by the health check, and the near cache is dropped then).
-            options = {k: v for k, v in redis_options(settings.redis_timeout).items() if k != "socket_timeout"}
-            self._near_sub = NearInvalidation(redis.Redis.from_url(settings.redis_url, health_check_interval=10, **options),
-                                              self._near_message, self.near.clear)
+            # found by the health check, and the near cache is dropped then). It tries again on its own
+            # schedule, not after redis-py's backoff: nothing is kept near until it listens again.
+            client = sync_client(settings.redis_url, settings.redis_timeout, socket_timeout=None,
+                                 health_check_interval=10, retry=Retry(NoBackoff(), 0))
+            self._near_sub = NearInvalidation(client, self._near_message, self.near.clear)
         if self._direct:
             self.storage._core.on_forget = self.policy.forget
 
@@ -485,6 +486,8 @@ class _CacheCore:
         caching = response.extensions.get("caching") or {}
         if not (caching.get("from_cache") or caching.get("stored")):
             return
+        if self._near_sub is not None and not self._near_sub.listening:
+            return  # an invalidation could be missed meanwhile
         decision = self.policy.decide(request, response)
         if not decision.store:
             return

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import httpx
 
-from ..caching.redis_store import redis_options
+from ..caching.redis_connect import async_client, sync_client
 from ..config import ThrottleSettings
 from ..errors import ThrottledError
 from ..hookspecs import LayerSpec, hookimpl
@@ -149,12 +149,13 @@ class ThrottleLayer(_ThrottleCore, Layer):
         self._slots = threading.BoundedSemaphore(cap) if cap else None
 
     def _fleet_rate(self, settings: ThrottleSettings) -> Any:
-        import redis
-
         from ..policies.fleet_throttle import FleetRate
 
-        client = redis.Redis.from_url(settings.redis_url, **redis_options(settings.redis_timeout))
-        return FleetRate(settings, client)
+        return FleetRate(settings, sync_client(settings.redis_url, settings.redis_timeout))
+
+    def close_layer(self) -> None:
+        if self.fleet is not None:
+            self.fleet.close()
 
     def _take_turn(self, request: httpx.Request) -> None:
         """Wait for this attempt's turn: the fleet's rate in Redis, or the local bucket."""
@@ -207,12 +208,13 @@ class AsyncThrottleLayer(_ThrottleCore, AsyncLayer):
         self._slots: anyio.Semaphore | None = None
 
     def _fleet_rate(self, settings: ThrottleSettings) -> Any:
-        import redis.asyncio
-
         from ..policies.fleet_throttle import AsyncFleetRate
 
-        client = redis.asyncio.Redis.from_url(settings.redis_url, **redis_options(settings.redis_timeout))
-        return AsyncFleetRate(settings, client)
+        return AsyncFleetRate(settings, async_client(settings.redis_url, settings.redis_timeout))
+
+    async def aclose_layer(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.aclose()
 
     async def _take_turn(self, request: httpx.Request) -> None:
         if self.fleet is not None:

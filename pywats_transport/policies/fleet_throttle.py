@@ -18,7 +18,8 @@ from typing import Any
 
 from limits import RateLimitItem, RateLimitItemPerSecond
 
-from ..caching.redis_store import TAG, _Guard, redis_options
+from ..caching.redis_connect import Deferred, limits_client, limits_storage
+from ..caching.redis_store import TAG, _Guard
 from .throttle import SLOWDOWN
 
 HOLD = f"pwt:{TAG}:hold:"  # + host -> set while the fleet must not send to the host
@@ -98,12 +99,19 @@ class FleetRate(_FleetBase):
 
     def __init__(self, settings: Any, client: Any, **kw: Any) -> None:
         super().__init__(settings, **kw)
-        from limits.storage import RedisStorage
         from limits.strategies import MovingWindowRateLimiter
 
         self.client = client
-        self.storage = RedisStorage(settings.redis_url, connection_pool=client.connection_pool)
-        self.limiter = MovingWindowRateLimiter(self.storage)
+        # Made on first use, inside the guard: a cluster storage connects when made.
+        self.limiter: Any = Deferred(lambda: MovingWindowRateLimiter(
+            limits_storage(settings.redis_url, settings.redis_timeout, is_async=False, client=client)))
+
+    def close(self) -> None:
+        if self.limiter.made_already:
+            inner = limits_client(self.limiter.storage)
+            if inner is not None:
+                inner.close()
+        self.client.close()
 
     def acquire(self, host: str) -> float:
         key = self._key(host)
@@ -130,12 +138,17 @@ class AsyncFleetRate(_FleetBase):
 
     def __init__(self, settings: Any, client: Any, **kw: Any) -> None:
         super().__init__(settings, **kw)
-        from limits.aio.storage import RedisStorage
         from limits.aio.strategies import MovingWindowRateLimiter
 
         self.client = client
-        self.storage = RedisStorage(settings.redis_url, implementation="redispy", **redis_options(settings.redis_timeout))
-        self.limiter = MovingWindowRateLimiter(self.storage)
+        self.limiter = MovingWindowRateLimiter(limits_storage(settings.redis_url, settings.redis_timeout, is_async=True,
+                                                              client=client))
+
+    async def aclose(self) -> None:
+        inner = limits_client(self.limiter.storage)
+        if inner is not None:
+            await inner.aclose()
+        await self.client.aclose()
 
     async def acquire(self, host: str) -> float:
         key = self._key(host)

@@ -1,0 +1,186 @@
+"""Redis clients from one URL, for every Redis connection of ours (cache storage, near-cache
+invalidation, fleet rate).
+
+- One server: ``redis://``, ``rediss://`` (TLS) or ``unix://``, as redis-py reads them.
+- Redis Cluster: ``redis+cluster://[user:password@]host:port[,host:port...]`` (``rediss+cluster://``
+  for TLS), the startup nodes; the client learns the others from the cluster. Every key of ours
+  carries one hash tag, so each script and transaction runs on the one node that owns that slot.
+
+Timeouts are short, and the password may come from the environment (``REDIS_PASSWORD``) when the
+URL carries none; it is never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+SINGLE_SCHEMES = ("redis", "rediss", "unix")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SCHEMES = SINGLE_SCHEMES + CLUSTER_SCHEMES
+
+
+def scheme_of(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def is_cluster(url: str) -> bool:
+    return scheme_of(url) in CLUSTER_SCHEMES
+
+
+def check_url(url: str) -> str:
+    """``url`` if it names a server or a cluster; else a ValueError naming the allowed forms (never the
+    URL itself, which may hold a password)."""
+    if scheme_of(url) not in SCHEMES:
+        raise ValueError(f"must start with one of {', '.join(s + '://' for s in SCHEMES)}")
+    if is_cluster(url):
+        cluster_address(url)
+    return url
+
+
+@dataclass(frozen=True)
+class ClusterAddress:
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+    tls: bool
+
+    def options(self) -> dict[str, Any]:
+        """Client keywords from the URL (they win over the environment's password)."""
+        out: dict[str, Any] = {"ssl": True} if self.tls else {}
+        if self.username:
+            out["username"] = self.username
+        if self.password:
+            out["password"] = self.password
+        return out
+
+
+def cluster_address(url: str) -> ClusterAddress:
+    rest = url.split("://", 1)[1].split("/", 1)[0]
+    userinfo, _, hosts = rest.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    nodes = []
+    for part in hosts.split(","):
+        host, _, port = part.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError("a cluster URL lists its startup nodes as host:port[,host:port...]")
+        nodes.append((host.strip("[]"), int(port)))
+    return ClusterAddress(tuple(nodes), unquote(username) or None, unquote(password) or None,
+                          scheme_of(url) == "rediss+cluster")
+
+
+def redis_options(timeout: float) -> dict[str, Any]:
+    """Client options for every Redis connection of ours: short timeouts, and the password from the
+    environment (``REDIS_PASSWORD``) when the URL carries none."""
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if os.environ.get("REDIS_PASSWORD"):
+        options["password"] = os.environ["REDIS_PASSWORD"]
+    return options
+
+
+class Deferred:
+    """A client made on first use. redis-py's sync cluster client (and a sync single-connection client)
+    connects when it is made, which must not fail where a layer is built: Redis may be down at start,
+    and requests must work then. The first call makes it, inside the caller's guard; a failed attempt
+    is tried again on the next call."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._made: Any = None
+        self._lock = threading.Lock()
+
+    def made(self) -> Any:
+        if self._made is None:
+            with self._lock:
+                if self._made is None:
+                    self._made = self._make()
+        return self._made
+
+    @property
+    def made_already(self) -> bool:
+        return self._made is not None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.made(), name)
+
+    def close(self) -> None:
+        if self._made is not None:
+            self._made.close()
+
+
+def _cluster_version_check() -> None:
+    import redis
+
+    if int(redis.__version__.split(".")[0]) < 7:
+        raise ImportError(f"a Redis Cluster URL needs redis-py 7 or later (installed: {redis.__version__}): "
+                          "pip install -U 'redis>=7'")
+
+
+def sync_client(url: str, timeout: float, *, single_connection: bool = False, **extra: Any) -> Any:
+    """A ``redis.Redis`` (or, for a cluster URL, a :class:`Deferred` ``RedisCluster``); ``extra``
+    overrides the default options (``socket_timeout=None`` for a subscriber)."""
+    import redis
+
+    options = {**redis_options(timeout), **extra}
+    if is_cluster(url):
+        _cluster_version_check()
+        from redis.cluster import ClusterNode, RedisCluster
+
+        address = cluster_address(url)
+        return Deferred(lambda: RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in address.nodes],
+                                             **{**options, **address.options()}))
+    if single_connection:
+        return Deferred(lambda: redis.Redis.from_url(url, single_connection_client=True, **options))
+    return redis.Redis.from_url(url, **options)
+
+
+def async_client(url: str, timeout: float, *, single_connection: bool = False, **extra: Any) -> Any:
+    """A ``redis.asyncio.Redis`` (or ``RedisCluster``); neither connects before its first command."""
+    import redis.asyncio
+
+    options = {**redis_options(timeout), **extra}
+    if is_cluster(url):
+        _cluster_version_check()
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        address = cluster_address(url)
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in address.nodes],
+                            **{**options, **address.options()})
+    return redis.asyncio.Redis.from_url(url, single_connection_client=single_connection, **options)
+
+
+def limits_storage(url: str, timeout: float, *, is_async: bool, client: Any = None) -> Any:
+    """The ``limits`` library's Redis storage for ``url``: on one server it shares ``client``'s connection
+    pool (closed with the client); on a cluster it has a client of its own (:func:`limits_client`).
+    Its sync cluster storage connects when made: the caller defers it."""
+    options = redis_options(timeout)
+    if is_cluster(url):
+        _cluster_version_check()
+        address = cluster_address(url)
+        uri = "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in address.nodes)
+        if is_async:
+            from limits.aio.storage import RedisClusterStorage as AsyncClusterStorage
+
+            return AsyncClusterStorage("async+" + uri, implementation="redispy", **{**options, **address.options()})
+        from limits.storage import RedisClusterStorage
+
+        return RedisClusterStorage(uri, **{**options, **address.options()})
+    if is_async:
+        from limits.aio.storage import RedisStorage as AsyncRedisStorage
+
+        return AsyncRedisStorage(url, implementation="redispy", connection_pool=client.connection_pool)
+    from limits.storage import RedisStorage
+
+    return RedisStorage(url, connection_pool=client.connection_pool)
+
+
+
+def limits_client(storage: Any) -> Any:
+    """The Redis client inside a ``limits`` storage, to close with the layer (``limits`` has no close of
+    its own). On one server it is a client over our pool, whose closing leaves the pool alone."""
+    bridge = getattr(storage, "bridge", None)
+    return getattr(bridge if bridge is not None else storage, "storage", None)
