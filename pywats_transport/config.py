@@ -21,6 +21,12 @@ ENV_PREFIX = "PYWATS_TRANSPORT_"
 _SECRET_HINTS = ("token", "password", "secret", "authorization", "api_key")
 
 
+def _checked_redis_url(value: str) -> str:
+    from .caching.redis_connect import check_url  # not at import: the caching package imports this module
+
+    return check_url(value)
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated."""
 
@@ -43,8 +49,9 @@ class CacheSettings(Section):
     )
     storage: Literal["memory", "sqlite", "redis"] = Field("memory", description="Where entries live.")
     sqlite_path: str = Field("pywats_transport_cache.db", description="Database file for `storage: sqlite` (a bare name goes under .cache/hishel/).")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Server for `storage: redis` (password: in the URL "
-                           "or the environment, REDIS_PASSWORD; never logged).")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Server for `storage: redis`: `redis://`, "
+                           "`rediss://` (TLS), `unix://`, or a Redis Cluster's nodes, `redis+cluster://host:port,host:port` "
+                           "(`rediss+cluster://`). Password: in the URL or the environment, REDIS_PASSWORD; never shown.")
     redis_timeout: float = Field(0.25, gt=0, description="Longest a request waits on Redis (seconds) before it "
                                  "goes to the network.")
     near_cache: bool = Field(False, description="`storage: redis`: keep entries in process memory too (hits at "
@@ -76,6 +83,11 @@ class CacheSettings(Section):
         0.0, ge=0, description="Seconds past freshness an entry is served at once while one background request "
         "per key refreshes it (RFC 5861).",
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return _checked_redis_url(value)
 
 
 class RetrySettings(Section):
@@ -123,7 +135,8 @@ class ThrottleSettings(Section):
         "local", description="`local`: a token bucket in this process; `redis`: one rate for every process sharing "
         "`redis_url` (a moving window on the `limits` library), and a Retry-After seen by one holds the host for all.",
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Server for `backend: redis`.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Server for `backend: redis` (the forms of "
+                           "`cache.redis_url`).")
     redis_timeout: float = Field(0.25, gt=0, description="Longest a request waits on Redis for a token (seconds).")
     redis_retry_after: float = Field(5.0, ge=0, description="After Redis failed, seconds the local bucket is used "
                                      "before Redis is tried again.")
@@ -137,6 +150,11 @@ class ThrottleSettings(Section):
         10.0, gt=0, description="`backend: redis`: when a station's adaptive mode slows a host, the fleet's rate for "
         "it halves, and wins back one halving after this many seconds without another.",
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return _checked_redis_url(value)
 
 
 class MetricsSettings(Section):
@@ -444,7 +462,7 @@ def _shown(value: Any, loc: tuple[Any, ...], secrets: set[str]) -> str:
         return "***"
     if isinstance(value, (dict, list, tuple, set)):
         return f"<{type(value).__name__}>"
-    text = repr(value)
+    text = repr(redacted(value))
     return text if len(text) <= 80 else text[:77] + "..."
 
 

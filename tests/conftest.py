@@ -27,10 +27,10 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 class RedisServer:
     """A real redis-server on 127.0.0.1 that a test may kill and start again on the same port."""
 
-    def __init__(self, binary: str, workdir: Path, *args: str) -> None:
+    def __init__(self, binary: str, workdir: Path, *args: str, port: int = 0) -> None:
         self.binary, self.workdir, self.args = binary, workdir, args
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            s.bind(("127.0.0.1", port))
             self.port = s.getsockname()[1]
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -77,6 +77,24 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+@pytest.fixture(scope="module")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis Cluster for the module; the URL names one node that does not hold our keys' slot."""
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        pytest.skip("redis-server and redis-cli are not installed (.ci/run installs the Debian package redis-server)")
+    cluster = RedisCluster(binary, cli, tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster.url_without(b"{pwt}")
+    cluster.kill()
+
+
+@pytest.fixture(params=["server", "cluster"])
+def fleet_url(request: pytest.FixtureRequest) -> str:
+    """The fleet tier's Redis: one server, or a Redis Cluster."""
+    return str(request.getfixturevalue("redis_url" if request.param == "server" else "redis_cluster_url"))
+
+
 @pytest.fixture
 def redis_binary() -> str:
     binary = shutil.which("redis-server")
@@ -95,3 +113,70 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.kill()
+
+
+def _bus_port_free() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too, so both below 65536."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 40000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class RedisCluster:
+    """A real three-node Redis Cluster on 127.0.0.1 (no replicas), made with ``redis-cli --cluster create``."""
+
+    def __init__(self, binary: str, cli: str, workdir: Path) -> None:
+        self.nodes = [RedisServer(binary, workdir / f"node{i}", "--cluster-enabled", "yes", "--cluster-config-file",
+                                  str(workdir / f"node{i}" / "nodes.conf"), "--cluster-node-timeout", "2000",
+                                  port=_bus_port_free()) for i in range(3)]
+        for node in self.nodes:
+            node.workdir.mkdir(parents=True)
+        self.cli = cli
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        made = subprocess.run([self.cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                               "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True, timeout=60)
+        if made.returncode != 0:
+            self.kill()
+            pytest.fail(f"redis-cli --cluster create failed: {made.stdout[-500:]} {made.stderr[-500:]}")
+        deadline = time.monotonic() + 20
+        while not all(self._ok(node) for node in self.nodes):
+            if time.monotonic() > deadline:
+                self.kill()
+                pytest.fail("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    def _ok(self, node: RedisServer) -> bool:
+        info = subprocess.run([self.cli, "-p", str(node.port), "cluster", "info"], capture_output=True, text=True,
+                              timeout=10).stdout
+        return "cluster_state:ok" in info
+
+    def url_without(self, key: bytes) -> str:
+        """A cluster URL whose one startup node does not own ``key``'s slot: the client must find the owner."""
+        import redis
+        from redis.crc import key_slot
+
+        slot = key_slot(key)
+        client = redis.Redis(port=self.nodes[0].port)
+        try:
+            owner = next(int(primary[1]) for start, end, primary, *_ in client.execute_command("CLUSTER SLOTS")
+                         if start <= slot <= end)
+        finally:
+            client.close()
+        other = next(n for n in self.nodes if n.port != owner)
+        return f"redis+cluster://127.0.0.1:{other.port}"
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()

@@ -80,3 +80,21 @@ def test_secret_values_are_masked_in_errors() -> None:
     with pytest.raises(ConfigError) as info:
         TransportConfig.from_dict({"plugin_settings": {"x": 1}, "api_token": "s3cr3t"})
     assert "s3cr3t" not in str(info.value)
+
+
+def test_redis_urls_name_the_allowed_forms_and_never_show_a_password() -> None:
+    from pywats_transport.caching.redis_connect import cluster_address
+
+    for section in ("cache", "throttle"):
+        with pytest.raises(ConfigError) as bad:
+            TransportConfig.load({section: {"redis_url": "http://user:pw-secret-1@10.0.0.1:6379"}})
+        message = str(bad.value)
+        assert f"{section}.redis_url" in message and "pw-secret-1" not in message
+        assert all(form in message for form in ("redis://", "rediss://", "unix://", "redis+cluster://"))
+    with pytest.raises(ConfigError, match="host:port") as bad:
+        TransportConfig.load({"cache": {"redis_url": "redis+cluster://:pw-secret-2@nodes-without-ports"}})
+    assert "pw-secret-2" not in str(bad.value)
+    address = cluster_address("rediss+cluster://station:p%40ss@10.0.0.1:7000,10.0.0.2:7001/0")
+    assert address.nodes == (("10.0.0.1", 7000), ("10.0.0.2", 7001))
+    assert address.options() == {"ssl": True, "username": "station", "password": "p@ss"}
+    assert TransportConfig.load({"cache": {"redis_url": "redis+cluster://h1:7000,h2:7000"}}).cache.redis_url

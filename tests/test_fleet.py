@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from pywats_transport.caching.redis_connect import sync_client
 from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
 
 from .helpers import Caller, Counter
@@ -68,10 +69,10 @@ def station(script: Path, mode: str, url: str, token: str, redis_url: str, *acti
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_write_by_one_process_is_seen_by_every_other(tmp_path: Path, mode: str, wats_emulator: Any,
-                                                       redis_url: str) -> None:
+                                                       fleet_url: str) -> None:
     script = tmp_path / "station.py"
     script.write_text(STATION)
-    args = (script, mode, wats_emulator.url, wats_emulator.token, redis_url)
+    args = (script, mode, wats_emulator.url, wats_emulator.token, fleet_url)
     pn = f"PN-100{1 if mode == 'sync' else 2}"
     assert station(*args, f"get:{pn}") == [False]  # process A fetches and stores
     before = wats_emulator.state.requests["GET /api/Product/{partNumber}"]
@@ -83,11 +84,11 @@ def test_a_write_by_one_process_is_seen_by_every_other(tmp_path: Path, mode: str
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_invalidate_and_clear_reach_entries_other_layers_stored(mode: str, redis_url: str) -> None:
+async def test_invalidate_and_clear_reach_entries_other_layers_stored(mode: str, fleet_url: str) -> None:
     cls = CacheLayer if mode == "sync" else AsyncCacheLayer
     server = Counter()
-    one = Caller(mode, cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=redis_url))
-    other = cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=redis_url)
+    one = Caller(mode, cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=fleet_url))
+    other = cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=fleet_url)
     base = f"/fleet/{mode}"
     for i in range(3):
         await one.get(f"{base}/items/{i}")
@@ -106,7 +107,7 @@ async def test_invalidate_and_clear_reach_entries_other_layers_stored(mode: str,
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_the_shared_storage_keeps_variants_apart_and_honours_no_store(mode: str, redis_url: str) -> None:
+async def test_the_shared_storage_keeps_variants_apart_and_honours_no_store(mode: str, fleet_url: str) -> None:
     """ttl mode on Redis, as on memory: one entry per ``Vary`` variant, ``Vary: *`` and ``no-store`` not stored."""
     calls = []
 
@@ -120,8 +121,8 @@ async def test_the_shared_storage_keeps_variants_apart_and_honours_no_store(mode
         return httpx.Response(200, text=request.headers.get("accept", ""), headers={"vary": "Accept"})
 
     cls = CacheLayer if mode == "sync" else AsyncCacheLayer
-    one = Caller(mode, cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=redis_url))
-    other = Caller(mode, cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=redis_url))
+    one = Caller(mode, cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=fleet_url))
+    other = Caller(mode, cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=fleet_url))
     base = f"/variants/{mode}/{time.time_ns()}"
     assert (await one.get(f"{base}/v", headers={"accept": "application/json"})).text == "application/json"
     second = await other.get(f"{base}/v", headers={"accept": "text/plain"})
@@ -308,11 +309,11 @@ def recording_server() -> Any:
     return server
 
 
-def test_four_processes_share_one_rate(tmp_path: Path, redis_url: str) -> None:
+def test_four_processes_share_one_rate(tmp_path: Path, fleet_url: str) -> None:
     script = tmp_path / "hammer.py"
     script.write_text(HAMMER)
     with recording_server() as server:
-        procs = [subprocess.Popen([sys.executable, str(script), server.url, redis_url, "2.5"], stdout=subprocess.PIPE,
+        procs = [subprocess.Popen([sys.executable, str(script), server.url, fleet_url, "2.5"], stdout=subprocess.PIPE,
                                   text=True) for _ in range(4)]
         outputs = [p.communicate(timeout=60)[0].split() for p in procs]
         times = sorted(server.times)
@@ -324,16 +325,15 @@ def test_four_processes_share_one_rate(tmp_path: Path, redis_url: str) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_429s_in_a_row_at_one_station_halve_the_fleet_rate(mode: str, redis_url: str) -> None:
+async def test_429s_in_a_row_at_one_station_halve_the_fleet_rate(mode: str, fleet_url: str) -> None:
     """No Retry-After: the adaptive slow-down one station's policy decides is the fleet's too."""
-    import redis
 
     from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
     from pywats_transport.policies.fleet_throttle import SLOW
 
     cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
     host = f"slow-{mode}-{time.time_ns()}.test"
-    settings = {"enabled": True, "backend": "redis", "redis_url": redis_url, "rate": 20, "per_host": True,
+    settings = {"enabled": True, "backend": "redis", "redis_url": fleet_url, "rate": 20, "per_host": True,
                 "fleet_slowdown_seconds": 0.5}
     answers = iter([httpx.Response(429), httpx.Response(429)])
     first_layer = cls(httpx.MockTransport(lambda r: next(answers, httpx.Response(200))), **settings)
@@ -359,8 +359,9 @@ async def test_429s_in_a_row_at_one_station_halve_the_fleet_rate(mode: str, redi
     fleet = second_layer.fleet
     for _ in range(3):  # halvings stack, each adding 0.5 s, and come back one at a time
         fleet.slow_down(host) if mode == "sync" else await fleet.slow_down(host)
-    with redis.Redis.from_url(redis_url) as admin:
-        left = admin.pttl(SLOW + host)
+    admin = sync_client(fleet_url, 1.0)
+    left = admin.pttl(SLOW + host)
+    admin.close()
     assert 1000 < left <= 1500 and fleet._item(left).amount == 20 // 8
     assert fleet._item(left - 500).amount == 5 and fleet._item(left - 1000).amount == 10 and fleet._item(-2).amount == 20
     await first.close()
@@ -369,11 +370,11 @@ async def test_429s_in_a_row_at_one_station_halve_the_fleet_rate(mode: str, redi
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_a_retry_after_seen_by_one_holds_the_host_for_all(mode: str, redis_url: str) -> None:
+async def test_a_retry_after_seen_by_one_holds_the_host_for_all(mode: str, fleet_url: str) -> None:
     from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
 
     cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
-    settings = {"enabled": True, "backend": "redis", "redis_url": redis_url, "rate": 100, "per_host": True}
+    settings = {"enabled": True, "backend": "redis", "redis_url": fleet_url, "rate": 100, "per_host": True}
     answers = iter([httpx.Response(429, headers={"Retry-After": "1"})])
     first = Caller(mode, cls(httpx.MockTransport(lambda r: next(answers, httpx.Response(200))), **settings),
                    base_url=f"http://hold-{mode}.test")
@@ -385,6 +386,24 @@ async def test_a_retry_after_seen_by_one_holds_the_host_for_all(mode: str, redis
     assert time.monotonic() - started >= 0.8
     await first.close()
     await second.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_shorter_retry_after_does_not_cut_a_longer_hold(mode: str, fleet_url: str) -> None:
+    from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
+    from pywats_transport.policies.fleet_throttle import HOLD
+
+    cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
+    layer = cls(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis",
+                redis_url=fleet_url, per_host=True)
+    host = f"held-{mode}-{time.time_ns()}.test"
+    for hold in (3.0, 0.5):  # two stations, two servers' answers: the later, shorter one must not shorten it
+        layer.fleet.signal(host, hold=hold) if mode == "sync" else await layer.fleet.signal(host, hold=hold)
+    admin = sync_client(fleet_url, 1.0)
+    assert admin.pttl(HOLD + host) > 2000
+    admin.close()
+    layer.close() if mode == "sync" else await layer.aclose()
 
 
 @pytest.mark.anyio
@@ -456,7 +475,7 @@ SAME_TIME = textwrap.dedent("""
 """)
 
 
-def test_processes_that_miss_together_fetch_once(tmp_path: Path, redis_url: str) -> None:
+def test_processes_that_miss_together_fetch_once(tmp_path: Path, fleet_url: str) -> None:
     import asyncio as _asyncio
 
     from starlette.applications import Starlette
@@ -477,7 +496,7 @@ def test_processes_that_miss_together_fetch_once(tmp_path: Path, redis_url: str)
     script.write_text(SAME_TIME)
     with BackgroundServer(Starlette(routes=[Route("/slow/{i}", slow)])) as server:
         start = time.time() + 2.0
-        procs = [subprocess.Popen([sys.executable, str(script), server.url, redis_url, str(start)],
+        procs = [subprocess.Popen([sys.executable, str(script), server.url, fleet_url, str(start)],
                                   stdout=subprocess.PIPE, text=True) for _ in range(4)]
         outputs = [p.communicate(timeout=60)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
@@ -524,10 +543,10 @@ async def test_near_cache_hits_need_no_redis_and_a_lost_subscription_empties_it(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_near_caches_drop_what_any_process_invalidates(mode: str, redis_url: str) -> None:
+async def test_near_caches_drop_what_any_process_invalidates(mode: str, fleet_url: str) -> None:
     server = Counter()
-    writer, writer_layer = near(mode, server, redis_url)
-    reader, reader_layer = near(mode, server, redis_url)
+    writer, writer_layer = near(mode, server, fleet_url)
+    reader, reader_layer = near(mode, server, fleet_url)
     path = f"/near/{mode}/items/1"
     await writer.get(path)
     assert (await reader.get(path)).extensions["caching"]["from_cache"]  # from Redis, now kept near

@@ -29,14 +29,22 @@ SLOW = f"pwt:{TAG}:slow:"
 NAMESPACE = f"pwt:{TAG}:rate"
 MAX_HALVINGS = 6
 
-# KEYS[1]: the slow key; ARGV[1]: ms per halving; ARGV[2]: the most halvings. One more halving, atomically.
-SLOW_DOWN = """
-local left = redis.call('PTTL', KEYS[1])
-local level = 0
-if left > 0 then level = math.ceil(left / tonumber(ARGV[1])) end
-level = math.min(level + 1, tonumber(ARGV[2]))
-redis.call('SET', KEYS[1], '1', 'PX', level * tonumber(ARGV[1]))
-return level
+# KEYS[1]: the host's hold key, KEYS[2]: its slow key; ARGV[1]: ms to hold it (0: none; a longer hold
+# already there stays), ARGV[2]: 1 for one more halving, ARGV[3]: ms per halving, ARGV[4]: the most
+# halvings. One script, so a station's signal is one round trip, atomic, and runs on a cluster too.
+SIGNAL = """
+local hold = tonumber(ARGV[1])
+if hold > 0 and redis.call('PTTL', KEYS[1]) < hold then
+  redis.call('SET', KEYS[1], '1', 'PX', hold)
+end
+if ARGV[2] == '1' then
+  local left = redis.call('PTTL', KEYS[2])
+  local level = 0
+  if left > 0 then level = math.ceil(left / tonumber(ARGV[3])) end
+  level = math.min(level + 1, tonumber(ARGV[4]))
+  redis.call('SET', KEYS[2], '1', 'PX', level * tonumber(ARGV[3]))
+end
+return 1
 """
 
 
@@ -70,13 +78,10 @@ class _FleetBase:
         pipe.pttl(SLOW + key)
         return pipe
 
-    def _signals(self, pipe: Any, host: str, hold: float, slow_down: bool) -> Any:
+    def _signal_args(self, host: str, hold: float, slow_down: bool) -> tuple[Any, ...]:
         key = self._key(host)
-        if hold:
-            pipe.set(HOLD + key, b"1", px=max(1, int(hold * 1000)))
-        if slow_down:
-            pipe.eval(SLOW_DOWN, 1, SLOW + key, self.slow_ms, MAX_HALVINGS)
-        return pipe
+        return (SIGNAL, 2, HOLD + key, SLOW + key, max(1, int(hold * 1000)) if hold else 0, int(slow_down),
+                self.slow_ms, MAX_HALVINGS)
 
     def _item(self, slow_ms: int | None) -> RateLimitItem:
         halvings = math.ceil(slow_ms / self.slow_ms) if slow_ms and slow_ms > 0 else 0
@@ -126,7 +131,7 @@ class FleetRate(_FleetBase):
         """What this station learnt from the server, for the whole fleet: hold the host ``hold`` seconds
         (its ``Retry-After``), halve its rate (the adaptive policy slowed it); one round trip."""
         with self.guard.calling():
-            self._signals(self.client.pipeline(transaction=False), host, hold, slow_down).execute()
+            self.client.eval(*self._signal_args(host, hold, slow_down))
         self.slowdowns += slow_down
 
     def slow_down(self, host: str) -> None:
@@ -161,7 +166,7 @@ class AsyncFleetRate(_FleetBase):
 
     async def signal(self, host: str, hold: float = 0.0, slow_down: bool = False) -> None:
         with self.guard.calling():
-            await self._signals(self.client.pipeline(transaction=False), host, hold, slow_down).execute()
+            await self.client.eval(*self._signal_args(host, hold, slow_down))
         self.slowdowns += slow_down
 
     async def slow_down(self, host: str) -> None:
