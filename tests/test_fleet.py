@@ -408,6 +408,20 @@ async def test_a_shorter_retry_after_does_not_cut_a_longer_hold(mode: str, fleet
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_plain_url_to_a_cluster_node_says_how_to_name_the_cluster(mode: str, redis_cluster_url: str,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    plain = redis_cluster_url.replace("redis+cluster://", "redis://")
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    caller = Caller(mode, cls(httpx.MockTransport(Counter()), mode="ttl", storage="redis", redis_url=plain))
+    try:
+        assert (await caller.get("/plain")).status_code == 200  # the network answers meanwhile
+    finally:
+        await caller.close()
+    assert "MovedError: a Redis Cluster node; give the cluster as redis+cluster://" in caplog.text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_with_redis_down_each_process_takes_its_share(mode: str) -> None:
     import socket
 

@@ -208,8 +208,11 @@ class _Guard:
                 self.down_since = self.clock()
             self.down_until = self.clock() + self.retry_after
         if began:
+            kind = type(exc).__name__ if exc is not None else "no answer"
+            if kind in ("MovedError", "AskError"):  # the URL names one node of a cluster
+                kind += ": a Redis Cluster node; give the cluster as redis+cluster://host:port,host:port"
             log.warning("Redis unavailable for the %s (%s); %s, and Redis is tried again every %.0f s", self.use,
-                        type(exc).__name__ if exc is not None else "no answer", self.fallback, self.retry_after)
+                        kind, self.fallback, self.retry_after)
 
     @contextmanager
     def calling(self) -> Iterator[None]:
