@@ -133,7 +133,8 @@ class ThrottleSettings(Section):
     adaptive: bool = Field(True, description="Slow down a host after 429/503 with Retry-After, recover gradually.")
     backend: Literal["local", "redis"] = Field(
         "local", description="`local`: a token bucket in this process; `redis`: one rate for every process sharing "
-        "`redis_url` (a moving window on the `limits` library), and a Retry-After seen by one holds the host for all.",
+        "`redis_url` (a token bucket in Redis, pyrate-limiter's GCRA: `burst` at once and `rate` per second for the "
+        "fleet), and a Retry-After seen by one holds the host for all.",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Server for `backend: redis` (the forms of "
                            "`cache.redis_url`).")

@@ -100,10 +100,6 @@ class Deferred:
                     self._made = self._make()
         return self._made
 
-    @property
-    def made_already(self) -> bool:
-        return self._made is not None
-
     def __getattr__(self, name: str) -> Any:
         return getattr(self.made(), name)
 
@@ -152,35 +148,3 @@ def async_client(url: str, timeout: float, *, single_connection: bool = False, *
                             **{**options, **address.options()})
     return redis.asyncio.Redis.from_url(url, single_connection_client=single_connection, **options)
 
-
-def limits_storage(url: str, timeout: float, *, is_async: bool, client: Any = None) -> Any:
-    """The ``limits`` library's Redis storage for ``url``: on one server it shares ``client``'s connection
-    pool (closed with the client); on a cluster it has a client of its own (:func:`limits_client`).
-    Its sync cluster storage connects when made: the caller defers it."""
-    options = redis_options(timeout)
-    if is_cluster(url):
-        _cluster_version_check()
-        address = cluster_address(url)
-        uri = "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in address.nodes)
-        if is_async:
-            from limits.aio.storage import RedisClusterStorage as AsyncClusterStorage
-
-            return AsyncClusterStorage("async+" + uri, implementation="redispy", **{**options, **address.options()})
-        from limits.storage import RedisClusterStorage
-
-        return RedisClusterStorage(uri, **{**options, **address.options()})
-    if is_async:
-        from limits.aio.storage import RedisStorage as AsyncRedisStorage
-
-        return AsyncRedisStorage(url, implementation="redispy", connection_pool=client.connection_pool)
-    from limits.storage import RedisStorage
-
-    return RedisStorage(url, connection_pool=client.connection_pool)
-
-
-
-def limits_client(storage: Any) -> Any:
-    """The Redis client inside a ``limits`` storage, to close with the layer (``limits`` has no close of
-    its own). On one server it is a client over our pool, whose closing leaves the pool alone."""
-    bridge = getattr(storage, "bridge", None)
-    return getattr(bridge if bridge is not None else storage, "storage", None)

@@ -1,13 +1,14 @@
-"""A request rate shared by every process of a fleet, through Redis, on the ``limits`` library.
+"""A request rate shared by every process of a fleet, through Redis, on pyrate-limiter's GCRA.
 
-``limits`` is well kept, has a Redis backend with atomic scripts for both sync and asyncio clients,
-and its moving window bounds what any one-second window sees (what a server's own limiter counts),
-where a token bucket per process cannot. A server's ``Retry-After`` seen by one station holds the
-host for the whole fleet (a key with that expiry), and so does the adaptive slow-down: when one
-station's policy slows a host (429s in a row, or a ``Retry-After``), the fleet's rate for that host
-halves, and wins back one halving every ``fleet_slowdown_seconds`` without another. When Redis fails, the
-caller falls back to its local bucket (at ``rate / expected_processes``) for ``redis_retry_after``
-seconds, then tries again.
+pyrate-limiter is well kept and its GCRA (a token bucket kept as one timestamp) runs as one atomic
+Lua script on Redis for sync and asyncio clients alike, in one small hash per host. It honours both
+settings a token bucket has: at most ``burst`` requests at once, ``rate`` per second sustained, so
+no one-second window sees more than ``rate + burst``. A server's ``Retry-After`` seen by one station
+holds the host for the whole fleet (a key with that expiry), and so does the adaptive slow-down: when
+one station's policy slows a host (429s in a row, or a ``Retry-After``), the fleet's rate for that
+host halves, and wins back one halving every ``fleet_slowdown_seconds`` without another. When Redis
+fails, the caller falls back to its local bucket (at ``rate / expected_processes``) for
+``redis_retry_after`` seconds, then tries again.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import math
 import time
 from typing import Any
 
-from limits import RateLimitItem, RateLimitItemPerSecond
+from pyrate_limiter import GCRA, Decision, Rate, RedisStateStore
 
-from ..caching.redis_connect import Deferred, limits_client, limits_storage
 from ..caching.redis_store import TAG, _Guard
 from .throttle import SLOWDOWN
 
@@ -26,7 +26,7 @@ HOLD = f"pwt:{TAG}:hold:"  # + host -> set while the fleet must not send to the 
 # + host -> its expiry tells how many halvings are in force: one per ``fleet_slowdown_seconds`` left,
 # so the rate comes back one step at a time, on Redis's clock (the stations' clocks may disagree)
 SLOW = f"pwt:{TAG}:slow:"
-NAMESPACE = f"pwt:{TAG}:rate"
+RATE = f"pwt:{TAG}:rate:"  # + host -> the GCRA state (pyrate-limiter's hash)
 MAX_HALVINGS = 6
 
 # KEYS[1]: the host's hold key, KEYS[2]: its slow key; ARGV[1]: ms to hold it (0: none; a longer hold
@@ -48,19 +48,30 @@ return 1
 """
 
 
-def rate_item(rate: float) -> RateLimitItem:
-    """``rate`` requests per second as a ``limits`` item: per second, or per N seconds below one a second."""
-    if rate >= 1:
-        return RateLimitItemPerSecond(max(1, int(rate)), 1, namespace=NAMESPACE)
-    seconds = math.ceil(1 / rate)
-    return RateLimitItemPerSecond(max(1, round(rate * seconds)), seconds, namespace=NAMESPACE)
+def fleet_rate(rate: float, burst: int) -> Rate:
+    """``rate`` requests per second, ``burst`` at once, as pyrate-limiter's GCRA reads it: one request
+    per ``1000 / rate`` ms (limit and interval scaled so that a rate below one a second is exact too)."""
+    return Rate(max(1, round(rate * 1000)), 1_000_000, burst=max(1, burst))
+
+
+def levels(settings: Any) -> list[list[Rate]]:
+    """The fleet's rate with 0, 1, 2, ... halvings in force. A slowed host's burst shrinks with its rate,
+    as the local bucket's does."""
+    out = []
+    for k in range(MAX_HALVINGS + 1):
+        rate = max(settings.min_rate, settings.rate * SLOWDOWN ** k)
+        out.append([fleet_rate(rate, settings.burst if k == 0 else min(settings.burst, int(rate)))])
+    return out
 
 
 class _FleetBase:
+    client: Any  # a redis-py client, sync or asyncio, of one server or a cluster
+
     def __init__(self, settings: Any, *, clock: Any = time.time) -> None:
         self.settings = settings
-        #: the fleet's rate with 0, 1, 2, ... halvings in force (each its own window in ``limits``)
-        self.items = [rate_item(max(settings.min_rate, settings.rate * SLOWDOWN ** k)) for k in range(MAX_HALVINGS + 1)]
+        self.levels = levels(settings)
+        self.algorithm = GCRA()
+        self._stores: dict[str, RedisStateStore] = {}
         self.guard = _Guard(settings.redis_retry_after, use="fleet rate",
                             fallback="each process uses its share of the rate")
         self.clock = clock
@@ -83,16 +94,26 @@ class _FleetBase:
         return (SIGNAL, 2, HOLD + key, SLOW + key, max(1, int(hold * 1000)) if hold else 0, int(slow_down),
                 self.slow_ms, MAX_HALVINGS)
 
-    def _item(self, slow_ms: int | None) -> RateLimitItem:
+    def _rates(self, slow_ms: int | None) -> list[Rate]:
+        """The rate in force for a host whose slow key has ``slow_ms`` left."""
         halvings = math.ceil(slow_ms / self.slow_ms) if slow_ms and slow_ms > 0 else 0
-        return self.items[min(halvings, MAX_HALVINGS)]
+        return self.levels[min(halvings, MAX_HALVINGS)]
 
-    def _wait_from(self, hold_ms: int, allowed: bool, reset_at: float) -> float:
+    def _check(self, key: str, slow_ms: int | None) -> Any:
+        """One turn of the host's GCRA in Redis: a Decision (awaitable with an asyncio client)."""
+        store = self._stores.get(key)
+        if store is None:
+            store = self._stores[key] = RedisStateStore(self.client, RATE + key)
+        return store.check(self.algorithm, self._rates(slow_ms), int(self.clock() * 1000), 1)
+
+    def _wait_from(self, hold_ms: int, decision: Decision | None, slow_ms: int | None) -> float:
         if hold_ms > 0:
             return hold_ms / 1000
-        if allowed:
+        if decision is None or decision.allowed:
             return 0.0
-        return max(0.001, reset_at - self.clock())
+        if decision.retry_after_ms is None:  # not computed: one request's interval
+            return 1000 / self._rates(slow_ms)[0].limit
+        return max(0.001, decision.retry_after_ms / 1000)
 
     def stats(self) -> dict[str, Any]:
         return {"backend": "redis", "redis_outages": self.guard.outages, "redis_failures": self.guard.failures,
@@ -104,28 +125,18 @@ class FleetRate(_FleetBase):
 
     def __init__(self, settings: Any, client: Any, **kw: Any) -> None:
         super().__init__(settings, **kw)
-        from limits.strategies import MovingWindowRateLimiter
-
         self.client = client
-        # Made on first use, inside the guard: a cluster storage connects when made.
-        self.limiter: Any = Deferred(lambda: MovingWindowRateLimiter(
-            limits_storage(settings.redis_url, settings.redis_timeout, is_async=False, client=client)))
 
     def close(self) -> None:
-        if self.limiter.made_already:
-            inner = limits_client(self.limiter.storage)
-            if inner is not None:
-                inner.close()
         self.client.close()
 
     def acquire(self, host: str) -> float:
         key = self._key(host)
         with self.guard.calling():
             hold, slow = self._state(self.client.pipeline(transaction=False), key).execute()
-            hold, item = int(hold or 0), self._item(slow)
-            allowed = hold <= 0 and self.limiter.hit(item, key)
-            reset = self.limiter.get_window_stats(item, key).reset_time if hold <= 0 and not allowed else 0.0
-        return self._wait_from(hold, allowed, reset)
+            hold = int(hold or 0)
+            decision = self._check(key, slow) if hold <= 0 else None
+        return self._wait_from(hold, decision, slow)
 
     def signal(self, host: str, hold: float = 0.0, slow_down: bool = False) -> None:
         """What this station learnt from the server, for the whole fleet: hold the host ``hold`` seconds
@@ -139,30 +150,22 @@ class FleetRate(_FleetBase):
 
 
 class AsyncFleetRate(_FleetBase):
-    """Async twin of :class:`FleetRate` on ``limits.aio`` and ``redis.asyncio``."""
+    """Async twin of :class:`FleetRate` on ``redis.asyncio``."""
 
     def __init__(self, settings: Any, client: Any, **kw: Any) -> None:
         super().__init__(settings, **kw)
-        from limits.aio.strategies import MovingWindowRateLimiter
-
         self.client = client
-        self.limiter = MovingWindowRateLimiter(limits_storage(settings.redis_url, settings.redis_timeout, is_async=True,
-                                                              client=client))
 
     async def aclose(self) -> None:
-        inner = limits_client(self.limiter.storage)
-        if inner is not None:
-            await inner.aclose()
         await self.client.aclose()
 
     async def acquire(self, host: str) -> float:
         key = self._key(host)
         with self.guard.calling():
             hold, slow = await self._state(self.client.pipeline(transaction=False), key).execute()
-            hold, item = int(hold or 0), self._item(slow)
-            allowed = hold <= 0 and await self.limiter.hit(item, key)
-            reset = (await self.limiter.get_window_stats(item, key)).reset_time if hold <= 0 and not allowed else 0.0
-        return self._wait_from(hold, allowed, reset)
+            hold = int(hold or 0)
+            decision = await self._check(key, slow) if hold <= 0 else None
+        return self._wait_from(hold, decision, slow)
 
     async def signal(self, host: str, hold: float = 0.0, slow_down: bool = False) -> None:
         with self.guard.calling():
