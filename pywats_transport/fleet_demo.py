@@ -93,14 +93,15 @@ def run(args: argparse.Namespace) -> int:
         print("pywats-transport demo --fleet: redis-server is not on PATH; install it "
               "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)", file=sys.stderr)
         return 2
-    n, units, rate = args.fleet, args.units, 20.0
+    n, units, rate, burst = args.fleet, args.units, 20.0, 5
     redis = LocalRedis(binary)
     try:
         with EmulatorServer(token=TOKEN, latency_ms=args.latency_ms) as emu:
             fleet = _run(emu, n, units, {"profile": "wats",
                                          "cache": {"storage": "redis", "redis_url": redis.url},
-                                         "throttle": {"rate": rate, "backend": "redis", "redis_url": redis.url}})
-            alone = _run(emu, n, units, {"profile": "wats", "throttle": {"rate": rate}})
+                                         "throttle": {"rate": rate, "burst": burst, "backend": "redis",
+                                                      "redis_url": redis.url}})
+            alone = _run(emu, n, units, {"profile": "wats", "throttle": {"rate": rate, "burst": burst}})
             stored = dict(emu.state.reports)
     finally:
         redis.stop()
@@ -110,15 +111,15 @@ def run(args: argparse.Namespace) -> int:
         (f"GETs for the {distinct} shared lookup URLs", fleet["shared"], alone["shared"]),
         ("... per URL", f"{fleet['shared'] / distinct:.1f}", f"{alone['shared'] / distinct:.1f}"),
         ("cache hit rate", f"{fleet['hit_rate']:.1%}", f"{alone['hit_rate']:.1%}"),
-        (f"peak server requests in 1 s (limit {rate:.0f}/s)", fleet["peak"], alone["peak"]),
+        (f"peak server requests in 1 s (limit {rate:.0f}/s, burst {burst})", fleet["peak"], alone["peak"]),
         ("reports stored", len([i for i in fleet["reports"] if i in stored]),
          len([i for i in alone["reports"] if i in stored])),
     ]
     print(f"pywats-transport demo --fleet {n}: {n} station processes against the embedded WATS emulator "
           f"({args.latency_ms:.0f} ms), Redis on 127.0.0.1:{redis.port}\n")
-    print(f"  {'':<44}{'with Redis':>14}{'without':>14}")
+    print(f"  {'':<52}{'with Redis':>14}{'without':>14}")
     for label, with_redis, without in rows:
-        print(f"  {label:<44}{with_redis!s:>14}{without!s:>14}")
+        print(f"  {label:<52}{with_redis!s:>14}{without!s:>14}")
     handed = fleet["reports"] + alone["reports"]
     errors = fleet["errors"] + alone["errors"]
     lost = [i for i in handed if i not in stored]
