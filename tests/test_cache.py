@@ -341,13 +341,16 @@ async def test_redis_storage_hits_invalidates_and_isolates(mode: str, redis_url:
 
 
 @pytest.mark.anyio
-async def test_redis_down_falls_back_to_network(mode: str) -> None:
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:{port}/0", "redis+cluster://127.0.0.1:{port}"])
+async def test_redis_down_falls_back_to_network(mode: str, url: str) -> None:
+    """Down from the start, a server or a cluster: the layer is built, and the network answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here
     server = Counter()
     cls = CacheLayer if mode == "sync" else AsyncCacheLayer
-    layer = cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=f"redis://127.0.0.1:{port}/0")
+    layer = cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=url.format(port=port),
+                near_cache=True)
     caller = Caller(mode, layer)
     assert (await caller.get("/x")).status_code == 200
     assert (await caller.get("/x")).status_code == 200

@@ -459,7 +459,8 @@ async def test_a_plain_url_to_a_cluster_node_says_how_to_name_the_cluster(mode: 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_with_redis_down_each_process_takes_its_share(mode: str) -> None:
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+async def test_with_redis_down_each_process_takes_its_share(mode: str, scheme: str) -> None:
     import socket
 
     from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
@@ -469,7 +470,7 @@ async def test_with_redis_down_each_process_takes_its_share(mode: str) -> None:
         port = s.getsockname()[1]  # nothing listens here
     cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
     layer = cls(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis",
-                redis_url=f"redis://127.0.0.1:{port}/0", rate=40, burst=1, expected_processes=4)
+                redis_url=f"{scheme}://127.0.0.1:{port}", rate=40, burst=1, expected_processes=4)
     caller = Caller(mode, layer)
     for _ in range(3):
         assert (await caller.get("/a")).status_code == 200
