@@ -460,7 +460,8 @@ async def test_a_plain_url_to_a_cluster_node_says_how_to_name_the_cluster(mode: 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
-async def test_with_redis_down_each_process_takes_its_share(mode: str, scheme: str) -> None:
+async def test_with_redis_down_each_process_takes_its_share(mode: str, scheme: str,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
     import socket
 
     from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
@@ -476,6 +477,8 @@ async def test_with_redis_down_each_process_takes_its_share(mode: str, scheme: s
         assert (await caller.get("/a")).status_code == 200
     stats = layer.stats()
     assert stats["fleet"]["local_fallbacks"] == 3 and stats["fleet"]["redis_outages"] == 1
+    said = [r for r in caplog.records if r.name == "pywats_transport.throttle"]
+    assert len(said) == 1 and "Redis unavailable for the fleet rate" in said[0].getMessage()  # once an outage
     assert stats["rate_per_host"]["test"] == 10.0  # 40 / 4 processes
     await caller.close()
 

@@ -186,9 +186,10 @@ class _Guard:
     """
 
     def __init__(self, retry_after: float, clock: Callable[[], float] = time.monotonic, *,
-                 use: str = "cache", fallback: str = "requests go to the network") -> None:
+                 use: str = "cache", fallback: str = "requests go to the network",
+                 logger: logging.Logger = log) -> None:
         self.retry_after, self.clock = retry_after, clock
-        self.use, self.fallback = use, fallback
+        self.use, self.fallback, self.log = use, fallback, logger
         self.down_until = 0.0
         self.down_since = 0.0
         self.outages = 0
@@ -211,7 +212,7 @@ class _Guard:
             kind = type(exc).__name__ if exc is not None else "no answer"
             if kind in ("MovedError", "AskError"):  # the URL names one node of a cluster
                 kind += ": a Redis Cluster node; give the cluster as redis+cluster://host:port,host:port"
-            log.warning("Redis unavailable for the %s (%s); %s, and Redis is tried again every %.0f s", self.use,
+            self.log.warning("Redis unavailable for the %s (%s); %s, and Redis is tried again every %.0f s", self.use,
                         kind, self.fallback, self.retry_after)
 
     @contextmanager
@@ -230,7 +231,7 @@ class _Guard:
             with self._lock:
                 since, self.down_since = self.down_since, 0.0
             if since:
-                log.warning("Redis answers the %s again, after %.1f s", self.use, self.clock() - since)
+                self.log.warning("Redis answers the %s again, after %.1f s", self.use, self.clock() - since)
         self.down_until = 0.0
 
 

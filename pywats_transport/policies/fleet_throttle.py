@@ -13,6 +13,7 @@ fails, the caller falls back to its local bucket (at ``rate / expected_processes
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -73,7 +74,8 @@ class _FleetBase:
         self.algorithm = GCRA()
         self._stores: dict[str, RedisStateStore] = {}
         self.guard = _Guard(settings.redis_retry_after, use="fleet rate",
-                            fallback="each process uses its share of the rate")
+                            fallback="each process uses its share of the rate",
+                            logger=logging.getLogger("pywats_transport.throttle"))
         self.clock = clock
         self.fallbacks = 0
         self.slowdowns = 0
