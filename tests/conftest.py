@@ -78,15 +78,21 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 @pytest.fixture(scope="module")
-def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Redis Cluster for the module; the URL names one node that does not hold our keys' slot."""
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real three-node Redis Cluster for the module."""
     binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if binary is None or cli is None:
         pytest.skip("redis-server and redis-cli are not installed (.ci/run installs the Debian package redis-server)")
     cluster = RedisCluster(binary, cli, tmp_path_factory.mktemp("cluster"))
     cluster.start()
-    yield cluster.url_without(b"{pwt}")
+    yield cluster
     cluster.kill()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_url(redis_cluster: RedisCluster) -> str:
+    """The cluster's URL, naming one node that does not hold our keys' slot."""
+    return redis_cluster.url_without(b"{pwt}")
 
 
 @pytest.fixture(params=["server", "cluster"])
@@ -162,19 +168,24 @@ class RedisCluster:
                               timeout=10).stdout
         return "cluster_state:ok" in info
 
-    def url_without(self, key: bytes) -> str:
-        """A cluster URL whose one startup node does not own ``key``'s slot: the client must find the owner."""
+    def owner(self, key: bytes) -> RedisServer:
+        """The node that holds ``key``'s slot."""
         import redis
         from redis.crc import key_slot
 
         slot = key_slot(key)
         client = redis.Redis(port=self.nodes[0].port)
         try:
-            owner = next(int(primary[1]) for start, end, primary, *_ in client.execute_command("CLUSTER SLOTS")
-                         if start <= slot <= end)
+            port = next(int(primary[1]) for start, end, primary, *_ in client.execute_command("CLUSTER SLOTS")
+                        if start <= slot <= end)
         finally:
             client.close()
-        other = next(n for n in self.nodes if n.port != owner)
+        return next(n for n in self.nodes if n.port == port)
+
+    def url_without(self, key: bytes) -> str:
+        """A cluster URL whose one startup node does not own ``key``'s slot: the client must find the owner."""
+        owner = self.owner(key)
+        other = next(n for n in self.nodes if n is not owner)
         return f"redis+cluster://127.0.0.1:{other.port}"
 
     def kill(self) -> None:

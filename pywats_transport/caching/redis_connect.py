@@ -116,19 +116,32 @@ def _cluster_version_check() -> None:
                           "pip install -U 'redis>=7'")
 
 
+def _reconnect_once(retry_cls: Any, *, cluster: bool = False) -> Any:
+    """One immediate retry on a connection the server closed (an idle timeout, a restart): the call
+    goes on over a new connection instead of counting as an outage. Timeouts are not retried, so a
+    request waits at most one timeout on a dead or hung Redis. A cluster client retries timeouts too,
+    whatever the retry's errors, so it gets none (a stale connection is found when taken from its
+    node's pool, and a moved slot is followed without a retry)."""
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError
+
+    return retry_cls(NoBackoff(), 0 if cluster else 1, supported_errors=(ConnectionError,))
+
+
 def sync_client(url: str, timeout: float, *, single_connection: bool = False, **extra: Any) -> Any:
     """A ``redis.Redis`` (or, for a cluster URL, a :class:`Deferred` ``RedisCluster``); ``extra``
     overrides the default options (``socket_timeout=None`` for a subscriber)."""
     import redis
+    from redis.retry import Retry
 
-    options = {**redis_options(timeout), **extra}
+    options = {**redis_options(timeout), "retry": _reconnect_once(Retry), **extra}
     if is_cluster(url):
         _cluster_version_check()
         from redis.cluster import ClusterNode, RedisCluster
 
         address = cluster_address(url)
-        return Deferred(lambda: RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in address.nodes],
-                                             **{**options, **address.options()}))
+        options = {**options, "retry": _reconnect_once(Retry, cluster=True), **extra, **address.options()}
+        return Deferred(lambda: RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in address.nodes], **options))
     if single_connection:
         return Deferred(lambda: redis.Redis.from_url(url, single_connection_client=True, **options))
     return redis.Redis.from_url(url, **options)
@@ -137,14 +150,15 @@ def sync_client(url: str, timeout: float, *, single_connection: bool = False, **
 def async_client(url: str, timeout: float, *, single_connection: bool = False, **extra: Any) -> Any:
     """A ``redis.asyncio.Redis`` (or ``RedisCluster``); neither connects before its first command."""
     import redis.asyncio
+    from redis.asyncio.retry import Retry
 
-    options = {**redis_options(timeout), **extra}
+    options = {**redis_options(timeout), "retry": _reconnect_once(Retry), **extra}
     if is_cluster(url):
         _cluster_version_check()
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
         address = cluster_address(url)
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in address.nodes],
-                            **{**options, **address.options()})
+        options = {**options, "retry": _reconnect_once(Retry, cluster=True), **extra, **address.options()}
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in address.nodes], **options)
     return redis.asyncio.Redis.from_url(url, single_connection_client=single_connection, **options)
 

@@ -30,6 +30,13 @@ SLOW = f"pwt:{TAG}:slow:"
 RATE = f"pwt:{TAG}:rate:"  # + host -> the GCRA state (pyrate-limiter's hash)
 MAX_HALVINGS = 6
 
+# KEYS[1]: the host's hold key, KEYS[2]: its slow key: the ms each still holds (negative: not set). One
+# command, not a pipeline: a cluster client sends a failed pipeline's commands again one by one, each
+# waiting its own timeout on a hung node.
+STATE = """
+return {redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2])}
+"""
+
 # KEYS[1]: the host's hold key, KEYS[2]: its slow key; ARGV[1]: ms to hold it (0: none; a longer hold
 # already there stays), ARGV[2]: 1 for one more halving, ARGV[3]: ms per halving, ARGV[4]: the most
 # halvings. One script, so a station's signal is one round trip, atomic, and runs on a cluster too.
@@ -85,11 +92,9 @@ class _FleetBase:
         return host if self.settings.per_host else "*"
 
     @staticmethod
-    def _state(pipe: Any, key: str) -> Any:
-        """Queue the reads of a turn: how long the host is held, and how many halvings are in force."""
-        pipe.pttl(HOLD + key)
-        pipe.pttl(SLOW + key)
-        return pipe
+    def _state_args(key: str) -> tuple[Any, ...]:
+        """The reads of a turn: how long the host is held, and how many halvings are in force."""
+        return STATE, 2, HOLD + key, SLOW + key
 
     def _signal_args(self, host: str, hold: float, slow_down: bool) -> tuple[Any, ...]:
         key = self._key(host)
@@ -135,7 +140,7 @@ class FleetRate(_FleetBase):
     def acquire(self, host: str) -> float:
         key = self._key(host)
         with self.guard.calling():
-            hold, slow = self._state(self.client.pipeline(transaction=False), key).execute()
+            hold, slow = self.client.eval(*self._state_args(key))
             hold = int(hold or 0)
             decision = self._check(key, slow) if hold <= 0 else None
         return self._wait_from(hold, decision, slow)
@@ -164,7 +169,7 @@ class AsyncFleetRate(_FleetBase):
     async def acquire(self, host: str) -> float:
         key = self._key(host)
         with self.guard.calling():
-            hold, slow = await self._state(self.client.pipeline(transaction=False), key).execute()
+            hold, slow = await self.client.eval(*self._state_args(key))
             hold = int(hold or 0)
             decision = await self._check(key, slow) if hold <= 0 else None
         return self._wait_from(hold, decision, slow)
