@@ -29,12 +29,15 @@ def model_table(model: type[BaseModel], env: str | None) -> str:
 
 
 def config_reference() -> str:
-    from pywats_transport.config import BUILTIN_SECTIONS
+    from pywats_transport.config import BUILTIN_SECTIONS, RedisSettings
     from pywats_transport.service.config import ClientConfig
 
     parts = []
     for section, model in BUILTIN_SECTIONS.items():
         parts += [f"### `{section}`", "", model_table(model, f"PYWATS_TRANSPORT_{section.upper()}__{{name}}"), ""]
+    parts += ["### `redis`", "", "The fleet's Redis, shared by `cache.storage: redis` and `throttle.backend: redis`; "
+              "a layer's own `redis_url`, `redis_timeout` or `redis_retry_after` wins over it.", "",
+              model_table(RedisSettings, "PYWATS_TRANSPORT_REDIS__{name}"), ""]
     parts += ["### `plugins`, `plugin_settings`", "",
               "`plugins`: names of plugin layers to enable (`PYWATS_TRANSPORT_PLUGINS=a,b`). "
               "`plugin_settings`: one object per plugin name, validated by that plugin's own model.", ""]

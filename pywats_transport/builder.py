@@ -66,7 +66,7 @@ def resolve_layers(config: TransportConfig, pm: PluginManager) -> list[tuple[Lay
     for name, source in pm.layers().items():
         spec = source.spec
         if name in BUILTIN_SECTIONS:
-            section = getattr(config, name)
+            section = config.effective(name)
             if section.enabled:
                 chosen[name] = (spec, section)
         elif spec.switch in config.plugins:

@@ -176,6 +176,28 @@ class MetricsSettings(Section):
     )
 
 
+class RedisSettings(Section):
+    """The fleet's Redis, in one place: the cache (`cache.storage: redis`) and the fleet rate
+    (`throttle.backend: redis`) use it unless their own `redis_*` settings say otherwise."""
+
+    url: str = Field("redis://127.0.0.1:6379/0", description="`redis://`, `rediss://` (TLS; certificates as URL "
+                     "options, `?ssl_ca_certs=/path/ca.pem`), `unix://`, or a Redis Cluster's nodes, "
+                     "`redis+cluster://host:port,host:port` (`rediss+cluster://`). Password: in the URL or the "
+                     "environment, REDIS_PASSWORD; never shown.")
+    timeout: float = Field(0.25, gt=0, description="Longest a request waits on Redis (seconds) before the cache goes "
+                           "to the network and the rate to the local share.")
+    retry_after: float = Field(5.0, ge=0, description="After Redis failed, seconds it is skipped before it is tried "
+                               "again.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _checked_redis_url(value)
+
+
+#: A layer's own Redis settings, and the shared one each falls back to when the layer does not set it.
+REDIS_FIELDS: dict[str, str] = {"redis_url": "url", "redis_timeout": "timeout", "redis_retry_after": "retry_after"}
+
 BUILTIN_SECTIONS: dict[str, type[Section]] = {
     "metrics": MetricsSettings,
     "cache": CacheSettings,
@@ -218,6 +240,7 @@ class TransportConfig(BaseModel):
     cache: CacheSettings = Field(default_factory=lambda: CacheSettings())
     retry: RetrySettings = Field(default_factory=lambda: RetrySettings())
     throttle: ThrottleSettings = Field(default_factory=lambda: ThrottleSettings())
+    redis: RedisSettings = Field(default_factory=lambda: RedisSettings())
     plugins: list[str] = Field(default_factory=list, description="Names of plugin layers to enable.")
     plugin_settings: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Settings per plugin name, validated by the plugin's own model."
@@ -313,7 +336,21 @@ class TransportConfig(BaseModel):
         return dict(self._sources)
 
     def source_of(self, path: str) -> str:
+        """Where a value came from; a layer's Redis setting it did not set itself names the shared one."""
+        section, _, key = path.partition(".")
+        if path not in self._sources and section in BUILTIN_SECTIONS and key in REDIS_FIELDS:
+            if key not in getattr(self, section).model_fields_set:
+                shared = f"redis.{REDIS_FIELDS[key]}"
+                return f"{shared}, {self._sources.get(shared, 'default')}"
         return self._sources.get(path, "default")
+
+    def effective(self, name: str) -> Any:
+        """A built-in layer's section as the layer gets it: the Redis settings it does not set itself come
+        from the shared ``redis`` section."""
+        section = getattr(self, name)
+        inherited = {key: getattr(self.redis, shared) for key, shared in REDIS_FIELDS.items()
+                     if key in type(section).model_fields and key not in section.model_fields_set}
+        return section.model_copy(update=inherited) if inherited else section
 
     def enabled_names(self) -> list[str]:
         return [name for name in BUILTIN_SECTIONS if getattr(self, name).enabled] + list(self.plugins)
@@ -412,14 +449,18 @@ def flags_to_dict(flags: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = dict(value)
         elif key == "profile":
             out[key] = value
+        elif key == "redis":
+            out = deep_merge(out, {key: value.model_dump(exclude_unset=True) if isinstance(value, BaseModel) else value})
+        elif key.startswith("redis_") and key[len("redis_"):] in RedisSettings.model_fields:
+            out = deep_merge(out, {"redis": {key[len("redis_"):]: value}})
         elif key in FLAG_ALIASES:
             section, field = FLAG_ALIASES[key]
             out = deep_merge(out, {section: {field: value}})
         else:
             owner = next((s for s in BUILTIN_SECTIONS if key.startswith(s + "_")), None)
             if owner is None:
-                allowed = sorted([*BUILTIN_SECTIONS, "plugins", "plugin_settings", "profile", "order", "positions",
-                                  "blocked_plugins", *FLAG_ALIASES])
+                allowed = sorted([*BUILTIN_SECTIONS, "redis", "plugins", "plugin_settings", "profile", "order",
+                                  "positions", "blocked_plugins", *FLAG_ALIASES])
                 raise ConfigError(
                     f"unknown flag {key!r}; allowed: {', '.join(allowed)} or <section>_<field> "
                     f"(for example cache_ttl, retry_max_attempts)"

@@ -97,10 +97,9 @@ def run(args: argparse.Namespace) -> int:
     redis = LocalRedis(binary)
     try:
         with EmulatorServer(token=TOKEN, latency_ms=args.latency_ms) as emu:
-            fleet = _run(emu, n, units, {"profile": "wats",
-                                         "cache": {"storage": "redis", "redis_url": redis.url},
-                                         "throttle": {"rate": rate, "burst": burst, "backend": "redis",
-                                                      "redis_url": redis.url}})
+            fleet = _run(emu, n, units, {"profile": "wats", "redis": {"url": redis.url},
+                                         "cache": {"storage": "redis"},
+                                         "throttle": {"rate": rate, "burst": burst, "backend": "redis"}})
             alone = _run(emu, n, units, {"profile": "wats", "throttle": {"rate": rate, "burst": burst}})
             stored = dict(emu.state.reports)
     finally:

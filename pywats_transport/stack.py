@@ -99,10 +99,11 @@ class _StackBase(Generic[L]):
         for layer, item in zip(self.layers, chain, strict=True):
             if layer.position is not None:
                 item["position"] = layer.position
-        sources = self.config.sources() if self.config is not None else {}
+        config = self.config
         for item in chain:
             prefix = f"{item['name']}." if item["name"] in _SECTIONS else f"plugin_settings.{item['name']}."
-            item["sources"] = {k: sources.get(prefix + k, "default") for k in item["settings"]}
+            item["sources"] = {k: config.source_of(prefix + k) if config is not None else "default"
+                               for k in item["settings"]}
         inner = self.inner  # type: ignore[attr-defined]
         chain.append({"name": "transport", "class": f"{type(inner).__module__}.{type(inner).__qualname__}", "settings": {}})
         return chain

@@ -44,7 +44,7 @@ def test_env_overrides_file_and_flags_override_env(tmp_path: Path, monkeypatch: 
         ({"cache": {"mode": "sometimes"}}, r"cache\.mode = 'sometimes': Input should be 'ttl' or 'rfc'"),
         ({"cache": {"tll": 5}}, r"cache\.tll: unknown key.*allowed keys: coalesce, coalesce_timeout, cookie_identity, enabled, identity_headers"),
         ({"retry": {"max_attempts": "many"}}, r"retry\.max_attempts = 'many': Input should be a valid integer"),
-        ({"bogus": 1}, r"bogus: unknown key.*allowed keys: blocked_plugins, cache, metrics, order, plugin_settings, plugins, positions, profile, retry, throttle"),
+        ({"bogus": 1}, r"bogus: unknown key.*allowed keys: blocked_plugins, cache, metrics, order, plugin_settings, plugins, positions, profile, redis, retry, throttle"),
         ({"retry": {"statuses": [200, 999]}}, r"statuses must be HTTP status codes 100-599, got \[999\]"),
     ],
 )
@@ -97,4 +97,7 @@ def test_redis_urls_name_the_allowed_forms_and_never_show_a_password() -> None:
     address = cluster_address("rediss+cluster://station:p%40ss@10.0.0.1:7000,10.0.0.2:7001/0")
     assert address.nodes == (("10.0.0.1", 7000), ("10.0.0.2", 7001))
     assert address.options() == {"ssl": True, "username": "station", "password": "p@ss"}
+    # TLS files as URL options, read as redis-py reads a single server's URL
+    tls = cluster_address("rediss+cluster://h1:7000?ssl_ca_certs=/etc/ca.pem&ssl_check_hostname=false").options()
+    assert tls == {"ssl": True, "ssl_ca_certs": "/etc/ca.pem", "ssl_check_hostname": False}
     assert TransportConfig.load({"cache": {"redis_url": "redis+cluster://h1:7000,h2:7000"}}).cache.redis_url

@@ -345,6 +345,39 @@ async def test_a_hung_redis_costs_one_timeout(mode: str, kind: str, request: pyt
         await caller.close()
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_one_redis_section_serves_the_cache_and_the_rate(mode: str, redis_url: str, tmp_path: Path) -> None:
+    """``redis`` names the fleet's Redis once; each layer's own ``redis_*`` setting still wins."""
+    from pywats_transport import TransportConfig, build_async_transport, build_transport
+
+    config = tmp_path / "fleet.json"
+    config.write_text(json.dumps({"cache": {"mode": "ttl", "storage": "redis"},
+                                  "throttle": {"enabled": True, "backend": "redis", "rate": 100},
+                                  "redis": {"url": redis_url, "timeout": 0.3, "retry_after": 2}}))
+    build = build_transport if mode == "sync" else build_async_transport
+    stack = build(config, inner=httpx.MockTransport(Counter()), enable_retry=False)
+    caller = Caller(mode, stack)
+    try:
+        await caller.get(f"/shared/{mode}")
+        assert (await caller.get(f"/shared/{mode}")).extensions["caching"]["from_cache"]  # through Redis
+        cache, throttle = stack.layer("cache"), stack.layer("throttle")
+        assert cache.settings.redis_url == throttle.settings.redis_url == redis_url
+        assert cache.settings.redis_timeout == 0.3 and throttle.settings.redis_retry_after == 2
+        assert stack.stats()["throttle"]["fleet"]["redis_failures"] == 0
+        described = {item["name"]: item for item in stack.describe()}
+        assert described["cache"]["sources"]["redis_url"] == f"redis.url, file {config}"
+    finally:
+        await caller.close()
+    own = TransportConfig.load(config, cache_redis_url="redis://10.0.0.9:6379/0", redis_timeout=0.5)
+    assert own.effective("cache").redis_url == "redis://10.0.0.9:6379/0"  # the layer's own wins
+    assert own.effective("throttle").redis_url == redis_url and own.effective("throttle").redis_timeout == 0.5
+    assert own.source_of("cache.redis_url") == "flags"
+    env = TransportConfig.load(environ={"PYWATS_TRANSPORT_REDIS__URL": "redis+cluster://h1:7000,h2:7000"})
+    assert env.effective("cache").redis_url == "redis+cluster://h1:7000,h2:7000"
+    assert env.source_of("throttle.redis_url") == "redis.url, environment PYWATS_TRANSPORT_REDIS__URL"
+
+
 # -- one rate for the fleet ------------------------------------------------------------------------------
 
 HAMMER = textwrap.dedent("""

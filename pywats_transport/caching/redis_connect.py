@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -48,10 +48,13 @@ class ClusterAddress:
     username: str | None
     password: str | None
     tls: bool
+    #: the URL's options (``?ssl_ca_certs=/path/ca.pem``), parsed as redis-py parses a server URL's
+    query: tuple[tuple[str, Any], ...] = ()
 
     def options(self) -> dict[str, Any]:
         """Client keywords from the URL (they win over the environment's password)."""
         out: dict[str, Any] = {"ssl": True} if self.tls else {}
+        out.update(self.query)
         if self.username:
             out["username"] = self.username
         if self.password:
@@ -60,8 +63,8 @@ class ClusterAddress:
 
 
 def cluster_address(url: str) -> ClusterAddress:
-    rest = url.split("://", 1)[1].split("/", 1)[0]
-    userinfo, _, hosts = rest.rpartition("@")
+    rest, _, query = url.split("://", 1)[1].partition("?")
+    userinfo, _, hosts = rest.split("/", 1)[0].rpartition("@")
     username, _, password = userinfo.partition(":")
     nodes = []
     for part in hosts.split(","):
@@ -70,7 +73,21 @@ def cluster_address(url: str) -> ClusterAddress:
             raise ValueError("a cluster URL lists its startup nodes as host:port[,host:port...]")
         nodes.append((host.strip("[]"), int(port)))
     return ClusterAddress(tuple(nodes), unquote(username) or None, unquote(password) or None,
-                          scheme_of(url) == "rediss+cluster")
+                          scheme_of(url) == "rediss+cluster", _query_options(query))
+
+
+def _query_options(query: str) -> tuple[tuple[str, Any], ...]:
+    if not query:
+        return ()
+    from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+
+    out = []
+    parsers: dict[str, Callable[[str], Any]] = dict(URL_QUERY_ARGUMENT_PARSERS)  # type: ignore[arg-type]
+    for name, values in parse_qs(query).items():
+        value = unquote(values[0])
+        parser = parsers.get(name)
+        out.append((name, parser(value) if parser else value))
+    return tuple(out)
 
 
 def redis_options(timeout: float) -> dict[str, Any]:
