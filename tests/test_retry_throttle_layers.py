@@ -316,3 +316,29 @@ def test_fault_proxy_stop_leaves_no_pending_handler(caplog: pytest.LogCaptureFix
                 proxy.stop()
                 gc.collect()
     assert not [r for r in caplog.records if "pending" in r.getMessage()]
+
+
+def test_fault_proxy_stop_also_ends_handlers_started_while_it_stops(caplog: pytest.LogCaptureFixture) -> None:
+    """A connection accepted just before the listener closed starts its handler while the first ones are
+    being cancelled: that one is ended too, not left pending when the loop closes."""
+    import asyncio
+    import gc
+    import socket
+
+    class Late(FaultProxy):
+        async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                asyncio.get_running_loop().create_task(asyncio.sleep(30))  # started during the shutdown
+                raise
+
+    app, _ = flaky_app()
+    with BackgroundServer(app) as server:
+        proxy = Late(server.port).start()
+        with socket.create_connection((proxy.host, proxy.port)):
+            time.sleep(0.1)
+            with caplog.at_level("ERROR", logger="asyncio"):
+                proxy.stop()
+                gc.collect()
+    assert not [r for r in caplog.records if "pending" in r.getMessage()]

@@ -97,10 +97,12 @@ class FaultProxy:
 
     async def _shutdown(self) -> None:
         assert self._server is not None
-        pending = asyncio.all_tasks() - {asyncio.current_task()}
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        # Again until none is left: a connection accepted just before the listener closed starts its
+        # handler while the ones found first are being cancelled.
+        while pending := asyncio.all_tasks() - {asyncio.current_task()}:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         await self._server.wait_closed()
 
     def start(self) -> FaultProxy:
