@@ -27,7 +27,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import partial
 from typing import Any
@@ -37,7 +36,7 @@ from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Respo
 
 from .freshness import StoreDecision, Vary
 from .memory import Record
-from .redis_connect import redis_options  # noqa: F401 - where it was imported from before
+from .redis_guard import Guard
 
 log = logging.getLogger("pywats_transport.cache")
 
@@ -68,10 +67,6 @@ redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return #keys
 """
-
-
-class StorageUnavailable(ConnectionError):
-    """Redis did not answer lately: the storage is skipped until ``retry_after`` has passed."""
 
 
 def frame(request: Request, status: int, headers: Headers, body: bytes, stored_at: float, *,
@@ -178,63 +173,6 @@ def index_name(origin: str | None, path: str) -> str:
     return INDEX + (origin or "").lower() + "/" + "/".join(segments)
 
 
-class _Guard:
-    """Skip Redis for a while after it failed, so that a dead Redis costs one timeout, not one per request.
-
-    Logs once when an outage begins (the first failure after Redis answered) and once when Redis answers
-    again: a dead Redis writes two lines, however many requests meet it.
-    """
-
-    def __init__(self, retry_after: float, clock: Callable[[], float] = time.monotonic, *,
-                 use: str = "cache", fallback: str = "requests go to the network",
-                 logger: logging.Logger = log) -> None:
-        self.retry_after, self.clock = retry_after, clock
-        self.use, self.fallback, self.log = use, fallback, logger
-        self.down_until = 0.0
-        self.down_since = 0.0
-        self.outages = 0
-        self.failures = 0
-        self._lock = threading.Lock()
-
-    def check(self) -> None:
-        if self.down_until and self.clock() < self.down_until:
-            raise StorageUnavailable(f"Redis unavailable; trying again in {self.down_until - self.clock():.2f}s")
-
-    def failed(self, exc: BaseException | None = None) -> None:
-        with self._lock:
-            self.failures += 1
-            began = not self.down_since
-            if began:
-                self.outages += 1
-                self.down_since = self.clock()
-            self.down_until = self.clock() + self.retry_after
-        if began:
-            kind = type(exc).__name__ if exc is not None else "no answer"
-            if kind in ("MovedError", "AskError"):  # the URL names one node of a cluster
-                kind += ": a Redis Cluster node; give the cluster as redis+cluster://host:port,host:port"
-            self.log.warning("Redis unavailable for the %s (%s); %s, and Redis is tried again every %.0f s", self.use,
-                        kind, self.fallback, self.retry_after)
-
-    @contextmanager
-    def calling(self) -> Iterator[None]:
-        """One Redis call (or a few in one round trip): skipped while Redis is down, and its outcome noted."""
-        self.check()
-        try:
-            yield
-        except Exception as exc:
-            self.failed(exc)
-            raise
-        self.ok()
-
-    def ok(self) -> None:
-        if self.down_since:
-            with self._lock:
-                since, self.down_since = self.down_since, 0.0
-            if since:
-                self.log.warning("Redis answers the %s again, after %.1f s", self.use, self.clock() - since)
-        self.down_until = 0.0
-
-
 class _Base:
     def __init__(self, client: Any, *, default_ttl: float | None = None, retry_after: float = 5.0,
                  flight_timeout: float = 0.0, lock_ttl: float = 30.0, reader: Callable[[], Any] | None = None) -> None:
@@ -244,7 +182,7 @@ class _Base:
         self._reader_factory = reader
         self._reader: Any = None
         self.default_ttl = default_ttl
-        self.guard = _Guard(retry_after)
+        self.guard = Guard(retry_after, logger=log)
         #: seconds a miss waits for another process's fetch (0: no single flight)
         self.flight_timeout = flight_timeout
         self.lock_ms = max(1, int(lock_ttl * 1000))

@@ -20,7 +20,8 @@ from typing import Any
 
 from pyrate_limiter import GCRA, Decision, Rate, RedisStateStore
 
-from ..caching.redis_store import TAG, _Guard
+from ..caching.redis_guard import Guard
+from ..caching.redis_store import TAG
 from .throttle import SLOWDOWN
 
 HOLD = f"pwt:{TAG}:hold:"  # + host -> set while the fleet must not send to the host
@@ -80,7 +81,7 @@ class _FleetBase:
         self.levels = levels(settings)
         self.algorithm = GCRA()
         self._stores: dict[str, RedisStateStore] = {}
-        self.guard = _Guard(settings.redis_retry_after, use="fleet rate",
+        self.guard = Guard(settings.redis_retry_after, use="fleet rate",
                             fallback="each process uses its share of the rate",
                             logger=logging.getLogger("pywats_transport.throttle"))
         self.clock = clock

@@ -1,0 +1,74 @@
+"""Every Redis call of ours goes through a guard: after a failure Redis is skipped for a while, so that
+a dead or hung Redis costs one timeout, not one per request; each outage is logged twice (when it
+begins and when Redis answers again) and counted."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+log = logging.getLogger("pywats_transport.cache")
+
+
+class StorageUnavailable(ConnectionError):
+    """Redis did not answer lately: the storage is skipped until ``retry_after`` has passed."""
+
+
+class Guard:
+    """Skip Redis for a while after it failed, so that a dead Redis costs one timeout, not one per request.
+
+    Logs once when an outage begins (the first failure after Redis answered) and once when Redis answers
+    again: a dead Redis writes two lines, however many requests meet it.
+    """
+
+    def __init__(self, retry_after: float, clock: Callable[[], float] = time.monotonic, *,
+                 use: str = "cache", fallback: str = "requests go to the network",
+                 logger: logging.Logger = log) -> None:
+        self.retry_after, self.clock = retry_after, clock
+        self.use, self.fallback, self.log = use, fallback, logger
+        self.down_until = 0.0
+        self.down_since = 0.0
+        self.outages = 0
+        self.failures = 0
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        if self.down_until and self.clock() < self.down_until:
+            raise StorageUnavailable(f"Redis unavailable; trying again in {self.down_until - self.clock():.2f}s")
+
+    def failed(self, exc: BaseException | None = None) -> None:
+        with self._lock:
+            self.failures += 1
+            began = not self.down_since
+            if began:
+                self.outages += 1
+                self.down_since = self.clock()
+            self.down_until = self.clock() + self.retry_after
+        if began:
+            kind = type(exc).__name__ if exc is not None else "no answer"
+            if kind in ("MovedError", "AskError"):  # the URL names one node of a cluster
+                kind += ": a Redis Cluster node; give the cluster as redis+cluster://host:port,host:port"
+            self.log.warning("Redis unavailable for the %s (%s); %s, and Redis is tried again every %.0f s", self.use,
+                        kind, self.fallback, self.retry_after)
+
+    @contextmanager
+    def calling(self) -> Iterator[None]:
+        """One Redis call (or a few in one round trip): skipped while Redis is down, and its outcome noted."""
+        self.check()
+        try:
+            yield
+        except Exception as exc:
+            self.failed(exc)
+            raise
+        self.ok()
+
+    def ok(self) -> None:
+        if self.down_since:
+            with self._lock:
+                since, self.down_since = self.down_since, 0.0
+            if since:
+                self.log.warning("Redis answers the %s again, after %.1f s", self.use, self.clock() - since)
+        self.down_until = 0.0
