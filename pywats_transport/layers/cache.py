@@ -18,9 +18,10 @@ from ..caching.coalesce import Flight, Flights, SaveWhenRead
 from ..caching.freshness import conditional_headers, merge_not_modified
 from ..caching.health import FAILURES
 from ..caching.memory import AsyncMemoryStorage, MemoryStorage, Record
+from ..caching.near_invalidation import NearInvalidation
 from ..caching.policy import EXTENSION, CachePolicy, Plan, split_prefix
 from ..caching.redis_connect import async_client, is_cluster, sync_client
-from ..caching.redis_store import LOOKUP, AsyncRedisStore, Lookup, NearInvalidation, RedisStore
+from ..caching.redis_store import LOOKUP, AsyncRedisStore, Lookup, RedisStore
 from ..config import CacheSettings
 from ..errors import TransportError
 from ..hookspecs import LayerSpec, hookimpl
