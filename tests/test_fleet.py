@@ -762,3 +762,12 @@ async def asyncio_sleep(seconds: float) -> None:
     import asyncio
 
     await asyncio.sleep(seconds)
+
+
+@pytest.mark.parametrize("missing", ["pyrate_limiter", "redis"])
+def test_the_fleet_rate_without_its_extra_says_what_to_install(missing: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pywats_transport.layers.throttle import ThrottleLayer
+
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'pywats-transport\[redis\]'"):
+        ThrottleLayer(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis")

@@ -31,6 +31,12 @@ class _ThrottleCore:
         self.in_flight = 0
         self.fleet: Any = None
         if settings.backend == "redis":
+            try:
+                import pyrate_limiter  # noqa: F401
+                import redis  # noqa: F401
+            except ImportError:
+                raise ImportError("throttle backend 'redis' needs redis and pyrate-limiter: "
+                                  "pip install 'pywats-transport[redis]'") from None
             self.fleet = self._fleet_rate(settings)
             # While Redis is down each process takes its share of the fleet's rate.
             settings = settings.model_copy(update={"rate": settings.rate / settings.expected_processes})
