@@ -49,9 +49,8 @@ class CacheSettings(Section):
     )
     storage: Literal["memory", "sqlite", "redis"] = Field("memory", description="Where entries live.")
     sqlite_path: str = Field("pywats_transport_cache.db", description="Database file for `storage: sqlite` (a bare name goes under .cache/hishel/).")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Server for `storage: redis`: `redis://`, "
-                           "`rediss://` (TLS), `unix://`, or a Redis Cluster's nodes, `redis+cluster://host:port,host:port` "
-                           "(`rediss+cluster://`). Password: in the URL or the environment, REDIS_PASSWORD; never shown.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Server for `storage: redis` when set here; "
+                           "else `redis.url` (the forms are listed there).")
     redis_timeout: float = Field(0.25, gt=0, description="Longest a request waits on Redis (seconds) before it "
                                  "goes to the network.")
     near_cache: bool = Field(False, description="`storage: redis`: keep entries in process memory too (hits at "
@@ -136,8 +135,8 @@ class ThrottleSettings(Section):
         "`redis_url` (a token bucket in Redis, pyrate-limiter's GCRA: `burst` at once and `rate` per second for the "
         "fleet), and a Retry-After seen by one holds the host for all.",
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Server for `backend: redis` (the forms of "
-                           "`cache.redis_url`).")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Server for `backend: redis` when set here; "
+                           "else `redis.url` (the forms are listed there).")
     redis_timeout: float = Field(0.25, gt=0, description="Longest a request waits on Redis for a token (seconds).")
     redis_retry_after: float = Field(5.0, ge=0, description="After Redis failed, seconds the local bucket is used "
                                      "before Redis is tried again.")
@@ -181,9 +180,10 @@ class RedisSettings(Section):
     (`throttle.backend: redis`) use it unless their own `redis_*` settings say otherwise."""
 
     url: str = Field("redis://127.0.0.1:6379/0", description="`redis://`, `rediss://` (TLS; certificates as URL "
-                     "options, `?ssl_ca_certs=/path/ca.pem`), `unix://`, or a Redis Cluster's nodes, "
-                     "`redis+cluster://host:port,host:port` (`rediss+cluster://`). Password: in the URL or the "
-                     "environment, REDIS_PASSWORD; never shown.")
+                     "options, `?ssl_ca_certs=/path/ca.pem`), `unix://`; a Redis Cluster's nodes, "
+                     "`redis+cluster://host:port,host:port` (`rediss+cluster://`); or Redis Sentinel, "
+                     "`redis+sentinel://host:port,host:port/service` (`rediss+sentinel://`). Password: in the URL "
+                     "or the environment, REDIS_PASSWORD; never shown.")
     timeout: float = Field(0.25, gt=0, description="Longest a request waits on Redis (seconds) before the cache goes "
                            "to the network and the rate to the local share.")
     retry_after: float = Field(5.0, ge=0, description="After Redis failed, seconds it is skipped before it is tried "

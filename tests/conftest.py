@@ -191,3 +191,68 @@ class RedisCluster:
     def kill(self) -> None:
         for node in self.nodes:
             node.kill()
+
+
+class RedisSentinelSetup:
+    """A primary, its replica and one sentinel watching them as ``pwt``, all on 127.0.0.1."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        for name in ("primary", "replica", "sentinel"):
+            (workdir / name).mkdir(parents=True)
+        self.binary, self.workdir = binary, workdir
+        self.primary = RedisServer(binary, workdir / "primary")
+        self.replica = RedisServer(binary, workdir / "replica", "--replicaof", "127.0.0.1", str(self.primary.port))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/pwt"
+
+    def start(self) -> None:
+        import redis
+
+        self.primary.start()
+        self.replica.start()
+        conf = self.workdir / "sentinel" / "sentinel.conf"
+        conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {conf.parent}\n"
+                        f"sentinel monitor pwt 127.0.0.1 {self.primary.port} 1\n"
+                        "sentinel down-after-milliseconds pwt 500\nsentinel failover-timeout pwt 3000\n")
+        self.proc = subprocess.Popen([self.binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while True:  # until the sentinel answers and knows the replica (it learns it from the primary)
+            try:
+                with redis.Redis(port=self.port, socket_timeout=1) as sentinel:
+                    if sentinel.sentinel_slaves("pwt"):
+                        return
+            except redis.RedisError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                pytest.fail("the sentinel did not start watching the primary and its replica")
+            time.sleep(0.1)
+
+    def primary_port(self) -> int:
+        import redis
+
+        with redis.Redis(port=self.port, socket_timeout=1) as sentinel:
+            return int(sentinel.sentinel_get_master_addr_by_name("pwt")[1])
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.primary.kill()
+        self.replica.kill()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path: Path, redis_binary: str) -> Iterator[RedisSentinelSetup]:
+    """A fresh sentinel setup for one test, which may kill the primary."""
+    setup = RedisSentinelSetup(redis_binary, tmp_path)
+    setup.start()
+    yield setup
+    setup.kill()

@@ -101,3 +101,7 @@ def test_redis_urls_name_the_allowed_forms_and_never_show_a_password() -> None:
     tls = cluster_address("rediss+cluster://h1:7000?ssl_ca_certs=/etc/ca.pem&ssl_check_hostname=false").options()
     assert tls == {"ssl": True, "ssl_ca_certs": "/etc/ca.pem", "ssl_check_hostname": False}
     assert TransportConfig.load({"cache": {"redis_url": "redis+cluster://h1:7000,h2:7000"}}).cache.redis_url
+    with pytest.raises(ConfigError, match="names the service"):
+        TransportConfig.load({"redis": {"url": "redis+sentinel://s1:26379,s2:26379"}})
+    sentinel = cluster_address("rediss+sentinel://:pw@s1:26379,s2:26379/pwt/2")
+    assert sentinel.nodes == (("s1", 26379), ("s2", 26379)) and sentinel.path == ("pwt", "2") and sentinel.tls

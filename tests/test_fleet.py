@@ -378,6 +378,44 @@ async def test_one_redis_section_serves_the_cache_and_the_rate(mode: str, redis_
     assert env.source_of("throttle.redis_url") == "redis.url, environment PYWATS_TRANSPORT_REDIS__URL"
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_through_sentinel_and_across_a_failover(mode: str, redis_sentinel: Any) -> None:
+    """``redis+sentinel://``: the cache, its near cache and the fleet rate use the primary the sentinel
+    names; when that primary dies, requests keep being answered, and after the failover they use the
+    new primary with nothing to restart."""
+    from pywats_transport import build_async_transport, build_transport
+
+    build = build_transport if mode == "sync" else build_async_transport
+    stack = build(inner=httpx.MockTransport(Counter()), enable_retry=False,
+                  redis={"url": redis_sentinel.url, "retry_after": 0.2},
+                  cache={"mode": "ttl", "storage": "redis", "near_cache": True},
+                  throttle={"enabled": True, "backend": "redis", "rate": 100})
+    caller = Caller(mode, stack)
+    try:
+        await caller.get("/s/a")
+        assert (await caller.get("/s/a")).extensions["caching"]["from_cache"]
+        assert stack.stats()["throttle"]["fleet"]["redis_failures"] == 0
+        first = redis_sentinel.primary_port()
+        assert first == redis_sentinel.primary.port
+        redis_sentinel.primary.kill()
+        deadline = time.monotonic() + 20
+        while redis_sentinel.primary_port() == first:  # the sentinel promotes the replica
+            assert (await caller.get("/s/during")).status_code == 200  # answered meanwhile
+            assert time.monotonic() < deadline, "no failover within 20 s"
+            await asyncio_sleep(0.1)
+        assert redis_sentinel.primary_port() == redis_sentinel.replica.port
+        await asyncio_sleep(0.3)  # past retry_after: Redis is tried again
+        deadline = time.monotonic() + 5
+        while not (await caller.get("/s/b")).extensions["caching"]["from_cache"]:  # stored on the new primary
+            assert time.monotonic() < deadline, "the cache never used the new primary"
+            await asyncio_sleep(0.25)
+        fleet = stack.layer("throttle").fleet
+        assert (fleet.acquire("after.test") if mode == "sync" else await fleet.acquire("after.test")) == 0.0
+    finally:
+        await caller.close()
+
+
 # -- one rate for the fleet ------------------------------------------------------------------------------
 
 HAMMER = textwrap.dedent("""

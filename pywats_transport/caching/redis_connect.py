@@ -5,6 +5,9 @@ invalidation, fleet rate).
 - Redis Cluster: ``redis+cluster://[user:password@]host:port[,host:port...]`` (``rediss+cluster://``
   for TLS), the startup nodes; the client learns the others from the cluster. Every key of ours
   carries one hash tag, so each script and transaction runs on the one node that owns that slot.
+- Redis Sentinel: ``redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]``
+  (``rediss+sentinel://``), the sentinels and the name they watch; every connection goes to the
+  current primary, and after a failover to the new one.
 
 Timeouts are short, and the password may come from the environment (``REDIS_PASSWORD``) when the
 URL carries none; it is never logged.
@@ -21,7 +24,8 @@ from urllib.parse import parse_qs, unquote
 
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-SCHEMES = SINGLE_SCHEMES + CLUSTER_SCHEMES
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SCHEMES = SINGLE_SCHEMES + CLUSTER_SCHEMES + SENTINEL_SCHEMES
 
 
 def scheme_of(url: str) -> str:
@@ -32,6 +36,15 @@ def is_cluster(url: str) -> bool:
     return scheme_of(url) in CLUSTER_SCHEMES
 
 
+def is_sentinel(url: str) -> bool:
+    return scheme_of(url) in SENTINEL_SCHEMES
+
+
+def one_server(url: str) -> bool:
+    """Whether ``url`` names one server (a connection of its own for lookups is worth keeping)."""
+    return scheme_of(url) in SINGLE_SCHEMES
+
+
 def check_url(url: str) -> str:
     """``url`` if it names a server or a cluster; else a ValueError naming the allowed forms (never the
     URL itself, which may hold a password)."""
@@ -39,6 +52,9 @@ def check_url(url: str) -> str:
         raise ValueError(f"must start with one of {', '.join(s + '://' for s in SCHEMES)}")
     if is_cluster(url):
         cluster_address(url)
+    if is_sentinel(url) and not cluster_address(url).path:
+        raise ValueError("a sentinel URL names the service the sentinels watch: "
+                         "redis+sentinel://host:port[,host:port...]/service[/db]")
     return url
 
 
@@ -50,6 +66,8 @@ class ClusterAddress:
     tls: bool
     #: the URL's options (``?ssl_ca_certs=/path/ca.pem``), parsed as redis-py parses a server URL's
     query: tuple[tuple[str, Any], ...] = ()
+    #: what follows the nodes: a sentinel URL's service name and database
+    path: tuple[str, ...] = ()
 
     def options(self) -> dict[str, Any]:
         """Client keywords from the URL (they win over the environment's password)."""
@@ -63,17 +81,20 @@ class ClusterAddress:
 
 
 def cluster_address(url: str) -> ClusterAddress:
+    """The nodes, credentials and options of a cluster or sentinel URL."""
     rest, _, query = url.split("://", 1)[1].partition("?")
-    userinfo, _, hosts = rest.split("/", 1)[0].rpartition("@")
+    authority, _, path = rest.partition("/")
+    userinfo, _, hosts = authority.rpartition("@")
     username, _, password = userinfo.partition(":")
     nodes = []
     for part in hosts.split(","):
         host, _, port = part.strip().rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError("a cluster URL lists its startup nodes as host:port[,host:port...]")
+            raise ValueError("a cluster or sentinel URL lists its nodes as host:port[,host:port...]")
         nodes.append((host.strip("[]"), int(port)))
     return ClusterAddress(tuple(nodes), unquote(username) or None, unquote(password) or None,
-                          scheme_of(url) == "rediss+cluster", _query_options(query))
+                          scheme_of(url).startswith("rediss+"), _query_options(query),
+                          tuple(unquote(part) for part in path.split("/") if part))
 
 
 def _query_options(query: str) -> tuple[tuple[str, Any], ...]:
@@ -159,6 +180,10 @@ def sync_client(url: str, timeout: float, *, single_connection: bool = False, **
         address = cluster_address(url)
         options = {**options, "retry": _reconnect_once(Retry, cluster=True), **extra, **address.options()}
         return Deferred(lambda: RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in address.nodes], **options))
+    if is_sentinel(url):
+        from redis.sentinel import Sentinel
+
+        return _primary(Sentinel, url, options)
     if single_connection:
         return Deferred(lambda: redis.Redis.from_url(url, single_connection_client=True, **options))
     return redis.Redis.from_url(url, **options)
@@ -177,5 +202,23 @@ def async_client(url: str, timeout: float, *, single_connection: bool = False, *
         address = cluster_address(url)
         options = {**options, "retry": _reconnect_once(Retry, cluster=True), **extra, **address.options()}
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in address.nodes], **options)
+    if is_sentinel(url):
+        from redis.asyncio.sentinel import Sentinel
+
+        return _primary(Sentinel, url, options)
     return redis.asyncio.Redis.from_url(url, single_connection_client=single_connection, **options)
+
+
+def _primary(sentinel_cls: Any, url: str, options: dict[str, Any]) -> Any:
+    """A client of the primary the sentinels name. It asks them again for every new connection, so
+    after a failover its next connection goes to the new primary; neither it nor the sentinels are
+    contacted before the first command."""
+    address = cluster_address(url)
+    service, *rest = address.path
+    node_options = {**options, **address.options()}
+    if rest and rest[0].isdigit():
+        node_options["db"] = int(rest[0])
+    # The sentinels answer within the same short timeouts as the nodes.
+    asking = {k: node_options[k] for k in ("socket_timeout", "socket_connect_timeout") if node_options.get(k)}
+    return sentinel_cls(list(address.nodes), sentinel_kwargs=asking).master_for(service, **node_options)
 

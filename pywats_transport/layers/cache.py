@@ -20,7 +20,7 @@ from ..caching.health import FAILURES
 from ..caching.memory import AsyncMemoryStorage, MemoryStorage, Record
 from ..caching.near_invalidation import NearInvalidation
 from ..caching.policy import EXTENSION, CachePolicy, Plan, split_prefix
-from ..caching.redis_connect import async_client, is_cluster, sync_client
+from ..caching.redis_connect import async_client, one_server, sync_client
 from ..caching.redis_store import LOOKUP, AsyncRedisStore, Lookup, RedisStore
 from ..config import CacheSettings
 from ..errors import TransportError
@@ -61,8 +61,8 @@ def _make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asy
     # Fleet-wide single flight follows the coalescing switch: a miss waits for another process's fetch.
     flight = settings.coalesce_timeout if settings.coalesce else 0.0
     # Lookups have a connection of their own: taking one from the pool and giving it back cost about
-    # as much as the round trip itself. A cluster client routes every command itself.
-    own = not is_cluster(url)
+    # as much as the round trip itself. A cluster or sentinel client routes every command itself.
+    own = one_server(url)
     if is_async:
         return AsyncRedisStore(async_client(url, timeout), sync_client=sync_client(url, timeout),
                                reader=(lambda: async_client(url, timeout, single_connection=True)) if own else None,
