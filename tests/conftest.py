@@ -24,14 +24,19 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+def free_port(port: int = 0) -> int:
+    """A port free on 127.0.0.1 now (``port`` itself, if given and free)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        return int(s.getsockname()[1])
+
+
 class RedisServer:
     """A real redis-server on 127.0.0.1 that a test may kill and start again on the same port."""
 
     def __init__(self, binary: str, workdir: Path, *args: str, port: int = 0) -> None:
         self.binary, self.workdir, self.args = binary, workdir, args
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", port))
-            self.port = s.getsockname()[1]
+        self.port = free_port(port)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -202,9 +207,7 @@ class RedisSentinelSetup:
         self.binary, self.workdir = binary, workdir
         self.primary = RedisServer(binary, workdir / "primary")
         self.replica = RedisServer(binary, workdir / "replica", "--replicaof", "127.0.0.1", str(self.primary.port))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
