@@ -11,9 +11,17 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 from .errors import ConfigError
 
@@ -25,6 +33,10 @@ def _checked_redis_url(value: str) -> str:
     from .caching.redis_connect import check_url  # not at import: the caching package imports this module
 
     return check_url(value)
+
+
+#: A Redis URL, checked where it is configured (the allowed forms are in :mod:`.caching.redis_connect`).
+RedisURL = Annotated[str, AfterValidator(_checked_redis_url)]
 
 
 class Section(BaseModel):
@@ -49,7 +61,7 @@ class CacheSettings(Section):
     )
     storage: Literal["memory", "sqlite", "redis"] = Field("memory", description="Where entries live.")
     sqlite_path: str = Field("pywats_transport_cache.db", description="Database file for `storage: sqlite` (a bare name goes under .cache/hishel/).")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Server for `storage: redis` when set here; "
+    redis_url: RedisURL = Field("redis://127.0.0.1:6379/0", description="Server for `storage: redis` when set here; "
                            "else `redis.url` (the forms are listed there).")
     redis_timeout: float = Field(0.25, gt=0, description="Longest a request waits on Redis (seconds) before it "
                                  "goes to the network.")
@@ -82,11 +94,6 @@ class CacheSettings(Section):
         0.0, ge=0, description="Seconds past freshness an entry is served at once while one background request "
         "per key refreshes it (RFC 5861).",
     )
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, value: str) -> str:
-        return _checked_redis_url(value)
 
 
 class RetrySettings(Section):
@@ -135,7 +142,7 @@ class ThrottleSettings(Section):
         "`redis_url` (a token bucket in Redis, pyrate-limiter's GCRA: `burst` at once and `rate` per second for the "
         "fleet), and a Retry-After seen by one holds the host for all.",
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Server for `backend: redis` when set here; "
+    redis_url: RedisURL = Field("redis://127.0.0.1:6379/0", description="Server for `backend: redis` when set here; "
                            "else `redis.url` (the forms are listed there).")
     redis_timeout: float = Field(0.25, gt=0, description="Longest a request waits on Redis for a token (seconds).")
     redis_retry_after: float = Field(5.0, ge=0, description="After Redis failed, seconds the local bucket is used "
@@ -150,11 +157,6 @@ class ThrottleSettings(Section):
         10.0, gt=0, description="`backend: redis`: when a station's adaptive mode slows a host, the fleet's rate for "
         "it halves, and wins back one halving after this many seconds without another.",
     )
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, value: str) -> str:
-        return _checked_redis_url(value)
 
 
 class MetricsSettings(Section):
@@ -179,7 +181,7 @@ class RedisSettings(Section):
     """The fleet's Redis, in one place: the cache (`cache.storage: redis`) and the fleet rate
     (`throttle.backend: redis`) use it unless their own `redis_*` settings say otherwise."""
 
-    url: str = Field("redis://127.0.0.1:6379/0", description="`redis://`, `rediss://` (TLS; certificates as URL "
+    url: RedisURL = Field("redis://127.0.0.1:6379/0", description="`redis://`, `rediss://` (TLS; certificates as URL "
                      "options, `?ssl_ca_certs=/path/ca.pem`), `unix://`; a Redis Cluster's nodes, "
                      "`redis+cluster://host:port,host:port` (`rediss+cluster://`); or Redis Sentinel, "
                      "`redis+sentinel://host:port,host:port/service` (`rediss+sentinel://`). Password: in the URL "
@@ -188,11 +190,6 @@ class RedisSettings(Section):
                            "to the network and the rate to the local share.")
     retry_after: float = Field(5.0, ge=0, description="After Redis failed, seconds it is skipped before it is tried "
                                "again.")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return _checked_redis_url(value)
 
 
 #: A layer's own Redis settings, and the shared one each falls back to when the layer does not set it.

@@ -83,7 +83,7 @@ def test_secret_values_are_masked_in_errors() -> None:
 
 
 def test_redis_urls_name_the_allowed_forms_and_never_show_a_password() -> None:
-    from pywats_transport.caching.redis_connect import cluster_address
+    from pywats_transport.caching.redis_connect import nodes_address
 
     for section in ("cache", "throttle"):
         with pytest.raises(ConfigError) as bad:
@@ -94,14 +94,14 @@ def test_redis_urls_name_the_allowed_forms_and_never_show_a_password() -> None:
     with pytest.raises(ConfigError, match="host:port") as bad:
         TransportConfig.load({"cache": {"redis_url": "redis+cluster://:pw-secret-2@nodes-without-ports"}})
     assert "pw-secret-2" not in str(bad.value)
-    address = cluster_address("rediss+cluster://station:p%40ss@10.0.0.1:7000,10.0.0.2:7001/0")
+    address = nodes_address("rediss+cluster://station:p%40ss@10.0.0.1:7000,10.0.0.2:7001/0")
     assert address.nodes == (("10.0.0.1", 7000), ("10.0.0.2", 7001))
     assert address.options() == {"ssl": True, "username": "station", "password": "p@ss"}
     # TLS files as URL options, read as redis-py reads a single server's URL
-    tls = cluster_address("rediss+cluster://h1:7000?ssl_ca_certs=/etc/ca.pem&ssl_check_hostname=false").options()
+    tls = nodes_address("rediss+cluster://h1:7000?ssl_ca_certs=/etc/ca.pem&ssl_check_hostname=false").options()
     assert tls == {"ssl": True, "ssl_ca_certs": "/etc/ca.pem", "ssl_check_hostname": False}
     assert TransportConfig.load({"cache": {"redis_url": "redis+cluster://h1:7000,h2:7000"}}).cache.redis_url
     with pytest.raises(ConfigError, match="names the service"):
         TransportConfig.load({"redis": {"url": "redis+sentinel://s1:26379,s2:26379"}})
-    sentinel = cluster_address("rediss+sentinel://:pw@s1:26379,s2:26379/pwt/2")
+    sentinel = nodes_address("rediss+sentinel://:pw@s1:26379,s2:26379/pwt/2")
     assert sentinel.nodes == (("s1", 26379), ("s2", 26379)) and sentinel.path == ("pwt", "2") and sentinel.tls

@@ -51,15 +51,15 @@ def check_url(url: str) -> str:
     if scheme_of(url) not in SCHEMES:
         raise ValueError(f"must start with one of {', '.join(s + '://' for s in SCHEMES)}")
     if is_cluster(url):
-        cluster_address(url)
-    if is_sentinel(url) and not cluster_address(url).path:
+        nodes_address(url)
+    if is_sentinel(url) and not nodes_address(url).path:
         raise ValueError("a sentinel URL names the service the sentinels watch: "
                          "redis+sentinel://host:port[,host:port...]/service[/db]")
     return url
 
 
 @dataclass(frozen=True)
-class ClusterAddress:
+class NodesAddress:
     nodes: tuple[tuple[str, int], ...]
     username: str | None
     password: str | None
@@ -80,7 +80,7 @@ class ClusterAddress:
         return out
 
 
-def cluster_address(url: str) -> ClusterAddress:
+def nodes_address(url: str) -> NodesAddress:
     """The nodes, credentials and options of a cluster or sentinel URL."""
     rest, _, query = url.split("://", 1)[1].partition("?")
     authority, _, path = rest.partition("/")
@@ -92,7 +92,7 @@ def cluster_address(url: str) -> ClusterAddress:
         if not host or not port.isdigit():
             raise ValueError("a cluster or sentinel URL lists its nodes as host:port[,host:port...]")
         nodes.append((host.strip("[]"), int(port)))
-    return ClusterAddress(tuple(nodes), unquote(username) or None, unquote(password) or None,
+    return NodesAddress(tuple(nodes), unquote(username) or None, unquote(password) or None,
                           scheme_of(url).startswith("rediss+"), _query_options(query),
                           tuple(unquote(part) for part in path.split("/") if part))
 
@@ -177,7 +177,7 @@ def sync_client(url: str, timeout: float, *, single_connection: bool = False, **
         _cluster_version_check()
         from redis.cluster import ClusterNode, RedisCluster
 
-        address = cluster_address(url)
+        address = nodes_address(url)
         options = {**options, "retry": _reconnect_once(Retry, cluster=True), **extra, **address.options()}
         return Deferred(lambda: RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in address.nodes], **options))
     if is_sentinel(url):
@@ -199,7 +199,7 @@ def async_client(url: str, timeout: float, *, single_connection: bool = False, *
         _cluster_version_check()
         from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-        address = cluster_address(url)
+        address = nodes_address(url)
         options = {**options, "retry": _reconnect_once(Retry, cluster=True), **extra, **address.options()}
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in address.nodes], **options)
     if is_sentinel(url):
@@ -213,7 +213,7 @@ def _primary(sentinel_cls: Any, url: str, options: dict[str, Any]) -> Any:
     """A client of the primary the sentinels name. It asks them again for every new connection, so
     after a failover its next connection goes to the new primary; neither it nor the sentinels are
     contacted before the first command."""
-    address = cluster_address(url)
+    address = nodes_address(url)
     service, *rest = address.path
     node_options = {**options, **address.options()}
     if rest and rest[0].isdigit():

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -36,8 +35,6 @@ from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Respo
 from .freshness import StoreDecision, Vary
 from .memory import Record
 from .redis_guard import Guard
-
-log = logging.getLogger("pywats_transport.cache")
 
 TAG = "{pwt}"
 ENTRY = f"pwt:{TAG}:e:"  # + cache key -> hash {entry id: framed entry}
@@ -181,7 +178,7 @@ class _Base:
         self._reader_factory = reader
         self._reader: Any = None
         self.default_ttl = default_ttl
-        self.guard = Guard(retry_after, logger=log)
+        self.guard = Guard(retry_after)
         #: seconds a miss waits for another process's fetch (0: no single flight)
         self.flight_timeout = flight_timeout
         self.lock_ms = max(1, int(lock_ttl * 1000))
