@@ -15,6 +15,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+from hishel import AsyncRedisStorage, RedisStorage
+from hishel.httpx import AsyncCacheTransport, CacheTransport
+from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -47,8 +50,14 @@ def redis_hit(redis: LocalRedis, quick: bool) -> list[Row]:
     near = httpx.AsyncClient(transport=AsyncCacheLayer(httpx.MockTransport(ok_response), mode="ttl", storage="redis",
                                                        redis_url=redis.url, near_cache=True, near_ttl=3600),
                              base_url="http://bench")
+    # hishel's own Redis storage, for comparison: several round trips per hit.
+    hishel_redis = AsyncRedis.from_url(redis.url)
+    hishel = httpx.AsyncClient(transport=AsyncCacheTransport(httpx.MockTransport(ok_response),
+                                                             storage=AsyncRedisStorage(hishel_redis)),
+                               base_url="http://bench")
     loop.run_until_complete(shared.get("/x"))
     loop.run_until_complete(near.get("/near"))
+    loop.run_until_complete(hishel.get("/hishel"))
     # What redis-py alone costs: the same single-connection client's HGETALL of the entry.
     bare = AsyncRedis.from_url(redis.url, single_connection_client=True)
     (key,) = shared_layer.policy.keys_under("/x")
@@ -73,20 +82,24 @@ def redis_hit(redis: LocalRedis, quick: bool) -> list[Row]:
 
     ratios = paired_ratios({"raw": async_loop(raw, loop), "redis": async_loop(shared, loop),
                             "near": async_loop(near, loop, url_of=lambda i: "/near"),
-                            "bare": timed(hgetall), "floor": timed(floor)}, n, rounds)
+                            "bare": timed(hgetall), "floor": timed(floor),
+                            "hishel": async_loop(hishel, loop, url_of=lambda i: "/hishel")}, n, rounds)
     stream[1].close()
-    for client in (raw, shared, near):
+    for client in (raw, shared, near, hishel):
         loop.run_until_complete(client.aclose())
     loop.run_until_complete(bare.aclose())
+    loop.run_until_complete(hishel_redis.aclose())
     loop.close()
     sync = _sync_redis_hit(redis, n, rounds)
     return [Row(SUITE, "Redis hit / raw request (async)", ratios["redis"], "x", "<= 2", ratios["redis"] <= 2),
             Row(SUITE, "... floor: a raw request plus one bare PING round trip to redis-server (async)",
                 ratios["floor"], "x"),
             Row(SUITE, "... redis-py's HGETALL of the entry alone (async)", ratios["bare"], "x"),
+            Row(SUITE, "... hishel's RedisStorage hit, for comparison (async)", ratios["hishel"], "x"),
             Row(SUITE, "Redis hit / raw request (sync)", sync["redis"], "x", "<= 2", sync["redis"] <= 2),
             Row(SUITE, "... floor: a raw request plus one bare PING round trip to redis-server (sync)",
                 sync["floor"], "x"),
+            Row(SUITE, "... hishel's RedisStorage hit, for comparison (sync)", sync["hishel"], "x"),
             Row(SUITE, "near-cache hit / raw request (async)", ratios["near"], "x", "<= 1.2", ratios["near"] <= 1.2),
             Row(SUITE, "near-cache hit / raw request (sync)", sync["near"], "x", "<= 1.2", sync["near"] <= 1.2)]
 
@@ -98,6 +111,9 @@ def _sync_redis_hit(redis: LocalRedis, n: int, rounds: int) -> dict[str, float]:
     near = httpx.Client(transport=CacheLayer(httpx.MockTransport(ok_response), mode="ttl", storage="redis",
                                              redis_url=redis.url, near_cache=True, near_ttl=3600),
                         base_url="http://bench")
+    hishel_redis = Redis.from_url(redis.url)
+    hishel = httpx.Client(transport=CacheTransport(httpx.MockTransport(ok_response), storage=RedisStorage(hishel_redis)),
+                          base_url="http://bench")
     probe = socket.create_connection(("127.0.0.1", redis.port))
     probe.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -109,11 +125,13 @@ def _sync_redis_hit(redis: LocalRedis, n: int, rounds: int) -> dict[str, float]:
             probe.recv(len(PONG))
         return time.perf_counter() - start
 
-    with raw, shared, near, probe:
+    with raw, shared, near, hishel, hishel_redis, probe:
         shared.get("/sync")
         near.get("/sync-near")
+        hishel.get("/sync-hishel")
         return paired_ratios({"raw": sync_loop(raw), "redis": sync_loop(shared, url_of=lambda i: "/sync"),
-                              "near": sync_loop(near, url_of=lambda i: "/sync-near"), "floor": floor}, n, rounds)
+                              "near": sync_loop(near, url_of=lambda i: "/sync-near"), "floor": floor,
+                              "hishel": sync_loop(hishel, url_of=lambda i: "/sync-hishel")}, n, rounds)
 
 
 def near_staleness(redis: LocalRedis, quick: bool) -> list[Row]:
