@@ -4,6 +4,7 @@ across processes, and one rate shared by four processes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
@@ -190,8 +191,8 @@ WRITER_READER = textwrap.dedent("""
 """)
 
 
-def stale_reads(redis: LocalRedis, quick: bool) -> list[Row]:
-    pairs = 100 if quick else 1000
+def items_app() -> Starlette:
+    """``/items/{k}``: PUT stores a value, GET answers the last one stored."""
     values: dict[str, int] = {}
 
     async def item(request: Request) -> JSONResponse:
@@ -201,10 +202,14 @@ def stale_reads(redis: LocalRedis, quick: bool) -> list[Row]:
             return JSONResponse({"ok": True})
         return JSONResponse({"v": values.get(key, -1)})
 
-    app = Starlette(routes=[Route("/items/{k}", item, methods=["GET", "PUT"])])
+    return Starlette(routes=[Route("/items/{k}", item, methods=["GET", "PUT"])])
+
+
+def stale_reads(redis: LocalRedis, quick: bool) -> list[Row]:
+    pairs = 100 if quick else 1000
     script = Path(tempfile.mkdtemp()) / "wr.py"
     script.write_text(WRITER_READER)
-    with BackgroundServer(app) as server:
+    with BackgroundServer(items_app()) as server:
         writer, reader = (subprocess.Popen([sys.executable, str(script), server.url, redis.url, role, str(pairs)],
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                           for role in ("writer", "reader"))
@@ -221,6 +226,72 @@ def stale_reads(redis: LocalRedis, quick: bool) -> list[Row]:
             proc.stdin.close()  # type: ignore[union-attr]
             proc.wait(30)
     return [Row(SUITE, f"stale reads in {pairs} write/read pairs across two processes", stale, "", "= 0", stale == 0)]
+
+
+THROUGH_OUTAGE = textwrap.dedent("""
+    import json, sys, time
+    import httpx
+    from pywats_transport import build_transport
+
+    url, redis_url, start, back, end = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:6])
+    stack = build_transport(redis={"url": redis_url, "retry_after": 0.5}, enable_retry=False,
+                            cache={"storage": "redis", "mode": "ttl"},
+                            throttle={"enabled": True, "backend": "redis", "rate": 200, "burst": 20,
+                                      "expected_processes": 2})
+    requests = failed = hits_after = 0
+    time.sleep(max(0.0, start - time.time()))
+    with httpx.Client(transport=stack, base_url=url) as client:
+        while time.time() < end:
+            requests += 1
+            path = f"/items/{requests % 20}"
+            try:
+                if requests % 4 == 0:  # a write: invalidated for the whole fleet
+                    response = client.put(path, json={"v": requests})
+                else:
+                    response = client.get(path)
+                    hits_after += bool(response.extensions["caching"]["from_cache"]) and time.time() > back
+                failed += response.status_code != 200
+            except Exception as exc:
+                failed += 1
+                print(type(exc).__name__, exc, file=sys.stderr)
+    stats = stack.stats()
+    print(json.dumps({"requests": requests, "failed": failed, "hits_after": hits_after,
+                      "outages": [stats["cache"]["redis_outages"], stats["throttle"]["fleet"]["redis_outages"]]}))
+""")
+
+
+def redis_killed(binary: str, quick: bool) -> list[Row]:
+    """Two station processes share the cache and the rate on a Redis of their own, which is SIGKILLed
+    mid-run and started again on the same port two seconds later."""
+    redis = LocalRedis(binary)
+    script = Path(tempfile.mkdtemp()) / "outage.py"
+    script.write_text(THROUGH_OUTAGE)
+    try:
+        with BackgroundServer(items_app()) as server:
+            start = time.time() + 3.0  # the processes have imported and built their stacks by then
+            kill, restart = start + 2.0, start + 4.0
+            # Hits are counted from just past the processes' retry_after (0.5 s) after the restart.
+            times = [str(t) for t in (start, restart + 0.6, start + 7.0)]
+            procs = [subprocess.Popen([sys.executable, str(script), server.url, redis.url, *times],
+                                      stdout=subprocess.PIPE, text=True) for _ in range(2)]
+            time.sleep(max(0.0, kill - time.time()))
+            redis.stop()  # SIGKILL
+            time.sleep(max(0.0, restart - time.time()))
+            redis = LocalRedis(binary, port=redis.port)
+            results = [json.loads(proc.communicate(timeout=120)[0].splitlines()[-1]) for proc in procs]
+    finally:
+        redis.stop()
+    failed = sum(r["failed"] for r in results)
+    total = sum(r["requests"] for r in results)
+    counted = sum(outages == 1 for r in results for outages in r["outages"])
+    hits = sum(r["hits_after"] for r in results)
+    return [
+        Row(SUITE, "Redis SIGKILLed mid-run for 2 s, then restarted (2 processes): failed requests", failed,
+            f"of {total}", "= 0", failed == 0),
+        Row(SUITE, "... stats that counted the outage once (cache and fleet rate, per process)", counted,
+            f"of {2 * len(results)}", f"= {2 * len(results)}", counted == 2 * len(results)),
+        Row(SUITE, "... hits from Redis after it came back", hits, "", "> 0", hits > 0),
+    ]
 
 
 HAMMER = textwrap.dedent("""
@@ -312,7 +383,8 @@ def run(quick: bool = False) -> list[Row]:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
     redis = LocalRedis(binary)
     try:
-        return (redis_hit(redis, quick) + near_staleness(redis, quick) + stale_reads(redis, quick)
+        rows = (redis_hit(redis, quick) + near_staleness(redis, quick) + stale_reads(redis, quick)
                 + shared_rate(redis, quick) + shared_lookups(redis, quick))
     finally:
         redis.stop()
+    return rows + redis_killed(binary, quick)

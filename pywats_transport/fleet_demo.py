@@ -25,12 +25,15 @@ SHARED_LOOKUPS = ("GET /api/Product/{partNumber}", "GET /api/App/Processes", "GE
 
 
 class LocalRedis:
-    """A redis-server of our own on 127.0.0.1 and a free port, stopped with the demo."""
+    """A redis-server of our own on 127.0.0.1 and a free port (or ``port``: a restart where clients look),
+    stopped with the demo."""
 
-    def __init__(self, binary: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+    def __init__(self, binary: str, port: int | None = None) -> None:
+        if port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        self.port = port
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", tempfile.mkdtemp(prefix="pywats-redis-"), "--maxmemory", "64mb",

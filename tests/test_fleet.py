@@ -504,6 +504,30 @@ async def test_the_fleet_honours_burst(mode: str, fleet_url: str) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_turns_the_fleet_gives_are_counted_like_the_local_buckets(mode: str, fleet_url: str) -> None:
+    """The throttle's stats (and so /health/details) count the fleet's turns, its waits and refusals."""
+    from pywats_transport.errors import ThrottledError
+    from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
+
+    cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
+    host = f"counted-{mode}-{time.time_ns()}.test"
+    layer = cls(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis",
+                redis_url=fleet_url, rate=10, burst=1)
+    caller = Caller(mode, layer, base_url=f"http://{host}")
+    for _ in range(3):  # the first goes at once, each of the next two waits one interval (0.1 s)
+        assert (await caller.get("/a")).status_code == 200
+    layer.settings.max_wait = 0.0
+    with pytest.raises(ThrottledError):
+        await caller.get("/a")
+    stats = layer.stats()
+    assert stats["fleet"]["local_fallbacks"] == 0
+    assert (stats["requests"], stats["waited"], stats["rejections"]) == (4, 2, 1)
+    assert 0.1 < stats["wait_seconds_total"] < 0.4
+    await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_429s_in_a_row_at_one_station_halve_the_fleet_rate(mode: str, fleet_url: str) -> None:
     """No Retry-After: the adaptive slow-down one station's policy decides is the fleet's too."""
 
@@ -617,7 +641,8 @@ async def test_with_redis_down_each_process_takes_its_share(mode: str, scheme: s
         port = s.getsockname()[1]  # nothing listens here
     cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
     layer = cls(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis",
-                redis_url=f"{scheme}://127.0.0.1:{port}", rate=40, burst=1, expected_processes=4)
+                redis_url=f"{scheme}://127.0.0.1:{port}", rate=40, burst=1, expected_processes=4,
+                redis_retry_after=0.5)
     caller = Caller(mode, layer)
     for _ in range(3):
         assert (await caller.get("/a")).status_code == 200
@@ -625,6 +650,7 @@ async def test_with_redis_down_each_process_takes_its_share(mode: str, scheme: s
     assert stats["fleet"]["local_fallbacks"] == 3 and stats["fleet"]["redis_outages"] == 1
     said = [r for r in caplog.records if r.name == "pywats_transport.throttle"]
     assert len(said) == 1 and "Redis unavailable for the fleet rate" in said[0].getMessage()  # once an outage
+    assert "tried again every 0.5 s" in said[0].getMessage()
     assert stats["rate_per_host"]["test"] == 10.0  # 40 / 4 processes
     await caller.close()
 
@@ -809,3 +835,30 @@ def test_the_fleet_rate_without_its_extra_says_what_to_install(missing: str, mon
     monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
     with pytest.raises(ImportError, match=r"pip install 'pywats-transport\[redis\]'"):
         ThrottleLayer(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+async def test_redis_killed_while_the_server_answers(mode: str, cache_mode: str, method: str, own_redis: Any) -> None:
+    """Redis dies between a request's lookup and the store of its answer (or a write's invalidation):
+    the answer still reaches the caller, body and all, and the outage is counted."""
+    redis = own_redis
+    origin = Counter(headers={"cache-control": "max-age=60"})
+
+    def answer_after_redis_died(request: httpx.Request) -> httpx.Response:
+        redis.kill()  # SIGKILL, after the lookup went through
+        return origin(request)
+
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    layer = cls(httpx.MockTransport(answer_after_redis_died), mode=cache_mode, storage="redis", redis_url=redis.url)
+    caller = Caller(mode, layer)
+    try:
+        response = await caller.request(method, "/items/1")
+        assert response.status_code == 200 and response.json()["n"] == 1
+        assert (await caller.request(method, "/items/1")).json()["n"] == 2  # Redis skipped: to the network
+        stats = layer.stats()
+        assert stats["redis_outages"] == 1 and stats["storage_errors"] >= 1
+    finally:
+        await caller.close()

@@ -51,7 +51,7 @@ class Guard:
             kind = type(exc).__name__ if exc is not None else "no answer"
             if kind in ("MovedError", "AskError"):  # the URL names one node of a cluster
                 kind += ": a Redis Cluster node; give the cluster as redis+cluster://host:port,host:port"
-            self.log.warning("Redis unavailable for the %s (%s); %s, and Redis is tried again every %.0f s", self.use,
+            self.log.warning("Redis unavailable for the %s (%s); %s, and Redis is tried again every %g s", self.use,
                         kind, self.fallback, self.retry_after)
 
     @contextmanager

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Response
 
 from .freshness import StoreDecision, Vary
+from .health import FAILURES
 from .memory import Record
 from .redis_guard import Guard
 
@@ -351,7 +352,10 @@ class RedisStore(_Base, BaseStorage):
                 if field is not None:
                     data = frame(request, response.status_code, response.headers, b"".join(chunks), time.time(),
                                  **extras)
-                    self._call(lambda: self._save(key, field, data, request.url, ttl_ms))
+                    try:
+                        self._call(lambda: self._save(key, field, data, request.url, ttl_ms))
+                    except Exception as exc:  # the caller is reading its answer: Redis failing now loses no more
+                        FAILURES.note(exc, logged=True)  # than the entry; the guard has logged the outage
             finally:
                 self.release(key)
 
@@ -502,7 +506,10 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
                 if field is not None:
                     data = frame(request, response.status_code, response.headers, b"".join(chunks), time.time(),
                                  **extras)
-                    await self._call(lambda: self._save(key, field, data, request.url, ttl_ms))
+                    try:
+                        await self._call(lambda: self._save(key, field, data, request.url, ttl_ms))
+                    except Exception as exc:  # as in the sync store: the answer is the caller's all the same
+                        FAILURES.note(exc, logged=True)
             finally:
                 await self.release(key)
 

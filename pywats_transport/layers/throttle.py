@@ -128,10 +128,12 @@ class _FleetTurn:
         """Seconds to sleep before asking again, or None: go now. Raises ThrottledError past the limit."""
         core, host = self.core, self.request.url.host
         if not wait:
+            core.policy.count_fleet_turn(self.waited)
             if core.collector is not None:
                 core.collector.record_throttle_wait(self.waited, host)
             return None
         if self.limit is not None and self.waited + wait > self.limit:
+            core.policy.count_fleet_turn(None)
             if core.collector is not None:
                 core.collector.add_throttle_rejection(host)
             raise ThrottledError(

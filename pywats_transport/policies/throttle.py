@@ -100,15 +100,22 @@ class ThrottlePolicy:
             now = self.clock()
             bucket = self._buckets.get(key) or self._bucket(key, now)
             wait = bucket.reserve(now, self.settings.max_wait if max_wait is None else max_wait)
-            self.stats.requests += 1
-            if wait is None:
-                self.stats.rejections += 1
-                return None
-            if wait > 0:
-                self.stats.waited += 1
-                self.stats.wait_seconds += wait
-                self.stats.max_wait_seconds = max(self.stats.max_wait_seconds, wait)
+            self._count(wait)
             return wait
+
+    def count_fleet_turn(self, waited: float | None) -> None:
+        """A turn the fleet's rate gave after ``waited`` seconds (None: refused), counted as the bucket's are."""
+        with self._lock:
+            self._count(waited)
+
+    def _count(self, wait: float | None) -> None:
+        self.stats.requests += 1
+        if wait is None:
+            self.stats.rejections += 1
+        elif wait > 0:
+            self.stats.waited += 1
+            self.stats.wait_seconds += wait
+            self.stats.max_wait_seconds = max(self.stats.max_wait_seconds, wait)
 
     def would_wait(self, host: str) -> float:
         """How long a request arriving now would wait (for error messages)."""
