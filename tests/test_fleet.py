@@ -862,3 +862,30 @@ async def test_redis_killed_while_the_server_answers(mode: str, cache_mode: str,
         assert stats["redis_outages"] == 1 and stats["storage_errors"] >= 1
     finally:
         await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_full_redis_that_evicts_nothing_is_named(mode: str, redis_binary: str, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Redis's default policy once it has a maxmemory is to refuse writes: requests go on, and the log
+    says what to change."""
+    from .conftest import RedisServer
+
+    server = RedisServer(redis_binary, tmp_path, "--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
+    server.start()
+    filler = sync_client(server.url, 1.0)
+    try:
+        with pytest.raises(Exception, match="maxmemory"):
+            for i in range(1000):
+                filler.set(f"fill{i}", b"v" * 10_000)
+        cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+        layer = cls(httpx.MockTransport(Counter()), mode="ttl", storage="redis", redis_url=server.url)
+        caller = Caller(mode, layer)
+        assert [(await caller.get("/full")).json()["n"] for _ in range(2)] == [1, 2]  # from the network
+        assert layer.stats()["redis_outages"] == 1
+        assert "Redis is full and evicts nothing; give it maxmemory-policy allkeys-lru" in caplog.text
+        await caller.close()
+    finally:
+        filler.close()
+        server.kill()

@@ -51,6 +51,8 @@ class Guard:
             kind = type(exc).__name__ if exc is not None else "no answer"
             if kind in ("MovedError", "AskError"):  # the URL names one node of a cluster
                 kind += ": a Redis Cluster node; give the cluster as redis+cluster://host:port,host:port"
+            elif kind == "OutOfMemoryError":  # Redis's default policy when it is given a maxmemory
+                kind += ": Redis is full and evicts nothing; give it maxmemory-policy allkeys-lru"
             self.log.warning("Redis unavailable for the %s (%s); %s, and Redis is tried again every %g s", self.use,
                         kind, self.fallback, self.retry_after)
 
