@@ -686,6 +686,85 @@ async def test_the_password_may_come_from_the_environment(mode: str, redis_binar
         server.kill()
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_tls_to_redis_with_the_ca_as_a_url_option(mode: str, redis_binary: str, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """``rediss://`` to a real TLS redis-server: the cache, its near cache's subscription and the fleet rate
+    all connect with the CA given in the URL; without it the certificate is refused, not trusted."""
+    import trustme
+
+    from pywats_transport import build_async_transport, build_transport
+
+    from .conftest import RedisServer
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server = RedisServer(redis_binary, tmp_path)
+    server.args = ("--port", "0", "--tls-port", str(server.port), "--tls-cert-file", str(tmp_path / "server.pem"),
+                   "--tls-key-file", str(tmp_path / "server.pem"), "--tls-ca-cert-file", str(tmp_path / "ca.pem"),
+                   "--tls-auth-clients", "no")
+    server.start()
+    tls_url = f"rediss://127.0.0.1:{server.port}/0"
+    build = build_transport if mode == "sync" else build_async_transport
+    try:
+        stack = build(inner=httpx.MockTransport(Counter()), enable_retry=False,
+                      redis={"url": f"{tls_url}?ssl_ca_certs={tmp_path / 'ca.pem'}"},
+                      cache={"mode": "ttl", "storage": "redis", "near_cache": True},
+                      throttle={"enabled": True, "backend": "redis", "rate": 50})
+        caller = Caller(mode, stack)
+        try:
+            deadline = time.monotonic() + 5
+            while not stack.layer("cache")._near_sub.listening and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert stack.layer("cache")._near_sub.listening
+            assert [(await caller.get("/tls")).json()["n"] for _ in range(3)] == [1, 1, 1]
+            stats = stack.stats()
+            assert stats["cache"]["redis_failures"] == 0 and stats["throttle"]["fleet"]["local_fallbacks"] == 0
+        finally:
+            await caller.close()
+        untrusted = build(inner=httpx.MockTransport(Counter()), enable_retry=False, redis={"url": tls_url},
+                          cache={"mode": "ttl", "storage": "redis"})
+        caller = Caller(mode, untrusted)
+        try:
+            assert [(await caller.get("/tls")).json()["n"] for _ in range(2)] == [1, 2]  # from the network
+            assert untrusted.stats()["cache"]["redis_outages"] == 1
+            assert "CERTIFICATE_VERIFY_FAILED" in caplog.text  # the log says why
+        finally:
+            await caller.close()
+    finally:
+        server.kill()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_wrong_password_is_named_and_never_shown(mode: str, redis_binary: str, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    from pywats_transport import build_async_transport, build_transport
+
+    from .conftest import RedisServer
+
+    server = RedisServer(redis_binary, tmp_path, "--requirepass", "the-right-one")
+    server.start()
+    url = f"redis://:not-the-password@127.0.0.1:{server.port}/0"
+    build = build_transport if mode == "sync" else build_async_transport
+    try:
+        stack = build(inner=httpx.MockTransport(Counter()), enable_retry=False, redis={"url": url},
+                      cache={"mode": "ttl", "storage": "redis"}, throttle={"enabled": True, "backend": "redis"})
+        caller = Caller(mode, stack)
+        try:
+            assert [(await caller.get("/pw")).json()["n"] for _ in range(2)] == [1, 2]
+        finally:
+            await caller.close()
+        said = [r.getMessage() for r in caplog.records if "Redis unavailable" in r.getMessage()]
+        assert len(said) == 2 and all("AuthenticationError" in line for line in said)  # the cache, the rate
+        assert "not-the-password" not in caplog.text
+    finally:
+        server.kill()
+
+
 # -- one fetch per URL for the fleet ---------------------------------------------------------------------
 
 SAME_TIME = textwrap.dedent("""

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from ..config import redacted
+
 log = logging.getLogger("pywats_transport.cache")
 
 
@@ -53,6 +55,8 @@ class Guard:
                 kind += ": a Redis Cluster node; give the cluster as redis+cluster://host:port,host:port"
             elif kind == "OutOfMemoryError":  # Redis's default policy when it is given a maxmemory
                 kind += ": Redis is full and evicts nothing; give it maxmemory-policy allkeys-lru"
+            elif exc is not None and str(exc):  # what went wrong (a refused certificate, a wrong password)
+                kind += f": {redacted(str(exc))[:300]}"
             self.log.warning("Redis unavailable for the %s (%s); %s, and Redis is tried again every %g s", self.use,
                         kind, self.fallback, self.retry_after)
 
