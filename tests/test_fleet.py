@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -968,3 +969,44 @@ async def test_a_full_redis_that_evicts_nothing_is_named(mode: str, redis_binary
     finally:
         filler.close()
         server.kill()
+
+
+@pytest.mark.anyio
+async def test_a_service_sends_reports_while_its_redis_is_down(tmp_path: Path, own_redis: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client service on the fleet tier (configured through the environment): Redis dies, reports are
+    still confirmed, /health stays ok, and /health/details says what runs degraded until Redis is back."""
+    from pywats_transport.emulator import EmulatorServer
+    from pywats_transport.service import AsyncClientService, ClientConfig
+
+    from .test_service import done, drop, report, until
+
+    for name, value in {"REDIS__URL": own_redis.url, "REDIS__RETRY_AFTER": "0.2", "CACHE__STORAGE": "redis",
+                        "THROTTLE__BACKEND": "redis"}.items():
+        monkeypatch.setenv(f"PYWATS_TRANSPORT_{name}", value)
+    with EmulatorServer(token="svc") as emu:
+        cfg = ClientConfig(service_address=emu.url, api_token="svc", queue_dir=str(tmp_path / "queue"), health_port=0,
+                           metrics_port=None, poll_interval=0.05, ping_interval=0.2, retry_backoff_max=0.5)
+        queue = Path(cfg.queue_dir)
+        async with AsyncClientService(cfg) as service, \
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.health_port}") as health:
+            drop(queue, "a.json", report("SN-R1"))
+            await until(lambda: len(done(queue)) == 1)
+            assert (await health.get("/health/details")).json()["health"]["degraded"] == []
+            own_redis.kill()
+            drop(queue, "b.json", report("SN-R2"))
+            await until(lambda: len(done(queue)) == 2)
+            assert service.api is not None
+            await service.api.product.get("PN-1001")  # a lookup meets the dead Redis too
+            assert (await health.get("/health")).json() == {"status": "ok"}
+            details = (await health.get("/health/details")).json()
+            cache_down, rate_down = details["health"]["degraded"]
+            assert cache_down.startswith("Redis unavailable for the cache for ")
+            assert rate_down.startswith("Redis unavailable for the fleet rate for ")
+            assert details["cache"]["redis_outages"] == 1 and details["throttle"]["fleet"]["redis_down_seconds"] > 0
+            own_redis.start()
+            await asyncio.sleep(0.3)  # past retry_after: the next calls try Redis again
+            await service.api.product.get("PN-1001")
+            drop(queue, "c.json", report("SN-R3"))
+            await until(lambda: len(done(queue)) == 3)
+            assert (await health.get("/health/details")).json()["health"]["degraded"] == []

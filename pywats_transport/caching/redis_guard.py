@@ -37,6 +37,11 @@ class Guard:
         self.failures = 0
         self._lock = threading.Lock()
 
+    def down_for(self) -> float:
+        """Seconds since the outage in course began (0.0: Redis answered last)."""
+        since = self.down_since
+        return self.clock() - since if since else 0.0
+
     def check(self) -> None:
         if self.down_until and self.clock() < self.down_until:
             raise StorageUnavailable(f"Redis unavailable; trying again in {self.down_until - self.clock():.2f}s")

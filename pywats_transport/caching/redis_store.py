@@ -270,6 +270,7 @@ class _Base:
 
     def stats(self) -> dict[str, Any]:
         return {"redis_outages": self.guard.outages, "redis_failures": self.guard.failures,
+                "redis_down_seconds": round(self.guard.down_for(), 3),
                 "fleet_fetches_led": self.flights_led, "fleet_fetches_awaited": self.flights_followed}
 
 

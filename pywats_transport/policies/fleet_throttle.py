@@ -125,7 +125,8 @@ class _FleetBase:
 
     def stats(self) -> dict[str, Any]:
         return {"backend": "redis", "redis_outages": self.guard.outages, "redis_failures": self.guard.failures,
-                "local_fallbacks": self.fallbacks, "fleet_slowdowns": self.slowdowns}
+                "redis_down_seconds": round(self.guard.down_for(), 3), "local_fallbacks": self.fallbacks,
+                "fleet_slowdowns": self.slowdowns}
 
 
 class FleetRate(_FleetBase):

@@ -200,6 +200,18 @@ class AsyncClientService:
                 out.append(f"WATS not reached for {time.monotonic() - self.last_contact:.0f}s")
         return out
 
+    @staticmethod
+    def degraded(stats: dict[str, Any]) -> list[str]:
+        """What runs at reduced service, failing nothing: the fleet tier while its Redis is down."""
+        out = []
+        down = (stats.get("cache") or {}).get("redis_down_seconds")
+        if down:
+            out.append(f"Redis unavailable for the cache for {down:.0f}s: lookups go to WATS")
+        down = ((stats.get("throttle") or {}).get("fleet") or {}).get("redis_down_seconds")
+        if down:
+            out.append(f"Redis unavailable for the fleet rate for {down:.0f}s: this process takes its share of the rate")
+        return out
+
     def details(self) -> dict[str, Any]:
         stats = self.api.transport.stats() if self.api is not None else {}
         q = self.queue
@@ -230,5 +242,5 @@ class AsyncClientService:
                 "problems": list(q.problems.values()) if q else [],
                 "ignored": list(q.ignored) if q else [],
             },
-            "health": {"problems": self.problems(readiness=True)},
+            "health": {"problems": self.problems(readiness=True), "degraded": self.degraded(stats)},
         }
