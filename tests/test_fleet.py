@@ -142,6 +142,35 @@ async def test_the_shared_storage_keeps_variants_apart_and_honours_no_store(mode
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_one_credentials_entry_never_answers_another_across_the_fleet(mode: str, fleet_url: str) -> None:
+    """Two stations with other tokens share Redis: each is served only what its own token fetched, and a
+    write by either drops the path's entries for both."""
+    server = Counter()
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+
+    def station(token: str) -> Caller:
+        caller = Caller(mode, cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=fleet_url))
+        caller.client.headers["Authorization"] = f"Bearer {token}"
+        return caller
+
+    alice, bob, alice_again = station("token-a"), station("token-b"), station("token-a")
+    path = f"/creds/{mode}/{time.time_ns()}"
+    try:
+        assert (await alice.get(path)).json()["n"] == 1
+        assert (await bob.get(path)).json()["n"] == 2  # not alice's entry
+        hit = await alice_again.get(path)  # another process with alice's token
+        assert hit.json()["n"] == 1 and hit.extensions["caching"]["from_cache"]
+        assert (await bob.get(path)).json()["n"] == 2
+        await bob.request("PUT", path, json={})  # n == 3
+        assert (await alice_again.get(path)).json()["n"] == 4
+        assert (await bob.get(path)).json()["n"] == 5
+    finally:
+        for caller in (alice, bob, alice_again):
+            await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_shared_entry_answers_for_a_failed_origin_in_any_process(mode: str, redis_url: str) -> None:
     """stale-if-error on Redis: kept past its TTL for the window, served by whichever process finds the origin down."""
     state = {"down": ""}
