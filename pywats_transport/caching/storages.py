@@ -1,0 +1,48 @@
+"""The storage a cache layer's settings name: memory, SQLite or Redis, for a sync or an asyncio client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import hishel
+
+from ..config import CacheSettings
+from .memory import AsyncMemoryStorage, MemoryStorage
+from .redis_connect import async_client, one_server, sync_client
+from .redis_store import AsyncRedisStore, RedisStore
+
+
+def make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_async: bool) -> Any:
+    """The hishel storage ``settings.storage`` names; a missing optional package is named with its extra."""
+    if settings.storage == "memory":
+        cls = AsyncMemoryStorage if is_async else MemoryStorage
+        return cls(max_entries=settings.max_size, default_ttl=settings.ttl, clock=clock)
+    if settings.storage == "sqlite":
+        if is_async:
+            try:
+                import anysqlite  # noqa: F401
+            except ImportError:
+                raise ImportError("cache storage 'sqlite' on an async client needs anysqlite: "
+                                  "pip install 'pywats-transport[sqlite]'") from None
+            return hishel.AsyncSqliteStorage(database_path=settings.sqlite_path, default_ttl=settings.ttl)
+        return hishel.SqliteStorage(database_path=settings.sqlite_path, default_ttl=settings.ttl)
+    try:
+        import redis  # noqa: F401 - the one check that it is installed
+    except ImportError:
+        raise ImportError("cache storage 'redis' needs the redis package: pip install 'pywats-transport[redis]'") from None
+    url, timeout = settings.redis_url, settings.redis_timeout
+    # Fleet-wide single flight follows the coalescing switch: a miss waits for another process's fetch.
+    flight = settings.coalesce_timeout if settings.coalesce else 0.0
+    # Lookups have a connection of their own: taking one from the pool and giving it back cost about
+    # as much as the round trip itself. A cluster or sentinel client routes every command itself.
+    own = one_server(url)
+    if is_async:
+        return AsyncRedisStore(async_client(url, timeout), sync_client=sync_client(url, timeout),
+                               reader=(lambda: async_client(url, timeout, single_connection=True)) if own else None,
+                               default_ttl=settings.ttl, retry_after=settings.redis_retry_after, flight_timeout=flight)
+    return RedisStore(sync_client(url, timeout), default_ttl=settings.ttl,
+                      reader=(lambda: sync_client(url, timeout, single_connection=True)) if own else None,
+                      retry_after=settings.redis_retry_after, flight_timeout=flight)
+
+
