@@ -390,3 +390,21 @@ async def test_the_invalidation_index_is_bounded_by_max_size(mode: str) -> None:
     await caller.get("/api/Product/P1")
     assert len(layer.policy._index) == 1
     await caller.close()
+
+
+def test_a_hits_headers_follow_an_entrys_new_headers() -> None:
+    """A hit's headers are built once per entry; a 304 that replaces them is seen by the next hit."""
+    from hishel import Request as HishelRequest
+
+    from pywats_transport.caching.memory import MemoryStorage, Record
+
+    storage = MemoryStorage(max_entries=10, default_ttl=60)
+    record = Record(1, "k", HishelRequest("GET", "http://t/r"), 200, None, b"{}", None, None, None,
+                    [(b"etag", b'"v1"'), (b"x-version", b"1")])
+    first = record.response_headers()
+    assert first["x-version"] == "1" and record.response_headers() is first  # built once
+    storage.refresh(record, [(b"etag", b'"v1"'), (b"x-version", b"2")], fresh_for=60, age=0)
+    assert record.response_headers()["x-version"] == "2"
+    response = httpx.Response(200, headers=record.response_headers())
+    response.headers["x-added"] = "by the caller"
+    assert "x-added" not in record.response_headers()  # a response holds a copy

@@ -182,9 +182,9 @@ class CacheCore:
         return Lookup(plan.key, usable, decide, looked=looked, keep_stale=self._keep_stale)
 
     def _response_from(self, record: Record, now: float, caching: dict[str, Any]) -> httpx.Response:
-        headers = record.httpx_headers()
+        headers: Any = record.response_headers()
         if self.policy.rfc:  # say how old the stored answer is (RFC 9111 §5.1)
-            headers = [*headers, (b"age", str(int(record.age + max(0.0, now - record.stored_at))).encode())]
+            headers = [*record.httpx_headers(), (b"age", str(int(record.age + max(0.0, now - record.stored_at))).encode())]
         return httpx.Response(record.status_code, headers=headers, stream=httpx.ByteStream(record.body),
                               extensions={"caching": caching})
 

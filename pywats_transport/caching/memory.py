@@ -13,9 +13,10 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import httpx
 from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Response
 
 Clock = Callable[[], float]
@@ -48,6 +49,9 @@ class Record:
     #: RFC 5861: seconds past ``fresh_until`` the entry may answer when the origin fails / while it is refreshed
     stale_if_error: float = 0.0
     stale_while_revalidate: float = 0.0
+    #: the headers of a hit as httpx holds them, and the raw list they were built from
+    _response_headers: tuple[list[tuple[bytes, bytes]], httpx.Headers] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def matches(self, method: str, headers: Any) -> bool:
         if self.request.method != method:
@@ -60,6 +64,15 @@ class Record:
             h = self.headers or Headers({})
             self.raw_headers = [(k.encode(), v.encode()) for k in h for v in h.get_list(k) or []]
         return self.raw_headers
+
+    def response_headers(self) -> httpx.Headers:
+        """The headers of a hit, built once per entry: a response copies them, which costs less than
+        building them from bytes on every hit."""
+        raw = self.httpx_headers()
+        built = self._response_headers
+        if built is None or built[0] is not raw:  # a 304 or an update replaced the headers since
+            built = self._response_headers = (raw, httpx.Headers(raw))
+        return built[1]
 
     def hishel_headers(self) -> Headers:
         if self.headers is None:
