@@ -975,6 +975,32 @@ async def test_redis_killed_while_the_server_answers(mode: str, cache_mode: str,
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_304_answered_as_redis_dies_is_served_from_the_entry(mode: str, own_redis: Any) -> None:
+    """rfc mode: the origin confirms the stored entry (304) just as Redis dies; the caller gets the stored
+    body, revalidated, without a second request to the origin."""
+    redis, sent = own_redis, []
+
+    def origin(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        headers = {"etag": '"v1"', "cache-control": "max-age=0"}
+        if request.headers.get("if-none-match") == '"v1"':
+            redis.kill()
+            return httpx.Response(304, headers=headers)
+        return httpx.Response(200, json={"n": len(sent)}, headers=headers)
+
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    caller = Caller(mode, cls(httpx.MockTransport(origin), mode="rfc", storage="redis", redis_url=redis.url))
+    try:
+        assert (await caller.get("/etag")).json() == {"n": 1}
+        again = await caller.get("/etag")
+        assert again.status_code == 200 and again.json() == {"n": 1} and again.extensions["caching"]["revalidated"]
+        assert len(sent) == 2
+    finally:
+        await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_full_redis_that_evicts_nothing_is_named(mode: str, redis_binary: str, tmp_path: Path,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     """Redis's default policy once it has a maxmemory is to refuse writes: requests go on, and the log

@@ -320,14 +320,18 @@ class RedisStore(_Base, BaseStorage):
         self._call(lambda: self._save(*args))
 
     def update_headers(self, id: uuid.UUID, headers: Headers) -> None:  # noqa: A002
-        key = self._call(lambda: self.client.get(OWNER + str(id)))
-        if key is None:
-            return
-        current = self._call(lambda: self.client.hget(ENTRY + key.decode(), str(id)))
-        if current is None:
-            return
-        data = reframed(current, headers)
-        self._call(lambda: self.client.hset(ENTRY + key.decode(), str(id), data))
+        """A 304 refreshed the entry. If Redis fails now the answer is right all the same (the stored body,
+        revalidated): the entry keeps its old headers and is revalidated again on its next lookup."""
+        try:
+            key = self._call(lambda: self.client.get(OWNER + str(id)))
+            if key is None:
+                return
+            current = self._call(lambda: self.client.hget(ENTRY + key.decode(), str(id)))
+            if current is not None:
+                data = reframed(current, headers)
+                self._call(lambda: self.client.hset(ENTRY + key.decode(), str(id), data))
+        except Exception as exc:
+            FAILURES.note(exc, logged=True)
 
     def remove_entry(self, id: uuid.UUID) -> None:  # noqa: A002
         key = self._call(lambda: self.client.get(OWNER + str(id)))
@@ -474,14 +478,17 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         await self._call(lambda: self._save(*args))
 
     async def update_headers(self, id: uuid.UUID, headers: Headers) -> None:  # noqa: A002
-        key = await self._call(lambda: self.client.get(OWNER + str(id)))
-        if key is None:
-            return
-        current = await self._call(lambda: self.client.hget(ENTRY + key.decode(), str(id)))
-        if current is None:
-            return
-        data = reframed(current, headers)
-        await self._call(lambda: self.client.hset(ENTRY + key.decode(), str(id), data))
+        """As the sync store's: a failure here leaves the entry to be revalidated again, the answer right."""
+        try:
+            key = await self._call(lambda: self.client.get(OWNER + str(id)))
+            if key is None:
+                return
+            current = await self._call(lambda: self.client.hget(ENTRY + key.decode(), str(id)))
+            if current is not None:
+                data = reframed(current, headers)
+                await self._call(lambda: self.client.hset(ENTRY + key.decode(), str(id), data))
+        except Exception as exc:
+            FAILURES.note(exc, logged=True)
 
     async def remove_entry(self, id: uuid.UUID) -> None:  # noqa: A002
         key = await self._call(lambda: self.client.get(OWNER + str(id)))
