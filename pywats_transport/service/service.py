@@ -206,10 +206,10 @@ class AsyncClientService:
         out = []
         down = (stats.get("cache") or {}).get("redis_down_seconds")
         if down:
-            out.append(f"Redis unavailable for the cache for {down:.0f}s: lookups go to WATS")
+            out.append(f"Redis unavailable for the cache for {down:.1f}s: lookups go to WATS")
         down = ((stats.get("throttle") or {}).get("fleet") or {}).get("redis_down_seconds")
         if down:
-            out.append(f"Redis unavailable for the fleet rate for {down:.0f}s: this process takes its share of the rate")
+            out.append(f"Redis unavailable for the fleet rate for {down:.1f}s: this process takes its share of the rate")
         return out
 
     def details(self) -> dict[str, Any]:
