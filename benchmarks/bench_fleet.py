@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -92,6 +93,7 @@ def redis_hit(redis: LocalRedis, quick: bool) -> list[Row]:
     loop.run_until_complete(hishel_redis.aclose())
     loop.close()
     sync = _sync_redis_hit(redis, n, rounds)
+    pinned = _on_one_core(redis, lambda: _sync_redis_hit(redis, n, rounds))
     return [Row(SUITE, "Redis hit / raw request (async)", ratios["redis"], "x", "<= 2", ratios["redis"] <= 2),
             Row(SUITE, "... floor: a raw request plus one bare PING round trip to redis-server (async)",
                 ratios["floor"], "x"),
@@ -101,8 +103,27 @@ def redis_hit(redis: LocalRedis, quick: bool) -> list[Row]:
             Row(SUITE, "... floor: a raw request plus one bare PING round trip to redis-server (sync)",
                 sync["floor"], "x"),
             Row(SUITE, "... hishel's RedisStorage hit, for comparison (sync)", sync["hishel"], "x"),
+            *([Row(SUITE, "... with redis-server on the bench's core (no cross-core wake-up): the floor (sync)",
+                   pinned["floor"], "x"),
+               Row(SUITE, "... and the Redis hit (sync)", pinned["redis"], "x")] if pinned else []),
             Row(SUITE, "near-cache hit / raw request (async)", ratios["near"], "x", "<= 1.2", ratios["near"] <= 1.2),
             Row(SUITE, "near-cache hit / raw request (sync)", sync["near"], "x", "<= 1.2", sync["near"] <= 1.2)]
+
+
+def _on_one_core(redis: LocalRedis, measure: Callable[[], dict[str, float]]) -> dict[str, float] | None:
+    """``measure`` with redis-server and this process on one CPU (Linux only; None elsewhere). Shows how
+    much of a round trip is the other core waking up, which a Redis on another machine does not cost."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    ours, theirs = os.sched_getaffinity(0), os.sched_getaffinity(redis.proc.pid)
+    core = {min(ours)}
+    os.sched_setaffinity(0, core)
+    os.sched_setaffinity(redis.proc.pid, core)
+    try:
+        return measure()
+    finally:
+        os.sched_setaffinity(redis.proc.pid, theirs)
+        os.sched_setaffinity(0, ours)
 
 
 def _sync_redis_hit(redis: LocalRedis, n: int, rounds: int) -> dict[str, float]:
