@@ -14,9 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
+from pywats_transport import build_async_transport, build_transport
 from pywats_transport.caching.redis_connect import sync_client
 from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
+from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
 
+from .conftest import RedisServer
 from .helpers import Caller, Counter
 
 pytestmark = pytest.mark.redis
@@ -307,13 +310,11 @@ async def test_a_connection_the_server_closed_is_replaced_at_once(mode: str, red
                                                                  tmp_path: Path) -> None:
     """Redis (or a proxy before it) closes idle connections, and a restarted Redis has closed them all:
     the next call opens a new one and goes on, instead of counting an outage."""
-    from .conftest import RedisServer
 
     server = RedisServer(redis_binary, tmp_path, "--timeout", "1")  # idle clients closed after 1 s
     server.start()
     cls = CacheLayer if mode == "sync" else AsyncCacheLayer
     settings = {"enabled": True, "backend": "redis", "redis_url": server.url, "rate": 100}
-    from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
 
     rate_cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
     origin = Counter()
@@ -341,8 +342,6 @@ async def test_a_hung_redis_costs_one_timeout(mode: str, kind: str, request: pyt
     wait their configured timeout once, then skip Redis, and every request is answered."""
     import os
     import signal
-
-    from pywats_transport import build_async_transport, build_transport
 
     if kind == "server":
         hung, url = request.getfixturevalue("own_redis"), request.getfixturevalue("own_redis").url
@@ -414,7 +413,6 @@ async def test_through_sentinel_and_across_a_failover(mode: str, redis_sentinel:
     """``redis+sentinel://``: the cache, its near cache and the fleet rate use the primary the sentinel
     names; when that primary dies, requests keep being answered, and after the failover they use the
     new primary with nothing to restart."""
-    from pywats_transport import build_async_transport, build_transport
 
     build = build_transport if mode == "sync" else build_async_transport
     stack = build(inner=httpx.MockTransport(Counter()), enable_retry=False,
@@ -515,7 +513,6 @@ def test_four_processes_share_one_rate(tmp_path: Path, fleet_url: str) -> None:
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_the_fleet_honours_burst(mode: str, fleet_url: str) -> None:
     """At most ``burst`` turns at once for the whole fleet, then one per interval of ``rate``."""
-    from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
 
     cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
     host = f"burst-{mode}-{time.time_ns()}.test"
@@ -537,7 +534,6 @@ async def test_the_fleet_honours_burst(mode: str, fleet_url: str) -> None:
 async def test_turns_the_fleet_gives_are_counted_like_the_local_buckets(mode: str, fleet_url: str) -> None:
     """The throttle's stats (and so /health/details) count the fleet's turns, its waits and refusals."""
     from pywats_transport.errors import ThrottledError
-    from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
 
     cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
     host = f"counted-{mode}-{time.time_ns()}.test"
@@ -560,8 +556,6 @@ async def test_turns_the_fleet_gives_are_counted_like_the_local_buckets(mode: st
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_429s_in_a_row_at_one_station_halve_the_fleet_rate(mode: str, fleet_url: str) -> None:
     """No Retry-After: the adaptive slow-down one station's policy decides is the fleet's too."""
-
-    from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
     from pywats_transport.policies.fleet_throttle import SLOW
 
     cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
@@ -608,8 +602,6 @@ async def test_429s_in_a_row_at_one_station_halve_the_fleet_rate(mode: str, flee
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_retry_after_seen_by_one_holds_the_host_for_all(mode: str, fleet_url: str) -> None:
-    from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
-
     cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
     settings = {"enabled": True, "backend": "redis", "redis_url": fleet_url, "rate": 100, "per_host": True}
     answers = iter([httpx.Response(429, headers={"Retry-After": "1"})])
@@ -628,7 +620,6 @@ async def test_a_retry_after_seen_by_one_holds_the_host_for_all(mode: str, fleet
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_shorter_retry_after_does_not_cut_a_longer_hold(mode: str, fleet_url: str) -> None:
-    from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
     from pywats_transport.policies.fleet_throttle import HOLD
 
     cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
@@ -664,8 +655,6 @@ async def test_with_redis_down_each_process_takes_its_share(mode: str, scheme: s
                                                             caplog: pytest.LogCaptureFixture) -> None:
     import socket
 
-    from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here
@@ -690,9 +679,6 @@ async def test_with_redis_down_each_process_takes_its_share(mode: str, scheme: s
 async def test_the_password_may_come_from_the_environment(mode: str, redis_binary: str, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """``REDIS_PASSWORD`` reaches every Redis connection of ours: the cache's and the fleet rate's (limits)."""
-    from pywats_transport import build_async_transport, build_transport
-
-    from .conftest import RedisServer
 
     server = RedisServer(redis_binary, tmp_path, "--requirepass", "pw-from-env")
     server.start()
@@ -724,9 +710,6 @@ async def test_tls_to_redis_with_the_ca_as_a_url_option(mode: str, redis_binary:
     all connect with the CA given in the URL; without it the certificate is refused, not trusted."""
     import trustme
 
-    from pywats_transport import build_async_transport, build_transport
-
-    from .conftest import RedisServer
 
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
@@ -772,10 +755,6 @@ async def test_tls_to_redis_with_the_ca_as_a_url_option(mode: str, redis_binary:
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_wrong_password_is_named_and_never_shown(mode: str, redis_binary: str, tmp_path: Path,
                                                          caplog: pytest.LogCaptureFixture) -> None:
-    from pywats_transport import build_async_transport, build_transport
-
-    from .conftest import RedisServer
-
     server = RedisServer(redis_binary, tmp_path, "--requirepass", "the-right-one")
     server.start()
     url = f"redis://:not-the-password@127.0.0.1:{server.port}/0"
@@ -1005,7 +984,6 @@ async def test_a_full_redis_that_evicts_nothing_is_named(mode: str, redis_binary
                                                          caplog: pytest.LogCaptureFixture) -> None:
     """Redis's default policy once it has a maxmemory is to refuse writes: requests go on, and the log
     says what to change."""
-    from .conftest import RedisServer
 
     server = RedisServer(redis_binary, tmp_path, "--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
     server.start()
