@@ -19,7 +19,7 @@ from pywats_transport.caching.redis_connect import sync_client
 from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
 from pywats_transport.layers.throttle import AsyncThrottleLayer, ThrottleLayer
 
-from .conftest import RedisServer
+from .conftest import RedisServer, free_port
 from .helpers import Caller, Counter
 
 pytestmark = pytest.mark.redis
@@ -1043,3 +1043,23 @@ async def test_a_service_sends_reports_while_its_redis_is_down(tmp_path: Path, o
             drop(queue, "c.json", report("SN-R3"))
             await until(lambda: len(done(queue)) == 3)
             assert (await health.get("/health/details")).json()["health"]["degraded"] == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_storage_errors_are_counted_by_the_layer_they_happen_in(mode: str) -> None:
+    """Two clients in one process: the one whose Redis is down counts its storage errors; the other,
+    on memory, counts none."""
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    down = cls(httpx.MockTransport(Counter()), mode="ttl", storage="redis",
+               redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    fine = cls(httpx.MockTransport(Counter()), mode="ttl")
+    callers = [Caller(mode, down), Caller(mode, fine)]
+    try:
+        for caller in callers:
+            for _ in range(3):
+                assert (await caller.get("/counted")).status_code == 200
+        assert down.stats()["storage_errors"] == 3 and fine.stats()["storage_errors"] == 0
+    finally:
+        for caller in callers:
+            await caller.close()

@@ -1,4 +1,7 @@
-"""Counting hishel storage failures, which hishel logs and swallows, and logging each kind once."""
+"""Counting hishel storage failures, which hishel logs and swallows, and logging each kind once.
+
+hishel's log records do not say which layer's storage failed: their count is the process's. Failures
+that reach a layer of ours are counted by that layer."""
 
 from __future__ import annotations
 
@@ -34,14 +37,13 @@ class _FailureCounter(logging.Filter):
             self._seen.add(key)
         return True
 
-    def note(self, exc: BaseException, *, logged: bool = False) -> None:
-        """An error that escaped hishel: count it and log its kind once (unless ``logged`` elsewhere)."""
+    def log_once(self, exc: BaseException) -> None:
+        """An error that reached a layer of ours (which counts it): log its kind once per process."""
         with self._lock:
-            self.count += 1
             key = ("escaped", type(exc).__name__)
             first = key not in self._seen
             self._seen.add(key)
-        if first and not logged:
+        if first:
             log.error("cache storage failed (%s: %s); requests go to the network", type(exc).__name__, exc)
 
 

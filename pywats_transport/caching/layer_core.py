@@ -86,6 +86,8 @@ class CacheCore:
         self._direct = isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage))
         #: a storage shared by processes (Redis): invalidation goes to it, for every process
         self._shared = isinstance(self.storage, (RedisStore, AsyncRedisStore))
+        if self._shared:  # what the store absorbs (a failed store as a body streams in) is this layer's to count
+            self.storage.on_failure = self._storage_failed
         # ttl mode on Redis: the layer reads the key itself (one round trip, the variant chosen by method,
         # Vary and freshness) and serves a hit without hishel; a miss goes through hishel's path, told
         # by a Lookup what to store.
@@ -380,7 +382,9 @@ class CacheCore:
         return len(keys)
 
     def _storage_failed(self, exc: BaseException) -> None:
-        FAILURES.note(exc, logged=self._shared)  # Redis's outages are logged by the storage, once each
+        self.policy.stats.storage_errors += 1
+        if not self._shared:  # Redis's outages are logged by the storage's guard, once each
+            FAILURES.log_once(exc)
         if self.collector is not None:
             self.collector.add_cache_event("storage_error")
 

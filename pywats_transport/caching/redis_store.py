@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Response
 
 from .freshness import StoreDecision, Vary
-from .health import FAILURES
 from .memory import Record
 from .redis_frame import choose, frame, framed, record_of, reframed, unframe, variant_id
 from .redis_guard import Guard
@@ -131,6 +130,8 @@ class _Base:
         self._held: dict[str, str] = {}  # cache key -> our lock token
         self.flights_led = 0
         self.flights_followed = 0
+        #: told of the failures the store absorbs, so that they are counted where its user counts them
+        self.on_failure: Callable[[BaseException], None] = lambda exc: None
 
     def _flight(self, key: str) -> Generator[tuple[str, Any], Any, dict[bytes, bytes]]:
         """A miss, sans I/O: lead the fetch (take the lock, end with nothing) or wait for the process that
@@ -301,7 +302,7 @@ class RedisStore(_Base, BaseStorage):
                     try:
                         self._call(lambda: self._save(key, field, data, request.url, ttl_ms))
                     except Exception as exc:  # the caller is reading its answer: Redis failing now loses no more
-                        FAILURES.note(exc, logged=True)  # than the entry; the guard has logged the outage
+                        self.on_failure(exc)  # than the entry; the guard has logged the outage
             finally:
                 self.release(key)
 
@@ -331,7 +332,7 @@ class RedisStore(_Base, BaseStorage):
                 data = reframed(current, headers)
                 self._call(lambda: self.client.hset(ENTRY + key.decode(), str(id), data))
         except Exception as exc:
-            FAILURES.note(exc, logged=True)
+            self.on_failure(exc)
 
     def remove_entry(self, id: uuid.UUID) -> None:  # noqa: A002
         key = self._call(lambda: self.client.get(OWNER + str(id)))
@@ -459,7 +460,7 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
                     try:
                         await self._call(lambda: self._save(key, field, data, request.url, ttl_ms))
                     except Exception as exc:  # as in the sync store: the answer is the caller's all the same
-                        FAILURES.note(exc, logged=True)
+                        self.on_failure(exc)
             finally:
                 await self.release(key)
 
@@ -488,7 +489,7 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
                 data = reframed(current, headers)
                 await self._call(lambda: self.client.hset(ENTRY + key.decode(), str(id), data))
         except Exception as exc:
-            FAILURES.note(exc, logged=True)
+            self.on_failure(exc)
 
     async def remove_entry(self, id: uuid.UUID) -> None:  # noqa: A002
         key = await self._call(lambda: self.client.get(OWNER + str(id)))
