@@ -94,6 +94,7 @@ def redis_hit(redis: LocalRedis, quick: bool) -> list[Row]:
     loop.close()
     sync = _sync_redis_hit(redis, n, rounds)
     pinned = _on_one_core(redis, lambda: _sync_redis_hit(redis, n, rounds))
+    commands = commands_per_hit(redis)
     return [Row(SUITE, "Redis hit / raw request (async)", ratios["redis"], "x", "<= 2", ratios["redis"] <= 2),
             Row(SUITE, "... floor: a raw request plus one bare PING round trip to redis-server (async)",
                 ratios["floor"], "x"),
@@ -103,11 +104,36 @@ def redis_hit(redis: LocalRedis, quick: bool) -> list[Row]:
             Row(SUITE, "... floor: a raw request plus one bare PING round trip to redis-server (sync)",
                 sync["floor"], "x"),
             Row(SUITE, "... hishel's RedisStorage hit, for comparison (sync)", sync["hishel"], "x"),
+            Row(SUITE, "... Redis commands (round trips) per hit, counted by redis-server: ours", commands["ours"], ""),
+            Row(SUITE, "... and hishel's RedisStorage", commands["hishel"], ""),
             *([Row(SUITE, "... with redis-server on the bench's core (no cross-core wake-up): the floor (sync)",
                    pinned["floor"], "x"),
                Row(SUITE, "... and the Redis hit (sync)", pinned["redis"], "x")] if pinned else []),
             Row(SUITE, "near-cache hit / raw request (async)", ratios["near"], "x", "<= 1.2", ratios["near"] <= 1.2),
             Row(SUITE, "near-cache hit / raw request (sync)", sync["near"], "x", "<= 1.2", sync["near"] <= 1.2)]
+
+
+def commands_per_hit(redis: LocalRedis) -> dict[str, float]:
+    """Redis commands a hit sends, ours and hishel's, counted by redis-server itself (``INFO commandstats``):
+    each is a round trip, which is what a hit costs on a network."""
+    counter = Redis.from_url(redis.url)
+    ours = httpx.Client(transport=CacheLayer(httpx.MockTransport(ok_response), mode="ttl", storage="redis",
+                                             redis_url=redis.url), base_url="http://bench")
+    hishel_redis = Redis.from_url(redis.url)
+    hishel = httpx.Client(transport=CacheTransport(httpx.MockTransport(ok_response), storage=RedisStorage(hishel_redis)),
+                          base_url="http://bench")
+    counts = {}
+    with counter, ours, hishel, hishel_redis:
+        for name, client in (("ours", ours), ("hishel", hishel)):
+            client.get("/count")
+            counter.config_resetstat()
+            hits = 100
+            for _ in range(hits):
+                client.get("/count")
+            stats = counter.info("commandstats")
+            sent = sum(v["calls"] for k, v in stats.items() if not k.startswith(("cmdstat_config", "cmdstat_info")))
+            counts[name] = sent / hits
+    return counts
 
 
 def _on_one_core(redis: LocalRedis, measure: Callable[[], dict[str, float]]) -> dict[str, float] | None:
