@@ -15,6 +15,7 @@ import textwrap
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 import httpx
 from hishel import AsyncRedisStorage, RedisStorage
@@ -130,7 +131,7 @@ def commands_per_hit(redis: LocalRedis) -> dict[str, float]:
             hits = 100
             for _ in range(hits):
                 client.get("/count")
-            stats = counter.info("commandstats")
+            stats = cast(dict[str, dict[str, int]], counter.info("commandstats"))
             sent = sum(v["calls"] for k, v in stats.items() if not k.startswith(("cmdstat_config", "cmdstat_info")))
             counts[name] = sent / hits
     return counts
