@@ -26,6 +26,10 @@ from pydantic import (
 from .errors import ConfigError
 
 ENV_PREFIX = "PYWATS_TRANSPORT_"
+#: The plugin manager's process-wide switches: they share the prefix but are not config keys.
+ENV_DISABLE_AUTOLOAD = ENV_PREFIX + "DISABLE_PLUGIN_AUTOLOAD"
+ENV_BLOCK = ENV_PREFIX + "BLOCK_PLUGINS"
+_NOT_CONFIG = frozenset({ENV_DISABLE_AUTOLOAD, ENV_BLOCK})
 _SECRET_HINTS = ("token", "password", "secret", "authorization", "api_key")
 
 
@@ -395,7 +399,7 @@ def env_overrides_named(prefix: str, environ: Mapping[str, str]) -> tuple[dict[s
     out: dict[str, Any] = {}
     names: dict[str, str] = {}
     for name, raw in environ.items():
-        if not name.startswith(prefix):
+        if not name.startswith(prefix) or name in _NOT_CONFIG:
             continue
         path = [part.lower() for part in name[len(prefix):].split("__") if part]
         if not path:

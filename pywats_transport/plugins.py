@@ -20,6 +20,7 @@ from typing import Any, cast
 import pluggy
 
 from . import hookspecs
+from .config import ENV_BLOCK, ENV_DISABLE_AUTOLOAD
 from .errors import PluginError
 from .hookspecs import ENTRY_POINT_GROUP, PROJECT, LayerSpec
 
@@ -31,8 +32,6 @@ BUILTIN_PLUGINS = (
     "pywats_transport.layers.retry",
     "pywats_transport.layers.throttle",
 )
-ENV_DISABLE_AUTOLOAD = "PYWATS_TRANSPORT_DISABLE_PLUGIN_AUTOLOAD"
-ENV_BLOCK = "PYWATS_TRANSPORT_BLOCK_PLUGINS"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from pywats_transport import (
     build_transport,
     hookimpl,
 )
-from pywats_transport.config import MetricsSettings
+from pywats_transport.cli import main as cli_main
+from pywats_transport.config import MetricsSettings, TransportConfig
 
 
 def echo_headers() -> httpx.MockTransport:
@@ -235,6 +236,23 @@ def test_blocking_and_autoload_off() -> None:
     assert not manual.broken and "stamp" not in manual.layers()  # nothing imported
     assert build_transport(inner=echo_headers(), plugin_manager=manual, plugins=["stamp"]).names[-1] == "stamp"
     assert set(manual.broken) == set()  # still only what was named
+
+
+def test_the_process_wide_plugin_switches_are_not_config_keys(monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # They share the config's prefix: each made every config resolution fail as an unknown key.
+    monkeypatch.setenv("PYWATS_TRANSPORT_BLOCK_PLUGINS", "stamp")
+    monkeypatch.setenv("PYWATS_TRANSPORT_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setenv("PYWATS_TRANSPORT_CACHE__TTL", "42")
+    config = TransportConfig.load()
+    assert config.cache.ttl == 42 and config.blocked_plugins == []
+    pm = PluginManager()
+    assert not pm.autoload and pm.blocked == {"stamp"}
+    assert "cache" in build_transport(inner=echo_headers(), plugin_manager=pm, cache=True).names
+    with pytest.raises(PluginError, match=r"plugin 'stamp' is blocked"):
+        build_transport(plugin_manager=pm, plugins=["stamp"])
+    assert cli_main(["stack"]) == 0
+    assert "ttl = 42.0  (environment PYWATS_TRANSPORT_CACHE__TTL)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
