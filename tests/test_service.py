@@ -214,7 +214,7 @@ def test_config_init_writes_a_loadable_example(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     cfg = ClientConfig.load(out)
     assert cfg.health_host == "127.0.0.1" and cfg.enable_cache and cfg.metrics_port == 9090
-    again = subprocess.run([sys.executable, "-m", "pywats_transport", "config", "init", "-o", str(out)],
+    again = subprocess.run([sys.executable, "-m", "pywats_transport", "config", "init", str(out)],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr
 

@@ -29,7 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _config_init(args: argparse.Namespace) -> int:
     from .config import write_example
 
-    path = Path(args.output)
+    path = Path(args.output or args.path)
     write_example(path, force=args.force)
     print(f"wrote {path}")
     return 0
@@ -38,12 +38,13 @@ def _config_init(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the client service (queue + health server)")
     p.add_argument("--config", required=True, help="ClientConfig JSON file")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO (default: warnings only)")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("config", help="client service configuration")
     csub = p.add_subparsers(dest="config_command", required=True)
     init = csub.add_parser("init", help="write a commented example config")
-    init.add_argument("--output", "-o", default="client.json")
+    init.add_argument("path", nargs="?", default="client.json", help="where to write it (default: client.json)")
+    init.add_argument("--output", "-o", help="the same as PATH")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.set_defaults(func=_config_init)
