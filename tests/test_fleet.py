@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +277,38 @@ async def test_a_hit_is_one_redis_command(mode: str, own_redis: Any) -> None:
     assert calls == {"cmdstat_hgetall": 10}
     admin.close()
     await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
+@pytest.mark.parametrize("stored", [b"not a frame", b'{"v":99,"method":"GET"}\nbody', b'{"v":1}\nbody', b"\xff\xfe\n"])
+async def test_an_entry_this_version_cannot_read_is_a_miss_and_replaced(
+        mode: str, cache_mode: str, stored: bytes, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A corrupt value, or one another version of the format wrote (a fleet upgraded station by station),
+    sent every request to the network until the key expired, and was never replaced."""
+    server = Counter(headers={"cache-control": "max-age=60"})  # for rfc mode; ttl mode stores regardless
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    layer = cls(httpx.MockTransport(server), mode=cache_mode, storage="redis", redis_url=redis_url, ttl=60)
+    caller = Caller(mode, layer)
+    admin = sync_client(redis_url, 2.0)
+    path = f"/unreadable/{uuid.uuid4().hex}"  # the server is the module's
+    try:
+        await caller.get(path)
+        (entry,) = [k for k in admin.keys("pwt:{pwt}:e:*") if path.encode() in b"".join(admin.hvals(k))]
+        for field in admin.hkeys(entry):
+            admin.hset(entry, field, stored)
+        first = await caller.get(path)
+        assert first.status_code == 200 and not first.extensions["caching"]["from_cache"]
+        assert server.count == 2
+        again = await caller.get(path)
+        assert again.extensions["caching"]["from_cache"] and again.json()["n"] == 2 and server.count == 2
+        stats = layer.stats()
+        assert stats["redis_unreadable_entries"] >= 1 and stats["storage_errors"] == 0
+        assert "cannot read" in caplog.text
+    finally:
+        admin.close()
+        await caller.close()
 
 
 @pytest.mark.anyio

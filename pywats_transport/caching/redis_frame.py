@@ -1,16 +1,28 @@
-"""How an entry is one Redis value: a JSON line (request method and URL, status, headers, and from the
-ttl mode's lookup the ``Vary`` values and the end of freshness), then the body."""
+"""How an entry is one Redis value: a JSON line (the format's version, request method and URL, status,
+headers, and from the ttl mode's lookup the ``Vary`` values and the end of freshness), then the body.
+
+A value that does not read as this version's frame (corrupt, or written by another version of the
+format while a fleet is upgraded station by station) is :class:`Unreadable`: the storage treats it as
+absent, so the next fetch replaces it instead of every request going to the network until it expires."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from hishel import Headers, Request
 
 from .freshness import Vary
 from .memory import Record
+
+#: the frame format's version: bumped whenever a reader of the old one would misread the new
+FORMAT = 1
+
+
+class Unreadable(ValueError):
+    """A stored value that is not an entry in this version's frame format."""
 
 
 def frame(request: Request, status: int, headers: Headers, body: bytes, stored_at: float, *,
@@ -23,7 +35,7 @@ def frame(request: Request, status: int, headers: Headers, body: bytes, stored_a
 
 def framed(method: str, url: str, status: int, headers: list[list[str]], body: bytes, stored_at: float, *,
            vary: Vary | None = None, fresh_until: float | None = None) -> bytes:
-    meta: dict[str, Any] = {"method": method, "url": url, "status": status, "stored_at": stored_at, "headers": headers}
+    meta: dict[str, Any] = {"v": FORMAT, "method": method, "url": url, "status": status, "stored_at": stored_at, "headers": headers}
     if vary is not None:
         meta["vary"] = [list(pair) for pair in vary]
     if fresh_until is not None:
@@ -33,23 +45,38 @@ def framed(method: str, url: str, status: int, headers: list[list[str]], body: b
 
 def unframe(data: bytes) -> tuple[dict[str, Any], bytes]:
     head, _, body = data.partition(b"\n")
-    return json.loads(head), body
+    try:
+        meta = json.loads(head)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise Unreadable(f"not a frame: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("v") != FORMAT:
+        raise Unreadable(f"frame format {meta.get('v') if isinstance(meta, dict) else None!r}, not {FORMAT}")
+    return meta, body
 
 
 def record_of(key: str, entry_id: bytes, data: bytes) -> Record:
     """A stored entry as the layer's direct path serves it (no hishel entry, no stream conversions)."""
     meta, body = unframe(data)
-    vary = meta.get("vary")
-    return Record(entry_id.decode(), key, Request(meta["method"], meta["url"]), meta["status"], None, body, None, None,
-                  None, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in meta["headers"]],
-                  tuple((name, value) for name, value in vary) if vary is not None else None,
-                  meta.get("fresh_until", float("inf")), meta.get("stored_at", 0.0))
+    try:
+        vary = meta.get("vary")
+        return Record(entry_id.decode(), key, Request(meta["method"], meta["url"]), meta["status"], None, body, None,
+                      None, None, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in meta["headers"]],
+                      tuple((name, value) for name, value in vary) if vary is not None else None,
+                      meta.get("fresh_until", float("inf")), meta.get("stored_at", 0.0))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise Unreadable(f"incomplete frame: {type(exc).__name__}: {exc}") from None
 
 
-def choose(key: str, found: dict[bytes, bytes], method: str, headers: Any) -> Record | None:
-    """The stored variant answering ``method`` and, by ``Vary``, these request headers."""
+def choose(key: str, found: dict[bytes, bytes], method: str, headers: Any,
+           unreadable: Callable[[Unreadable], None]) -> Record | None:
+    """The stored variant answering ``method`` and, by ``Vary``, these request headers; ``unreadable`` is
+    told of each value skipped."""
     for entry_id, data in found.items():
-        record = record_of(key, entry_id, data)
+        try:
+            record = record_of(key, entry_id, data)
+        except Unreadable as exc:
+            unreadable(exc)
+            continue
         if record.matches(method, headers):
             return record
     return None

@@ -33,8 +33,8 @@ from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Respo
 
 from .freshness import StoreDecision, Vary
 from .memory import Record
-from .redis_frame import choose, frame, framed, record_of, reframed, unframe, variant_id
-from .redis_guard import Guard
+from .redis_frame import Unreadable, choose, frame, framed, record_of, reframed, unframe, variant_id
+from .redis_guard import Guard, log
 
 TAG = "{pwt}"
 ENTRY = f"pwt:{TAG}:e:"  # + cache key -> hash {entry id: framed entry}
@@ -94,13 +94,6 @@ def _current(key: str) -> Lookup | None:
     return lookup if lookup is not None and lookup.key == key else None
 
 
-def _filtered(key: str, found: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    lookup = _current(key)
-    if lookup is None or not found:
-        return found
-    return {i: v for i, v in found.items() if lookup.usable(record_of(key, i, v))}
-
-
 def prefixes(url: str) -> list[str]:
     """Index names for a URL: its origin with each prefix of its path, outermost first."""
     parts = urlsplit(url)
@@ -132,6 +125,39 @@ class _Base:
         self.flights_followed = 0
         #: told of the failures the store absorbs, so that they are counted where its user counts them
         self.on_failure: Callable[[BaseException], None] = lambda exc: None
+        self.unreadable = 0  # stored values skipped as not this version's frames
+
+    def _skip(self, exc: Unreadable) -> None:
+        self.unreadable += 1
+        if self.unreadable == 1:
+            log.warning("Redis holds cache entries this version cannot read (%s): corrupt, or written by another "
+                        "version of the format; each is taken for a miss and replaced by the next fetch", exc)
+
+    def _filtered(self, key: str, found: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        """What a wait for another process's fetch found, as far as the lookup in progress can use it."""
+        lookup = _current(key)
+        if lookup is None or not found:
+            return found
+        usable = {}
+        for entry_id, data in found.items():
+            try:
+                if lookup.usable(record_of(key, entry_id, data)):
+                    usable[entry_id] = data
+            except Unreadable as exc:
+                self._skip(exc)
+        return usable
+
+    def _choose(self, key: str, found: dict[bytes, bytes], method: str, headers: Any) -> Record | None:
+        return choose(key, found, method, headers, self._skip)
+
+    def _entries(self, found: dict[bytes, bytes], stream: Callable[[bytes], Any]) -> list[Entry]:
+        entries = []
+        for entry_id, data in found.items():
+            try:
+                entries.append(self._entry(entry_id, data, stream))
+            except Unreadable as exc:
+                self._skip(exc)
+        return entries
 
     def _flight(self, key: str) -> Generator[tuple[str, Any], Any, dict[bytes, bytes]]:
         """A miss, sans I/O: lead the fetch (take the lock, end with nothing) or wait for the process that
@@ -146,7 +172,7 @@ class _Base:
             if (yield "lock", (key, token)):
                 self._held[key] = token
                 # The previous holder may have stored and let go between our first look and the lock.
-                found = _filtered(key, (yield "look", key))
+                found = self._filtered(key, (yield "look", key))
                 if found:
                     yield "release", key
                     return found
@@ -158,7 +184,7 @@ class _Base:
             if time.monotonic() >= deadline:
                 return {}  # waited long enough: fetch without the lock
             yield "sleep", POLL
-            found = _filtered(key, (yield "look", key))
+            found = self._filtered(key, (yield "look", key))
             if found:
                 return found
 
@@ -205,18 +231,20 @@ class _Base:
         return key, variant_id(key, method, vary), data, url, self._ttl_ms(ttl + keep_stale if ttl is not None else None)
 
     @staticmethod
-    def _entry(entry_id: str, data: bytes, stream: Any) -> Entry:
+    def _entry(entry_id: bytes, data: bytes, stream: Callable[[bytes], Any]) -> Entry:
         meta, body = unframe(data)
-        grouped: dict[str, list[str]] = {}
-        for k, v in meta["headers"]:
-            grouped.setdefault(k, []).append(v)
-        headers = Headers(grouped)
-        return Entry(uuid.UUID(entry_id), Request(meta["method"], meta["url"]),
-                     Response(meta["status"], headers, stream(body)))
+        try:
+            grouped: dict[str, list[str]] = {}
+            for k, v in meta["headers"]:
+                grouped.setdefault(k, []).append(v)
+            return Entry(uuid.UUID(entry_id.decode()), Request(meta["method"], meta["url"]),
+                         Response(meta["status"], Headers(grouped), stream(body)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Unreadable(f"incomplete frame: {type(exc).__name__}: {exc}") from None
 
     def stats(self) -> dict[str, Any]:
         return {"redis_outages": self.guard.outages, "redis_failures": self.guard.failures,
-                "redis_down_seconds": round(self.guard.down_for(), 3),
+                "redis_down_seconds": round(self.guard.down_for(), 3), "redis_unreadable_entries": self.unreadable,
                 "fleet_fetches_led": self.flights_led, "fleet_fetches_awaited": self.flights_followed}
 
 
@@ -250,14 +278,14 @@ class RedisStore(_Base, BaseStorage):
 
     def find(self, key: str, method: str, headers: Any) -> Record | None:
         """The layer's lookup (ttl mode): one round trip, the variant chosen by method and ``Vary``."""
-        return choose(key, self._call(lambda: self.reader().hgetall(ENTRY + key)), method, headers)
+        return self._choose(key, self._call(lambda: self.reader().hgetall(ENTRY + key)), method, headers)
 
     def get_entries(self, key: str) -> list[Entry]:
         lookup = _current(key)
         found = {} if lookup is not None and lookup.looked else self._call(lambda: self.client.hgetall(ENTRY + key))
         if not found and self.flight_timeout > 0:
             found = self._follow_or_lead(key)
-        return [self._entry(i.decode(), v, _iter) for i, v in found.items()]
+        return self._entries(found, _iter)
 
     def _follow_or_lead(self, key: str) -> dict[bytes, bytes]:
         steps = self._flight(key)
@@ -407,7 +435,7 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
 
     async def find(self, key: str, method: str, headers: Any) -> Record | None:
         """The layer's lookup (ttl mode): one round trip, the variant chosen by method and ``Vary``."""
-        return choose(key, await self._call(lambda: self.reader().hgetall(ENTRY + key)), method, headers)
+        return self._choose(key, await self._call(lambda: self.reader().hgetall(ENTRY + key)), method, headers)
 
     async def get_entries(self, key: str) -> list[Entry]:
         lookup = _current(key)
@@ -415,7 +443,7 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
             lambda: self.client.hgetall(ENTRY + key))
         if not found and self.flight_timeout > 0:
             found = await self._follow_or_lead(key)
-        return [self._entry(i.decode(), v, _aiter) for i, v in found.items()]
+        return self._entries(found, _aiter)
 
     async def _follow_or_lead(self, key: str) -> dict[bytes, bytes]:
         steps = self._flight(key)
