@@ -152,7 +152,12 @@ class ThrottleSettings(Section):
     redis_retry_after: float = Field(5.0, ge=0, description="After Redis failed, seconds the local bucket is used "
                                      "before Redis is tried again.")
     expected_processes: int = Field(1, ge=1, description="Processes sharing the fleet rate: while Redis is down, "
-                                    "each uses `rate / expected_processes` locally.")
+                                    "each uses `rate / expected_processes` and `burst / expected_processes` (at "
+                                    "least 1) locally.")
+    local_rate: float | None = Field(None, gt=0, description="`backend: redis`: the rate each process uses while "
+                                     "Redis is down, instead of its share `rate / expected_processes`.")
+    local_burst: int | None = Field(None, ge=1, description="`backend: redis`: the burst each process uses while "
+                                    "Redis is down, instead of its share `burst / expected_processes` (at least 1).")
     retry_after_max: float = Field(
         30.0, ge=0, description="Longest a server's Retry-After holds a host back (seconds; the retry layer's default backoff_max)."
     )

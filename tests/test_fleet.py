@@ -709,6 +709,32 @@ async def test_with_redis_down_each_process_takes_its_share(mode: str, scheme: s
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_the_local_share_divides_the_burst_too_or_is_set(mode: str) -> None:
+    """Each process kept the whole burst while Redis was down: four processes could send four bursts at
+    once to a host the fleet holds to one."""
+    from pywats_transport import ThrottledError
+
+    cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
+    nowhere = f"redis://127.0.0.1:{free_port()}"
+    layer = cls(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis",
+                redis_url=nowhere, rate=4, burst=8, expected_processes=4, max_wait=0.05)
+    caller = Caller(mode, layer)
+    for _ in range(2):  # 8 / 4 at once; then 1 per second
+        assert (await caller.get("/a")).status_code == 200
+    with pytest.raises(ThrottledError, match="over max_wait"):
+        await caller.get("/a")
+    await caller.close()
+    layer = cls(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis",
+                redis_url=nowhere, rate=40, burst=8, expected_processes=4, local_rate=2.5, local_burst=3)
+    caller = Caller(mode, layer)
+    for _ in range(3):
+        await caller.get("/a")
+    assert layer.stats()["rate_per_host"]["test"] == 2.5 and layer.policy.settings.burst == 3
+    await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_the_password_may_come_from_the_environment(mode: str, redis_binary: str, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """``REDIS_PASSWORD`` reaches every Redis connection of ours: the cache's and the fleet rate's (limits)."""

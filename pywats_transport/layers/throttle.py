@@ -38,8 +38,12 @@ class _ThrottleCore:
                 raise ImportError("throttle backend 'redis' needs redis and pyrate-limiter: "
                                   "pip install 'pywats-transport[redis]'") from None
             self.fleet = self._fleet_rate(settings)
-            # While Redis is down each process takes its share of the fleet's rate.
-            settings = settings.model_copy(update={"rate": settings.rate / settings.expected_processes})
+            # While Redis is down each process takes its share of the fleet's rate and burst, so that the
+            # fleet together stays within them.
+            share = settings.expected_processes
+            settings = settings.model_copy(update={
+                "rate": settings.local_rate or settings.rate / share,
+                "burst": settings.local_burst or max(1, settings.burst // share)})
         self.policy = ThrottlePolicy(settings, **policy_kwargs)
 
     def _fleet_rate(self, settings: ThrottleSettings) -> Any:

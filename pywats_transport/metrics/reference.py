@@ -43,8 +43,8 @@ SERIES = (
     Series("pywats_transport_throttle_rejections_total", "pywats_transport.throttle.rejections", "counter",
            "{request}", ("server_address",), "Requests refused because they would wait over max_wait."),
     Series("pywats_transport_throttle_fleet_fallbacks_total", "pywats_transport.throttle.fleet_fallbacks", "counter",
-           "{request}", ("server_address",), "`backend: redis`: requests that took the local share of the rate "
-           "(`rate / expected_processes`) because Redis was unavailable."),
+           "{request}", ("server_address",), "`backend: redis`: requests that took the local bucket (the process's "
+           "share of the fleet's rate, or `local_rate`) because Redis was unavailable."),
     Series("pywats_transport_queue_depth", "pywats_transport.queue.depth", "gauge", "{report}", ("state",),
            "Report files in the service queue by state: pending, sending, done, error."),
     Series("pywats_transport_queue_processing_duration_seconds", "pywats_transport.queue.processing.duration",

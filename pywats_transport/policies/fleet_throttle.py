@@ -7,8 +7,8 @@ no one-second window sees more than ``rate + burst``. A server's ``Retry-After``
 holds the host for the whole fleet (a key with that expiry), and so does the adaptive slow-down: when
 one station's policy slows a host (429s in a row, or a ``Retry-After``), the fleet's rate for that
 host halves, and wins back one halving every ``fleet_slowdown_seconds`` without another. When Redis
-fails, the caller falls back to its local bucket (at ``rate / expected_processes``) for
-``redis_retry_after`` seconds, then tries again.
+fails, the caller falls back to its local bucket (its share of the fleet's rate and burst, or
+``local_rate`` / ``local_burst``) for ``redis_retry_after`` seconds, then tries again.
 """
 
 from __future__ import annotations
