@@ -312,7 +312,7 @@ class TransportConfig(BaseModel):
         elif isinstance(config, (str, os.PathLike)):
             data, source, inherited = read_json_file(config), f"file {config}", {}
         else:
-            data, source, inherited = dict(config or {}), "config", {}
+            data, source, inherited = dict(config or {}), "config" if config else "", {}
         env, env_names = env_overrides_named(ENV_PREFIX, os.environ if environ is None else environ)
         flag_data = flags_to_dict(flags)
         chosen = flag_data.get("profile") or env.get("profile") or data.get("profile") or profile or "generic"
@@ -528,7 +528,7 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel], sour
         loc = tuple(err["loc"])
         field = ".".join(str(p) for p in loc) or "(root)"
         origin = (sources or {}).get(field, "")
-        where = f" (from {origin})" if origin.startswith("environment ") else ""
+        where = f" (from {origin})" if origin and origin != source and not origin.startswith("profile ") else ""
         if err["type"] == "extra_forbidden":
             # Named without its value: a misspelt key (``apitokn``) most likely holds a secret.
             allowed = _allowed_keys(model, loc[:-1])
@@ -539,7 +539,7 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel], sour
             shown = _shown(err.get("input"), loc, secrets)
             if any(len(s) >= 4 and s in shown for s in secret_values):
                 shown = "***"
-            problems.append(f"{field}{where} = {shown}: {err['msg']}")
+            problems.append(f"{field}{where} = {shown}: {err['msg'].removeprefix('Value error, ')}")
     where = f" in {source}" if source else ""
     return ConfigError(f"invalid {model.__name__}{where}: " + "; ".join(problems), problems)
 

@@ -6,6 +6,7 @@ import gzip
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -145,6 +146,22 @@ def test_config_remembers_where_each_value_came_from(tmp_path: Any) -> None:
 def test_invalid_environment_value_names_the_variable() -> None:
     with pytest.raises(ConfigError, match=r"throttle\.rate \(from environment PYWATS_TRANSPORT_THROTTLE__RATE\)"):
         TransportConfig.load(environ={"PYWATS_TRANSPORT_THROTTLE__RATE": "fast"})
+
+
+def test_an_invalid_value_names_where_it_came_from(tmp_path: Path) -> None:
+    # A flag's bad value was reported as "in config", with no config given.
+    with pytest.raises(ConfigError) as raised:
+        TransportConfig.load(redis_url="http://x")
+    assert str(raised.value).startswith("invalid TransportConfig: redis.url (from flags) = 'http://x'")
+    path = tmp_path / "stack.json"
+    path.write_text(json.dumps({"cache": {"ttl": 60}}))
+    with pytest.raises(ConfigError) as raised:
+        TransportConfig.load(path, cache_ttl=-1)
+    assert str(raised.value).startswith(f"invalid TransportConfig in file {path}: cache.ttl (from flags) = -1")
+    path.write_text(json.dumps({"cache": {"ttl": -1}}))
+    with pytest.raises(ConfigError) as raised:
+        TransportConfig.load(path)
+    assert str(raised.value).startswith(f"invalid TransportConfig in file {path}: cache.ttl = -1")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
