@@ -78,27 +78,39 @@ def ttl_decision(request: httpx.Request, response: httpx.Response, *, store_no_s
     return StoreDecision(True, vary)
 
 
+_RFC_HEADERS = frozenset({b"cache-control", b"expires", b"date", b"etag", b"last-modified", b"vary"})
+
+
 def rfc_decision(request: httpx.Request, response: httpx.Response) -> StoreDecision:
     """Mode ``rfc``: RFC 9111 §3 storage rules for a private cache, and the §4.2 freshness lifetime."""
     status = response.status_code
     if status < 200 or status in (206, 304):
         return DO_NOT_STORE
-    headers = response.headers
-    directives = _directives(headers.get("cache-control"))
+    # One pass over the raw headers (a miss pays for this on every response; each lookup by name
+    # would decode and scan them all again).
+    seen: dict[bytes, list[bytes]] = {}
+    for name, value in response.headers.raw:
+        lname = name.lower()
+        if lname in _RFC_HEADERS:
+            seen.setdefault(lname, []).append(value)
+    control = seen.get(b"cache-control")
+    directives = _directives(b", ".join(control).decode("latin-1") if control else None)
     if directives.no_store:
         return DO_NOT_STORE
-    if not (directives.public or directives.private or "expires" in headers or directives.max_age is not None
+    if not (directives.public or directives.private or b"expires" in seen or directives.max_age is not None
             or status in HEURISTICALLY_CACHEABLE_STATUS_CODES):
         return DO_NOT_STORE
-    vary = vary_of(request, response)
+    vary = vary_of(request, response) if b"vary" in seen else None
     if vary is False:
         return DO_NOT_STORE
+    validators = b"etag" in seen or b"last-modified" in seen
     # hishel's Response is built only when its rules need more than the directives (a Date, no max-age).
-    internal = HishelResponse(status, _internal_headers(headers)) if "date" in headers or directives.max_age is None else None
+    internal = HishelResponse(status, _internal_headers(response.headers)) \
+        if b"date" in seen or directives.max_age is None else None
     age = float(get_age(internal)) if internal is not None else 0.0
     sie, swr = float(directives.stale_if_error or 0), float(directives.stale_while_revalidate or 0)
     if directives.no_cache:
-        if "etag" not in headers and "last-modified" not in headers:
+        if not validators:
             return DO_NOT_STORE
         return StoreDecision(True, vary, 0.0, age, sie)  # stored, but revalidated before every use
     # A private cache: max-age wins (s-maxage is for shared caches), then Expires or heuristics (hishel).
@@ -108,7 +120,7 @@ def rfc_decision(request: httpx.Request, response: httpx.Response) -> StoreDecis
         assert internal is not None
         lifetime = get_freshness_lifetime(internal, False)
     fresh_for = max(0.0, float(lifetime) - age) if lifetime is not None else 0.0
-    if not fresh_for and not sie and "etag" not in headers and "last-modified" not in headers:
+    if not fresh_for and not sie and not validators:
         return DO_NOT_STORE  # never fresh and nothing to validate it with: it could never answer
     return StoreDecision(True, vary, fresh_for, age, sie, swr)
 

@@ -20,6 +20,12 @@ def _segments(path: str) -> list[str]:
     return [s for s in path.split("/") if s]
 
 
+def is_under(path: str, prefix: str) -> bool:
+    """Whether ``path`` is ``prefix`` or lies below it, segment by segment (as :meth:`PathIndex.under`)."""
+    wanted = _segments(prefix)
+    return _segments(path)[:len(wanted)] == wanted
+
+
 class PathIndex:
     def __init__(self) -> None:
         self._roots: dict[str, _Node] = {}

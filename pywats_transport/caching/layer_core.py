@@ -128,7 +128,20 @@ class CacheCore:
                 return self._served_stale(plan, request, record, now), None
         return None, record
 
-    def _fleet_hit(self, plan: Plan, request: httpx.Request, record: Record | None) -> httpx.Response | None:
+    def _fetching(self, plan: Plan, request: httpx.Request) -> object | None:
+        """Before a lookup goes on (to the network, or past the near cache to Redis): the in-process cache's
+        token for its key. A write's invalidation of a path above the URL meanwhile withdraws the token, so
+        the lookup's answer, which may predate the write, is not stored after it. hishel's storages have
+        no tokens: the key is indexed now, so that the write marks it stale (Redis has leases of its own)."""
+        cache = self.storage if self._direct else self.near
+        if cache is not None:
+            return cache.begin(plan.key, request.url)
+        if not self._shared:
+            self.policy.remember(plan, request)
+        return None
+
+    def _fleet_hit(self, plan: Plan, request: httpx.Request, record: Record | None,
+                   near_token: object | None) -> httpx.Response | None:
         """A fresh variant read from Redis answers at once (and is kept near, with a near cache); a stale
         one may still answer if the origin fails (:meth:`_fleet_fallback`)."""
         if record is None or plan.revalidate:
@@ -141,7 +154,7 @@ class CacheCore:
             return None
         response = self._served(plan, request, record, False, self.policy.clock())
         if self.near is not None:
-            self._near_keep(plan, request, response)
+            self._near_keep(plan, request, response, near_token)
         return response
 
     def _fleet_fallback(self, plan: Plan, request: httpx.Request, record: Record | None,
@@ -212,8 +225,9 @@ class CacheCore:
         return window > 0 and self.policy.clock() < stale.fresh_until + window
 
     def _origin_failed(self, plan: Plan, request: httpx.Request, stale: Record | None, flight: Flight | None,
-                       exc: BaseException) -> httpx.Response:
+                       exc: BaseException, token: object | None) -> httpx.Response:
         """The request below raised: answer from the stale entry when allowed (stale-if-error), else re-raise."""
+        self._abandon(plan, token)
         if isinstance(exc, FALLBACK_ERRORS) and stale is not None and self._may_fall_back(stale):
             return self._fallback(plan, request, stale, flight)
         self._failed(flight)
@@ -241,16 +255,25 @@ class CacheCore:
     def _spawn_refresh(self, plan: Plan, request: httpx.Request, stale: Record) -> None:
         raise NotImplementedError
 
-    def _refreshed(self, plan: Plan, request: httpx.Request, response: httpx.Response, stale: Record | None) -> None:
+    def _refresh_token(self, plan: Plan, request: httpx.Request) -> object | None:
+        """A background refresh's :meth:`_fetching`: the in-process storage's token (none for Redis, whose
+        store takes a lease of its own)."""
+        return self.storage.begin(plan.key, request.url) if self._direct else None
+
+    def _refreshed(self, plan: Plan, request: httpx.Request, response: httpx.Response, stale: Record | None,
+                   token: object | None) -> None:
         """A background refresh answered (its body read): store it, or keep the stale entry if it failed."""
         if self._shared:
             pass  # stored by the caller, which awaits Redis where the layer is async (_fleet_put)
         elif stale is not None and response.status_code == 304:
+            self._abandon(plan, token)
             self._apply_not_modified(plan, request, response, stale)
         elif response.status_code < 500:
-            self._direct_store(plan, request, response)
+            self._direct_store(plan, request, response, token)
             if response.extensions["caching"]["stored"]:
                 self.policy.remember(plan, request)
+        else:
+            self._abandon(plan, token)
         self.policy.stats.refreshes += 1
         if self.collector is not None:
             self.collector.add_cache_event("refresh")
@@ -259,11 +282,18 @@ class CacheCore:
         with self._refresh_lock:
             self._refreshing.discard(key)
 
-    def _direct_store(self, plan: Plan, request: httpx.Request, response: httpx.Response) -> None:
-        """Store a storable response once its body is complete; mark what happened on the response."""
+    def _abandon(self, plan: Plan, token: object | None) -> None:
+        if token is not None and self._direct:
+            self.storage.abandon(plan.key, token)
+
+    def _direct_store(self, plan: Plan, request: httpx.Request, response: httpx.Response, token: object | None) -> None:
+        """Store a storable response once its body is complete, unless a write invalidated its key since
+        ``token`` was taken (see :meth:`_fetching`); mark what happened on the response."""
         decision = self.policy.decide(request, response)
         stored = decision.store
-        if stored:
+        if not stored:
+            self._abandon(plan, token)
+        else:
             method, url, raw = request.method, str(request.url), list(response.headers.raw)
             storage, key, ttl, status = self.storage, plan.key, plan.ttl, response.status_code
             vary, fresh_for, age = decision.vary, decision.fresh_for, decision.age
@@ -272,7 +302,8 @@ class CacheCore:
             try:
                 body = response.content  # read below this layer: what is left is the decoded body
             except httpx.ResponseNotRead:
-                token = storage.begin(key)  # dropping the key while the body streams withdraws the save
+                if token is None:
+                    token = storage.begin(key)  # dropping the key while the body streams withdraws the save
 
                 def save(body: bytes) -> None:
                     storage.store(key, method, url, status, raw, body, ttl, vary=vary, token=token,
@@ -281,7 +312,7 @@ class CacheCore:
                 response.stream = SaveWhenRead(response.stream, save, lambda: storage.abandon(key, token))
             else:
                 stored = storage.store(key, method, url, status, decoded_headers(raw, len(body)), body, ttl,
-                                       vary=vary, fresh_for=fresh_for, age=age, stale_if_error=sie,
+                                       vary=vary, token=token, fresh_for=fresh_for, age=age, stale_if_error=sie,
                                        stale_while_revalidate=swr)
         response.extensions["caching"] = {"from_cache": False, "revalidated": False, "stored": stored}
 
@@ -308,14 +339,16 @@ class CacheCore:
                                                                     and self._may_fall_back(stale))
 
     def _direct_end(self, plan: Plan, request: httpx.Request, response: httpx.Response,
-                    flight: Flight | None, stale: Record | None) -> httpx.Response:
+                    flight: Flight | None, stale: Record | None, token: object | None) -> httpx.Response:
         if stale is not None and response.status_code == 304 and self.policy.rfc:
+            self._abandon(plan, token)
             self._apply_not_modified(plan, request, response, stale)
             self._flights.land(flight)
             return self._served(plan, request, stale, True, self.policy.clock())
         if stale is not None and response.status_code >= 500 and self._may_fall_back(stale):
+            self._abandon(plan, token)
             return self._fallback(plan, request, stale, flight)
-        self._direct_store(plan, request, response)
+        self._direct_store(plan, request, response, token)
         self._after_lookup(plan, request, response)
         return self._flights.land_when_read(flight, response)
 
@@ -352,7 +385,10 @@ class CacheCore:
                 self._evictions_seen = evictions
 
     def _written(self, request: httpx.Request, response: httpx.Response) -> httpx.Response:
-        """A write went through: drop what it invalidates and say so on the response."""
+        """A write went through: drop what it invalidates, and the stores of answers fetched meanwhile, and
+        say so on the response."""
+        if self._direct:
+            self.storage.withdraw_under(self.policy.fleet_targets(request, response))
         n = self._invalidate_keys(self.policy.write_invalidates(request, response))
         response.extensions["caching"] = {**NOT_CACHED, "lookup": "write", "invalidated": n}
         return response
@@ -404,6 +440,8 @@ class CacheCore:
             except Exception as exc:
                 self._storage_failed(exc)
                 return 0
+        if self._direct:
+            self.storage.withdraw_under([split_prefix(prefix, None)])
         return self._invalidate_keys(self.policy.keys_under(prefix))
 
     def clear(self) -> int:
@@ -434,6 +472,7 @@ class CacheCore:
             self.near.clear()
             return
         origin, _, path = message.partition("\n")
+        self.near.withdraw_under([(origin or None, path or "/")])
         keys = self.policy.keys_under(path or "/", origin or None)
         self.near.drop_keys(keys)
         self.policy.forget(keys)
@@ -452,20 +491,21 @@ class CacheCore:
             return None
         return self._served(plan, request, record, False, now)
 
-    def _near_keep(self, plan: Plan, request: httpx.Request, response: httpx.Response) -> None:
-        """Keep what Redis (or the network) answered in the near cache too, once its body is read."""
-        caching = response.extensions.get("caching") or {}
-        if not (caching.get("from_cache") or caching.get("stored")):
-            return
-        if self._near_sub is not None and not self._near_sub.listening:
-            return  # an invalidation could be missed meanwhile
-        decision = self.policy.decide(request, response)
-        if not decision.store:
-            return
+    def _near_keep(self, plan: Plan, request: httpx.Request, response: httpx.Response, token: object | None) -> None:
+        """Keep what Redis (or the network) answered in the near cache too, once its body is read, unless an
+        invalidation came since ``token`` was taken (before the lookup went past the near cache)."""
         near, key, near_ttl = self.near, plan.key, self.settings.near_ttl
+        caching = response.extensions.get("caching") or {}
+        decision = self.policy.decide(request, response)
+        # Not while the subscription is down: an invalidation could be missed meanwhile.
+        if (not (caching.get("from_cache") or caching.get("stored")) or not decision.store
+                or (self._near_sub is not None and not self._near_sub.listening)):
+            near.abandon(key, token)
+            return
         fresh = min(decision.fresh_for if decision.fresh_for is not None else near_ttl, near_ttl)
         method, url, raw, status = request.method, str(request.url), list(response.headers.raw), response.status_code
-        token = near.begin(key)
+        if token is None:
+            token = near.begin(key)
 
         def save(body: bytes) -> None:
             near.store(key, method, url, status, raw, body, near_ttl, vary=decision.vary, token=token, fresh_for=fresh)

@@ -19,10 +19,15 @@ from typing import Any
 import httpx
 from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Response
 
+from .index import is_under
+from .policy import origin_of
+
 Clock = Callable[[], float]
 RecordId = uuid.UUID | int | str
 # Not stored with an entry: the body is kept without its transfer coding, and a hit states its own Age.
 _NOT_KEPT = frozenset({b"transfer-encoding", b"age"})
+#: fetches in flight whose store is still awaited, at most (one token per key)
+_MAX_PENDING = 10_000
 _direct_ids = itertools.count(1)
 
 
@@ -94,9 +99,10 @@ class _LRUCore:
         self._lock = threading.Lock()
         self.evictions = 0
         self.expirations = 0
-        # key -> the token of the body being read for it; dropping the key withdraws the token, so a body
-        # that completes after its entry was invalidated, cleared or refreshed is not stored.
-        self._pending: dict[str, object] = {}
+        # key -> the token of the answer being fetched for it, and its URL; dropping the key, or an
+        # invalidation of a path above the URL, withdraws the token, so an answer that completes after its
+        # entry was invalidated, cleared or refreshed is not stored.
+        self._pending: dict[str, tuple[object, Any]] = {}
         self.closed = False
         #: called (outside the lock) with the keys that lost their last entry to eviction or expiry, so that
         #: what indexes keys elsewhere stays bounded by ``max_entries`` too
@@ -109,17 +115,35 @@ class _LRUCore:
         if self.closed:
             raise RuntimeError("the cache's memory storage is closed")
 
-    def begin(self, key: str) -> object:
-        """A token for a body about to be read for ``key``; :meth:`add` with it stores only if still valid."""
+    def begin(self, key: str, url: Any = None) -> object:
+        """A token for an answer about to be fetched for ``key`` (from ``url``, an ``httpx.URL``); :meth:`add`
+        with it stores only if still valid: no drop of the key, no clear, no newer token, and no
+        :meth:`withdraw_under` a prefix of the URL since."""
         token = object()
         with self._lock:
-            self._pending[key] = token
+            if len(self._pending) >= _MAX_PENDING:
+                # Tokens of fetches that ended without a store or an abandon (an exception on the way):
+                # withdrawing them costs at most a store, never a wrong answer.
+                self._pending.clear()
+            self._pending[key] = (token, url)
         return token
 
-    def abandon(self, key: str, token: object) -> None:
+    def abandon(self, key: str, token: object | None) -> None:
+        if token is None:
+            return
         with self._lock:
-            if self._pending.get(key) is token:
+            pending = self._pending.get(key)
+            if pending is not None and pending[0] is token:
                 del self._pending[key]
+
+    def withdraw_under(self, targets: list[tuple[str | None, str]]) -> None:
+        """An invalidation of these (origin, path) prefixes (origin None: any): the answers being fetched
+        for URLs under them are not stored, whether their keys were ever stored or not."""
+        with self._lock:
+            for key, (_, url) in list(self._pending.items()):
+                if url is not None and any((origin is None or origin_of(url) == origin) and is_under(url.path, path)
+                                           for origin, path in targets):
+                    del self._pending[key]
 
     def add(self, record: Record, token: object | None = None, *, replace_variant: bool = False) -> bool:
         forgotten: list[str] = []
@@ -133,7 +157,8 @@ class _LRUCore:
         with self._lock:
             self._check_open()
             if token is not None:
-                if self._pending.get(record.key) is not token:
+                pending = self._pending.get(record.key)
+                if pending is None or pending[0] is not token:
                     return False
                 del self._pending[record.key]
             if replace_variant:
@@ -266,10 +291,13 @@ class _MemoryBase:
     def close(self) -> None:
         self._core.closed = True
 
-    def begin(self, key: str) -> object:
-        return self._core.begin(key)
+    def begin(self, key: str, url: Any = None) -> object:
+        return self._core.begin(key, url)
 
-    def abandon(self, key: str, token: object) -> None:
+    def withdraw_under(self, targets: list[tuple[str | None, str]]) -> None:
+        self._core.withdraw_under(targets)
+
+    def abandon(self, key: str, token: object | None) -> None:
         self._core.abandon(key, token)
 
     def drop_keys(self, keys: list[str]) -> int:

@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from contextvars import ContextVar
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
 
 from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Response
 
@@ -35,34 +34,26 @@ from .freshness import StoreDecision, Vary
 from .memory import Record
 from .redis_frame import Unreadable, choose, frame, framed, record_of, reframed, unframe, variant_id
 from .redis_guard import Guard, log
+from .redis_keys import (
+    CHANNEL,
+    DROP_PREFIX,
+    ENTRY,
+    INDEX,
+    LEASE,
+    LOCK,
+    OWNER,
+    RELEASE,
+    SAVE,
+    TAG,
+    TAKE_LEASE,
+    UPDATE,
+    index_name,
+    prefixes,
+)
 
-TAG = "{pwt}"
-ENTRY = f"pwt:{TAG}:e:"  # + cache key -> hash {entry id: framed entry}
-OWNER = f"pwt:{TAG}:o:"  # + entry id -> cache key (for remove_entry / update_headers by id)
-INDEX = f"pwt:{TAG}:p:"  # + origin + path prefix -> set of cache keys
-LOCK = f"pwt:{TAG}:l:"  # + cache key -> the token of the process fetching it (single flight)
-CHANNEL = f"pwt:{TAG}:invalidated"  # "<origin>\n<path>" or "*": near caches drop what it names
+__all__ = ["CHANNEL", "ENTRY", "LOOKUP", "TAG", "AsyncRedisStore", "Lookup", "RedisStore"]
 
-# KEYS[1]: a lock; ARGV[1]: our token. Deletes the lock only if it is still ours.
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 POLL = 0.01  # seconds between looks while another process fetches
-
-# KEYS[1]: the index set of a prefix. Deletes every entry indexed there, then the set, and tells the
-# near caches (ARGV[2]: channel, ARGV[3]: message) in the same atomic step.
-DROP_PREFIX = """
-local keys = redis.call('SMEMBERS', KEYS[1])
-for _, key in ipairs(keys) do
-  redis.call('DEL', ARGV[1] .. key)
-end
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return #keys
-"""
 
 
 class Lookup:
@@ -89,22 +80,26 @@ class Lookup:
 LOOKUP: ContextVar[Lookup | None] = ContextVar("pywats_transport_redis_lookup", default=None)
 
 
+#: the leases of the fetches in progress in this thread or task, taken as each goes to the origin: cache
+#: key -> lease token (None: Redis failed to give one, and the answer is not stored). Without it (the
+#: store used outside the layer) stores are unconditional.
+LEASES: ContextVar[dict[str, str | None] | None] = ContextVar("pywats_transport_redis_leases", default=None)
+
+
+def _lease_of(key: str) -> tuple[bool, str | None]:
+    """Whether a store for ``key`` needs a lease, and the lease."""
+    leases = LEASES.get()
+    return (False, None) if leases is None else (True, leases.get(key))
+
+
+def _save_args(key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None, lease: str | None) -> tuple[Any, ...]:
+    return (SAVE, 1, ENTRY + key, LEASE + key if lease else "", lease or "", entry_id, data, OWNER + entry_id, key,
+            "" if ttl_ms is None else ttl_ms, *prefixes(url))
+
+
 def _current(key: str) -> Lookup | None:
     lookup = LOOKUP.get()
     return lookup if lookup is not None and lookup.key == key else None
-
-
-def prefixes(url: str) -> list[str]:
-    """Index names for a URL: its origin with each prefix of its path, outermost first."""
-    parts = urlsplit(url)
-    origin = f"{parts.scheme}://{parts.netloc}".lower()
-    segments = [s for s in parts.path.split("/") if s]
-    return [INDEX + origin + "/" + "/".join(segments[:i]) for i in range(len(segments) + 1)]
-
-
-def index_name(origin: str | None, path: str) -> str:
-    segments = [s for s in path.split("/") if s]
-    return INDEX + (origin or "").lower() + "/" + "/".join(segments)
 
 
 class _Base:
@@ -126,6 +121,8 @@ class _Base:
         #: told of the failures the store absorbs, so that they are counted where its user counts them
         self.on_failure: Callable[[BaseException], None] = lambda exc: None
         self.unreadable = 0  # stored values skipped as not this version's frames
+        #: answers not stored because a write invalidated their key while they were fetched
+        self.overtaken = 0
 
     def _skip(self, exc: Unreadable) -> None:
         self.unreadable += 1
@@ -205,30 +202,50 @@ class _Base:
         return max(1, int(ttl * 1000)) if ttl is not None else None
 
     def _framing(self, request: Request, response: Response, key: str, ttl: float | None,
-                 ) -> tuple[str | None, dict[str, Any], int | None]:
-        """The field a new entry goes to, its frame's extras and how long Redis keeps it; no field: the
-        response is not stored."""
+                 ) -> tuple[str | None, dict[str, Any], int | None, str | None]:
+        """The field a new entry goes to, its frame's extras, how long Redis keeps it and the fetch's lease;
+        no field: the response is not stored."""
         lookup = _current(key)
+        leased, lease = _lease_of(key)
+        if leased and lease is None:  # Redis gave no lease: a write meanwhile could not withdraw the store
+            if lookup is not None:
+                lookup.stored = False
+            return None, {}, None, None
         if lookup is None:  # hishel's own rules decided (rfc mode): every entry its own field
-            return str(uuid.uuid4()), {}, self._ttl_ms(ttl)
+            return str(uuid.uuid4()), {}, self._ttl_ms(ttl), lease
         decision = lookup.decide(request, response)
         if not decision.store:
             lookup.stored = False
-            return None, {}, None
+            return None, {}, None, None
         ttl = ttl if ttl is not None else self.default_ttl
         extras = {"vary": decision.vary, "fresh_until": time.time() + ttl if ttl is not None else None}
         # Kept past its freshness for as long as it may still answer for a failed origin.
         return variant_id(key, request.method, decision.vary), extras, self._ttl_ms(
-            ttl + lookup.keep_stale if ttl is not None else None)
+            ttl + lookup.keep_stale if ttl is not None else None), lease
+
+    def _lease_args(self, key: str, url: str, token: str) -> tuple[Any, ...]:
+        return TAKE_LEASE, 1, LEASE + key, token, self.lock_ms, key, *prefixes(url)
+
+    def _saved(self, result: Any) -> bool:
+        stored = bool(int(result))
+        if not stored:
+            self.overtaken += 1
+        return stored
+
+    def _update_args(self, key: str, entry_id: str, data: bytes) -> tuple[Any, ...]:
+        _, lease = _lease_of(key)
+        return UPDATE, 1, ENTRY + key, LEASE + key if lease else "", lease or "", entry_id, data
 
     def _put_args(self, key: str, method: str, url: str, status: int, raw_headers: list[tuple[bytes, bytes]],
-                  body: bytes, ttl: float | None, vary: Vary | None, keep_stale: float) -> tuple[Any, ...]:
+                  body: bytes, ttl: float | None, vary: Vary | None, keep_stale: float,
+                  lease: str | None) -> tuple[Any, ...]:
         ttl = ttl if ttl is not None else self.default_ttl
         now = time.time()
         headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in raw_headers]
         data = framed(method, url, status, headers, body, now, vary=vary,
                       fresh_until=now + ttl if ttl is not None else None)
-        return key, variant_id(key, method, vary), data, url, self._ttl_ms(ttl + keep_stale if ttl is not None else None)
+        return _save_args(key, variant_id(key, method, vary), data, url,
+                          self._ttl_ms(ttl + keep_stale if ttl is not None else None), lease)
 
     @staticmethod
     def _entry(entry_id: bytes, data: bytes, stream: Callable[[bytes], Any]) -> Entry:
@@ -245,20 +262,8 @@ class _Base:
     def stats(self) -> dict[str, Any]:
         return {"redis_outages": self.guard.outages, "redis_failures": self.guard.failures,
                 "redis_down_seconds": round(self.guard.down_for(), 3), "redis_unreadable_entries": self.unreadable,
+                "redis_stores_overtaken_by_writes": self.overtaken,
                 "fleet_fetches_led": self.flights_led, "fleet_fetches_awaited": self.flights_followed}
-
-
-def _queue_save(pipe: Any, key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None) -> None:
-    """One transaction: the entry, its owner record, and the path index; expiries only ever extended
-    (NX sets one where none is, GT lengthens), so a short-lived variant never shortens a longer one."""
-    pipe.hset(ENTRY + key, entry_id, data)
-    pipe.set(OWNER + entry_id, key, px=ttl_ms)
-    for name in (ENTRY + key, *prefixes(url)):
-        if name != ENTRY + key:
-            pipe.sadd(name, key)
-        if ttl_ms is not None:
-            pipe.pexpire(name, ttl_ms, nx=True)
-            pipe.pexpire(name, ttl_ms, gt=True)
 
 
 def _iter(body: bytes) -> Iterator[bytes]:
@@ -313,9 +318,25 @@ class RedisStore(_Base, BaseStorage):
             except Exception:  # noqa: S110 - the lock expires by itself
                 pass
 
+    def take_lease(self, key: str, url: str) -> str | None:
+        """A lease on ``key`` for a fetch about to go to the origin; None if Redis failed (counted)."""
+        token = uuid.uuid4().hex
+        try:
+            self._call(lambda: self.client.eval(*self._lease_args(key, url, token)))
+        except Exception as exc:
+            self.on_failure(exc)
+            return None
+        return token
+
+    def lease(self, key: str, url: str) -> None:
+        """Take the lease of the layer's fetch in progress (see :data:`LEASES`)."""
+        leases = LEASES.get()
+        if leases is not None:
+            leases[key] = self.take_lease(key, url)
+
     def create_entry(self, request: Request, response: Response, key: str, *, ttl: float | None = None,
                      tti: float | None = None) -> Entry:
-        field, extras, ttl_ms = self._framing(request, response, key, ttl)
+        field, extras, ttl_ms, lease = self._framing(request, response, key, ttl)
         source = response.stream if response.stream is not None else iter(())
 
         def saving() -> Iterator[bytes]:
@@ -328,7 +349,7 @@ class RedisStore(_Base, BaseStorage):
                     data = frame(request, response.status_code, response.headers, b"".join(chunks), time.time(),
                                  **extras)
                     try:
-                        self._call(lambda: self._save(key, field, data, request.url, ttl_ms))
+                        self._call(lambda: self._save(key, field, data, request.url, ttl_ms, lease))
                     except Exception as exc:  # the caller is reading its answer: Redis failing now loses no more
                         self.on_failure(exc)  # than the entry; the guard has logged the outage
             finally:
@@ -337,16 +358,15 @@ class RedisStore(_Base, BaseStorage):
         return Entry(uuid.UUID(field) if field else uuid.uuid4(), request,
                      Response(response.status_code, response.headers, saving()))
 
-    def _save(self, key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        _queue_save(pipe, key, entry_id, data, url, ttl_ms)
-        pipe.execute()
+    def _save(self, key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None, lease: str | None) -> bool:
+        return self._saved(self.client.eval(*_save_args(key, entry_id, data, url, ttl_ms, lease)))
 
     def put(self, key: str, method: str, url: str, status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes,
-            ttl: float | None, *, vary: Vary | None = None, keep_stale: float = 0.0) -> None:
-        """Store a complete response (the layer's background refresh), replacing its variant."""
-        args = self._put_args(key, method, url, status, raw_headers, body, ttl, vary, keep_stale)
-        self._call(lambda: self._save(*args))
+            ttl: float | None, *, vary: Vary | None = None, keep_stale: float = 0.0, lease: str | None = None) -> bool:
+        """Store a complete response (the layer's background refresh), replacing its variant; with a
+        ``lease`` (:meth:`take_lease`), only if no write invalidated the key since it was taken."""
+        args = self._put_args(key, method, url, status, raw_headers, body, ttl, vary, keep_stale, lease)
+        return bool(self._call(lambda: self._saved(self.client.eval(*args))))
 
     def update_headers(self, id: uuid.UUID, headers: Headers) -> None:  # noqa: A002
         """A 304 refreshed the entry. If Redis fails now the answer is right all the same (the stored body,
@@ -357,8 +377,8 @@ class RedisStore(_Base, BaseStorage):
                 return
             current = self._call(lambda: self.client.hget(ENTRY + key.decode(), str(id)))
             if current is not None:
-                data = reframed(current, headers)
-                self._call(lambda: self.client.hset(ENTRY + key.decode(), str(id), data))
+                args = self._update_args(key.decode(), str(id), reframed(current, headers))
+                self._call(lambda: self.client.eval(*args))
         except Exception as exc:
             self.on_failure(exc)
 
@@ -370,7 +390,7 @@ class RedisStore(_Base, BaseStorage):
     def invalidate_prefix(self, origin: str | None, path: str) -> int:
         """Drop, for every process, the entries stored under ``path`` (and the path itself)."""
         return int(self._call(lambda: self.client.eval(DROP_PREFIX, 1, index_name(origin, path), ENTRY, CHANNEL,
-                                                       f"{origin or ''}\n{path}")))
+                                                       f"{origin or ''}\n{path}", LEASE)))
 
     def invalidate_now(self, origin: str | None, path: str) -> int:
         """Outside a request: ``origin`` None drops ``path`` under every origin the fleet has stored from."""
@@ -470,9 +490,23 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
             except Exception:  # noqa: S110 - the lock expires by itself
                 pass
 
+    async def take_lease(self, key: str, url: str) -> str | None:
+        token = uuid.uuid4().hex
+        try:
+            await self._call(lambda: self.client.eval(*self._lease_args(key, url, token)))
+        except Exception as exc:
+            self.on_failure(exc)
+            return None
+        return token
+
+    async def lease(self, key: str, url: str) -> None:
+        leases = LEASES.get()
+        if leases is not None:
+            leases[key] = await self.take_lease(key, url)
+
     async def create_entry(self, request: Request, response: Response, key: str, *, ttl: float | None = None,
                            tti: float | None = None) -> Entry:
-        field, extras, ttl_ms = self._framing(request, response, key, ttl)
+        field, extras, ttl_ms, lease = self._framing(request, response, key, ttl)
         source = response.stream
 
         async def saving() -> AsyncIterator[bytes]:
@@ -486,7 +520,7 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
                     data = frame(request, response.status_code, response.headers, b"".join(chunks), time.time(),
                                  **extras)
                     try:
-                        await self._call(lambda: self._save(key, field, data, request.url, ttl_ms))
+                        await self._call(lambda: self._save(key, field, data, request.url, ttl_ms, lease))
                     except Exception as exc:  # as in the sync store: the answer is the caller's all the same
                         self.on_failure(exc)
             finally:
@@ -495,16 +529,19 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         return Entry(uuid.UUID(field) if field else uuid.uuid4(), request,
                      Response(response.status_code, response.headers, saving()))
 
-    async def _save(self, key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        _queue_save(pipe, key, entry_id, data, url, ttl_ms)
-        await pipe.execute()
+    async def _save(self, key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None,
+                    lease: str | None) -> bool:
+        return self._saved(await self.client.eval(*_save_args(key, entry_id, data, url, ttl_ms, lease)))
 
     async def put(self, key: str, method: str, url: str, status: int, raw_headers: list[tuple[bytes, bytes]],
-                  body: bytes, ttl: float | None, *, vary: Vary | None = None, keep_stale: float = 0.0) -> None:
-        """Store a complete response (the layer's background refresh), replacing its variant."""
-        args = self._put_args(key, method, url, status, raw_headers, body, ttl, vary, keep_stale)
-        await self._call(lambda: self._save(*args))
+                  body: bytes, ttl: float | None, *, vary: Vary | None = None, keep_stale: float = 0.0,
+                  lease: str | None = None) -> bool:
+        """As the sync store's."""
+        args = self._put_args(key, method, url, status, raw_headers, body, ttl, vary, keep_stale, lease)
+
+        async def save() -> bool:
+            return self._saved(await self.client.eval(*args))
+        return bool(await self._call(save))
 
     async def update_headers(self, id: uuid.UUID, headers: Headers) -> None:  # noqa: A002
         """As the sync store's: a failure here leaves the entry to be revalidated again, the answer right."""
@@ -514,8 +551,8 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
                 return
             current = await self._call(lambda: self.client.hget(ENTRY + key.decode(), str(id)))
             if current is not None:
-                data = reframed(current, headers)
-                await self._call(lambda: self.client.hset(ENTRY + key.decode(), str(id), data))
+                args = self._update_args(key.decode(), str(id), reframed(current, headers))
+                await self._call(lambda: self.client.eval(*args))
         except Exception as exc:
             self.on_failure(exc)
 
@@ -526,7 +563,7 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
 
     async def invalidate_prefix(self, origin: str | None, path: str) -> int:
         return int(await self._call(lambda: self.client.eval(DROP_PREFIX, 1, index_name(origin, path), ENTRY,
-                                                             CHANNEL, f"{origin or ''}\n{path}")))
+                                                             CHANNEL, f"{origin or ''}\n{path}", LEASE)))
 
     async def clear(self) -> int:
         async def run() -> int:

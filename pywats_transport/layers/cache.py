@@ -17,7 +17,7 @@ from ..caching.coalesce import Flights
 from ..caching.layer_core import CacheCore, FromInner, validating
 from ..caching.memory import Record
 from ..caching.policy import Plan
-from ..caching.redis_store import LOOKUP
+from ..caching.redis_store import LEASES, LOOKUP
 from ..config import CacheSettings
 from ..hookspecs import LayerSpec, hookimpl
 from ..layer import CLOSED_MESSAGE, AsyncLayer, Layer
@@ -58,6 +58,7 @@ class CacheLayer(CacheCore, Layer):
             return self._handle_direct(plan, request)
         if self.near is not None and (hit := self._near_hit(plan, request)) is not None:
             return hit
+        near_token = self._fetching(plan, request)
         record: Record | None = None
         if plan.refresh:
             self._remove_now(plan.key)
@@ -67,7 +68,7 @@ class CacheLayer(CacheCore, Layer):
             except Exception as exc:
                 self._storage_failed(exc)
                 return self._bypassed(self.inner.handle_request(request))
-            if (hit := self._fleet_hit(plan, request, record)) is not None:
+            if (hit := self._fleet_hit(plan, request, record, near_token)) is not None:
                 return hit
         self._prepare(request, plan)
         flight = self._join(plan)
@@ -75,7 +76,7 @@ class CacheLayer(CacheCore, Layer):
             flight.event.wait(self.settings.coalesce_timeout)  # then look up what the leader stored
         lookup = self._lookup(plan, request, not plan.refresh and (flight is None or flight.leader)) \
             if self._fleet_lookup else None
-        context = LOOKUP.set(lookup)
+        context, leases = LOOKUP.set(lookup), LEASES.set({} if self._shared else None)
         try:
             response = self._hishel.handle_request(request)
         except FromInner as wrapped:
@@ -91,6 +92,7 @@ class CacheLayer(CacheCore, Layer):
             return self._bypassed(self.inner.handle_request(request))
         finally:
             LOOKUP.reset(context)
+            LEASES.reset(leases)
         if lookup is not None and not lookup.stored:
             response.extensions["caching"] = {**response.extensions["caching"], "stored": False}
         if self._shared and not response.extensions["caching"].get("stored"):
@@ -99,7 +101,7 @@ class CacheLayer(CacheCore, Layer):
                 response.close()
                 return stale
         if self.near is not None:
-            self._near_keep(plan, request, response)
+            self._near_keep(plan, request, response, near_token)
         self._after_lookup(plan, request, response)
         return self._flights.land_when_read(flight, response)
 
@@ -112,14 +114,15 @@ class CacheLayer(CacheCore, Layer):
             hit, stale = self._direct_lookup(plan, request)
             if hit is not None:
                 return hit
+        token = self._fetching(plan, request)
         try:
             with validating(request, stale if self.policy.rfc else None):
                 response = self.inner.handle_request(request)
         except BaseException as exc:
-            return self._origin_failed(plan, request, stale, flight, exc)
+            return self._origin_failed(plan, request, stale, flight, exc, token)
         if self._answer_is_spent(response, stale):
             response.close()
-        return self._direct_end(plan, request, response, flight, stale)
+        return self._direct_end(plan, request, response, flight, stale, token)
 
     def _remove_now(self, key: str) -> None:
         try:
@@ -132,13 +135,15 @@ class CacheLayer(CacheCore, Layer):
         def run() -> None:
             try:
                 request = self._refresh_request(original)
+                token = self._refresh_token(plan, request)
+                lease = self.storage.take_lease(plan.key, str(request.url)) if self._shared else None
                 with validating(request, stale if self.policy.rfc else None):
                     response = self.inner.handle_request(request)
                 try:
                     response.read()
-                    if self._shared and (put := self._fleet_put(plan, request, response)) is not None:
-                        self.storage.put(**put)
-                    self._refreshed(plan, request, response, stale)
+                    if lease is not None and (put := self._fleet_put(plan, request, response)) is not None:
+                        self.storage.put(**put, lease=lease)
+                    self._refreshed(plan, request, response, stale, token)
                 finally:
                     response.close()
             except Exception:  # the stale entry stays; the next lookup in the window tries again
@@ -187,6 +192,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             return await self._handle_direct(plan, request)
         if self.near is not None and (hit := self._near_hit(plan, request)) is not None:
             return hit
+        near_token = self._fetching(plan, request)
         record: Record | None = None
         if plan.refresh:
             await self._remove_now(plan.key)
@@ -196,7 +202,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             except Exception as exc:
                 self._storage_failed(exc)
                 return self._bypassed(await self.inner.handle_async_request(request))
-            if (hit := self._fleet_hit(plan, request, record)) is not None:
+            if (hit := self._fleet_hit(plan, request, record, near_token)) is not None:
                 return hit
         self._prepare(request, plan)
         flight = self._join(plan)
@@ -205,7 +211,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
                 await flight.event.wait()  # then look up what the leader stored
         lookup = self._lookup(plan, request, not plan.refresh and (flight is None or flight.leader)) \
             if self._fleet_lookup else None
-        context = LOOKUP.set(lookup)
+        context, leases = LOOKUP.set(lookup), LEASES.set({} if self._shared else None)
         try:
             response = await self._hishel.handle_async_request(request)
         except FromInner as wrapped:
@@ -221,6 +227,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             return self._bypassed(await self.inner.handle_async_request(request))
         finally:
             LOOKUP.reset(context)
+            LEASES.reset(leases)
         if lookup is not None and not lookup.stored:
             response.extensions["caching"] = {**response.extensions["caching"], "stored": False}
         if self._shared and not response.extensions["caching"].get("stored"):
@@ -229,7 +236,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
                 await response.aclose()
                 return stale
         if self.near is not None:
-            self._near_keep(plan, request, response)
+            self._near_keep(plan, request, response, near_token)
         self._after_lookup(plan, request, response)
         return self._flights.land_when_read(flight, response)
 
@@ -243,14 +250,15 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             hit, stale = self._direct_lookup(plan, request)
             if hit is not None:
                 return hit
+        token = self._fetching(plan, request)
         try:
             with validating(request, stale if self.policy.rfc else None):
                 response = await self.inner.handle_async_request(request)
         except BaseException as exc:
-            return self._origin_failed(plan, request, stale, flight, exc)
+            return self._origin_failed(plan, request, stale, flight, exc, token)
         if self._answer_is_spent(response, stale):
             await response.aclose()
-        return self._direct_end(plan, request, response, flight, stale)
+        return self._direct_end(plan, request, response, flight, stale, token)
 
     async def _remove_now(self, key: str) -> None:
         try:
@@ -267,13 +275,15 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
     async def _refresh(self, plan: Plan, original: httpx.Request, stale: Record | None) -> None:
         try:
             request = self._refresh_request(original)
+            token = self._refresh_token(plan, request)
+            lease = await self.storage.take_lease(plan.key, str(request.url)) if self._shared else None
             with validating(request, stale if self.policy.rfc else None):
                 response = await self.inner.handle_async_request(request)
             try:
                 await response.aread()
-                if self._shared and (put := self._fleet_put(plan, request, response)) is not None:
-                    await self.storage.put(**put)
-                self._refreshed(plan, request, response, stale)
+                if lease is not None and (put := self._fleet_put(plan, request, response)) is not None:
+                    await self.storage.put(**put, lease=lease)
+                self._refreshed(plan, request, response, stale, token)
             finally:
                 await response.aclose()
         except Exception:  # the stale entry stays; the next lookup in the window tries again
@@ -297,6 +307,8 @@ class _SyncToInner(httpx.BaseTransport):
         self.layer = layer
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.layer._shared:  # before the origin answers: a write meanwhile withdraws the store (redis_keys)
+            self.layer.storage.lease(request.extensions["caching"]["key"], str(request.url))
         try:
             return self.layer.inner.handle_request(request)
         except Exception as exc:
@@ -308,6 +320,8 @@ class _AsyncToInner(httpx.AsyncBaseTransport):
         self.layer = layer
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.layer._shared:  # as in the sync layer
+            await self.layer.storage.lease(request.extensions["caching"]["key"], str(request.url))
         try:
             return await self.layer.inner.handle_async_request(request)
         except Exception as exc:

@@ -1,0 +1,121 @@
+"""The fleet cache's layout in Redis, and the scripts that change it atomically.
+
+Every key carries the hash tag ``{pwt}``, so the scripts and transactions also run on Redis Cluster (the
+whole cache lives in one slot).
+
+A fetch holds a *lease* on its cache key from before it goes to the origin until its answer is stored.
+A write's invalidation deletes the leases of the keys it drops, and a store whose lease is gone stores
+nothing: an answer fetched before a write is never stored after that write's invalidation, in any
+process (the leases of memcache at Facebook, "Scaling Memcache at Facebook", NSDI 2013).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+TAG = "{pwt}"
+ENTRY = f"pwt:{TAG}:e:"  # + cache key -> hash {entry id: framed entry}
+OWNER = f"pwt:{TAG}:o:"  # + entry id -> cache key (for remove_entry / update_headers by id)
+INDEX = f"pwt:{TAG}:p:"  # + origin + path prefix -> set of cache keys
+LOCK = f"pwt:{TAG}:l:"  # + cache key -> the token of the process fetching it (single flight)
+LEASE = f"pwt:{TAG}:w:"  # + cache key -> hash {lease token: 1} of the fetches in flight for it
+CHANNEL = f"pwt:{TAG}:invalidated"  # "<origin>\n<path>" or "*": near caches drop what it names
+
+# KEYS[1]: a lock; ARGV[1]: our token. Deletes the lock only if it is still ours.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS[1]: the index set of a prefix. Deletes every entry indexed there and the leases on those keys,
+# then the set, and tells the near caches (ARGV[2]: channel, ARGV[3]: message) in the same atomic step.
+# ARGV[1], ARGV[4]: the entry and lease key prefixes. Returns how many keys had entries.
+DROP_PREFIX = """
+local keys = redis.call('SMEMBERS', KEYS[1])
+local n = 0
+for _, key in ipairs(keys) do
+  n = n + redis.call('DEL', ARGV[1] .. key)
+  redis.call('DEL', ARGV[4] .. key)
+end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return n
+"""
+
+# KEYS[1]: a key's lease hash. ARGV[1]: the lease token, ARGV[2]: how long it holds (ms), ARGV[3]: the
+# cache key, ARGV[4..]: the index sets of the URL's prefixes, where a write's invalidation finds the key
+# even before anything is stored under it. An index set's expiry is only ever lengthened.
+TAKE_LEASE = """
+redis.call('HSET', KEYS[1], ARGV[1], 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+for i = 4, #ARGV do
+  local ttl = redis.call('PTTL', ARGV[i])
+  redis.call('SADD', ARGV[i], ARGV[3])
+  if ttl == -2 then
+    redis.call('PEXPIRE', ARGV[i], ARGV[2])
+  elseif ttl >= 0 then
+    redis.call('PEXPIRE', ARGV[i], ARGV[2], 'GT')
+  end
+end
+return 1
+"""
+
+# KEYS[1]: the entry hash. ARGV[1]: the lease hash ('' for a store without a lease), ARGV[2]: the lease
+# token, ARGV[3]: the entry id, ARGV[4]: the framed entry, ARGV[5]: the owner key, ARGV[6]: the cache key,
+# ARGV[7]: how long Redis keeps it (ms; '' for ever), ARGV[8..]: the index sets of the URL's prefixes.
+# Stores nothing (returns 0) once the lease is gone: a write invalidated the key since the fetch began.
+# Expiries are only ever lengthened, so a short-lived variant never shortens a longer one.
+SAVE = """
+if ARGV[1] ~= '' and redis.call('HDEL', ARGV[1], ARGV[2]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+if ARGV[7] ~= '' then
+  redis.call('SET', ARGV[5], ARGV[6], 'PX', ARGV[7])
+else
+  redis.call('SET', ARGV[5], ARGV[6])
+end
+local names = {KEYS[1]}
+for i = 8, #ARGV do
+  redis.call('SADD', ARGV[i], ARGV[6])
+  names[#names + 1] = ARGV[i]
+end
+for _, name in ipairs(names) do
+  if ARGV[7] ~= '' then
+    redis.call('PEXPIRE', name, ARGV[7], 'NX')
+    redis.call('PEXPIRE', name, ARGV[7], 'GT')
+  else
+    redis.call('PERSIST', name)
+  end
+end
+return 1
+"""
+
+# KEYS[1]: the entry hash. ARGV[1]: the lease hash ('' for none), ARGV[2]: the lease token, ARGV[3]: the
+# entry id, ARGV[4]: the entry with the headers a 304 refreshed. Replaces the entry only while it is
+# there and the lease holds: an invalidated entry is not brought back.
+UPDATE = """
+if ARGV[1] ~= '' and redis.call('HEXISTS', ARGV[1], ARGV[2]) == 0 then
+  return 0
+end
+if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+return 1
+"""
+
+
+def prefixes(url: str) -> list[str]:
+    """Index names for a URL: its origin with each prefix of its path, outermost first."""
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}".lower()
+    segments = [s for s in parts.path.split("/") if s]
+    return [INDEX + origin + "/" + "/".join(segments[:i]) for i in range(len(segments) + 1)]
+
+
+def index_name(origin: str | None, path: str) -> str:
+    segments = [s for s in path.split("/") if s]
+    return INDEX + (origin or "").lower() + "/" + "/".join(segments)

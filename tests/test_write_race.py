@@ -1,0 +1,117 @@
+"""A lookup in flight while a write goes through must not store its pre-write answer after the write's
+invalidation: every later read, in every process, would get the pre-write entry until it expired."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
+
+from .helpers import Caller
+
+
+class RaceOrigin:
+    """An item whose version a PUT raises. The first GET reads the item, then holds its (pre-write) answer
+    until the test has written."""
+
+    def __init__(self, mode: str) -> None:
+        self.version = 0
+        self.held = False
+        self.read: Any = threading.Event() if mode == "sync" else asyncio.Event()
+        self.written: Any = threading.Event() if mode == "sync" else asyncio.Event()
+
+    def _answer(self, request: httpx.Request) -> tuple[httpx.Response, bool]:
+        if request.method == "PUT":
+            self.version += 1
+            return httpx.Response(200, json={"v": self.version}), False
+        hold, self.held = not self.held, True
+        return httpx.Response(200, json={"v": self.version}, headers={"cache-control": "max-age=300"}), hold
+
+    def sync_handler(self, request: httpx.Request) -> httpx.Response:
+        response, hold = self._answer(request)
+        if hold:
+            self.read.set()
+            assert self.written.wait(5)
+        return response
+
+    async def async_handler(self, request: httpx.Request) -> httpx.Response:
+        response, hold = self._answer(request)
+        if hold:
+            self.read.set()
+            await asyncio.wait_for(self.written.wait(), 5)
+        return response
+
+
+def layers(mode: str, origin: RaceOrigin, cache_mode: str, storage: str, request: pytest.FixtureRequest,
+           tmp_path: Path) -> tuple[Any, Any, Any]:
+    """The reader whose lookup is in flight, the writer, and a reader that comes after: one layer for an
+    in-process storage; three, as three processes would, on Redis."""
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    handler = origin.sync_handler if mode == "sync" else origin.async_handler
+    options: dict[str, Any] = {"mode": cache_mode, "ttl": 300}
+    if storage == "sqlite":
+        options.update(storage="sqlite", sqlite_path=str(tmp_path / "cache.db"))
+    elif storage in ("redis", "near"):
+        options.update(storage="redis", redis_url=request.getfixturevalue("redis_url"), near_cache=storage == "near")
+    if storage in ("memory", "sqlite"):
+        layer = cls(httpx.MockTransport(handler), **options)
+        return layer, layer, layer
+    return tuple(cls(httpx.MockTransport(handler), **options) for _ in range(3))  # type: ignore[return-value]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("write", ["PUT", "invalidate"])
+@pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
+@pytest.mark.parametrize("storage", ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis),
+                                     pytest.param("near", marks=pytest.mark.redis)])
+async def test_a_lookup_in_flight_during_a_write_does_not_store_its_pre_write_answer(
+        mode: str, write: str, cache_mode: str, storage: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """``write``: through the layer, or elsewhere and then ``invalidate(prefix)``, which must withdraw the
+    stores of answers in flight too."""
+    origin = RaceOrigin(mode)
+    slow, writer, later = layers(mode, origin, cache_mode, storage, request, tmp_path)
+    callers = {name: Caller(mode, layer) for name, layer in (("slow", slow), ("writer", writer), ("later", later))}
+    path = f"/items/{uuid.uuid4().hex}"
+
+    async def change() -> None:
+        if write == "PUT":
+            assert (await callers["writer"].request("PUT", path)).json() == {"v": 1}
+        else:
+            origin.version += 1
+            writer.invalidate("http://test/items")
+
+    try:
+        if mode == "sync":
+            reading = threading.Thread(target=lambda: callers["slow"].client.get(path))
+            reading.start()
+            assert origin.read.wait(5)
+            await change()
+            origin.written.set()
+            reading.join(5)
+        else:
+            task = asyncio.ensure_future(callers["slow"].get(path))
+            await asyncio.wait_for(origin.read.wait(), 5)
+            await change()
+            origin.written.set()
+            await task
+        assert (await callers["later"].get(path)).json() == {"v": 1}
+        if slow.near is not None:  # the near cache's bound: the write's message must have reached it
+            deadline = time.monotonic() + 2
+            while slow.near_invalidations == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        assert (await callers["slow"].get(path)).json() == {"v": 1}
+        # The cache still caches: the post-write answer is stored and served.
+        again = await callers["later"].get(path)
+        assert again.json() == {"v": 1} and again.extensions["caching"]["from_cache"]
+    finally:
+        for caller in {id(c.transport): c for c in callers.values()}.values():
+            await caller.close()
