@@ -219,7 +219,7 @@ def near_staleness(redis: LocalRedis, quick: bool) -> list[Row]:
 
 
 WRITER_READER = textwrap.dedent("""
-    import sys
+    import random, sys, threading
     import httpx
     from pywats_transport import build_transport
 
@@ -227,6 +227,12 @@ WRITER_READER = textwrap.dedent("""
     stack = build_transport(profile="wats", enable_throttling=False, cache={"storage": "redis", "redis_url": redis_url})
     stale = 0
     with httpx.Client(transport=stack, base_url=url) as client:
+        if role == "busy":  # fetches the items afresh all along (and stores them for the fleet), so that
+            done = threading.Event()  # its fetches are in flight as the writes go through
+            threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+            while not done.is_set():  # in no step with the pairs, which go through the items in turn
+                client.get(f"/items/{random.randrange(10)}", headers={"cache-control": "no-cache"})
+            sys.exit(0)
         for i in range(pairs):
             line = sys.stdin.readline()
             if role == "writer":
@@ -240,7 +246,8 @@ WRITER_READER = textwrap.dedent("""
 
 
 def items_app() -> Starlette:
-    """``/items/{k}``: PUT stores a value, GET answers the last one stored."""
+    """``/items/{k}``: PUT stores a value, GET answers the last one stored, 5 ms after reading it (as a
+    server reads its database, then answers over a network)."""
     values: dict[str, int] = {}
 
     async def item(request: Request) -> JSONResponse:
@@ -248,19 +255,31 @@ def items_app() -> Starlette:
         if request.method == "PUT":
             values[key] = (await request.json())["v"]
             return JSONResponse({"ok": True})
-        return JSONResponse({"v": values.get(key, -1)})
+        value = values.get(key, -1)
+        await asyncio.sleep(0.005)
+        return JSONResponse({"v": value})
 
     return Starlette(routes=[Route("/items/{k}", item, methods=["GET", "PUT"])])
 
 
 def stale_reads(redis: LocalRedis, quick: bool) -> list[Row]:
     pairs = 100 if quick else 1000
+    return [Row(SUITE, f"stale reads in {pairs} write/read pairs across two processes",
+                stale := _stale_reads(redis, pairs, busy=False), "", "= 0", stale == 0),
+            Row(SUITE, "... with a third process fetching the same items afresh all along (in flight across writes)",
+                stale := _stale_reads(redis, pairs, busy=True), "", "= 0", stale == 0)]
+
+
+def _stale_reads(redis: LocalRedis, pairs: int, busy: bool) -> int:
     script = Path(tempfile.mkdtemp()) / "wr.py"
     script.write_text(WRITER_READER)
     with BackgroundServer(items_app()) as server:
-        writer, reader = (subprocess.Popen([sys.executable, str(script), server.url, redis.url, role, str(pairs)],
-                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                          for role in ("writer", "reader"))
+        def start(role: str) -> subprocess.Popen[str]:
+            return subprocess.Popen([sys.executable, str(script), server.url, redis.url, role, str(pairs)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+        busy_reader = start("busy") if busy else None
+        writer, reader = start("writer"), start("reader")
         assert writer.stdin and writer.stdout and reader.stdin and reader.stdout
         for i in range(pairs):
             writer.stdin.write(f"{i}\n")
@@ -270,10 +289,10 @@ def stale_reads(redis: LocalRedis, quick: bool) -> list[Row]:
             reader.stdin.flush()
             reader.stdout.readline()
         stale = int(reader.stdout.readline().split()[1])
-        for proc in (writer, reader):
+        for proc in (writer, reader, *([busy_reader] if busy_reader else [])):
             proc.stdin.close()  # type: ignore[union-attr]
             proc.wait(30)
-    return [Row(SUITE, f"stale reads in {pairs} write/read pairs across two processes", stale, "", "= 0", stale == 0)]
+    return stale
 
 
 THROUGH_OUTAGE = textwrap.dedent("""
