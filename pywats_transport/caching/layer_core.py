@@ -387,8 +387,8 @@ class CacheCore:
     def _written(self, request: httpx.Request, response: httpx.Response) -> httpx.Response:
         """A write went through: drop what it invalidates, and the stores of answers fetched meanwhile, and
         say so on the response."""
-        if self._direct:
-            self.storage.withdraw_under(self.policy.fleet_targets(request, response))
+        if self._direct and self.storage.fetching():  # a fetch that begins from now on reads the written state
+            self.storage.withdraw_under(self.policy.write_targets(request, response))
         n = self._invalidate_keys(self.policy.write_invalidates(request, response))
         response.extensions["caching"] = {**NOT_CACHED, "lookup": "write", "invalidated": n}
         return response

@@ -136,6 +136,10 @@ class _LRUCore:
             if pending is not None and pending[0] is token:
                 del self._pending[key]
 
+    def fetching(self) -> bool:
+        """Whether any answer is being fetched (a token is out)."""
+        return bool(self._pending)
+
     def withdraw_under(self, targets: list[tuple[str | None, str]]) -> None:
         """An invalidation of these (origin, path) prefixes (origin None: any): the answers being fetched
         for URLs under them are not stored, whether their keys were ever stored or not."""
@@ -293,6 +297,9 @@ class _MemoryBase:
 
     def begin(self, key: str, url: Any = None) -> object:
         return self._core.begin(key, url)
+
+    def fetching(self) -> bool:
+        return self._core.fetching()
 
     def withdraw_under(self, targets: list[tuple[str | None, str]]) -> None:
         self._core.withdraw_under(targets)

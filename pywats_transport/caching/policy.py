@@ -192,8 +192,9 @@ class CachePolicy:
             if len(self._index) + len(self._stale) >= self._prune_at:
                 self._prune()
 
-    def fleet_targets(self, request: httpx.Request, response: httpx.Response) -> list[tuple[str | None, str]]:
-        """(origin, path) prefixes a successful write drops in a shared storage, for every process."""
+    def write_targets(self, request: httpx.Request, response: httpx.Response) -> list[tuple[str | None, str]]:
+        """(origin, path) prefixes a successful write drops: in a shared storage for every process, and
+        in any storage the answers being fetched under them."""
         if not self.settings.invalidate_on_write or not 200 <= response.status_code < 300:
             return []
         origin = origin_of(request.url)

@@ -46,7 +46,7 @@ class CacheLayer(CacheCore, Layer):
         if plan.action == "write":
             response = self.inner.handle_request(request)
             if self._shared:  # before the write's answer returns: no process reads the pre-write entry after
-                targets = self.policy.fleet_targets(request, response)
+                targets = self.policy.write_targets(request, response)
                 for origin, path in targets:
                     try:
                         self.storage.invalidate_prefix(origin, path)
@@ -180,7 +180,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         if plan.action == "write":
             response = await self.inner.handle_async_request(request)
             if self._shared:  # before the write's answer returns: no process reads the pre-write entry after
-                targets = self.policy.fleet_targets(request, response)
+                targets = self.policy.write_targets(request, response)
                 for origin, path in targets:
                     try:
                         await self.storage.invalidate_prefix(origin, path)
