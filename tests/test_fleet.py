@@ -313,6 +313,32 @@ async def test_an_entry_this_version_cannot_read_is_a_miss_and_replaced(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_the_path_index_keeps_no_more_than_the_live_keys(mode: str, own_redis: Any) -> None:
+    """Each stored key is indexed under every prefix of its path. The index sets outlived their members'
+    entries for as long as new stores kept them alive, so a fleet looking up ever new URLs (a serial
+    number each) filled Redis with index members that would never be dropped by anything."""
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    brief, lasting = (Caller(mode, cls(httpx.MockTransport(Counter()), mode="ttl", storage="redis",
+                                       redis_url=own_redis.url, ttl=ttl)) for ttl in (0.2, 60.0))
+    admin = sync_client(own_redis.url, 2.0)
+    try:
+        for n in range(300):
+            await brief.get(f"/api/Unit/SN-{n}")
+        time.sleep(0.4)  # every entry has expired
+        for n in range(300, 600):
+            await lasting.get(f"/api/Unit/SN-{n}")
+        root = "pwt:{pwt}:p:http://test/api/Unit"
+        live = sum(1 for _ in admin.scan_iter(match="pwt:{pwt}:e:*"))
+        assert live == 300
+        assert admin.scard(root) < live + 100, admin.scard(root)  # was every key ever stored: 600
+    finally:
+        admin.close()
+        await brief.close()
+        await lasting.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_redis_killed_and_restarted(mode: str, own_redis: Any) -> None:
     redis = own_redis
     server = Counter()

@@ -44,14 +44,32 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return n
 """
 
+# An index set lives as long as its longest-lived member, and each store lengthens it: under a stream
+# of ever new URLs (a serial number each) it would keep every key ever stored. So each script that adds
+# to an index set also looks at a few members at random and removes those with neither an entry nor a
+# lease: the dead members stay a small share of the live ones (about 1 in PRUNE, as each addition takes
+# out PRUNE tries at them), and the sets stay the type they always were.
+PRUNE = 4
+_PRUNE = f"""
+local function prune(set, entry, lease)
+  for _, member in ipairs(redis.call('SRANDMEMBER', set, {PRUNE})) do
+    if redis.call('EXISTS', entry .. member, lease .. member) == 0 then
+      redis.call('SREM', set, member)
+    end
+  end
+end
+"""
+
 # KEYS[1]: a key's lease hash. ARGV[1]: the lease token, ARGV[2]: how long it holds (ms), ARGV[3]: the
-# cache key, ARGV[4..]: the index sets of the URL's prefixes, where a write's invalidation finds the key
-# even before anything is stored under it. An index set's expiry is only ever lengthened.
-TAKE_LEASE = """
+# cache key, ARGV[4], ARGV[5]: the entry and lease key prefixes, ARGV[6..]: the index sets of the URL's
+# prefixes, where a write's invalidation finds the key even before anything is stored under it. An
+# index set's expiry is only ever lengthened.
+TAKE_LEASE = _PRUNE + """
 redis.call('HSET', KEYS[1], ARGV[1], 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-for i = 4, #ARGV do
+for i = 6, #ARGV do
   local ttl = redis.call('PTTL', ARGV[i])
+  prune(ARGV[i], ARGV[4], ARGV[5])
   redis.call('SADD', ARGV[i], ARGV[3])
   if ttl == -2 then
     redis.call('PEXPIRE', ARGV[i], ARGV[2])
@@ -64,10 +82,11 @@ return 1
 
 # KEYS[1]: the entry hash. ARGV[1]: the lease hash ('' for a store without a lease), ARGV[2]: the lease
 # token, ARGV[3]: the entry id, ARGV[4]: the framed entry, ARGV[5]: the owner key, ARGV[6]: the cache key,
-# ARGV[7]: how long Redis keeps it (ms; '' for ever), ARGV[8..]: the index sets of the URL's prefixes.
+# ARGV[7]: how long Redis keeps it (ms; '' for ever), ARGV[8], ARGV[9]: the entry and lease key prefixes,
+# ARGV[10..]: the index sets of the URL's prefixes.
 # Stores nothing (returns 0) once the lease is gone: a write invalidated the key since the fetch began.
 # Expiries are only ever lengthened, so a short-lived variant never shortens a longer one.
-SAVE = """
+SAVE = _PRUNE + """
 if ARGV[1] ~= '' and redis.call('HDEL', ARGV[1], ARGV[2]) == 0 then
   return 0
 end
@@ -78,7 +97,8 @@ else
   redis.call('SET', ARGV[5], ARGV[6])
 end
 local names = {KEYS[1]}
-for i = 8, #ARGV do
+for i = 10, #ARGV do
+  prune(ARGV[i], ARGV[8], ARGV[9])
   redis.call('SADD', ARGV[i], ARGV[6])
   names[#names + 1] = ARGV[i]
 end

@@ -94,7 +94,7 @@ def _lease_of(key: str) -> tuple[bool, str | None]:
 
 def _save_args(key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None, lease: str | None) -> tuple[Any, ...]:
     return (SAVE, 1, ENTRY + key, LEASE + key if lease else "", lease or "", entry_id, data, OWNER + entry_id, key,
-            "" if ttl_ms is None else ttl_ms, *prefixes(url))
+            "" if ttl_ms is None else ttl_ms, ENTRY, LEASE, *prefixes(url))
 
 
 def _current(key: str) -> Lookup | None:
@@ -224,7 +224,7 @@ class _Base:
             ttl + lookup.keep_stale if ttl is not None else None), lease
 
     def _lease_args(self, key: str, url: str, token: str) -> tuple[Any, ...]:
-        return TAKE_LEASE, 1, LEASE + key, token, self.lock_ms, key, *prefixes(url)
+        return TAKE_LEASE, 1, LEASE + key, token, self.lock_ms, key, ENTRY, LEASE, *prefixes(url)
 
     def _saved(self, result: Any) -> bool:
         stored = bool(int(result))
