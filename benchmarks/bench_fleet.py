@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pywats_transport._server import BackgroundServer
-from pywats_transport.caching.redis_store import ENTRY
+from pywats_transport.caching.redis_keys import ENTRY
 from pywats_transport.fleet_demo import LocalRedis
 from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
 

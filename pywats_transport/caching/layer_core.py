@@ -22,7 +22,8 @@ from .memory import AsyncMemoryStorage, MemoryStorage, Record
 from .near_invalidation import NearInvalidation
 from .policy import EXTENSION, CachePolicy, Plan, split_prefix
 from .redis_connect import sync_client
-from .redis_store import AsyncRedisStore, Lookup, RedisStore
+from .redis_fetch import Lookup
+from .redis_store import AsyncRedisStore, RedisStore
 from .storages import make_storage
 
 NOT_CACHED = {"from_cache": False, "revalidated": False, "stored": False}

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .redis_store import CHANNEL
+from .redis_keys import CHANNEL
 
 
 class NearInvalidation:

@@ -24,14 +24,14 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
-from contextvars import ContextVar
 from functools import partial
 from typing import Any
 
 from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Response
 
-from .freshness import StoreDecision, Vary
+from .freshness import Vary
 from .memory import Record
+from .redis_fetch import LEASES, current, lease_of
 from .redis_frame import Unreadable, choose, frame, framed, record_of, reframed, unframe, variant_id
 from .redis_guard import Guard, log
 from .redis_keys import (
@@ -51,55 +51,12 @@ from .redis_keys import (
     prefixes,
 )
 
-__all__ = ["CHANNEL", "ENTRY", "LOOKUP", "TAG", "AsyncRedisStore", "Lookup", "RedisStore"]
-
 POLL = 0.01  # seconds between looks while another process fetches
-
-
-class Lookup:
-    """What the layer's lookup of one request (ttl mode) tells the storage underneath hishel's miss path.
-
-    ``looked``: the layer read the key and found no usable variant, so the storage need not read it
-    again; ``usable`` filters what a wait for another process's fetch finds; ``decide`` says whether
-    and how the fetched response is stored (``no-store``, ``Vary``), which hishel's plain mode does not.
-    """
-
-    __slots__ = ("key", "looked", "usable", "decide", "stored", "keep_stale")
-
-    def __init__(self, key: str, usable: Callable[[Record], bool],
-                 decide: Callable[[Request, Response], StoreDecision], *, looked: bool = True,
-                 keep_stale: float = 0.0) -> None:
-        self.key, self.usable, self.decide = key, usable, decide
-        self.looked = looked
-        #: seconds an entry is kept past its freshness (the stale windows)
-        self.keep_stale = keep_stale
-        self.stored = True
-
-
-#: the lookup in progress in this thread or task
-LOOKUP: ContextVar[Lookup | None] = ContextVar("pywats_transport_redis_lookup", default=None)
-
-
-#: the leases of the fetches in progress in this thread or task, taken as each goes to the origin: cache
-#: key -> lease token (None: Redis failed to give one, and the answer is not stored). Without it (the
-#: store used outside the layer) stores are unconditional.
-LEASES: ContextVar[dict[str, str | None] | None] = ContextVar("pywats_transport_redis_leases", default=None)
-
-
-def _lease_of(key: str) -> tuple[bool, str | None]:
-    """Whether a store for ``key`` needs a lease, and the lease."""
-    leases = LEASES.get()
-    return (False, None) if leases is None else (True, leases.get(key))
 
 
 def _save_args(key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None, lease: str | None) -> tuple[Any, ...]:
     return (SAVE, 1, ENTRY + key, LEASE + key if lease else "", lease or "", entry_id, data, OWNER + entry_id, key,
             "" if ttl_ms is None else ttl_ms, ENTRY, LEASE, *prefixes(url))
-
-
-def _current(key: str) -> Lookup | None:
-    lookup = LOOKUP.get()
-    return lookup if lookup is not None and lookup.key == key else None
 
 
 class _Base:
@@ -132,7 +89,7 @@ class _Base:
 
     def _filtered(self, key: str, found: dict[bytes, bytes]) -> dict[bytes, bytes]:
         """What a wait for another process's fetch found, as far as the lookup in progress can use it."""
-        lookup = _current(key)
+        lookup = current(key)
         if lookup is None or not found:
             return found
         usable = {}
@@ -205,8 +162,8 @@ class _Base:
                  ) -> tuple[str | None, dict[str, Any], int | None, str | None]:
         """The field a new entry goes to, its frame's extras, how long Redis keeps it and the fetch's lease;
         no field: the response is not stored."""
-        lookup = _current(key)
-        leased, lease = _lease_of(key)
+        lookup = current(key)
+        leased, lease = lease_of(key)
         if leased and lease is None:  # Redis gave no lease: a write meanwhile could not withdraw the store
             if lookup is not None:
                 lookup.stored = False
@@ -233,7 +190,7 @@ class _Base:
         return stored
 
     def _update_args(self, key: str, entry_id: str, data: bytes) -> tuple[Any, ...]:
-        _, lease = _lease_of(key)
+        _, lease = lease_of(key)
         return UPDATE, 1, ENTRY + key, LEASE + key if lease else "", lease or "", entry_id, data
 
     def _put_args(self, key: str, method: str, url: str, status: int, raw_headers: list[tuple[bytes, bytes]],
@@ -286,7 +243,7 @@ class RedisStore(_Base, BaseStorage):
         return self._choose(key, self._call(lambda: self.reader().hgetall(ENTRY + key)), method, headers)
 
     def get_entries(self, key: str) -> list[Entry]:
-        lookup = _current(key)
+        lookup = current(key)
         found = {} if lookup is not None and lookup.looked else self._call(lambda: self.client.hgetall(ENTRY + key))
         if not found and self.flight_timeout > 0:
             found = self._follow_or_lead(key)
@@ -458,7 +415,7 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         return self._choose(key, await self._call(lambda: self.reader().hgetall(ENTRY + key)), method, headers)
 
     async def get_entries(self, key: str) -> list[Entry]:
-        lookup = _current(key)
+        lookup = current(key)
         found = {} if lookup is not None and lookup.looked else await self._call(
             lambda: self.client.hgetall(ENTRY + key))
         if not found and self.flight_timeout > 0:

@@ -17,7 +17,7 @@ from ..caching.coalesce import Flights
 from ..caching.layer_core import CacheCore, FromInner, validating
 from ..caching.memory import Record
 from ..caching.policy import Plan
-from ..caching.redis_store import LEASES, LOOKUP
+from ..caching.redis_fetch import LEASES, LOOKUP
 from ..config import CacheSettings
 from ..hookspecs import LayerSpec, hookimpl
 from ..layer import CLOSED_MESSAGE, AsyncLayer, Layer

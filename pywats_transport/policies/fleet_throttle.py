@@ -21,7 +21,7 @@ from typing import Any
 from pyrate_limiter import GCRA, Decision, Rate, RedisStateStore
 
 from ..caching.redis_guard import Guard
-from ..caching.redis_store import TAG
+from ..caching.redis_keys import TAG
 from .throttle import SLOWDOWN
 
 HOLD = f"pwt:{TAG}:hold:"  # + host -> set while the fleet must not send to the host
