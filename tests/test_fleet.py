@@ -313,6 +313,34 @@ async def test_an_entry_this_version_cannot_read_is_a_miss_and_replaced(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
+async def test_a_body_over_the_bound_is_answered_but_not_stored(mode: str, cache_mode: str, redis_url: str) -> None:
+    """The memory storage keeps no body over 10 MiB; the Redis store kept any, buffered whole in the
+    station's memory first, then sent to Redis, and to every station on each hit."""
+    big = b"x" * (10 * 1024 * 1024 + 1)
+    fetched: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        fetched.append(request.url.path)
+        body = big if request.url.path.endswith("/big") else b"small"
+        return httpx.Response(200, content=body, headers={"cache-control": "max-age=60"})
+
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    layer = cls(httpx.MockTransport(handler), mode=cache_mode, storage="redis", redis_url=redis_url, ttl=60)
+    caller = Caller(mode, layer)
+    base = f"/bound/{uuid.uuid4().hex}"
+    try:
+        for _ in range(2):
+            answer = await caller.get(base + "/big")
+            assert answer.status_code == 200 and answer.content == big
+            assert (await caller.get(base + "/small")).content == b"small"
+        assert fetched.count(base + "/big") == 2 and fetched.count(base + "/small") == 1
+    finally:
+        await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_the_path_index_keeps_no_more_than_the_live_keys(mode: str, own_redis: Any) -> None:
     """Each stored key is indexed under every prefix of its path. The index sets outlived their members'
     entries for as long as new stores kept them alive, so a fleet looking up ever new URLs (a serial

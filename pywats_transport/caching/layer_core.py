@@ -18,7 +18,7 @@ from ..layer import layer_settings
 from .coalesce import Flight, Flights, SaveWhenRead
 from .freshness import conditional_headers, merge_not_modified
 from .health import FAILURES
-from .memory import AsyncMemoryStorage, MemoryStorage, Record
+from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage, Record
 from .near_invalidation import NearInvalidation
 from .policy import EXTENSION, CachePolicy, Plan, split_prefix
 from .redis_connect import sync_client
@@ -169,7 +169,7 @@ class CacheCore:
 
     def _fleet_put(self, plan: Plan, request: httpx.Request, response: httpx.Response) -> dict[str, Any] | None:
         """What a background refresh stores in Redis: the arguments of the storage's ``put``, or None."""
-        if response.status_code >= 500:
+        if response.status_code >= 500 or len(response.content) > MAX_BODY:
             return None
         decision = self.policy.decide(request, response)
         if not decision.store:

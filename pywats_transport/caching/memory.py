@@ -28,6 +28,8 @@ RecordId = uuid.UUID | int | str
 _NOT_KEPT = frozenset({b"transfer-encoding", b"age"})
 #: fetches in flight whose store is still awaited, at most (one token per key)
 _MAX_PENDING = 10_000
+#: the largest body a cache stores (a bigger one is answered, not kept: a download, not a lookup)
+MAX_BODY = 10 * 1024 * 1024
 _direct_ids = itertools.count(1)
 
 
@@ -270,7 +272,7 @@ class _MemoryBase:
         max_entries: int = 1000,
         default_ttl: float | None = None,
         default_tti: float | None = None,
-        max_stream_size: int | None = 10 * 1024 * 1024,
+        max_stream_size: int | None = MAX_BODY,
         clock: Clock = time.time,
     ) -> None:
         self.default_ttl = default_ttl

@@ -30,7 +30,7 @@ from typing import Any
 from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Response
 
 from .freshness import Vary
-from .memory import Record
+from .memory import MAX_BODY, Record
 from .redis_fetch import LEASES, current, lease_of
 from .redis_frame import Unreadable, choose, frame, framed, record_of, reframed, unframe, variant_id
 from .redis_guard import Guard, log
@@ -52,6 +52,25 @@ from .redis_keys import (
 )
 
 POLL = 0.01  # seconds between looks while another process fetches
+
+
+class _Kept:
+    """A body read through to the caller, kept for the store while it fits ``MAX_BODY``: a bigger one
+    would be held whole in the station's memory, then sent to Redis and to every station on each hit."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] | None = []
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.chunks is not None:
+            if self.size > MAX_BODY:
+                self.chunks = None
+            else:
+                self.chunks.append(chunk)
 
 
 def _save_args(key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None, lease: str | None) -> tuple[Any, ...]:
@@ -298,12 +317,12 @@ class RedisStore(_Base, BaseStorage):
 
         def saving() -> Iterator[bytes]:
             try:
-                chunks = []
+                kept = _Kept()
                 for chunk in source:  # type: ignore[union-attr]
-                    chunks.append(chunk)
+                    kept.add(chunk)
                     yield chunk
-                if field is not None:
-                    data = frame(request, response.status_code, response.headers, b"".join(chunks), time.time(),
+                if field is not None and kept.chunks is not None:
+                    data = frame(request, response.status_code, response.headers, b"".join(kept.chunks), time.time(),
                                  **extras)
                     try:
                         self._call(lambda: self._save(key, field, data, request.url, ttl_ms, lease))
@@ -468,13 +487,13 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
 
         async def saving() -> AsyncIterator[bytes]:
             try:
-                chunks = []
+                kept = _Kept()
                 if source is not None:
                     async for chunk in source:  # type: ignore[union-attr]
-                        chunks.append(chunk)
+                        kept.add(chunk)
                         yield chunk
-                if field is not None:
-                    data = frame(request, response.status_code, response.headers, b"".join(chunks), time.time(),
+                if field is not None and kept.chunks is not None:
+                    data = frame(request, response.status_code, response.headers, b"".join(kept.chunks), time.time(),
                                  **extras)
                     try:
                         await self._call(lambda: self._save(key, field, data, request.url, ttl_ms, lease))
