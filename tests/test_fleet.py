@@ -89,16 +89,19 @@ def test_a_write_by_one_process_is_seen_by_every_other(tmp_path: Path, mode: str
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_invalidate_and_clear_reach_entries_other_layers_stored(mode: str, fleet_url: str) -> None:
+@pytest.mark.parametrize("prefix", ["url", "path"])
+async def test_invalidate_and_clear_reach_entries_other_layers_stored(mode: str, prefix: str, fleet_url: str) -> None:
+    """``prefix``: a full URL, or a path, under every origin (the async layer dropped nothing for a path)."""
     cls = CacheLayer if mode == "sync" else AsyncCacheLayer
     server = Counter()
     one = Caller(mode, cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=fleet_url))
     other = cls(httpx.MockTransport(server), mode="ttl", storage="redis", redis_url=fleet_url)
-    base = f"/fleet/{mode}"
+    base = f"/fleet/{mode}/{uuid.uuid4().hex}"
     for i in range(3):
         await one.get(f"{base}/items/{i}")
     await one.get(f"{base}/other")
-    assert other.invalidate(f"http://test{base}/items") == 3  # a layer that stored nothing itself
+    # a layer that stored nothing itself
+    assert other.invalidate(f"http://test{base}/items" if prefix == "url" else f"{base}/items") == 3
     assert not (await one.get(f"{base}/items/1")).extensions["caching"]["from_cache"]
     assert (await one.get(f"{base}/other")).extensions["caching"]["from_cache"]
     assert other.clear() > 0

@@ -418,7 +418,7 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
     def invalidate_now(self, origin: str | None, path: str) -> int:
         if self._sync is None:
             raise RuntimeError("this AsyncRedisStore has no sync_client for invalidation outside the event loop")
-        return self._sync.invalidate_prefix(origin, path)
+        return self._sync.invalidate_now(origin, path)
 
     def clear_now(self) -> int:
         if self._sync is None:
