@@ -59,8 +59,9 @@ def layers(mode: str, origin: RaceOrigin, cache_mode: str, storage: str, request
     options: dict[str, Any] = {"mode": cache_mode, "ttl": 300}
     if storage == "sqlite":
         options.update(storage="sqlite", sqlite_path=str(tmp_path / "cache.db"))
-    elif storage in ("redis", "near"):
-        options.update(storage="redis", redis_url=request.getfixturevalue("redis_url"), near_cache=storage == "near")
+    elif storage in ("redis", "near", "cluster"):
+        url = request.getfixturevalue("redis_cluster_url" if storage == "cluster" else "redis_url")
+        options.update(storage="redis", redis_url=url, near_cache=storage == "near")
     if storage in ("memory", "sqlite"):
         layer = cls(httpx.MockTransport(handler), **options)
         return layer, layer, layer
@@ -71,8 +72,8 @@ def layers(mode: str, origin: RaceOrigin, cache_mode: str, storage: str, request
 @pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("write", ["PUT", "invalidate"])
 @pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
-@pytest.mark.parametrize("storage", ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis),
-                                     pytest.param("near", marks=pytest.mark.redis)])
+@pytest.mark.parametrize("storage", ["memory", "sqlite", *(pytest.param(s, marks=pytest.mark.redis)
+                                                         for s in ("redis", "near", "cluster"))])
 async def test_a_lookup_in_flight_during_a_write_does_not_store_its_pre_write_answer(
         mode: str, write: str, cache_mode: str, storage: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """``write``: through the layer, or elsewhere and then ``invalidate(prefix)``, which must withdraw the
