@@ -826,7 +826,6 @@ async def test_tls_to_redis_with_the_ca_as_a_url_option(mode: str, redis_binary:
     all connect with the CA given in the URL; without it the certificate is refused, not trusted."""
     import trustme
 
-
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))

@@ -303,9 +303,6 @@ class CacheCore:
             try:
                 body = response.content  # read below this layer: what is left is the decoded body
             except httpx.ResponseNotRead:
-                if token is None:
-                    token = storage.begin(key)  # dropping the key while the body streams withdraws the save
-
                 def save(body: bytes) -> None:
                     storage.store(key, method, url, status, raw, body, ttl, vary=vary, token=token,
                                   fresh_for=fresh_for, age=age, stale_if_error=sie, stale_while_revalidate=swr)
@@ -505,8 +502,6 @@ class CacheCore:
             return
         fresh = min(decision.fresh_for if decision.fresh_for is not None else near_ttl, near_ttl)
         method, url, raw, status = request.method, str(request.url), list(response.headers.raw), response.status_code
-        if token is None:
-            token = near.begin(key)
 
         def save(body: bytes) -> None:
             near.store(key, method, url, status, raw, body, near_ttl, vary=decision.vary, token=token, fresh_for=fresh)

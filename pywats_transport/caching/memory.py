@@ -370,27 +370,41 @@ class _MemoryBase:
                       record.request, Response(record.status_code, record.hishel_headers(), stream))
 
 
+class Kept:
+    """A body read through to its caller, kept while it fits ``limit`` bytes (None: any size): a bigger
+    one is a download, not a lookup, and is answered without being held for the cache."""
+
+    __slots__ = ("chunks", "size", "limit")
+
+    def __init__(self, limit: int | None = MAX_BODY) -> None:
+        self.chunks: list[bytes] | None = []
+        self.size, self.limit = 0, limit
+
+    def add(self, chunk: bytes) -> None:
+        if self.chunks is not None:
+            self.size += len(chunk)
+            if self.limit is not None and self.size > self.limit:
+                self.chunks = None
+            else:
+                self.chunks.append(chunk)
+
+
 class _Body:
     """A body being read through: kept while it fits ``max_stream_size``, stored once complete."""
 
-    __slots__ = ("storage", "record", "chunks", "size", "keep", "token")
+    __slots__ = ("storage", "record", "kept", "token")
 
     def __init__(self, storage: _MemoryBase, record: Record) -> None:
         self.storage, self.record = storage, record
-        self.chunks: list[bytes] = []
-        self.size, self.keep = 0, True
+        self.kept = Kept(storage.max_stream_size)
         self.token = storage.begin(record.key)
 
     def add(self, chunk: bytes) -> None:
-        if self.keep:
-            self.size += len(chunk)
-            self.keep = not self.storage._too_big(self.size)
-            if self.keep:
-                self.chunks.append(chunk)
+        self.kept.add(chunk)
 
     def complete(self) -> None:
-        if self.keep:
-            self.storage._saved(self.record, self.chunks, self.token)
+        if self.kept.chunks is not None:
+            self.storage._saved(self.record, self.kept.chunks, self.token)
         else:
             self.storage.abandon(self.record.key, self.token)
 

@@ -30,7 +30,7 @@ from typing import Any
 from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Response
 
 from .freshness import Vary
-from .memory import MAX_BODY, Record
+from .memory import Kept, Record
 from .redis_fetch import LEASES, current, lease_of
 from .redis_frame import Unreadable, choose, frame, framed, record_of, reframed, unframe, variant_id
 from .redis_guard import Guard, log
@@ -52,25 +52,6 @@ from .redis_keys import (
 )
 
 POLL = 0.01  # seconds between looks while another process fetches
-
-
-class _Kept:
-    """A body read through to the caller, kept for the store while it fits ``MAX_BODY``: a bigger one
-    would be held whole in the station's memory, then sent to Redis and to every station on each hit."""
-
-    __slots__ = ("chunks", "size")
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] | None = []
-        self.size = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.chunks is not None:
-            if self.size > MAX_BODY:
-                self.chunks = None
-            else:
-                self.chunks.append(chunk)
 
 
 def _save_args(key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None, lease: str | None) -> tuple[Any, ...]:
@@ -317,7 +298,7 @@ class RedisStore(_Base, BaseStorage):
 
         def saving() -> Iterator[bytes]:
             try:
-                kept = _Kept()
+                kept = Kept()
                 for chunk in source:  # type: ignore[union-attr]
                     kept.add(chunk)
                     yield chunk
@@ -487,7 +468,7 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
 
         async def saving() -> AsyncIterator[bytes]:
             try:
-                kept = _Kept()
+                kept = Kept()
                 if source is not None:
                     async for chunk in source:  # type: ignore[union-attr]
                         kept.add(chunk)
