@@ -1,6 +1,6 @@
 """What the cache layer tells the Redis store about the request in progress, in context variables that
-hishel's storage interface has no room for: the layer's own lookup (ttl mode), and the leases its
-fetches took before asking the origin."""
+hishel's storage interface has no room for: the layer's own lookup (ttl mode), the request's URL, and the
+leases its fetches took before asking the origin."""
 
 from __future__ import annotations
 
@@ -37,10 +37,22 @@ class Lookup:
 LOOKUP: ContextVar[Lookup | None] = ContextVar("pywats_transport_redis_lookup", default=None)
 
 
-#: the leases of the fetches in progress in this thread or task, taken as each goes to the origin: cache
-#: key -> lease token (None: Redis failed to give one, and the answer is not stored). Without it (the
-#: store used outside the layer) stores are unconditional.
-LEASES: ContextVar[dict[str, str | None] | None] = ContextVar("pywats_transport_redis_leases", default=None)
+class Fetches:
+    """The layer's request in progress on Redis: its cache key and URL (a read checks that the key is still
+    listed under every prefix of the URL's path, :data:`.redis_keys.LOOK`), and the leases its fetches took
+    as each went to the origin: cache key -> lease token (None: Redis gave none, and the answer is not
+    stored)."""
+
+    __slots__ = ("key", "url", "leases")
+
+    def __init__(self, key: str, url: str) -> None:
+        self.key, self.url = key, url
+        self.leases: dict[str, str | None] = {}
+
+
+#: the request the layer is serving in this thread or task on a shared storage. Without it (the store used
+#: outside the layer) reads are not checked against the index and stores are unconditional.
+FETCHES: ContextVar[Fetches | None] = ContextVar("pywats_transport_redis_fetches", default=None)
 
 
 def current(key: str) -> Lookup | None:
@@ -49,7 +61,13 @@ def current(key: str) -> Lookup | None:
     return lookup if lookup is not None and lookup.key == key else None
 
 
+def url_of(key: str) -> str | None:
+    """The URL of the request the layer is serving under ``key``, when it is."""
+    fetches = FETCHES.get()
+    return fetches.url if fetches is not None and fetches.key == key else None
+
+
 def lease_of(key: str) -> tuple[bool, str | None]:
     """Whether a store for ``key`` needs a lease, and the lease."""
-    leases = LEASES.get()
-    return (False, None) if leases is None else (True, leases.get(key))
+    fetches = FETCHES.get()
+    return (False, None) if fetches is None else (True, fetches.leases.get(key))

@@ -7,10 +7,17 @@ A fetch holds a *lease* on its cache key from before it goes to the origin until
 A write's invalidation deletes the leases of the keys it drops, and a store whose lease is gone stores
 nothing: an answer fetched before a write is never stored after that write's invalidation, in any
 process (the leases of memcache at Facebook, "Scaling Memcache at Facebook", NSDI 2013).
+
+A write finds the entries and leases to drop through the index: a set per path prefix naming the keys
+stored under it. Redis may evict an index set and keep the entries it named (``allkeys-lru`` picks the
+set nobody reads over the entry everybody does), and a write would then drop nothing. So an entry counts
+only while every index set of its URL names its key: a read that finds it unlisted misses, the next
+lease or store deletes it, and a fetch whose key went unlisted meanwhile stores nothing.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 TAG = "{pwt}"
@@ -60,11 +67,38 @@ local function prune(set, entry, lease)
 end
 """
 
+# Whether every index set ARGV[first..] names the cache key ``key``.
+_LISTED = """
+local function listed(key, first)
+  for i = first, #ARGV do
+    if redis.call('SISMEMBER', ARGV[i], key) == 0 then
+      return false
+    end
+  end
+  return true
+end
+"""
+
+# KEYS[1]: the entry hash. ARGV[1]: the cache key, ARGV[2..]: the index sets of the URL's prefixes.
+# A lookup: the key's entries, or none if an index set no longer names the key (Redis evicted it), as a
+# write may since have dropped the path and missed them. Read-only: the lease that follows the miss
+# deletes them.
+LOOK = _LISTED + """
+local found = redis.call('HGETALL', KEYS[1])
+if #found > 0 and not listed(ARGV[1], 2) then
+  return {}
+end
+return found
+"""
+
 # KEYS[1]: a key's lease hash. ARGV[1]: the lease token, ARGV[2]: how long it holds (ms), ARGV[3]: the
 # cache key, ARGV[4], ARGV[5]: the entry and lease key prefixes, ARGV[6..]: the index sets of the URL's
 # prefixes, where a write's invalidation finds the key even before anything is stored under it. An
-# index set's expiry is only ever lengthened.
-TAKE_LEASE = _PRUNE + """
+# index set's expiry is only ever lengthened. Entries an index set no longer names (see LOOK) go first.
+TAKE_LEASE = _PRUNE + _LISTED + """
+if not listed(ARGV[3], 6) then
+  redis.call('DEL', ARGV[4] .. ARGV[3])
+end
 redis.call('HSET', KEYS[1], ARGV[1], 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 for i = 6, #ARGV do
@@ -84,9 +118,17 @@ return 1
 # token, ARGV[3]: the entry id, ARGV[4]: the framed entry, ARGV[5]: the owner key, ARGV[6]: the cache key,
 # ARGV[7]: how long Redis keeps it (ms; '' for ever), ARGV[8], ARGV[9]: the entry and lease key prefixes,
 # ARGV[10..]: the index sets of the URL's prefixes.
-# Stores nothing (returns 0) once the lease is gone: a write invalidated the key since the fetch began.
+# Stores nothing (returns 0) once the lease is gone: a write invalidated the key since the fetch began;
+# nor once an index set no longer names the key (see LOOK), as a write may then have missed the lease.
 # Expiries are only ever lengthened, so a short-lived variant never shortens a longer one.
-SAVE = _PRUNE + """
+SAVE = _PRUNE + _LISTED + """
+if not listed(ARGV[6], 10) then
+  redis.call('DEL', KEYS[1])
+  if ARGV[1] ~= '' then
+    redis.call('HDEL', ARGV[1], ARGV[2])
+    return 0
+  end
+end
 if ARGV[1] ~= '' and redis.call('HDEL', ARGV[1], ARGV[2]) == 0 then
   return 0
 end
@@ -128,12 +170,14 @@ return 1
 """
 
 
-def prefixes(url: str) -> list[str]:
-    """Index names for a URL: its origin with each prefix of its path, outermost first."""
+@lru_cache(maxsize=4096)
+def prefixes(url: str) -> tuple[str, ...]:
+    """Index names for a URL: its origin with each prefix of its path, outermost first (each hit needs
+    them, hence the cache)."""
     parts = urlsplit(url)
     origin = f"{parts.scheme}://{parts.netloc}".lower()
     segments = [s for s in parts.path.split("/") if s]
-    return [INDEX + origin + "/" + "/".join(segments[:i]) for i in range(len(segments) + 1)]
+    return tuple(INDEX + origin + "/" + "/".join(segments[:i]) for i in range(len(segments) + 1))
 
 
 def index_name(origin: str | None, path: str) -> str:

@@ -1,7 +1,8 @@
 """A Redis storage of ours for hishel (sync and async): the fleet's shared cache.
 
-- One round trip per lookup: a cache key's entries (its variants) are one Redis hash, read with
-  ``HGETALL``; an entry is one value (status, headers and body framed together); the expiry is on the key.
+- One round trip per lookup: a cache key's entries (its variants) are one Redis hash, read by a script
+  that also checks the index still names the key (:data:`.redis_keys.LOOK`); an entry is one value
+  (status, headers and body framed together); the expiry is on the key.
 - Fleet-wide single flight: a process that misses takes a lock on the key (``SET NX PX``) and fetches;
   one that misses while the lock is held waits for the entry (or the lock's end, or ``flight_timeout``)
   instead of fetching too, so the server sees one request per URL per TTL across the fleet. A
@@ -31,7 +32,7 @@ from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Respo
 
 from .freshness import Vary
 from .memory import Kept, Record
-from .redis_fetch import LEASES, current, lease_of
+from .redis_fetch import FETCHES, current, lease_of, url_of
 from .redis_frame import Unreadable, choose, frame, framed, record_of, reframed, unframe, variant_id
 from .redis_guard import Guard, log
 from .redis_keys import (
@@ -41,6 +42,7 @@ from .redis_keys import (
     INDEX,
     LEASE,
     LOCK,
+    LOOK,
     OWNER,
     RELEASE,
     SAVE,
@@ -52,6 +54,13 @@ from .redis_keys import (
 )
 
 POLL = 0.01  # seconds between looks while another process fetches
+
+#: a key's entries as Redis answers them: ``HGETALL``'s mapping, or the flat list of a script
+Found = dict[bytes, bytes] | list[bytes]
+
+
+def _fields(found: Found) -> dict[bytes, bytes]:
+    return found if isinstance(found, dict) else dict(zip(found[::2], found[1::2], strict=True))
 
 
 def _save_args(key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None, lease: str | None) -> tuple[Any, ...]:
@@ -87,8 +96,9 @@ class _Base:
             log.warning("Redis holds cache entries this version cannot read (%s): corrupt, or written by another "
                         "version of the format; each is taken for a miss and replaced by the next fetch", exc)
 
-    def _filtered(self, key: str, found: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    def _filtered(self, key: str, found: Found) -> dict[bytes, bytes]:
         """What a wait for another process's fetch found, as far as the lookup in progress can use it."""
+        found = _fields(found)
         lookup = current(key)
         if lookup is None or not found:
             return found
@@ -101,12 +111,12 @@ class _Base:
                 self._skip(exc)
         return usable
 
-    def _choose(self, key: str, found: dict[bytes, bytes], method: str, headers: Any) -> Record | None:
-        return choose(key, found, method, headers, self._skip)
+    def _choose(self, key: str, found: Found, method: str, headers: Any) -> Record | None:
+        return choose(key, _fields(found), method, headers, self._skip)
 
-    def _entries(self, found: dict[bytes, bytes], stream: Callable[[bytes], Any]) -> list[Entry]:
+    def _entries(self, found: Found, stream: Callable[[bytes], Any]) -> list[Entry]:
         entries = []
-        for entry_id, data in found.items():
+        for entry_id, data in _fields(found).items():
             try:
                 entries.append(self._entry(entry_id, data, stream))
             except Unreadable as exc:
@@ -147,7 +157,15 @@ class _Base:
         if op == "lock":
             key, token = arg
             return self.client.set(LOCK + key, token, nx=True, px=self.lock_ms)
-        return self.client.hgetall(ENTRY + arg)
+        return self._look(self.client, arg, url_of(arg))
+
+    @staticmethod
+    def _look(client: Any, key: str, url: str | None) -> Any:
+        """A key's entries, as far as the index still names the key (without the URL, the layer's request,
+        as they are)."""
+        if url is None:
+            return client.hgetall(ENTRY + key)
+        return client.eval(LOOK, 1, ENTRY + key, key, *prefixes(url))
 
     def reader(self) -> Any:
         if self._reader is None:
@@ -238,13 +256,15 @@ class RedisStore(_Base, BaseStorage):
         with self.guard.calling():
             return fn()
 
-    def find(self, key: str, method: str, headers: Any) -> Record | None:
-        """The layer's lookup (ttl mode): one round trip, the variant chosen by method and ``Vary``."""
-        return self._choose(key, self._call(lambda: self.reader().hgetall(ENTRY + key)), method, headers)
+    def find(self, key: str, method: str, headers: Any, url: str | None = None) -> Record | None:
+        """The layer's lookup (ttl mode) of the request for ``url``: one round trip, the variant chosen by
+        method and ``Vary``."""
+        return self._choose(key, self._call(lambda: self._look(self.reader(), key, url)), method, headers)
 
     def get_entries(self, key: str) -> list[Entry]:
         lookup = current(key)
-        found = {} if lookup is not None and lookup.looked else self._call(lambda: self.client.hgetall(ENTRY + key))
+        found = {} if lookup is not None and lookup.looked else self._call(
+            lambda: self._look(self.client, key, url_of(key)))
         if not found and self.flight_timeout > 0:
             found = self._follow_or_lead(key)
         return self._entries(found, _iter)
@@ -286,10 +306,10 @@ class RedisStore(_Base, BaseStorage):
         return token
 
     def lease(self, key: str, url: str) -> None:
-        """Take the lease of the layer's fetch in progress (see :data:`LEASES`)."""
-        leases = LEASES.get()
-        if leases is not None:
-            leases[key] = self.take_lease(key, url)
+        """Take the lease of the layer's fetch in progress (see :data:`.redis_fetch.FETCHES`)."""
+        fetches = FETCHES.get()
+        if fetches is not None:
+            fetches.leases[key] = self.take_lease(key, url)
 
     def create_entry(self, request: Request, response: Response, key: str, *, ttl: float | None = None,
                      tti: float | None = None) -> Entry:
@@ -410,14 +430,14 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         with self.guard.calling():
             return await fn()
 
-    async def find(self, key: str, method: str, headers: Any) -> Record | None:
-        """The layer's lookup (ttl mode): one round trip, the variant chosen by method and ``Vary``."""
-        return self._choose(key, await self._call(lambda: self.reader().hgetall(ENTRY + key)), method, headers)
+    async def find(self, key: str, method: str, headers: Any, url: str | None = None) -> Record | None:
+        """As the sync store's."""
+        return self._choose(key, await self._call(lambda: self._look(self.reader(), key, url)), method, headers)
 
     async def get_entries(self, key: str) -> list[Entry]:
         lookup = current(key)
         found = {} if lookup is not None and lookup.looked else await self._call(
-            lambda: self.client.hgetall(ENTRY + key))
+            lambda: self._look(self.client, key, url_of(key)))
         if not found and self.flight_timeout > 0:
             found = await self._follow_or_lead(key)
         return self._entries(found, _aiter)
@@ -457,9 +477,9 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         return token
 
     async def lease(self, key: str, url: str) -> None:
-        leases = LEASES.get()
-        if leases is not None:
-            leases[key] = await self.take_lease(key, url)
+        fetches = FETCHES.get()
+        if fetches is not None:
+            fetches.leases[key] = await self.take_lease(key, url)
 
     async def create_entry(self, request: Request, response: Response, key: str, *, ttl: float | None = None,
                            tti: float | None = None) -> Entry:

@@ -17,7 +17,7 @@ from ..caching.coalesce import Flights
 from ..caching.layer_core import CacheCore, FromInner, validating
 from ..caching.memory import Record
 from ..caching.policy import Plan
-from ..caching.redis_fetch import LEASES, LOOKUP
+from ..caching.redis_fetch import FETCHES, LOOKUP, Fetches
 from ..config import CacheSettings
 from ..hookspecs import LayerSpec, hookimpl
 from ..layer import CLOSED_MESSAGE, AsyncLayer, Layer
@@ -64,7 +64,7 @@ class CacheLayer(CacheCore, Layer):
             self._remove_now(plan.key)
         elif self._fleet_lookup:
             try:
-                record = self.storage.find(plan.key, request.method, request.headers)
+                record = self.storage.find(plan.key, request.method, request.headers, str(request.url))
             except Exception as exc:
                 self._storage_failed(exc)
                 return self._bypassed(self.inner.handle_request(request))
@@ -76,7 +76,8 @@ class CacheLayer(CacheCore, Layer):
             flight.event.wait(self.settings.coalesce_timeout)  # then look up what the leader stored
         lookup = self._lookup(plan, request, not plan.refresh and (flight is None or flight.leader)) \
             if self._fleet_lookup else None
-        context, leases = LOOKUP.set(lookup), LEASES.set({} if self._shared else None)
+        context = LOOKUP.set(lookup)
+        fetches = FETCHES.set(Fetches(plan.key, str(request.url)) if self._shared else None)
         try:
             response = self._hishel.handle_request(request)
         except FromInner as wrapped:
@@ -92,7 +93,7 @@ class CacheLayer(CacheCore, Layer):
             return self._bypassed(self.inner.handle_request(request))
         finally:
             LOOKUP.reset(context)
-            LEASES.reset(leases)
+            FETCHES.reset(fetches)
         if lookup is not None and not lookup.stored:
             response.extensions["caching"] = {**response.extensions["caching"], "stored": False}
         if self._shared and not response.extensions["caching"].get("stored"):
@@ -198,7 +199,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             await self._remove_now(plan.key)
         elif self._fleet_lookup:
             try:
-                record = await self.storage.find(plan.key, request.method, request.headers)
+                record = await self.storage.find(plan.key, request.method, request.headers, str(request.url))
             except Exception as exc:
                 self._storage_failed(exc)
                 return self._bypassed(await self.inner.handle_async_request(request))
@@ -211,7 +212,8 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
                 await flight.event.wait()  # then look up what the leader stored
         lookup = self._lookup(plan, request, not plan.refresh and (flight is None or flight.leader)) \
             if self._fleet_lookup else None
-        context, leases = LOOKUP.set(lookup), LEASES.set({} if self._shared else None)
+        context = LOOKUP.set(lookup)
+        fetches = FETCHES.set(Fetches(plan.key, str(request.url)) if self._shared else None)
         try:
             response = await self._hishel.handle_async_request(request)
         except FromInner as wrapped:
@@ -227,7 +229,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             return self._bypassed(await self.inner.handle_async_request(request))
         finally:
             LOOKUP.reset(context)
-            LEASES.reset(leases)
+            FETCHES.reset(fetches)
         if lookup is not None and not lookup.stored:
             response.extensions["caching"] = {**response.extensions["caching"], "stored": False}
         if self._shared and not response.extensions["caching"].get("stored"):
