@@ -5,8 +5,6 @@ until it expired."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
 
 from .conftest import RedisServer
 from .helpers import Caller
-from .test_write_race import RaceOrigin
+from .test_write_race import RaceOrigin, while_reading
 
 pytestmark = pytest.mark.redis
 
@@ -102,19 +100,7 @@ async def test_a_fetch_whose_index_set_is_gone_when_a_write_comes_stores_nothing
         assert (await writer.request("PUT", path)).json() == {"v": 1}
 
     try:
-        if mode == "sync":
-            reading = threading.Thread(target=lambda: slow.client.get(path))
-            reading.start()
-            assert origin.read.wait(5)
-            await change()
-            origin.written.set()
-            reading.join(5)
-        else:
-            task = asyncio.ensure_future(slow.get(path))
-            await asyncio.wait_for(origin.read.wait(), 5)
-            await change()
-            origin.written.set()
-            await task
+        await while_reading(origin, slow, path, change)
         assert (await later.get(path)).json() == {"v": 1}
         assert slow.transport.stats()["redis_stores_overtaken_by_writes"] == 1
     finally:

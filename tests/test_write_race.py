@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,23 @@ class RaceOrigin:
         return response
 
 
+async def while_reading(origin: RaceOrigin, reader: Caller, path: str, change: Callable[[], Awaitable[None]]) -> None:
+    """``change`` runs while ``reader``'s GET of ``path`` holds its pre-write answer; then the GET ends."""
+    if reader.mode == "sync":
+        reading = threading.Thread(target=lambda: reader.client.get(path))
+        reading.start()
+        assert origin.read.wait(5)
+        await change()
+        origin.written.set()
+        reading.join(5)
+    else:
+        task = asyncio.ensure_future(reader.get(path))
+        await asyncio.wait_for(origin.read.wait(), 5)
+        await change()
+        origin.written.set()
+        await task
+
+
 def layers(mode: str, origin: RaceOrigin, cache_mode: str, storage: str, request: pytest.FixtureRequest,
            tmp_path: Path) -> tuple[Any, Any, Any]:
     """The reader whose lookup is in flight, the writer, and a reader that comes after: one layer for an
@@ -91,19 +109,7 @@ async def test_a_lookup_in_flight_during_a_write_does_not_store_its_pre_write_an
             writer.invalidate("http://test/items")
 
     try:
-        if mode == "sync":
-            reading = threading.Thread(target=lambda: callers["slow"].client.get(path))
-            reading.start()
-            assert origin.read.wait(5)
-            await change()
-            origin.written.set()
-            reading.join(5)
-        else:
-            task = asyncio.ensure_future(callers["slow"].get(path))
-            await asyncio.wait_for(origin.read.wait(), 5)
-            await change()
-            origin.written.set()
-            await task
+        await while_reading(origin, callers["slow"], path, change)
         assert (await callers["later"].get(path)).json() == {"v": 1}
         if slow.near is not None:  # the near cache's bound: the write's message must have reached it
             deadline = time.monotonic() + 2
