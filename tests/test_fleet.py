@@ -728,6 +728,36 @@ async def test_a_shorter_retry_after_does_not_cut_a_longer_hold(mode: str, fleet
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_clearing_the_cache_leaves_the_fleet_rate_alone(mode: str, fleet_url: str) -> None:
+    """The cache's ``clear()`` took every key with the fleet's hash tag, the fleet rate's too: a server's
+    ``Retry-After`` hold on a host was lifted for the whole fleet, and its slow-down undone."""
+    from pywats_transport.policies.fleet_throttle import SLOW
+
+    throttle_cls, cache_cls = (ThrottleLayer, CacheLayer) if mode == "sync" else (AsyncThrottleLayer, AsyncCacheLayer)
+    throttle = throttle_cls(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis",
+                            redis_url=fleet_url, per_host=True)
+    cache = Caller(mode, cache_cls(httpx.MockTransport(Counter()), mode="ttl", storage="redis", redis_url=fleet_url))
+    host = f"held-{mode}-{time.time_ns()}.test"
+    try:
+        await cache.get("/cleared")
+        if mode == "sync":
+            throttle.fleet.signal(host, hold=30.0, slow_down=True)
+        else:
+            await throttle.fleet.signal(host, hold=30.0, slow_down=True)
+        assert cache.transport.clear() >= 1  # the async layer's too: it may be called outside the loop
+        wait = throttle.fleet.acquire(host) if mode == "sync" else await throttle.fleet.acquire(host)
+        assert wait > 25  # still held
+        assert not (await cache.get("/cleared")).extensions["caching"]["from_cache"]  # and the cache is empty
+        admin = sync_client(fleet_url, 1.0)
+        assert admin.pttl(SLOW + host) > 0  # the slow-down too
+        admin.close()
+    finally:
+        await cache.close()
+        throttle.close() if mode == "sync" else await throttle.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_plain_url_to_a_cluster_node_says_how_to_name_the_cluster(mode: str, redis_cluster_url: str,
                                                                         caplog: pytest.LogCaptureFixture) -> None:
     plain = redis_cluster_url.replace("redis+cluster://", "redis://")

@@ -26,6 +26,8 @@ OWNER = f"pwt:{TAG}:o:"  # + entry id -> cache key (for remove_entry / update_he
 INDEX = f"pwt:{TAG}:p:"  # + origin + path prefix -> set of cache keys
 LOCK = f"pwt:{TAG}:l:"  # + cache key -> the token of the process fetching it (single flight)
 LEASE = f"pwt:{TAG}:w:"  # + cache key -> hash {lease token: 1} of the fetches in flight for it
+#: every key of the cache (a SCAN pattern), and none of the fleet rate's, which shares the hash tag
+CACHE_KEYS = f"pwt:{TAG}:[" + "".join(k[-2] for k in (ENTRY, OWNER, INDEX, LOCK, LEASE)) + "]:*"
 CHANNEL = f"pwt:{TAG}:invalidated"  # "<origin>\n<path>" or "*": near caches drop what it names
 
 # KEYS[1]: a lock; ARGV[1]: our token. Deletes the lock only if it is still ours.

@@ -36,6 +36,7 @@ from .redis_fetch import FETCHES, current, lease_of, url_of
 from .redis_frame import Unreadable, choose, frame, framed, record_of, reframed, unframe, variant_id
 from .redis_guard import Guard, log
 from .redis_keys import (
+    CACHE_KEYS,
     CHANNEL,
     DROP_PREFIX,
     ENTRY,
@@ -46,7 +47,6 @@ from .redis_keys import (
     OWNER,
     RELEASE,
     SAVE,
-    TAG,
     TAKE_LEASE,
     UPDATE,
     index_name,
@@ -387,7 +387,7 @@ class RedisStore(_Base, BaseStorage):
     def clear(self) -> int:
         def run() -> int:
             n = 0
-            for name in self.client.scan_iter(match=f"pwt:{TAG}:*", count=500):
+            for name in self.client.scan_iter(match=CACHE_KEYS, count=500):
                 n += int(self.client.unlink(name))
             self.client.publish(CHANNEL, "*")
             return n
@@ -545,7 +545,7 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
     async def clear(self) -> int:
         async def run() -> int:
             n = 0
-            async for name in self.client.scan_iter(match=f"pwt:{TAG}:*", count=500):
+            async for name in self.client.scan_iter(match=CACHE_KEYS, count=500):
                 n += int(await self.client.unlink(name))
             await self.client.publish(CHANNEL, "*")
             return n
