@@ -758,6 +758,32 @@ async def test_clearing_the_cache_leaves_the_fleet_rate_alone(mode: str, fleet_u
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_hold_and_a_slow_down_count_as_used_while_stations_read_them(mode: str, fleet_url: str) -> None:
+    """Redis's LRU did not see the stations' reads of a hold (``PTTL``), so a Redis that the cache fills
+    (``allkeys-lru``) took it for the least used key and evicted it, lifting the hold for the fleet."""
+    from pywats_transport.policies.fleet_throttle import HOLD, SLOW
+
+    cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
+    layer = cls(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis",
+                redis_url=fleet_url, per_host=True)
+    host = f"used-{mode}-{time.time_ns()}.test"
+    admin = sync_client(fleet_url, 1.0)
+    try:
+        if mode == "sync":
+            layer.fleet.signal(host, hold=30.0, slow_down=True)
+        else:
+            await layer.fleet.signal(host, hold=30.0, slow_down=True)
+        for name in (HOLD + host, SLOW + host):  # as if last used an hour ago
+            admin.restore(name, admin.pttl(name), admin.dump(name), replace=True, idletime=3600)
+        assert (layer.fleet.acquire(host) if mode == "sync" else await layer.fleet.acquire(host)) > 25
+        assert max(admin.object("idletime", HOLD + host), admin.object("idletime", SLOW + host)) <= 1  # s
+    finally:
+        admin.close()
+        layer.close() if mode == "sync" else await layer.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_plain_url_to_a_cluster_node_says_how_to_name_the_cluster(mode: str, redis_cluster_url: str,
                                                                         caplog: pytest.LogCaptureFixture) -> None:
     plain = redis_cluster_url.replace("redis+cluster://", "redis://")

@@ -33,8 +33,10 @@ MAX_HALVINGS = 6
 
 # KEYS[1]: the host's hold key, KEYS[2]: its slow key: the ms each still holds (negative: not set). One
 # command, not a pipeline: a cluster client sends a failed pipeline's commands again one by one, each
-# waiting its own timeout on a hung node.
+# waiting its own timeout on a hung node. PTTL is not a use to Redis's LRU: without the TOUCH, a Redis
+# the cache fills (allkeys-lru) evicts a hold or a slow-down that every station reads.
 STATE = """
+redis.call('TOUCH', KEYS[1], KEYS[2])
 return {redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2])}
 """
 
