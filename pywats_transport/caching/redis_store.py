@@ -63,6 +63,16 @@ def _fields(found: Found) -> dict[bytes, bytes]:
     return found if isinstance(found, dict) else dict(zip(found[::2], found[1::2], strict=True))
 
 
+def _drop_args(origin: str, path: str) -> tuple[Any, ...]:
+    return DROP_PREFIX, 1, index_name(origin, path), ENTRY, CHANNEL, f"{origin}\n{path}", LEASE
+
+
+def _origin_of(index: bytes) -> str | None:
+    rest = index.decode()[len(INDEX):]
+    scheme, sep, tail = rest.partition("://")
+    return f"{scheme}://{tail.partition('/')[0]}" if sep else None
+
+
 def _save_args(key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None, lease: str | None) -> tuple[Any, ...]:
     return (SAVE, 1, ENTRY + key, LEASE + key if lease else "", lease or "", entry_id, data, OWNER + entry_id, key,
             "" if ttl_ms is None else ttl_ms, ENTRY, LEASE, *prefixes(url))
@@ -89,6 +99,27 @@ class _Base:
         self.unreadable = 0  # stored values skipped as not this version's frames
         #: answers not stored because a write invalidated their key while they were fetched
         self.overtaken = 0
+        #: invalidations Redis did not confirm, (origin or None for every origin, path): each is sent again
+        #: before this store's next call to Redis, which fails while any still does
+        self.unconfirmed: dict[tuple[str | None, str], None] = {}
+        self.replayed = 0
+
+    def _missed(self, origin: str | None, path: str) -> None:
+        if not self.unconfirmed:
+            log.warning("an invalidation did not reach Redis: other stations may serve the entries under %s "
+                        "until it does; it is sent again before this station's next use of Redis", path)
+        self.unconfirmed[(origin, path)] = None
+
+    def _confirmed(self, target: tuple[str | None, str]) -> None:
+        if self.unconfirmed.pop(target, 0) is None:  # another thread may have sent it meanwhile
+            self.replayed += 1
+            if not self.unconfirmed:
+                log.warning("Redis has every invalidation it missed")
+
+    def _lost(self) -> None:
+        if self.unconfirmed:
+            log.error("invalidations Redis never confirmed: other stations may serve the entries under %s until "
+                      "they expire", ", ".join(sorted(path for _, path in self.unconfirmed)))
 
     def _skip(self, exc: Unreadable) -> None:
         self.unreadable += 1
@@ -238,6 +269,7 @@ class _Base:
         return {"redis_outages": self.guard.outages, "redis_failures": self.guard.failures,
                 "redis_down_seconds": round(self.guard.down_for(), 3), "redis_unreadable_entries": self.unreadable,
                 "redis_stores_overtaken_by_writes": self.overtaken,
+                "redis_invalidations_unconfirmed": len(self.unconfirmed), "redis_invalidations_replayed": self.replayed,
                 "fleet_fetches_led": self.flights_led, "fleet_fetches_awaited": self.flights_followed}
 
 
@@ -254,7 +286,19 @@ class RedisStore(_Base, BaseStorage):
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         with self.guard.calling():
+            if self.unconfirmed:
+                self._replay()
             return fn()
+
+    def _replay(self) -> None:
+        for origin, path in list(self.unconfirmed):
+            self._drop(origin, path)
+            self._confirmed((origin, path))
+
+    def _drop(self, origin: str | None, path: str) -> int:
+        if origin is None:
+            return sum(self._drop(o, path) for o in self._origins())
+        return int(self.client.eval(*_drop_args(origin, path)))
 
     def find(self, key: str, method: str, headers: Any, url: str | None = None) -> Record | None:
         """The layer's lookup (ttl mode) of the request for ``url``: one round trip, the variant chosen by
@@ -365,24 +409,20 @@ class RedisStore(_Base, BaseStorage):
             self._call(lambda: self.client.hdel(ENTRY + key.decode(), str(id)))
 
     def invalidate_prefix(self, origin: str | None, path: str) -> int:
-        """Drop, for every process, the entries stored under ``path`` (and the path itself)."""
-        return int(self._call(lambda: self.client.eval(DROP_PREFIX, 1, index_name(origin, path), ENTRY, CHANNEL,
-                                                       f"{origin or ''}\n{path}", LEASE)))
+        """Drop, for every process, the entries stored under ``path`` (and the path itself); ``origin``
+        None: under every origin the fleet has stored from. One Redis has not confirmed is sent again
+        before the next call (:attr:`unconfirmed`)."""
+        try:
+            return int(self._call(lambda: self._drop(origin, path)))
+        except Exception:
+            self._missed(origin, path)
+            raise
 
-    def invalidate_now(self, origin: str | None, path: str) -> int:
-        """Outside a request: ``origin`` None drops ``path`` under every origin the fleet has stored from."""
-        if origin is not None:
-            return self.invalidate_prefix(origin, path)
-        return sum(self.invalidate_prefix(o, path) for o in self._call(self._origins))
+    invalidate_now = invalidate_prefix
 
     def _origins(self) -> set[str]:
-        found = set()
-        for name in self.client.scan_iter(match=INDEX + "*", count=500):
-            rest = name.decode()[len(INDEX):]
-            scheme, sep, tail = rest.partition("://")
-            if sep:
-                found.add(f"{scheme}://{tail.partition('/')[0]}")
-        return found
+        names = self.client.scan_iter(match=INDEX + "*", count=500)
+        return {origin for name in names if (origin := _origin_of(name)) is not None}
 
     def clear(self) -> int:
         def run() -> int:
@@ -396,6 +436,12 @@ class RedisStore(_Base, BaseStorage):
     clear_now = clear
 
     def close(self) -> None:
+        try:
+            self._replay()
+        except Exception:  # noqa: S110 - named in the log below
+            pass
+        self._lost()
+        self.unconfirmed.clear()  # said once, here: not again by the sync store beside an async one
         if self._reader is not None and self._reader is not self.client:
             self._reader.close()
         self.client.close()
@@ -413,8 +459,9 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         super().__init__(client, default_ttl=default_ttl, retry_after=retry_after, flight_timeout=flight_timeout,
                          lock_ttl=lock_ttl, reader=reader)
         self._sync = RedisStore(sync_client, default_ttl=default_ttl, retry_after=retry_after) if sync_client else None
-        if self._sync is not None:
+        if self._sync is not None:  # one store to Redis, whichever side calls
             self._sync.guard = self.guard
+            self._sync.unconfirmed = self.unconfirmed
 
     def invalidate_now(self, origin: str | None, path: str) -> int:
         if self._sync is None:
@@ -428,7 +475,21 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
 
     async def _call(self, fn: Callable[[], Any]) -> Any:
         with self.guard.calling():
+            if self.unconfirmed:
+                await self._replay()
             return await fn()
+
+    async def _replay(self) -> None:
+        for origin, path in list(self.unconfirmed):
+            await self._drop(origin, path)
+            self._confirmed((origin, path))
+
+    async def _drop(self, origin: str | None, path: str) -> int:
+        if origin is None:
+            origins = {o async for name in self.client.scan_iter(match=INDEX + "*", count=500)
+                       if (o := _origin_of(name)) is not None}
+            return sum([await self._drop(o, path) for o in origins])
+        return int(await self.client.eval(*_drop_args(origin, path)))
 
     async def find(self, key: str, method: str, headers: Any, url: str | None = None) -> Record | None:
         """As the sync store's."""
@@ -539,8 +600,12 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
             await self._call(lambda: self.client.hdel(ENTRY + key.decode(), str(id)))
 
     async def invalidate_prefix(self, origin: str | None, path: str) -> int:
-        return int(await self._call(lambda: self.client.eval(DROP_PREFIX, 1, index_name(origin, path), ENTRY,
-                                                             CHANNEL, f"{origin or ''}\n{path}", LEASE)))
+        """As the sync store's."""
+        try:
+            return int(await self._call(lambda: self._drop(origin, path)))
+        except Exception:
+            self._missed(origin, path)
+            raise
 
     async def clear(self) -> int:
         async def run() -> int:
@@ -552,6 +617,12 @@ class AsyncRedisStore(_Base, AsyncBaseStorage):
         return int(await self._call(run))
 
     async def close(self) -> None:  # type: ignore[override]
+        try:
+            await self._replay()
+        except Exception:  # noqa: S110 - named in the log below
+            pass
+        self._lost()
+        self.unconfirmed.clear()  # said once, here: not again by the sync store beside an async one
         if self._reader is not None and self._reader is not self.client:
             await self._reader.aclose()
         await self.client.aclose()
