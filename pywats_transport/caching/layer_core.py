@@ -23,7 +23,8 @@ from .near_invalidation import NearInvalidation
 from .policy import EXTENSION, CachePolicy, Plan, split_prefix
 from .redis_connect import sync_client
 from .redis_fetch import Lookup
-from .redis_store import AsyncRedisStore, RedisStore
+from .redis_store import RedisStore
+from .redis_store_async import AsyncRedisStore
 from .storages import make_storage
 
 NOT_CACHED = {"from_cache": False, "revalidated": False, "stored": False}

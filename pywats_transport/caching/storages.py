@@ -10,7 +10,8 @@ import hishel
 from ..config import CacheSettings
 from .memory import AsyncMemoryStorage, MemoryStorage
 from .redis_connect import async_client, one_server, sync_client
-from .redis_store import AsyncRedisStore, RedisStore
+from .redis_store import RedisStore
+from .redis_store_async import AsyncRedisStore
 
 
 def make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_async: bool) -> Any:

@@ -1,0 +1,272 @@
+"""A Redis storage of ours for hishel: the fleet's shared cache. This module holds what the sync store
+(:mod:`.redis_store`) and the async one (:mod:`.redis_store_async`) share.
+
+- One round trip per lookup: a cache key's entries (its variants) are one Redis hash, read by a script
+  that also checks the index still names the key (:data:`.redis_keys.LOOK`); an entry is one value
+  (status, headers and body framed together); the expiry is on the key.
+- Fleet-wide single flight: a process that misses takes a lock on the key (``SET NX PX``) and fetches;
+  one that misses while the lock is held waits for the entry (or the lock's end, or ``flight_timeout``)
+  instead of fetching too, so the server sees one request per URL per TTL across the fleet. A
+  holder that fails releases its lock; one that dies lets it expire.
+- Fleet-wide invalidation: each stored key is also indexed under every prefix of its path, per
+  origin; dropping a prefix runs one Lua script that deletes the entries indexed there and the index,
+  atomically, whichever process stored them and whenever.
+- Every key carries the hash tag ``{pwt}``, so the scripts and transactions also run on Redis Cluster
+  (all of the cache lives in one slot); clients come from :mod:`.redis_connect`.
+- Bounded by Redis itself: ``maxmemory`` with ``maxmemory-policy allkeys-lru`` (the docs say so);
+  ``max_size`` applies to the in-process storage only.
+- Redis down or slow: every call has a short timeout, and after a failure the storage answers
+  "unavailable" at once for ``retry_after`` seconds, so no request waits on a dead Redis twice; the
+  layer falls back to the network and counts it. An invalidation Redis did not confirm is sent again
+  before the store's next call to Redis.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Generator
+from typing import Any
+
+from hishel import Entry, Headers, Request, Response
+
+from .freshness import Vary
+from .memory import Record
+from .redis_fetch import current, lease_of, url_of
+from .redis_frame import Unreadable, choose, framed, record_of, unframe, variant_id
+from .redis_guard import Guard, log
+from .redis_keys import (
+    CHANNEL,
+    DROP_PREFIX,
+    ENTRY,
+    INDEX,
+    LEASE,
+    LOCK,
+    LOOK,
+    OWNER,
+    SAVE,
+    TAKE_LEASE,
+    UPDATE,
+    index_name,
+    prefixes,
+)
+
+POLL = 0.01  # seconds between looks while another process fetches
+
+#: a key's entries as Redis answers them: ``HGETALL``'s mapping, or the flat list of a script
+Found = dict[bytes, bytes] | list[bytes]
+
+
+def _fields(found: Found) -> dict[bytes, bytes]:
+    return found if isinstance(found, dict) else dict(zip(found[::2], found[1::2], strict=True))
+
+
+def drop_args(origin: str, path: str) -> tuple[Any, ...]:
+    return DROP_PREFIX, 1, index_name(origin, path), ENTRY, CHANNEL, f"{origin}\n{path}", LEASE
+
+
+def origin_of_index(index: bytes) -> str | None:
+    rest = index.decode()[len(INDEX):]
+    scheme, sep, tail = rest.partition("://")
+    return f"{scheme}://{tail.partition('/')[0]}" if sep else None
+
+
+def save_args(key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None, lease: str | None) -> tuple[Any, ...]:
+    return (SAVE, 1, ENTRY + key, LEASE + key if lease else "", lease or "", entry_id, data, OWNER + entry_id, key,
+            "" if ttl_ms is None else ttl_ms, ENTRY, LEASE, *prefixes(url))
+
+class StoreCore:
+    """What the sync and async stores share: the framing, the flight (sans I/O), the bookkeeping."""
+
+    def __init__(self, client: Any, *, default_ttl: float | None = None, retry_after: float = 5.0,
+                 flight_timeout: float = 0.0, lock_ttl: float = 30.0, reader: Callable[[], Any] | None = None) -> None:
+        self.client = client
+        # Lookups may go through a client of their own (a single-connection client skips the pool on
+        # every hit), made on first use: a sync one connects when made, which must not fail here.
+        self._reader_factory = reader
+        self._reader: Any = None
+        self.default_ttl = default_ttl
+        self.guard = Guard(retry_after)
+        #: seconds a miss waits for another process's fetch (0: no single flight)
+        self.flight_timeout = flight_timeout
+        self.lock_ms = max(1, int(lock_ttl * 1000))
+        self._held: dict[str, str] = {}  # cache key -> our lock token
+        self.flights_led = 0
+        self.flights_followed = 0
+        #: told of the failures the store absorbs, so that they are counted where its user counts them
+        self.on_failure: Callable[[BaseException], None] = lambda exc: None
+        self.unreadable = 0  # stored values skipped as not this version's frames
+        #: answers not stored because a write invalidated their key while they were fetched
+        self.overtaken = 0
+        #: invalidations Redis did not confirm, (origin or None for every origin, path): each is sent again
+        #: before this store's next call to Redis, which fails while any still does
+        self.unconfirmed: dict[tuple[str | None, str], None] = {}
+        self.replayed = 0
+
+    def _missed(self, origin: str | None, path: str) -> None:
+        if not self.unconfirmed:
+            log.warning("an invalidation did not reach Redis: other stations may serve the entries under %s "
+                        "until it does; it is sent again before this station's next use of Redis", path)
+        self.unconfirmed[(origin, path)] = None
+
+    def _confirmed(self, target: tuple[str | None, str]) -> None:
+        if self.unconfirmed.pop(target, 0) is None:  # another thread may have sent it meanwhile
+            self.replayed += 1
+            if not self.unconfirmed:
+                log.warning("Redis has every invalidation it missed")
+
+    def _lost(self) -> None:
+        if self.unconfirmed:
+            log.error("invalidations Redis never confirmed: other stations may serve the entries under %s until "
+                      "they expire", ", ".join(sorted(path for _, path in self.unconfirmed)))
+
+    def _skip(self, exc: Unreadable) -> None:
+        self.unreadable += 1
+        if self.unreadable == 1:
+            log.warning("Redis holds cache entries this version cannot read (%s): corrupt, or written by another "
+                        "version of the format; each is taken for a miss and replaced by the next fetch", exc)
+
+    def _filtered(self, key: str, found: Found) -> dict[bytes, bytes]:
+        """What a wait for another process's fetch found, as far as the lookup in progress can use it."""
+        found = _fields(found)
+        lookup = current(key)
+        if lookup is None or not found:
+            return found
+        usable = {}
+        for entry_id, data in found.items():
+            try:
+                if lookup.usable(record_of(key, entry_id, data)):
+                    usable[entry_id] = data
+            except Unreadable as exc:
+                self._skip(exc)
+        return usable
+
+    def _choose(self, key: str, found: Found, method: str, headers: Any) -> Record | None:
+        return choose(key, _fields(found), method, headers, self._skip)
+
+    def _entries(self, found: Found, stream: Callable[[bytes], Any]) -> list[Entry]:
+        entries = []
+        for entry_id, data in _fields(found).items():
+            try:
+                entries.append(self._entry(entry_id, data, stream))
+            except Unreadable as exc:
+                self._skip(exc)
+        return entries
+
+    def _flight(self, key: str) -> Generator[tuple[str, Any], Any, dict[bytes, bytes]]:
+        """A miss, sans I/O: lead the fetch (take the lock, end with nothing) or wait for the process that
+        leads it. Yields ``(operation, argument)`` for the sync or async driver to carry out: ``lock`` and
+        ``look`` (Redis, the result sent back), ``sleep`` and ``release``."""
+        if key in self._held:
+            return {}  # this process leads it already
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + self.flight_timeout
+        followed = False
+        while True:
+            if (yield "lock", (key, token)):
+                self._held[key] = token
+                # The previous holder may have stored and let go between our first look and the lock.
+                found = self._filtered(key, (yield "look", key))
+                if found:
+                    yield "release", key
+                    return found
+                self.flights_led += 1
+                return {}
+            if not followed:
+                self.flights_followed += 1
+                followed = True
+            if time.monotonic() >= deadline:
+                return {}  # waited long enough: fetch without the lock
+            yield "sleep", POLL
+            found = self._filtered(key, (yield "look", key))
+            if found:
+                return found
+
+    def _flight_call(self, op: str, arg: Any) -> Any:
+        """The Redis call behind a ``lock`` or ``look`` step (a coroutine with an asyncio client)."""
+        if op == "lock":
+            key, token = arg
+            return self.client.set(LOCK + key, token, nx=True, px=self.lock_ms)
+        return self._look(self.client, arg, url_of(arg))
+
+    @staticmethod
+    def _look(client: Any, key: str, url: str | None) -> Any:
+        """A key's entries, as far as the index still names the key (without the URL, the layer's request,
+        as they are)."""
+        if url is None:
+            return client.hgetall(ENTRY + key)
+        return client.eval(LOOK, 1, ENTRY + key, key, *prefixes(url))
+
+    def reader(self) -> Any:
+        if self._reader is None:
+            self._reader = self._reader_factory() if self._reader_factory is not None else self.client
+        return self._reader
+
+    def _ttl_ms(self, ttl: float | None) -> int | None:
+        ttl = ttl if ttl is not None else self.default_ttl
+        return max(1, int(ttl * 1000)) if ttl is not None else None
+
+    def _framing(self, request: Request, response: Response, key: str, ttl: float | None,
+                 ) -> tuple[str | None, dict[str, Any], int | None, str | None]:
+        """The field a new entry goes to, its frame's extras, how long Redis keeps it and the fetch's lease;
+        no field: the response is not stored."""
+        lookup = current(key)
+        leased, lease = lease_of(key)
+        if leased and lease is None:  # Redis gave no lease: a write meanwhile could not withdraw the store
+            if lookup is not None:
+                lookup.stored = False
+            return None, {}, None, None
+        if lookup is None:  # hishel's own rules decided (rfc mode): every entry its own field
+            return str(uuid.uuid4()), {}, self._ttl_ms(ttl), lease
+        decision = lookup.decide(request, response)
+        if not decision.store:
+            lookup.stored = False
+            return None, {}, None, None
+        ttl = ttl if ttl is not None else self.default_ttl
+        extras = {"vary": decision.vary, "fresh_until": time.time() + ttl if ttl is not None else None}
+        # Kept past its freshness for as long as it may still answer for a failed origin.
+        return variant_id(key, request.method, decision.vary), extras, self._ttl_ms(
+            ttl + lookup.keep_stale if ttl is not None else None), lease
+
+    def _lease_args(self, key: str, url: str, token: str) -> tuple[Any, ...]:
+        return TAKE_LEASE, 1, LEASE + key, token, self.lock_ms, key, ENTRY, LEASE, *prefixes(url)
+
+    def _saved(self, result: Any) -> bool:
+        stored = bool(int(result))
+        if not stored:
+            self.overtaken += 1
+        return stored
+
+    def _update_args(self, key: str, entry_id: str, data: bytes) -> tuple[Any, ...]:
+        _, lease = lease_of(key)
+        return UPDATE, 1, ENTRY + key, LEASE + key if lease else "", lease or "", entry_id, data
+
+    def _put_args(self, key: str, method: str, url: str, status: int, raw_headers: list[tuple[bytes, bytes]],
+                  body: bytes, ttl: float | None, vary: Vary | None, keep_stale: float,
+                  lease: str | None) -> tuple[Any, ...]:
+        ttl = ttl if ttl is not None else self.default_ttl
+        now = time.time()
+        headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in raw_headers]
+        data = framed(method, url, status, headers, body, now, vary=vary,
+                      fresh_until=now + ttl if ttl is not None else None)
+        return save_args(key, variant_id(key, method, vary), data, url,
+                          self._ttl_ms(ttl + keep_stale if ttl is not None else None), lease)
+
+    @staticmethod
+    def _entry(entry_id: bytes, data: bytes, stream: Callable[[bytes], Any]) -> Entry:
+        meta, body = unframe(data)
+        try:
+            grouped: dict[str, list[str]] = {}
+            for k, v in meta["headers"]:
+                grouped.setdefault(k, []).append(v)
+            return Entry(uuid.UUID(entry_id.decode()), Request(meta["method"], meta["url"]),
+                         Response(meta["status"], Headers(grouped), stream(body)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Unreadable(f"incomplete frame: {type(exc).__name__}: {exc}") from None
+
+    def stats(self) -> dict[str, Any]:
+        return {"redis_outages": self.guard.outages, "redis_failures": self.guard.failures,
+                "redis_down_seconds": round(self.guard.down_for(), 3), "redis_unreadable_entries": self.unreadable,
+                "redis_stores_overtaken_by_writes": self.overtaken,
+                "redis_invalidations_unconfirmed": len(self.unconfirmed), "redis_invalidations_replayed": self.replayed,
+                "fleet_fetches_led": self.flights_led, "fleet_fetches_awaited": self.flights_followed}
