@@ -14,15 +14,7 @@ from .freshness import Vary
 from .memory import Kept, Record
 from .redis_fetch import FETCHES, current, url_of
 from .redis_frame import frame, reframed
-from .redis_keys import (
-    CACHE_KEYS,
-    CHANNEL,
-    ENTRY,
-    INDEX,
-    LOCK,
-    OWNER,
-    RELEASE,
-)
+from .redis_keys import CACHE_KEYS, CHANNEL, ENTRY, INDEX, LOCK, OWNER, RELEASE
 from .redis_store_core import StoreCore, drop_args, origin_of_index, save_args
 
 
