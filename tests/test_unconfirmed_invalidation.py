@@ -13,9 +13,11 @@ import httpx
 import pytest
 
 from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
+from pywats_transport.metrics.collector import MetricsCollector
 
 from .helpers import Caller, TcpProxy
 from .test_index_eviction import Versioned
+from .test_metrics import value
 
 pytestmark = pytest.mark.redis
 
@@ -27,10 +29,10 @@ def proxy(redis_server: Any) -> Any:
     relay.close()
 
 
-def station(mode: str, item: Versioned, url: str) -> Caller:
+def station(mode: str, item: Versioned, url: str, collector: MetricsCollector | None = None) -> Caller:
     cls = CacheLayer if mode == "sync" else AsyncCacheLayer
     return Caller(mode, cls(httpx.MockTransport(item), mode="ttl", ttl=60, storage="redis", redis_url=url,
-                            redis_retry_after=0.2))
+                            redis_retry_after=0.2, metrics_collector=collector))
 
 
 @pytest.mark.anyio
@@ -38,7 +40,8 @@ def station(mode: str, item: Versioned, url: str) -> Caller:
 @pytest.mark.parametrize("how", ["PUT", "invalidate"])
 async def test_an_invalidation_redis_missed_is_sent_again(mode: str, how: str, redis_url: str, proxy: TcpProxy) -> None:
     item = Versioned()
-    writer = station(mode, item, f"redis://127.0.0.1:{proxy.port}/0")  # its own way to Redis, which we cut
+    collector = MetricsCollector(isolated=True)
+    writer = station(mode, item, f"redis://127.0.0.1:{proxy.port}/0", collector)  # its own way to Redis, which we cut
     reader = station(mode, item, redis_url)
     path = f"/items/{uuid.uuid4().hex}"
     try:
@@ -61,6 +64,9 @@ async def test_an_invalidation_redis_missed_is_sent_again(mode: str, how: str, r
         assert after.json() == {"v": 1} and not after.extensions["caching"]["from_cache"]
         stats = writer.transport.stats()
         assert (unconfirmed, stats["redis_invalidations_unconfirmed"], stats["redis_invalidations_replayed"]) == (1, 0, 1)
+        events = {event: value(collector, "pywats_transport_cache_events_total", event=event)
+                  for event in ("invalidation_unconfirmed", "invalidation_resent")}
+        assert events == {"invalidation_unconfirmed": 1, "invalidation_resent": 1}
     finally:
         await writer.close()
         await reader.close()

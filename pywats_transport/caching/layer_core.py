@@ -90,6 +90,8 @@ class CacheCore:
         self._shared = isinstance(self.storage, (RedisStore, AsyncRedisStore))
         if self._shared:  # what the store absorbs (a failed store as a body streams in) is this layer's to count
             self.storage.on_failure = self._storage_failed
+            if collector is not None:
+                self.storage.on_event = collector.add_cache_event
         # ttl mode on Redis: the layer reads the key itself (one round trip, the variant chosen by method,
         # Vary and freshness) and serves a hit without hishel; a miss goes through hishel's path, told
         # by a Lookup what to store.

@@ -38,6 +38,8 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
         if self._sync is not None:  # one store to Redis, whichever side calls
             self._sync.guard = self.guard
             self._sync.unconfirmed = self.unconfirmed
+            self._sync.on_failure = lambda exc: self.on_failure(exc)  # as the layer sets them on this one
+            self._sync.on_event = lambda event: self.on_event(event)
 
     def invalidate_now(self, origin: str | None, path: str) -> int:
         if self._sync is None:

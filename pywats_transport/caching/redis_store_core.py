@@ -95,6 +95,8 @@ class StoreCore:
         self.flights_followed = 0
         #: told of the failures the store absorbs, so that they are counted where its user counts them
         self.on_failure: Callable[[BaseException], None] = lambda exc: None
+        #: told of the store's own events (``invalidation_unconfirmed``, ``invalidation_resent``) for metrics
+        self.on_event: Callable[[str], None] = lambda event: None
         self.unreadable = 0  # stored values skipped as not this version's frames
         #: answers not stored because a write invalidated their key while they were fetched
         self.overtaken = 0
@@ -108,10 +110,12 @@ class StoreCore:
             log.warning("an invalidation did not reach Redis: other stations may serve the entries under %s "
                         "until it does; it is sent again before this station's next use of Redis", path)
         self.unconfirmed[(origin, path)] = None
+        self.on_event("invalidation_unconfirmed")
 
     def _confirmed(self, target: tuple[str | None, str]) -> None:
         if self.unconfirmed.pop(target, 0) is None:  # another thread may have sent it meanwhile
             self.replayed += 1
+            self.on_event("invalidation_resent")
             if not self.unconfirmed:
                 log.warning("Redis has every invalidation it missed")
 

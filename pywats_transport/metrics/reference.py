@@ -33,7 +33,9 @@ SERIES = (
            ("result",), "Cache lookups by result: hit, miss, bypass, stale (an expired entry answered: the "
            "origin failed, or the entry is being refreshed)."),
     Series("pywats_transport_cache_events_total", "pywats_transport.cache.events", "counter", "{event}",
-           ("event",), "store, eviction, invalidation, storage_error, refresh (a background refresh answered)."),
+           ("event",), "store, eviction, invalidation, storage_error, refresh (a background refresh answered); on "
+           "Redis, invalidation_unconfirmed (a write's invalidation did not reach Redis: other stations may serve "
+           "what it dropped until it is resent) and invalidation_resent."),
     Series("pywats_transport_retries_total", "pywats_transport.retries", "counter", "{retry}", ("reason",),
            "Retries by reason: status_503, connect_error, connection_dropped, read_timeout, ..."),
     Series("pywats_transport_retry_exhausted_total", "pywats_transport.retry.exhausted", "counter", "{request}",
