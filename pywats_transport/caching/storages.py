@@ -9,7 +9,7 @@ import hishel
 
 from ..config import CacheSettings
 from .memory import AsyncMemoryStorage, MemoryStorage
-from .redis_connect import async_client, one_server, sync_client
+from .redis_connect import async_client, is_cluster, one_server, sync_client
 from .redis_store import RedisStore
 from .redis_store_async import AsyncRedisStore
 
@@ -38,12 +38,18 @@ def make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asyn
     # Lookups have a connection of their own: taking one from the pool and giving it back cost about
     # as much as the round trip itself. A cluster or sentinel client routes every command itself.
     own = one_server(url)
+    from . import redis_epoch  # imports redis: an optional extra
+
+    # Each new connection checks that Redis is the process the cache was written on (redis_epoch).
+    checked: dict[str, Any] = {} if is_cluster(url) else {"redis_connect_func": redis_epoch.check}
+    achecked: dict[str, Any] = {} if is_cluster(url) else {"redis_connect_func": redis_epoch.acheck}
     if is_async:
-        return AsyncRedisStore(async_client(url, timeout), sync_client=sync_client(url, timeout),
-                               reader=(lambda: async_client(url, timeout, single_connection=True)) if own else None,
+        return AsyncRedisStore(async_client(url, timeout, **achecked), sync_client=sync_client(url, timeout, **checked),
+                               reader=(lambda: async_client(url, timeout, single_connection=True, **achecked))
+                               if own else None,
                                default_ttl=settings.ttl, retry_after=settings.redis_retry_after, flight_timeout=flight)
-    return RedisStore(sync_client(url, timeout), default_ttl=settings.ttl,
-                      reader=(lambda: sync_client(url, timeout, single_connection=True)) if own else None,
+    return RedisStore(sync_client(url, timeout, **checked), default_ttl=settings.ttl,
+                      reader=(lambda: sync_client(url, timeout, single_connection=True, **checked)) if own else None,
                       retry_after=settings.redis_retry_after, flight_timeout=flight)
 
 

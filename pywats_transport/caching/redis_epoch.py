@@ -1,0 +1,117 @@
+"""The fleet's cache is trusted only on the Redis process it was written on.
+
+A Redis restored from a snapshot, or a replica promoted by a failover, may hold entries that writes
+dropped after the snapshot, or just before the old primary died: every station would serve them again
+until they expire. So each new connection of the cache's asks Redis for its ``run_id`` (a new one for
+every Redis process) and compares it with the one the cache was written on (``EPOCH``, kept in Redis
+itself, so a snapshot or a replica holds the old one). On a change, the first station to see it clears
+the cache, while the others go to the network; then every station uses Redis again.
+
+A plain restart without persistence comes back empty: the clear finds nothing. A Redis Cluster is not
+checked (a node's ``run_id`` is not the slot's history): clear it after a failover (see the docs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+from redis.exceptions import ConnectionError, ResponseError
+
+from .redis_guard import log
+from .redis_keys import CACHE_KEYS, CHANNEL, TAG
+
+EPOCH = f"pwt:{TAG}:epoch"  # the run_id of the Redis process the cache was written on
+CLEAR_MS = 30_000  # how long a station's claim on clearing holds, should it die meanwhile
+
+# KEYS[1]: the epoch key. ARGV[1]: this Redis process's run_id, ARGV[2]: ms the claim holds.
+# 'ok': the cache was written here; 'busy': another station clears it; 'clear': the caller must (it
+# holds the claim).
+CLAIM = """
+local seen = redis.call('GET', KEYS[1])
+if seen == ARGV[1] then
+  return 'ok'
+end
+if seen == 'clearing:' .. ARGV[1] then
+  return 'busy'
+end
+redis.call('SET', KEYS[1], 'clearing:' .. ARGV[1], 'PX', ARGV[2])
+return 'clear'
+"""
+
+BUSY = "another station is clearing the cache this Redis came back with (a restart or a failover)"
+
+
+def _run_id(info: Any) -> str | None:
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _cleared(count: int) -> None:
+    log.warning("Redis is a new process holding data (a restart from a snapshot, or a failover): the cache "
+                "it came back with may hold entries that writes had dropped; %d keys were cleared", count)
+
+
+def _steps() -> Generator[tuple[Any, ...], Any, None]:
+    """The check, sans I/O: yields each command to send and is sent its answer (a ResponseError thrown in)."""
+    try:
+        run_id = _run_id((yield ("INFO", "server")))
+    except ResponseError:  # INFO refused (a managed Redis may rename it): nothing to compare with
+        return
+    if run_id is None:
+        return
+    verdict = yield ("EVAL", CLAIM, 1, EPOCH, run_id, CLEAR_MS)
+    if verdict == b"ok":
+        return
+    if verdict == b"busy":
+        raise ConnectionError(BUSY)
+    cursor, count = b"0", 0
+    while True:
+        cursor, names = yield ("SCAN", cursor, "MATCH", CACHE_KEYS, "COUNT", 1000)
+        if names:
+            count += int((yield ("UNLINK", *names)))
+        if cursor in (b"0", 0):
+            break
+    yield ("PUBLISH", CHANNEL, "*")
+    yield ("SET", EPOCH, run_id)
+    if count:
+        _cleared(count)
+
+
+def check(conn: Any) -> None:
+    """redis-py's ``redis_connect_func`` for the cache's sync connections."""
+    conn.on_connect()
+    steps = _steps()
+    try:
+        command = next(steps)
+        while True:
+            conn.send_command(*command)
+            try:
+                answer = conn.read_response()
+            except ResponseError as exc:
+                command = steps.throw(exc)
+                continue
+            command = steps.send(answer)
+    except StopIteration:
+        return
+
+
+async def acheck(conn: Any) -> None:
+    """As :func:`check`, for the cache's asyncio connections."""
+    await conn.on_connect()
+    steps = _steps()
+    try:
+        command = next(steps)
+        while True:
+            await conn.send_command(*command)
+            try:
+                answer = await conn.read_response()
+            except ResponseError as exc:
+                command = steps.throw(exc)
+                continue
+            command = steps.send(answer)
+    except StopIteration:
+        return

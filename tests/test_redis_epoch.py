@@ -1,0 +1,79 @@
+"""A Redis that comes back as a new process holding old data (restored from a snapshot, or a replica
+promoted by a failover) held entries that writes had dropped since, and every station served them again
+until they expired. The cache is now trusted only on the Redis process it was written on."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from redis import Redis
+
+from pywats_transport.caching.redis_epoch import EPOCH
+from pywats_transport.caching.redis_keys import prefixes
+from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
+
+from .helpers import Caller
+from .test_index_eviction import Versioned
+
+pytestmark = pytest.mark.redis
+
+
+def station(mode: str, item: Versioned, url: str) -> Caller:
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    return Caller(mode, cls(httpx.MockTransport(item), mode="ttl", ttl=60, storage="redis", redis_url=url,
+                            redis_retry_after=0.2))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_redis_restored_from_a_snapshot_does_not_serve_what_writes_dropped(
+        mode: str, own_redis: Any, caplog: pytest.LogCaptureFixture) -> None:
+    item = Versioned()
+    writer, reader = station(mode, item, own_redis.url), station(mode, item, own_redis.url)
+    path = f"/items/{uuid.uuid4().hex}"
+    try:
+        assert (await reader.get(path)).json() == {"v": 0}
+        with Redis.from_url(own_redis.url) as admin:
+            admin.save()  # the snapshot holds the entry
+        assert (await writer.request("PUT", path)).status_code == 200  # ...which the write drops
+        own_redis.kill()
+        own_redis.start()  # a new process, restored from the snapshot
+        with Redis.from_url(own_redis.url) as admin:
+            assert admin.exists(prefixes("http://test" + path)[-1])  # the dropped entry's index is back
+        with caplog.at_level(logging.WARNING, logger="pywats_transport.cache"):
+            after = await reader.get(path)
+        assert after.json() == {"v": 1} and not after.extensions["caching"]["from_cache"]
+        assert "keys were cleared" in caplog.text
+        await asyncio.sleep(0.25)  # past retry_after, had the reconnection counted as a failure
+        again = await writer.get(path)
+        assert again.json() == {"v": 1} and again.extensions["caching"]["from_cache"]  # the cache works on
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_station_goes_to_the_network_while_another_clears(mode: str, redis_url: str) -> None:
+    item = Versioned()
+    path = f"/items/{uuid.uuid4().hex}"
+    with Redis.from_url(redis_url) as admin:
+        run_id = admin.info("server")["run_id"]
+        admin.set(EPOCH, f"clearing:{run_id}")  # as a station does while it clears
+        caller = station(mode, item, redis_url)
+        try:
+            first, second = await caller.get(path), await caller.get(path)
+            assert not first.extensions["caching"]["from_cache"] and not second.extensions["caching"]["from_cache"]
+            assert item.gets == 2 and caller.transport.stats()["storage_errors"] >= 1
+            admin.set(EPOCH, run_id)  # the clear is over
+            await asyncio.sleep(0.25)  # past retry_after
+            await caller.get(path)
+            assert (await caller.get(path)).extensions["caching"]["from_cache"]
+        finally:
+            admin.set(EPOCH, run_id)
+            await caller.close()
