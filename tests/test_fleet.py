@@ -532,6 +532,12 @@ async def test_through_sentinel_and_across_a_failover(mode: str, redis_sentinel:
             await asyncio_sleep(0.25)
         fleet = stack.layer("throttle").fleet
         assert (fleet.acquire("after.test") if mode == "sync" else await fleet.acquire("after.test")) == 0.0
+        # The new primary is a new process: the cache the replica held was cleared, and is trusted from now on.
+        from pywats_transport.caching.redis_epoch import EPOCH
+
+        with sync_client(f"redis://127.0.0.1:{redis_sentinel.replica.port}/0", 1.0) as promoted:
+            assert promoted.get(EPOCH) == promoted.info("server")["run_id"].encode()
+        assert not (await caller.get("/s/a")).extensions["caching"]["from_cache"]
     finally:
         await caller.close()
 
