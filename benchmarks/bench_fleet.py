@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pywats_transport._server import BackgroundServer
-from pywats_transport.caching.redis_keys import ENTRY, LOOK, prefixes
+from pywats_transport.caching.redis_keys import ENTRY, EPOCH, LOOK, prefixes
 from pywats_transport.fleet_demo import LocalRedis
 from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
 
@@ -65,7 +65,7 @@ def redis_hit(redis: LocalRedis, quick: bool) -> list[Row]:
     # What redis-py alone costs: the same single-connection client's read of the entry (the hit's script).
     bare = AsyncRedis.from_url(redis.url, single_connection_client=True)
     (key,) = shared_layer.policy.keys_under("/x")
-    look = (LOOK, 1, ENTRY + key, key, *prefixes("http://bench/x"))
+    look = (LOOK, 2, ENTRY + key, EPOCH, key, *prefixes("http://bench/x"))
     stream = loop.run_until_complete(asyncio.open_connection("127.0.0.1", redis.port))
 
     def timed(step: Callable[[], Awaitable[object]]) -> Callable[[int], float]:

@@ -13,8 +13,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from pywats_transport.caching.redis_epoch import EPOCH
-from pywats_transport.caching.redis_keys import prefixes
+from pywats_transport.caching.redis_keys import EPOCH, prefixes
 from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
 
 from .helpers import Caller
@@ -77,3 +76,23 @@ async def test_a_station_goes_to_the_network_while_another_clears(mode: str, red
         finally:
             admin.set(EPOCH, run_id)
             await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
+async def test_lookups_keep_the_epoch_in_use(mode: str, cache_mode: str, redis_url: str) -> None:
+    """The epoch is read only as a connection starts. Left idle, an LRU Redis that the cache fills evicts
+    it first, and the next station to connect clears the whole cache."""
+    item = Versioned()
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    caller = Caller(mode, cls(httpx.MockTransport(item), mode=cache_mode, ttl=60, storage="redis", redis_url=redis_url))
+    path = f"/items/{uuid.uuid4().hex}"
+    try:
+        await caller.get(path)
+        with Redis.from_url(redis_url) as admin:  # as if last used an hour ago
+            admin.restore(EPOCH, 0, admin.dump(EPOCH), replace=True, idletime=3600)
+            assert (await caller.get(path)).extensions["caching"]["from_cache"]
+            assert admin.object("idletime", EPOCH) <= 1  # s
+    finally:
+        await caller.close()

@@ -19,9 +19,8 @@ from typing import Any
 from redis.exceptions import ConnectionError, ResponseError
 
 from .redis_guard import log
-from .redis_keys import CACHE_KEYS, CHANNEL, TAG
+from .redis_keys import CACHE_KEYS, CHANNEL, EPOCH
 
-EPOCH = f"pwt:{TAG}:epoch"  # the run_id of the Redis process the cache was written on
 CLEAR_MS = 30_000  # how long a station's claim on clearing holds, should it die meanwhile
 
 # KEYS[1]: the epoch key. ARGV[1]: this Redis process's run_id, ARGV[2]: ms the claim holds.

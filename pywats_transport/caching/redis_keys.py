@@ -26,6 +26,7 @@ OWNER = f"pwt:{TAG}:o:"  # + entry id -> cache key (for remove_entry / update_he
 INDEX = f"pwt:{TAG}:p:"  # + origin + path prefix -> set of cache keys
 LOCK = f"pwt:{TAG}:l:"  # + cache key -> the token of the process fetching it (single flight)
 LEASE = f"pwt:{TAG}:w:"  # + cache key -> hash {lease token: 1} of the fetches in flight for it
+EPOCH = f"pwt:{TAG}:epoch"  # the run_id of the Redis process the cache was written on (redis_epoch)
 #: every key of the cache (a SCAN pattern), and none of the fleet rate's, which shares the hash tag
 CACHE_KEYS = f"pwt:{TAG}:[" + "".join(k[-2] for k in (ENTRY, OWNER, INDEX, LOCK, LEASE)) + "]:*"
 CHANNEL = f"pwt:{TAG}:invalidated"  # "<origin>\n<path>" or "*": near caches drop what it names
@@ -81,11 +82,13 @@ local function listed(key, first)
 end
 """
 
-# KEYS[1]: the entry hash. ARGV[1]: the cache key, ARGV[2..]: the index sets of the URL's prefixes.
-# A lookup: the key's entries, or none if an index set no longer names the key (Redis evicted it), as a
-# write may since have dropped the path and missed them. Read-only: the lease that follows the miss
-# deletes them.
+# KEYS[1]: the entry hash, KEYS[2]: the epoch key. ARGV[1]: the cache key, ARGV[2..]: the index sets of
+# the URL's prefixes. A lookup: the key's entries, or none if an index set no longer names the key (Redis
+# evicted it), as a write may since have dropped the path and missed them. The lease that follows the
+# miss deletes them. The epoch is only read as a connection starts: without the TOUCH, an LRU Redis would
+# evict it first, and the next connection would clear the whole cache.
 LOOK = _LISTED + """
+redis.call('TOUCH', KEYS[2])
 local found = redis.call('HGETALL', KEYS[1])
 if #found > 0 and not listed(ARGV[1], 2) then
   return {}

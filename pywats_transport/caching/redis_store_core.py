@@ -39,6 +39,7 @@ from .redis_keys import (
     CHANNEL,
     DROP_PREFIX,
     ENTRY,
+    EPOCH,
     INDEX,
     LEASE,
     LOCK,
@@ -199,7 +200,7 @@ class StoreCore:
         as they are)."""
         if url is None:
             return client.hgetall(ENTRY + key)
-        return client.eval(LOOK, 1, ENTRY + key, key, *prefixes(url))
+        return client.eval(LOOK, 2, ENTRY + key, EPOCH, key, *prefixes(url))
 
     def reader(self) -> Any:
         if self._reader is None:
