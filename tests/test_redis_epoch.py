@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from typing import Any
 
@@ -96,3 +97,31 @@ async def test_lookups_keep_the_epoch_in_use(mode: str, cache_mode: str, redis_u
             assert admin.object("idletime", EPOCH) <= 1  # s
     finally:
         await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_station_waits_out_a_short_clear(mode: str, redis_url: str) -> None:
+    """After a plain restart the first station clears an empty Redis at once: the others wait for it
+    instead of counting an outage of their own."""
+    item = Versioned()
+    path = f"/items/{uuid.uuid4().hex}"
+    with Redis.from_url(redis_url) as admin:
+        run_id = admin.info("server")["run_id"]
+        admin.set(EPOCH, f"clearing:{run_id}")
+
+        def finish() -> None:  # the other station's clear
+            with Redis.from_url(redis_url) as other:
+                other.set(EPOCH, run_id)
+
+        done = threading.Timer(0.1, finish)
+        done.start()
+        caller = station(mode, item, redis_url)
+        try:
+            await caller.get(path)
+            assert (await caller.get(path)).extensions["caching"]["from_cache"]
+            assert caller.transport.stats()["storage_errors"] == 0
+        finally:
+            done.join()
+            admin.set(EPOCH, run_id)
+            await caller.close()

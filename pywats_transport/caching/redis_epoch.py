@@ -13,6 +13,8 @@ checked (a node's ``run_id`` is not the slot's history): clear it after a failov
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Generator
 from typing import Any
 
@@ -38,6 +40,7 @@ redis.call('SET', KEYS[1], 'clearing:' .. ARGV[1], 'PX', ARGV[2])
 return 'clear'
 """
 
+BUSY_WAIT = 0.5  # seconds a new connection waits for another station's clear before it gives up
 BUSY = "another station is clearing the cache this Redis came back with (a restart or a failover)"
 
 
@@ -55,7 +58,8 @@ def _cleared(count: int) -> None:
 
 
 def _steps() -> Generator[tuple[Any, ...], Any, None]:
-    """The check, sans I/O: yields each command to send and is sent its answer (a ResponseError thrown in)."""
+    """The check, sans I/O: yields each command to send and is sent its answer (a ResponseError thrown in);
+    ``("sleep", seconds)`` is a pause, not a command."""
     try:
         run_id = _run_id((yield ("INFO", "server")))
     except ResponseError:  # INFO refused (a managed Redis may rename it): nothing to compare with
@@ -65,7 +69,12 @@ def _steps() -> Generator[tuple[Any, ...], Any, None]:
     verdict = yield ("EVAL", CLAIM, 1, EPOCH, run_id, CLEAR_MS)
     if verdict == b"ok":
         return
-    if verdict == b"busy":
+    if verdict == b"busy":  # mostly the empty Redis of a plain restart: a short wait sees it done
+        deadline = time.monotonic() + BUSY_WAIT
+        while time.monotonic() < deadline:
+            yield ("sleep", 0.01)
+            if (yield ("GET", EPOCH)) == run_id.encode():
+                return
         raise ConnectionError(BUSY)
     cursor, count = b"0", 0
     while True:
@@ -87,6 +96,10 @@ def check(conn: Any) -> None:
     try:
         command = next(steps)
         while True:
+            if command[0] == "sleep":
+                time.sleep(command[1])
+                command = steps.send(None)
+                continue
             conn.send_command(*command)
             try:
                 answer = conn.read_response()
@@ -105,6 +118,10 @@ async def acheck(conn: Any) -> None:
     try:
         command = next(steps)
         while True:
+            if command[0] == "sleep":
+                await asyncio.sleep(command[1])
+                command = steps.send(None)
+                continue
             await conn.send_command(*command)
             try:
                 answer = await conn.read_response()
