@@ -22,7 +22,7 @@ def _stack_config(path: str | None, profile: str | None) -> Any:
         from .wats.client import resolve_config
 
         client = ClientConfig.load(path)
-        return resolve_config(None, client.transport_flags())
+        return resolve_config(client.transport or None, client.transport_flags())
     return TransportConfig.load(path, profile=profile)
 
 

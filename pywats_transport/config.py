@@ -535,6 +535,10 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel], sour
             problems.append(f"{field}{where}: unknown key; allowed keys: {', '.join(allowed)}")
         elif err["type"] == "missing":
             problems.append(f"{field}{where}: required, not given")
+        elif isinstance(nested := (err.get("ctx") or {}).get("error"), ConfigError):
+            # A section validated as a config of its own (the service's ``transport``): its problems, each
+            # under this field's name. At the root: a model whose __init__ described them already.
+            problems += [f"{field}.{problem}" if loc else problem for problem in nested.problems]
         else:
             shown = _shown(err.get("input"), loc, secrets)
             if any(len(s) >= 4 and s in shown for s in secret_values):

@@ -182,6 +182,20 @@ def test_cli_stack_shows_profile_and_sources_and_reads_a_client_file(tmp_path: A
     cache = next(item for item in chain if item["name"] == "cache")
     assert cache["settings"]["ttl"] == 42 and cache["sources"]["ttl"] == "flags"
     assert "tok-secret" not in out.stdout + out.stderr
+    # client.json's transport section: above the WATS profile, beneath the flat keys.
+    client.write_text(json.dumps({"service_address": "http://127.0.0.1:1", "api_token": "tok-secret", "rate_limit": 7,
+                                  "transport": {"cache": {"storage": "redis", "ttl": 60},
+                                                "throttle": {"backend": "redis", "rate": 3},
+                                                "redis": {"url": "redis://station:pw-9@10.0.0.5:6379/0"}}}))
+    out = run_cli("stack", "--config", str(client), "--json")
+    assert out.returncode == 0, out.stderr
+    chain = {item["name"]: item for item in json.loads(out.stdout)}
+    cache, throttle = chain["cache"], chain["throttle"]
+    assert (cache["settings"]["storage"], cache["sources"]["storage"]) == ("redis", "config")
+    assert (cache["settings"]["ttl"], cache["settings"]["mode"]) == (60, "ttl")  # the profile's mode stays
+    assert cache["settings"]["redis_url"] == "redis://station:***@10.0.0.5:6379/0"
+    assert (throttle["settings"]["backend"], throttle["settings"]["rate"]) == ("redis", 7)
+    assert "pw-9" not in out.stdout + out.stderr
 
 
 def test_a_password_in_a_redis_url_is_never_shown(tmp_path: Any) -> None:

@@ -1184,6 +1184,39 @@ async def test_a_full_redis_that_evicts_nothing_is_named(mode: str, redis_binary
 
 
 @pytest.mark.anyio
+async def test_services_join_the_fleet_from_their_client_json(tmp_path: Path, redis_url: str) -> None:
+    """Two stations' services whose client.json names the fleet tier (no environment): one server GET for
+    both, and a write by one is seen by the other."""
+    from pywats_transport.emulator import EmulatorServer
+    from pywats_transport.service import AsyncClientService, ClientConfig
+
+    route = "GET /api/Product/{partNumber}"
+    with EmulatorServer(token="svc") as emu:
+        services = []
+        for station in ("a", "b"):
+            path = tmp_path / f"{station}.json"
+            path.write_text(json.dumps({
+                "service_address": emu.url, "api_token": "svc", "queue_dir": str(tmp_path / station), "health_port": 0,
+                "metrics_port": None, "transport": {"redis": {"url": redis_url}, "cache": {"storage": "redis"},
+                                                    "throttle": {"backend": "redis"}}}))
+            services.append(AsyncClientService(ClientConfig.load(path)))
+        a, b = [await service.start() for service in services]
+        try:
+            assert a.api is not None and b.api is not None
+            assert (b.api.config.cache.storage, b.api.config.throttle.backend) == ("redis", "redis")
+            assert b.api.config.cache.mode == "ttl"  # the WATS profile beneath the section
+            product = await a.api.product.get("PN-1001")
+            await b.api.product.get("PN-1001")
+            assert emu.state.requests[route] == 1
+            await a.api.product.save(product)
+            await b.api.product.get("PN-1001")
+            assert emu.state.requests[route] == 2
+        finally:
+            for service in (a, b):
+                await service.stop()
+
+
+@pytest.mark.anyio
 async def test_a_service_sends_reports_while_its_redis_is_down(tmp_path: Path, own_redis: Any,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A client service on the fleet tier (configured through the environment): Redis dies, reports are

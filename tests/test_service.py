@@ -192,6 +192,7 @@ def test_client_config_errors_name_field_and_file(tmp_path: Path, monkeypatch: p
         ClientConfig.load(path)
     message = str(info.value)
     assert str(path) in message and "service_address" in message and "cache_ttl_seconds = -1" in message
+    assert "(root)" not in message  # each problem once, under its own name
     assert "s3cret-token" not in message
     path.write_text(json.dumps({"service_address": "https://w", "api_token": 5, "typo": 1}))
     with pytest.raises(ConfigError, match=r"api_token = \*\*\*.*typo: unknown key"):
@@ -205,6 +206,32 @@ def test_client_config_errors_name_field_and_file(tmp_path: Path, monkeypatch: p
     assert cfg.api_token.get_secret_value() == "12345" and cfg.health_port == 9999
     assert cfg.metrics_port is None and cfg.enable_cache is False
     assert "12345" not in repr(cfg) and cfg.health_host == "127.0.0.1"
+
+
+def test_the_transport_section_is_checked_key_by_key_and_never_shows_a_password(tmp_path: Path) -> None:
+    """client.json's ``transport`` (the fleet tier, any layer setting) is refused at load with each bad key
+    named under ``transport.`` and what it allows, before a service starts on it."""
+    path = tmp_path / "client.json"
+    path.write_text(json.dumps({"service_address": "https://w", "api_token": "s3cret-token", "transport": {
+        "cache": {"storage": "redsi", "ttll": 3}, "redis": {"url": "http://station:pw-redis-9@h:1/0"},
+        "throttle": {"rate": 0}}}))
+    with pytest.raises(ConfigError) as info:
+        ClientConfig.load(path)
+    problems = {p.split(" ", 1)[0].rstrip(":"): p for p in info.value.problems}
+    assert set(problems) == {"transport.cache.storage", "transport.cache.ttll", "transport.redis.url",
+                             "transport.throttle.rate"}
+    assert problems["transport.cache.storage"].endswith("= 'redsi': Input should be 'memory', 'sqlite' or 'redis'")
+    assert problems["transport.cache.ttll"].startswith("transport.cache.ttll: unknown key; allowed keys: coalesce, ")
+    assert "= 'http://station:***@h:1/0': must start with one of redis://" in problems["transport.redis.url"]
+    assert problems["transport.throttle.rate"].startswith("transport.throttle.rate = 0: ")
+    assert "pw-redis-9" not in str(info.value) and "s3cret-token" not in str(info.value)
+    assert str(info.value).startswith(f"invalid ClientConfig in {path}: transport.cache.storage")
+    path.write_text(json.dumps({"service_address": "https://w", "api_token": "t", "transport": {"profile": "x"}}))
+    with pytest.raises(ConfigError, match=r"transport.profile = 'x': unknown profile; allowed: generic, wats"):
+        ClientConfig.load(path)
+    # Kept as given: what the section leaves out stays the WATS profile's when the service builds its chain.
+    path.write_text(json.dumps({"service_address": "https://w", "api_token": "t", "transport": {"retry": {"max_attempts": 5}}}))
+    assert ClientConfig.load(path).transport == {"retry": {"max_attempts": 5}}
 
 
 def test_config_init_writes_a_loadable_example(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from ..config import describe_validation_error, read_json_file
+from ..config import TransportConfig, describe_validation_error, read_json_file
 from ..errors import ConfigError
 
 ENV_PREFIX = "PYWATS_CLIENT_"
@@ -52,6 +52,13 @@ class ClientConfig(BaseModel):
         "(pure Python).",
     )
 
+    transport: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further transport settings, as in a TransportConfig file: the fleet tier shared by every "
+        "station (`redis`, `cache.storage`, `throttle.backend`), any layer's own settings, plugin settings. Above "
+        "the WATS profile; PYWATS_TRANSPORT_* variables win over it, and the keys above over both.",
+    )
+
     def __init__(self, **data: Any) -> None:
         try:
             super().__init__(**data)
@@ -70,6 +77,14 @@ class ClientConfig(BaseModel):
         if not host:
             raise ValueError("must name a host, as in https://wats.example.com")
         return value.rstrip("/")
+
+    @field_validator("transport")
+    @classmethod
+    def _transport(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Checked here, so that `serve` refuses a misspelt key before it starts; kept as given, so that
+        # what the file does not set stays the WATS profile's.
+        TransportConfig.load(value, environ={}, profile="wats")
+        return value
 
     @field_validator("queue_dir")
     @classmethod
@@ -138,6 +153,11 @@ EXAMPLE = {
     "_queue_dir": "Drop WSJF report files (*.json) here, written elsewhere and renamed in.",
     "queue_dir": "pywats_queue",
     "plugins": [],
+    "_transport": "Further transport settings, as in a TransportConfig file. The fleet tier, shared by every "
+                  "station: {\"redis\": {\"url\": \"redis://redis.factory.local:6379/0\"}, \"cache\": "
+                  "{\"storage\": \"redis\"}, \"throttle\": {\"backend\": \"redis\"}}; the password from "
+                  "the environment, REDIS_PASSWORD.",
+    "transport": {},
 }
 
 

@@ -58,7 +58,7 @@ class AsyncClientService:
         if cfg.enable_metrics:
             self.collector = MetricsCollector()
         self.api = AsyncWATS(cfg.service_address, cfg.api_token.get_secret_value(), metrics_collector=self.collector,
-                             transport=self._transport, **cfg.transport_flags())
+                             transport=self._transport, config=cfg.transport or None, **cfg.transport_flags())
         self.queue = ReportQueue(cfg.queue_dir, self._submit, backoff_max=cfg.retry_backoff_max)
         if self.collector is not None:
             self.queue.on_processed = self.collector.record_queue_processing  # type: ignore[method-assign]
