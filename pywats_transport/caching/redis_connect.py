@@ -19,6 +19,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -197,16 +198,33 @@ def async_client(url: str, timeout: float, *, single_connection: bool = False, *
     options = {**redis_options(timeout), "retry": _reconnect_once(Retry), **extra}
     if is_cluster(url):
         _cluster_version_check()
-        from redis.asyncio.cluster import ClusterNode, RedisCluster
+        from redis.asyncio.cluster import ClusterNode
 
         address = nodes_address(url)
         options = {**options, "retry": _reconnect_once(Retry, cluster=True), **extra, **address.options()}
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in address.nodes], **options)
+        return _async_cluster()(startup_nodes=[ClusterNode(h, p) for h, p in address.nodes], **options)
     if is_sentinel(url):
         from redis.asyncio.sentinel import Sentinel
 
         return _primary(Sentinel, url, options)
     return redis.asyncio.Redis.from_url(url, single_connection_client=single_connection, **options)
+
+
+@lru_cache(maxsize=1)
+def _async_cluster() -> Any:
+    from redis.asyncio.cluster import RedisCluster
+
+    class InitializedFirst(RedisCluster):  # type: ignore[misc]
+        """redis-py's asyncio cluster client, which learns the cluster before it routes a command. Not yet
+        initialized, it routes the commands already in flight as keyless, to any primary: the slot's owner
+        answers MOVED, the client learns the cluster again, and closes the other commands' connections
+        under them. A station's first requests at once counted as an outage, and skipped Redis."""
+
+        async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            await self.initialize()  # at once, once it has been
+            return await super().execute_command(*args, **kwargs)
+
+    return InitializedFirst
 
 
 def _primary(sentinel_cls: Any, url: str, options: dict[str, Any]) -> Any:
