@@ -468,6 +468,68 @@ async def test_a_hung_redis_costs_one_timeout(mode: str, kind: str, request: pyt
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("kind", ["server", "cluster"])
+async def test_lookups_in_flight_together_on_a_hung_redis_each_wait_one_timeout(
+        mode: str, kind: str, request: pytest.FixtureRequest) -> None:
+    """Eight lookups at once (threads, or tasks) when Redis stops answering: each waits one timeout at most,
+    side by side. They used to queue behind one another for the lookup connection, the last for 8 timeouts."""
+    import os
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    if kind == "server":
+        hung, url = request.getfixturevalue("own_redis"), request.getfixturevalue("own_redis").url
+    else:
+        hung, url = request.getfixturevalue("redis_cluster").owner(b"{pwt}"), request.getfixturevalue("redis_cluster_url")
+    build = build_transport if mode == "sync" else build_async_transport
+    stack = build(inner=httpx.MockTransport(Counter()), enable_retry=False,
+                  cache={"mode": "ttl", "storage": "redis", "redis_url": url, "redis_timeout": 0.2})
+    caller = Caller(mode, stack)
+    pool = ThreadPoolExecutor(8)
+
+    async def timed(path: str) -> float:
+        started = time.monotonic()
+        if mode == "sync":
+            response = await asyncio.wrap_future(pool.submit(caller.client.get, path))
+        else:
+            response = await caller.get(path)
+        assert response.status_code == 200
+        return time.monotonic() - started
+
+    assert hung.proc is not None
+    try:
+        await asyncio.gather(*[timed(f"/together/{kind}/{mode}/warm/{i}") for i in range(8)])  # connections made
+        os.kill(hung.proc.pid, signal.SIGSTOP)
+        try:
+            waits = await asyncio.gather(*[timed(f"/together/{kind}/{mode}/{i}") for i in range(8)])
+        finally:
+            os.kill(hung.proc.pid, signal.SIGCONT)
+        assert max(waits) < 0.2 + 0.3, f"waits: {sorted(round(w, 2) for w in waits)}"
+        assert stack.stats()["cache"]["redis_outages"] == 1
+    finally:
+        pool.shutdown()
+        await caller.close()
+
+
+@pytest.mark.anyio
+async def test_a_new_async_stations_first_requests_at_once_use_the_cluster(redis_cluster_url: str) -> None:
+    """Eight requests at once as an asyncio station starts on a Redis Cluster: no outage, for the cache or the
+    fleet rate. redis-py routed the commands sent before its cluster client knew the slots to any primary;
+    the MOVED answers made it learn the cluster again and close the other commands' connections."""
+    for attempt in range(3):  # a fresh station each time: the race was lost about two times in three
+        stack = build_async_transport(
+            inner=httpx.MockTransport(Counter()), enable_retry=False,
+            cache={"mode": "ttl", "storage": "redis", "redis_url": redis_cluster_url},
+            throttle={"enabled": True, "backend": "redis", "redis_url": redis_cluster_url, "rate": 1000, "burst": 100})
+        async with httpx.AsyncClient(transport=stack, base_url="http://test") as client:
+            answers = await asyncio.gather(*[client.get(f"/first/{uuid.uuid4().hex}/{i}") for i in range(8)])
+        assert [a.status_code for a in answers] == [200] * 8
+        stats = stack.stats()
+        assert (stats["cache"]["redis_failures"], stats["throttle"]["fleet"]["redis_failures"]) == (0, 0), attempt
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_one_redis_section_serves_the_cache_and_the_rate(mode: str, redis_url: str, tmp_path: Path) -> None:
     """``redis`` names the fleet's Redis once; each layer's own ``redis_*`` setting still wins."""
     from pywats_transport import TransportConfig, build_async_transport, build_transport

@@ -43,7 +43,9 @@ class RedisStore(StoreCore, BaseStorage):
     def find(self, key: str, method: str, headers: Any, url: str | None = None) -> Record | None:
         """The layer's lookup (ttl mode) of the request for ``url``: one round trip, the variant chosen by
         method and ``Vary``."""
-        return self._choose(key, self._call(lambda: self._look(self.reader(), key, url)), method, headers)
+        with self.lookup_client() as client:
+            found = self._call(lambda: self._look(client, key, url))
+        return self._choose(key, found, method, headers)
 
     def get_entries(self, key: str) -> list[Entry]:
         lookup = current(key)

@@ -71,7 +71,9 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
 
     async def find(self, key: str, method: str, headers: Any, url: str | None = None) -> Record | None:
         """As the sync store's."""
-        return self._choose(key, await self._call(lambda: self._look(self.reader(), key, url)), method, headers)
+        with self.lookup_client() as client:
+            found = await self._call(lambda: self._look(client, key, url))
+        return self._choose(key, found, method, headers)
 
     async def get_entries(self, key: str) -> list[Entry]:
         lookup = current(key)

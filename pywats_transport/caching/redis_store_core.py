@@ -23,9 +23,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from hishel import Entry, Headers, Request, Response
@@ -86,6 +88,7 @@ class StoreCore:
         # every hit), made on first use: a sync one connects when made, which must not fail here.
         self._reader_factory = reader
         self._reader: Any = None
+        self._reader_free = threading.Lock()  # only ever tried, never waited on (lookup_client)
         self.default_ttl = default_ttl
         self.guard = Guard(retry_after)
         #: seconds a miss waits for another process's fetch (0: no single flight)
@@ -206,6 +209,19 @@ class StoreCore:
         if self._reader is None:
             self._reader = self._reader_factory() if self._reader_factory is not None else self.client
         return self._reader
+
+    @contextmanager
+    def lookup_client(self) -> Iterator[Any]:
+        """The lookup connection when it is free, else the pool. A lookup never queues behind another's: on a
+        hung Redis, lookups in flight together each wait their one timeout side by side, not one after the
+        other, and one that starts after the first failure skips Redis at once."""
+        if not self._reader_free.acquire(blocking=False):
+            yield self.client
+            return
+        try:
+            yield self.reader()
+        finally:
+            self._reader_free.release()
 
     def _ttl_ms(self, ttl: float | None) -> int | None:
         ttl = ttl if ttl is not None else self.default_ttl
