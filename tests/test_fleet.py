@@ -528,6 +528,52 @@ async def test_a_new_async_stations_first_requests_at_once_use_the_cluster(redis
         assert (stats["cache"]["redis_failures"], stats["throttle"]["fleet"]["redis_failures"]) == (0, 0), attempt
 
 
+def _documented_acl() -> list[str]:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "fleet.md").read_text(encoding="utf-8")
+    (line,) = [line for line in page.splitlines() if line.startswith("ACL SETUSER station ")]
+    return line.split()[2:]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_the_documented_acl_is_all_the_fleet_tier_needs(mode: str, fleet_url: str, request: pytest.FixtureRequest,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fleet page's Redis user (keys and channel under ``pwt:``, no dangerous commands): the cache with its
+    near cache, invalidation and ``clear()``, and the fleet rate with a server's hold, with no refusal."""
+    from redis import Redis
+
+    cluster = fleet_url.startswith("redis+cluster")
+    ports = ([n.port for n in request.getfixturevalue("redis_cluster").nodes] if cluster
+             else [request.getfixturevalue("redis_server").port])
+    for port in ports:
+        with Redis(port=port) as admin:
+            admin.execute_command("ACL", "SETUSER", *_documented_acl())
+    monkeypatch.setenv("REDIS_PASSWORD", "station-password")
+    url = fleet_url.replace("://", "://station@", 1)
+    build = build_transport if mode == "sync" else build_async_transport
+    counter = Counter()
+
+    def origin(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": "1"}) if request.url.path == "/busy" else counter(request)
+
+    stack = build(inner=httpx.MockTransport(origin), enable_retry=False,
+                  cache={"mode": "ttl", "storage": "redis", "redis_url": url, "near_cache": True},
+                  throttle={"enabled": True, "backend": "redis", "redis_url": url, "rate": 100})
+    caller = Caller(mode, stack)
+    path = f"/acl/{uuid.uuid4().hex}"
+    try:
+        assert [(await caller.get(path)).json()["n"] for _ in range(2)] == [1, 1]
+        await caller.request("PUT", path)
+        assert (await caller.get(path)).json()["n"] == 3
+        assert (await caller.get("/busy")).status_code == 429
+        cache = stack.layer("cache")
+        assert cache.invalidate(path) >= 1 and cache.clear() >= 0
+        stats = stack.stats()
+        assert (stats["cache"]["redis_failures"], stats["throttle"]["fleet"]["redis_failures"]) == (0, 0)
+    finally:
+        await caller.close()
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_one_redis_section_serves_the_cache_and_the_rate(mode: str, redis_url: str, tmp_path: Path) -> None:
