@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from . import forks
 from .redis_keys import CHANNEL
 
 
@@ -24,10 +25,27 @@ class NearInvalidation:
         self.listening = False
         self._stop = threading.Event()
         self._subscribed = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="pywats-near-cache", daemon=True)
-        self.thread.start()
+        self.thread = self._start()
         # Entries kept before the subscription holds could miss an invalidation: wait for it (briefly).
         self._subscribed.wait(2.0)
+        forks.follow(self)
+
+    def _start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name="pywats-near-cache", daemon=True)
+        thread.start()
+        return thread
+
+    def after_fork(self) -> None:
+        """In a forked child, which has neither the parent's thread nor a connection of its own (see
+        :mod:`.forks`): what the parent kept near may have been invalidated since, unheard. Nothing is
+        kept near until the child's own subscription holds."""
+        if self._stop.is_set():
+            return
+        self.listening = False
+        self.pubsub = None
+        self._subscribed = threading.Event()
+        self.on_lost()
+        self.thread = self._start()
 
     def _run(self) -> None:
         # One thread owns the connection: redis-py's PubSub is not safe to share between threads.

@@ -32,6 +32,7 @@ from typing import Any
 
 from hishel import Entry, Headers, Request, Response
 
+from . import forks
 from .freshness import Vary
 from .memory import Record
 from .redis_fetch import current, lease_of, url_of
@@ -89,6 +90,7 @@ class StoreCore:
         self._reader_factory = reader
         self._reader: Any = None
         self._reader_free = threading.Lock()  # only ever tried, never waited on (lookup_client)
+        forks.follow(self)
         self.default_ttl = default_ttl
         self.guard = Guard(retry_after)
         #: seconds a miss waits for another process's fetch (0: no single flight)
@@ -209,6 +211,11 @@ class StoreCore:
         if self._reader is None:
             self._reader = self._reader_factory() if self._reader_factory is not None else self.client
         return self._reader
+
+    def after_fork(self) -> None:
+        """In a forked child: the lookup connection is the parent's (see :mod:`.forks`); make one of its own."""
+        self._reader = None
+        self._reader_free = threading.Lock()
 
     @contextmanager
     def lookup_client(self) -> Iterator[Any]:

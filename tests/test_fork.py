@@ -1,0 +1,93 @@
+"""A process forked from a station (``multiprocessing`` on Linux, a pre-forking server) after its cache
+used Redis: the child reads its own answers, hears invalidations, and the parent goes on as before."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from pywats_transport import build_transport
+
+pytestmark = [pytest.mark.redis,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork as multiprocessing uses it on Linux")]
+
+PATHS = ("/fork/a", "/fork/b", "/fork/c", "/fork/d")
+
+
+def _client(redis_url: str, origin: Any, **cache: Any) -> httpx.Client:
+    stack = build_transport(inner=httpx.MockTransport(origin), enable_retry=False,
+                            cache={"mode": "ttl", "storage": "redis", "redis_url": redis_url, **cache})
+    return httpx.Client(transport=stack, base_url="http://station")
+
+
+def _echo(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, json={"path": request.url.path})
+
+
+def _read_own_answers(client: httpx.Client, times: int) -> None:
+    wrong = sum(client.get(PATHS[i % 4]).json()["path"] != PATHS[i % 4] for i in range(times))
+    sys.exit(min(wrong, 100))
+
+
+def test_forked_children_read_their_own_answers(redis_url: str) -> None:
+    """Three children of a station whose lookups had used Redis, each reading 300 entries: every answer is the
+    one for its URL. They used to share the parent's lookup connection, and read each other's answers."""
+    fork = multiprocessing.get_context("fork")
+    with _client(redis_url, _echo) as client:
+        for path in (*PATHS, PATHS[0]):
+            client.get(path)  # stored, then a hit: the lookup connection is open
+        children = [fork.Process(target=_read_own_answers, args=(client, 300)) for _ in range(3)]
+        for child in children:
+            child.start()
+        for child in children:
+            child.join(60)
+        assert [child.exitcode for child in children] == [0, 0, 0], "wrong answers per child"
+        for path in PATHS:  # the parent's own connection still answers it, and only it
+            answer = client.get(path)
+            assert answer.json()["path"] == path and answer.extensions["caching"]["from_cache"]
+
+
+def _counting(count: Any) -> Any:
+    def origin(request: httpx.Request) -> httpx.Response:
+        with count.get_lock():
+            count.value += 1
+            return httpx.Response(200, json={"n": count.value})
+    return origin
+
+
+def _heard(client: httpx.Client) -> int:
+    return int(client._transport.stats()["cache"]["near_invalidations"])  # type: ignore[attr-defined]
+
+
+def _hears_a_write(client: httpx.Client, redis_url: str, count: Any) -> None:
+    before = client.get("/fork/near").json()["n"]
+    heard = _heard(client)
+    with _client(redis_url, _counting(count)) as other:  # another station writes
+        other.put("/fork/near")
+    deadline = time.monotonic() + 5  # the near cache's bound is the message's delivery: wait for it
+    while _heard(client) == heard and time.monotonic() < deadline:
+        time.sleep(0.01)
+    after = client.get("/fork/near").json()["n"]
+    sys.exit(0 if after != before else 1)
+
+
+def test_a_forked_childs_near_cache_hears_other_stations_writes(redis_url: str) -> None:
+    """The parent kept an entry near; its forked child reads it, another station writes it, and the child's next
+    read is the new answer. The child used to keep the parent's near entry, with no subscriber to drop it."""
+    fork = multiprocessing.get_context("fork")
+    count = fork.Value("i", 0)
+    with _client(redis_url, _counting(count), near_cache=True, near_ttl=60) as client:
+        assert client.get("/fork/near").json() == client.get("/fork/near").json() == {"n": 1}  # kept near
+        child = fork.Process(target=_hears_a_write, args=(client, redis_url, count))
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0, "the child read the pre-write answer"
+        deadline = time.monotonic() + 5
+        while _heard(client) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert client.get("/fork/near").json()["n"] != 1  # the parent heard it too
