@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .cli_types import number, whole
 from .emulator import EmulatorServer
 from .wats import AsyncWATS
 from .workload import RunResult, run_workload
@@ -139,7 +140,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.fleet:
+    if args.fleet is not None:
         from .fleet_demo import run as run_fleet
 
         return run_fleet(args)
@@ -148,17 +149,18 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the station workload against the embedded emulator, cached and uncached")
-    p.add_argument("--stations", type=int, default=3)
-    p.add_argument("--units", type=int, default=4, help="units per station (each passes 3 operations)")
-    p.add_argument("--latency-ms", type=float, default=20.0)
-    p.add_argument("--fail-rate", type=float, default=0.03)
+    p.add_argument("--stations", type=whole(1), default=3)
+    p.add_argument("--units", type=whole(1), default=4, help="units per station (each passes 3 operations)")
+    p.add_argument("--latency-ms", type=number(0), default=20.0)
+    p.add_argument("--fail-rate", type=number(0, 1), default=0.03)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--fleet", type=int, metavar="N", default=0,
+    p.add_argument("--fleet", type=whole(1), metavar="N", default=None,
                    help="N station processes sharing a local redis-server (cache, invalidation, rate), against "
                         "the same N without it")
-    p.add_argument("--outage-seconds", type=float, default=2.0, help="the outage run's WATS outage (0: no outage run)")
-    p.add_argument("--test-ms", type=float, default=100.0, help="outage run: how long each test operation takes")
-    p.add_argument("--outage-cache-ttl", type=float, default=1.0,
+    p.add_argument("--outage-seconds", type=number(0), default=2.0,
+                   help="the outage run's WATS outage (0: no outage run)")
+    p.add_argument("--test-ms", type=number(0), default=100.0, help="outage run: how long each test operation takes")
+    p.add_argument("--outage-cache-ttl", type=number(0, above=True), default=1.0,
                    help="outage run: seconds a lookup is fresh; short, so that the outage meets expired entries "
                         "as an outage of an hour would with the profile's 300 s")
     p.add_argument("--outage-mode", choices=["refuse", "503"], default="refuse",

@@ -3,6 +3,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def test_demo_command_runs_the_workload_and_reports() -> None:
     out = subprocess.run(
@@ -42,3 +44,27 @@ def test_fleet_demo_says_how_to_get_redis_when_missing(tmp_path) -> None:  # typ
     out = subprocess.run([sys.executable, "-m", "pywats_transport", "demo", "--fleet", "2"], capture_output=True,
                          text=True, timeout=60, env=env)
     assert out.returncode == 2 and "apt-get install redis-server" in out.stderr
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["demo", "--stations", "0"], "argument --stations: must be a whole number >= 1, got '0'"),
+    (["demo", "--units", "-1"], "argument --units: must be a whole number >= 1, got '-1'"),
+    (["demo", "--fleet", "0"], "argument --fleet: must be a whole number >= 1, got '0'"),
+    (["demo", "--fleet", "-1"], "argument --fleet: must be a whole number >= 1, got '-1'"),
+    (["demo", "--fleet", "two"], "argument --fleet: must be a whole number >= 1, got 'two'"),
+    (["demo", "--fail-rate", "2"], "argument --fail-rate: must be a number within 0..1, got '2'"),
+    (["demo", "--latency-ms", "-5"], "argument --latency-ms: must be a number >= 0, got '-5'"),
+    (["demo", "--test-ms", "nan"], "argument --test-ms: must be a number >= 0, got 'nan'"),
+    (["demo", "--outage-cache-ttl", "0"], "argument --outage-cache-ttl: must be a number > 0, got '0'"),
+    (["emulator", "--port", "99999"], "argument --port: must be a whole number within 0..65535, got '99999'"),
+])
+def test_a_bad_argument_is_named_with_what_it_allows(argv: list[str], message: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo ran with 0 or -1 stations and units (reporting "OK: 0 reports"), took --fleet 0 as no fleet and
+    --fleet -1 as a fleet of none, and answered a negative latency or a rate above 1 with a traceback."""
+    from pywats_transport.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and message in err and "Traceback" not in err

@@ -7,6 +7,8 @@ import sys
 import threading
 from typing import Any
 
+from ..cli_types import port
+
 
 def _run(args: argparse.Namespace) -> int:
     from .server import EmulatorServer
@@ -36,7 +38,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("emulator", help="run the embedded WATS emulator")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=port, default=8765)
     p.add_argument("--token", help="accept only this token (default: any non-empty token)")
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--jitter-ms", type=float, default=0.0, help="random extra latency up to this")
