@@ -475,7 +475,22 @@ def flags_to_dict(flags: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^:@/]*):[^@/]*@", re.IGNORECASE)
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+
+
+def _password_masked(match: re.Match[str]) -> str:
+    """A URL with its password as ``***``. The credentials end at the last ``@`` before the query, as
+    ``urllib.parse`` (and so redis-py) reads them: a password with an ``@`` or a ``/`` left unencoded
+    is masked whole, not up to its first ``@``."""
+    url = match.group(0)
+    scheme, _, rest = url.partition("://")
+    cut = rest.find("?") % (len(rest) + 1)  # the query's start, or the end
+    if "@" not in rest[:cut]:  # a '?' left in the password: its '@' comes before the query's first '='
+        cut = max(cut, rest.rfind("@", 0, rest.find("=") % (len(rest) + 1)) + 1)
+    userinfo, at, hosts = rest[:cut].rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{hosts}{rest[cut:]}"
 
 
 def redacted(value: Any, key: str = "") -> Any:
@@ -488,7 +503,7 @@ def redacted(value: Any, key: str = "") -> Any:
     if isinstance(value, str) and value:
         if _is_secret((key,)):
             return "***"
-        return _URL_PASSWORD.sub(r"\1:***@", value)
+        return _URL.sub(_password_masked, value)
     return value
 
 

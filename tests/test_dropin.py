@@ -219,6 +219,39 @@ def test_a_password_in_a_redis_url_is_never_shown(tmp_path: Any) -> None:
         stack.close()
 
 
+@pytest.mark.parametrize(("url", "shown", "readable"), [
+    ("redis://station:pw@9x@10.0.0.5:6379/0", "redis://station:***@10.0.0.5:6379/0", True),  # '@' unencoded
+    ("redis://:pw/9x@10.0.0.5/0", "redis://:***@10.0.0.5/0", False),  # '/' unencoded
+    ("redis://station:pw?9x@10.0.0.5/0?db=1", "redis://station:***@10.0.0.5/0?db=1", False),  # '?' unencoded
+    ("rediss+cluster://station:pw@9x@h1:7000,h2:7001", "rediss+cluster://station:***@h1:7000,h2:7001", True),
+    ("redis://station:pw%409x@h:1/0?ssl_certfile=/etc/a@b.pem", "redis://station:***@h:1/0?ssl_certfile=/etc/a@b.pem",
+     True),
+    ("unix:///run/a@b/redis.sock", "unix:///run/a@b/redis.sock", True),  # no credentials
+])
+def test_a_password_with_url_characters_is_masked_whole(url: str, shown: str, readable: bool) -> None:
+    """redis-py reads the credentials up to the last '@' before the host: ``stack``, ``/health/details`` and
+    configuration errors showed what followed a password's first '@' (or '/'), and a URL redis-py cannot
+    read failed with redis-py's own error, which quoted the password."""
+    from pywats_transport.config import redacted
+
+    assert redacted(url) == shown and redacted(f"Error with {url}: refused") == f"Error with {shown}: refused"
+    if not readable:
+        with pytest.raises(ConfigError) as refused:
+            build_transport(cache={"storage": "redis", "redis_url": url})
+        message = str(refused.value)
+        assert "cache.redis_url" in message and "must be percent-encoded" in message and "9x" not in message
+        return
+    stack = build_transport(cache={"storage": "redis", "redis_url": url})
+    try:
+        assert "9x" not in json.dumps(stack.describe())
+    finally:
+        stack.close()
+    if url.startswith("redis"):  # as an error quotes a refused value
+        with pytest.raises(ConfigError) as info:
+            TransportConfig.load({"redis": {"url": url.replace("redis", "http", 1)}}, environ={})
+        assert "9x" not in str(info.value) and "***" in str(info.value)
+
+
 def test_cli_version_quiet_pipe_and_plain_help() -> None:
     assert run_cli("--version").stdout.strip().startswith("pywats-transport ")
     assert "``" not in run_cli("--help").stdout

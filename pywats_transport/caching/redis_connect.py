@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 SINGLE_SCHEMES = ("redis", "rediss", "unix")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -51,12 +51,27 @@ def check_url(url: str) -> str:
     URL itself, which may hold a password)."""
     if scheme_of(url) not in SCHEMES:
         raise ValueError(f"must start with one of {', '.join(s + '://' for s in SCHEMES)}")
+    if scheme_of(url) in ("redis", "rediss"):
+        _readable(url)
     if is_cluster(url):
         nodes_address(url)
     if is_sentinel(url) and not nodes_address(url).path:
         raise ValueError("a sentinel URL names the service the sentinels watch: "
                          "redis+sentinel://host:port[,host:port...]/service[/db]")
     return url
+
+
+def _readable(url: str) -> None:
+    """A server URL redis-py can read, or a ValueError that says why without showing it: a password's
+    ``/`` (or ``?``, ``#``) left unencoded ends the host where it stands."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - read for the ValueError it raises
+    except ValueError:
+        parts = parts._replace(netloc="?")
+    if parts.netloc == "?" or "@" in parts.path or "@" in parts.query.partition("=")[0]:
+        raise ValueError("cannot be read as redis[s]://[[user]:password@]host[:port][/db]: a password holding "
+                         "'/', '?' or '#' must be percent-encoded (%2F, %3F, %23)")
 
 
 @dataclass(frozen=True)
