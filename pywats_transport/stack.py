@@ -191,5 +191,21 @@ class AsyncTransportStack(_StackBase[AsyncLayer], httpx.AsyncBaseTransport):
         self._closed = True
         await self._entry.aclose()
 
+    async def aclear_cache(self) -> int:
+        """As :meth:`clear_cache`, without blocking the event loop on a shared storage (Redis)."""
+        cache = self.get_layer("cache")
+        if cache is None:
+            return 0
+        aclear = getattr(cache, "aclear", None)
+        return int(await aclear() if aclear is not None else cache.clear())  # type: ignore[attr-defined]
+
+    async def ainvalidate_cache(self, prefix: str) -> int:
+        """As :meth:`invalidate_cache`, without blocking the event loop on a shared storage (Redis)."""
+        cache = self.get_layer("cache")
+        if cache is None:
+            return 0
+        ainvalidate = getattr(cache, "ainvalidate", None)
+        return int(await ainvalidate(prefix) if ainvalidate is not None else cache.invalidate(prefix))  # type: ignore[attr-defined]
+
 
 __all__ = ["TransportStack", "AsyncTransportStack", "LayerBase"]

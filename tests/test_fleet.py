@@ -528,6 +528,69 @@ async def test_a_new_async_stations_first_requests_at_once_use_the_cluster(redis
         assert (stats["cache"]["redis_failures"], stats["throttle"]["fleet"]["redis_failures"]) == (0, 0), attempt
 
 
+@pytest.mark.anyio
+async def test_async_invalidation_and_clear_reach_the_fleet_without_holding_the_loop(own_redis: Any) -> None:
+    """``await stack.ainvalidate_cache()`` / ``aclear_cache()`` drop what every station stored, and on a hung
+    Redis the event loop goes on meanwhile (``invalidate_cache()`` held it for the whole timeout)."""
+    import os
+    import signal
+
+    counter = Counter()
+    settings = {"mode": "ttl", "storage": "redis", "redis_url": own_redis.url, "redis_timeout": 0.5}
+    a, b = [build_async_transport(inner=httpx.MockTransport(counter), enable_retry=False, cache=settings)
+            for _ in range(2)]
+    station_a, station_b = Caller("async", a), Caller("async", b)
+    try:
+        await station_a.get("/fleet/x/1")
+        assert (await station_b.get("/fleet/x/1")).extensions["caching"]["from_cache"]
+        assert await a.ainvalidate_cache("/fleet/x") == 1
+        assert not (await station_b.get("/fleet/x/1")).extensions["caching"]["from_cache"]
+        assert await b.aclear_cache() >= 1
+        assert not (await station_a.get("/fleet/x/1")).extensions["caching"]["from_cache"]
+        gaps: list[float] = []
+
+        async def ticking() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.01)
+                gaps.append(time.monotonic() - last)
+                last = time.monotonic()
+
+        assert own_redis.proc is not None
+        ticker = asyncio.create_task(ticking())
+        os.kill(own_redis.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            assert await a.ainvalidate_cache("/fleet/x") == 0  # Redis did not answer: counted, kept, sent again
+            assert time.monotonic() - started >= 0.4
+        finally:
+            os.kill(own_redis.proc.pid, signal.SIGCONT)
+            ticker.cancel()
+        assert max(gaps) < 0.25, f"the event loop was held for {max(gaps):.2f} s"
+        assert a.stats()["cache"]["redis_invalidations_unconfirmed"] == 1
+    finally:
+        await station_a.close()
+        await station_b.close()
+
+
+@pytest.mark.anyio
+async def test_async_wats_forwards_the_awaitable_cache_controls() -> None:
+    from pywats_transport import AsyncWATS
+
+    fetched: list[str] = []
+
+    def wats(request: httpx.Request) -> httpx.Response:
+        fetched.append(request.url.path)
+        return httpx.Response(200, json={"partNumber": "PN-1", "name": f"fetch {len(fetched)}"})
+
+    async with AsyncWATS("http://wats.test", "t", transport=httpx.MockTransport(wats)) as api:
+        assert (await api.product.get("PN-1")).name == (await api.product.get("PN-1")).name == "fetch 1"
+        assert await api.ainvalidate_cache("/api/Product") == 1
+        assert (await api.product.get("PN-1")).name == "fetch 2"
+        assert await api.aclear_cache() == 1
+        assert (await api.product.get("PN-1")).name == "fetch 3"
+
+
 def _documented_acl() -> list[str]:
     page = (Path(__file__).resolve().parent.parent / "docs" / "fleet.md").read_text(encoding="utf-8")
     (line,) = [line for line in page.splitlines() if line.startswith("ACL SETUSER station ")]

@@ -432,15 +432,21 @@ class CacheCore:
 
         With a shared storage (Redis) for every process, whoever stored them."""
         if self._shared:
-            if "://" in prefix:
-                self._near_drop_now([split_prefix(prefix, None)])
-            elif self.near is not None:
-                self.near.clear()  # a path under any origin: the near cache starts again
+            self._near_before_invalidate(prefix)
             try:
                 return int(self.storage.invalidate_now(*split_prefix(prefix, None)))
             except Exception as exc:
                 self._storage_failed(exc)
                 return 0
+        return self._invalidate_here(prefix)
+
+    def _near_before_invalidate(self, prefix: str) -> None:
+        if "://" in prefix:
+            self._near_drop_now([split_prefix(prefix, None)])
+        elif self.near is not None:
+            self.near.clear()  # a path under any origin: the near cache starts again
+
+    def _invalidate_here(self, prefix: str) -> int:
         if self._direct:
             self.storage.withdraw_under([split_prefix(prefix, None)])
         return self._invalidate_keys(self.policy.keys_under(prefix))
@@ -455,6 +461,9 @@ class CacheCore:
             except Exception as exc:
                 self._storage_failed(exc)
                 return 0
+        return self._clear_here()
+
+    def _clear_here(self) -> int:
         keys = self.policy.keys_under("")
         n = self._invalidate_keys(keys)
         if isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage)):

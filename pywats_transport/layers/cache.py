@@ -16,7 +16,7 @@ from hishel.httpx import AsyncCacheTransport, CacheTransport
 from ..caching.coalesce import Flights
 from ..caching.layer_core import CacheCore, FromInner, validating
 from ..caching.memory import Record
-from ..caching.policy import Plan
+from ..caching.policy import Plan, split_prefix
 from ..caching.redis_fetch import FETCHES, LOOKUP, Fetches
 from ..config import CacheSettings
 from ..hookspecs import LayerSpec, hookimpl
@@ -292,6 +292,29 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             self.policy.stats.refresh_failures += 1
         finally:
             self._refresh_done(plan.key)
+
+    async def ainvalidate(self, prefix: str) -> int:
+        """As :meth:`invalidate`, on the event loop: a shared storage (Redis) is awaited, not waited for."""
+        if not self._shared:
+            return self._invalidate_here(prefix)
+        self._near_before_invalidate(prefix)
+        try:
+            return int(await self.storage.invalidate_prefix(*split_prefix(prefix, None)))
+        except Exception as exc:
+            self._storage_failed(exc)
+            return 0
+
+    async def aclear(self) -> int:
+        """As :meth:`clear`, on the event loop."""
+        if not self._shared:
+            return self._clear_here()
+        if self.near is not None:
+            self.near.clear()
+        try:
+            return int(await self.storage.clear())
+        except Exception as exc:
+            self._storage_failed(exc)
+            return 0
 
     async def aclose_layer(self) -> None:
         # Background refreshes belong to the layer: they end with it.

@@ -184,6 +184,14 @@ class AsyncWATS(_ClientBase):
             raise self._connection_error(call, exc) from None
         return call.parse(response)
 
+    async def aclear_cache(self) -> int:
+        """As ``clear_cache()``, without blocking the event loop on a shared cache (Redis)."""
+        return await self.transport.aclear_cache()  # type: ignore[no-any-return]
+
+    async def ainvalidate_cache(self, prefix: str) -> int:
+        """As ``invalidate_cache(prefix)``, without blocking the event loop on a shared cache (Redis)."""
+        return await self.transport.ainvalidate_cache(prefix)  # type: ignore[no-any-return]
+
     async def aclose(self) -> None:
         if self._outbox is not None:
             await self._outbox.aclose()
