@@ -529,6 +529,41 @@ async def test_a_new_async_stations_first_requests_at_once_use_the_cluster(redis
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_clear_counts_entries_as_the_memory_storage_does_and_unlinks_in_batches(mode: str, own_redis: Any) -> None:
+    """``clear()`` returns how many entries it dropped (it counted their index sets and owners too: 3 entries
+    made 9), and unlinks a thousand keys a round trip (it took one round trip a key)."""
+    from redis import Redis
+
+    build = build_transport if mode == "sync" else build_async_transport
+    counts = {}
+    for storage in ("memory", "redis"):
+        stack = build(inner=httpx.MockTransport(Counter()), enable_retry=False,
+                      cache={"mode": "ttl", "storage": storage, "redis_url": own_redis.url})
+        caller = Caller(mode, stack)
+        for i in range(3):
+            await caller.get(f"/clear/{i}")
+        counts[storage] = stack.clear_cache() if mode == "sync" else await stack.aclear_cache()
+        await caller.close()
+    assert counts == {"memory": 3, "redis": 3}
+    stack = build(inner=httpx.MockTransport(Counter()), enable_retry=False,
+                  cache={"mode": "ttl", "storage": "redis", "redis_url": own_redis.url})
+    with Redis.from_url(own_redis.url) as admin:
+        with admin.pipeline(transaction=False) as pipe:
+            for i in range(2500):  # entries as many stations leave them: an entry, its owner, an index member
+                pipe.hset(f"pwt:{{pwt}}:e:k{i}", "v", "x").set(f"pwt:{{pwt}}:o:v{i}", f"k{i}").sadd("pwt:{pwt}:p:x", f"k{i}")
+            pipe.execute()
+        before = admin.info("commandstats").get("cmdstat_unlink", {}).get("calls", 0)
+        assert (stack.clear_cache() if mode == "sync" else await stack.aclear_cache()) == 2500
+        assert admin.info("commandstats")["cmdstat_unlink"]["calls"] - before <= 6  # 5001 keys
+        assert admin.dbsize() == 1  # the epoch alone
+    if mode == "sync":
+        stack.close()
+    else:
+        await stack.aclose()
+
+
+@pytest.mark.anyio
 async def test_async_invalidation_and_clear_reach_the_fleet_without_holding_the_loop(own_redis: Any) -> None:
     """``await stack.ainvalidate_cache()`` / ``aclear_cache()`` drop what every station stored, and on a hung
     Redis the event loop goes on meanwhile (``invalidate_cache()`` held it for the whole timeout)."""

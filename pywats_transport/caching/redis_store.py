@@ -15,7 +15,7 @@ from .memory import Kept, Record
 from .redis_fetch import FETCHES, current, url_of
 from .redis_frame import frame, reframed
 from .redis_keys import CACHE_KEYS, CHANNEL, ENTRY, INDEX, LOCK, OWNER, RELEASE
-from .redis_store_core import StoreCore, drop_args, origin_of_index, save_args
+from .redis_store_core import CLEAR_BATCH, StoreCore, cached_keys, drop_args, origin_of_index, save_args
 
 
 def _body(body: bytes) -> Iterator[bytes]:
@@ -168,9 +168,15 @@ class RedisStore(StoreCore, BaseStorage):
 
     def clear(self) -> int:
         def run() -> int:
-            n = 0
-            for name in self.client.scan_iter(match=CACHE_KEYS, count=500):
-                n += int(self.client.unlink(name))
+            n, batch = 0, []
+            for name in self.client.scan_iter(match=CACHE_KEYS, count=CLEAR_BATCH):
+                batch.append(name)
+                if len(batch) == CLEAR_BATCH:
+                    self.client.unlink(*batch)
+                    n, batch = n + cached_keys(batch), []
+            if batch:
+                self.client.unlink(*batch)
+                n += cached_keys(batch)
             self.client.publish(CHANNEL, "*")
             return n
         try:

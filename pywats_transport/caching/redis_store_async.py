@@ -17,7 +17,7 @@ from .redis_fetch import FETCHES, current, url_of
 from .redis_frame import frame, reframed
 from .redis_keys import CACHE_KEYS, CHANNEL, ENTRY, INDEX, LOCK, OWNER, RELEASE
 from .redis_store import RedisStore
-from .redis_store_core import StoreCore, drop_args, origin_of_index, save_args
+from .redis_store_core import CLEAR_BATCH, StoreCore, cached_keys, drop_args, origin_of_index, save_args
 
 
 async def _body(body: bytes) -> AsyncIterator[bytes]:
@@ -189,9 +189,15 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
 
     async def clear(self) -> int:
         async def run() -> int:
-            n = 0
-            async for name in self.client.scan_iter(match=CACHE_KEYS, count=500):
-                n += int(await self.client.unlink(name))
+            n, batch = 0, []
+            async for name in self.client.scan_iter(match=CACHE_KEYS, count=CLEAR_BATCH):
+                batch.append(name)
+                if len(batch) == CLEAR_BATCH:
+                    await self.client.unlink(*batch)
+                    n, batch = n + cached_keys(batch), []
+            if batch:
+                await self.client.unlink(*batch)
+                n += cached_keys(batch)
             await self.client.publish(CHANNEL, "*")
             return n
         try:

@@ -65,6 +65,15 @@ def _fields(found: Found) -> dict[bytes, bytes]:
     return found if isinstance(found, dict) else dict(zip(found[::2], found[1::2], strict=True))
 
 
+CLEAR_BATCH = 1000  # keys per UNLINK while clearing: one round trip a batch, not one a key
+_ENTRY = ENTRY.encode()
+
+
+def cached_keys(names: list[bytes]) -> int:
+    """How many of the keys a clear unlinks are cached entries (the rest: their index, owners, leases)."""
+    return sum(name.startswith(_ENTRY) for name in names)
+
+
 def drop_args(origin: str, path: str) -> tuple[Any, ...]:
     return DROP_PREFIX, 1, index_name(origin, path), ENTRY, CHANNEL, f"{origin}\n{path}", LEASE
 
