@@ -161,6 +161,10 @@ class RedisCluster:
         if made.returncode != 0:
             self.kill()
             pytest.fail(f"redis-cli --cluster create failed: {made.stdout[-500:]} {made.stderr[-500:]}")
+        self.wait_ok()
+
+    def wait_ok(self) -> None:
+        """Until every node says the cluster is whole (after a start, or a node's restart)."""
         deadline = time.monotonic() + 20
         while not all(self._ok(node) for node in self.nodes):
             if time.monotonic() > deadline:

@@ -233,7 +233,18 @@ def _async_cluster() -> Any:
         """redis-py's asyncio cluster client, which learns the cluster before it routes a command. Not yet
         initialized, it routes the commands already in flight as keyless, to any primary: the slot's owner
         answers MOVED, the client learns the cluster again, and closes the other commands' connections
-        under them. A station's first requests at once counted as an outage, and skipped Redis."""
+        under them. A station's first requests at once counted as an outage, and skipped Redis.
+
+        It also takes ``redis_connect_func``, as the sync cluster client does, for every node's connections
+        (redis-py's asyncio one sets it only for reading from replicas)."""
+
+        def __init__(self, *args: Any, redis_connect_func: Any = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if redis_connect_func is not None:
+                # The nodes it learns take these; the startup nodes were made with a copy.
+                self.connection_kwargs["redis_connect_func"] = redis_connect_func
+                for node in self.nodes_manager.startup_nodes.values():
+                    node.connection_kwargs["redis_connect_func"] = redis_connect_func
 
         async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
             await self.initialize()  # at once, once it has been

@@ -7,8 +7,10 @@ every Redis process) and compares it with the one the cache was written on (``EP
 itself, so a snapshot or a replica holds the old one). On a change, the first station to see it clears
 the cache, while the others go to the network; then every station uses Redis again.
 
-A plain restart without persistence comes back empty: the clear finds nothing. A Redis Cluster is not
-checked (a node's ``run_id`` is not the slot's history): clear it after a failover (see the docs).
+A plain restart without persistence comes back empty: the clear finds nothing. On a Redis Cluster the
+epoch is the ``run_id`` of the node that owns the cache's slot: a promoted replica, or the node restarted
+from its snapshot, holds the old one. Every node's new connections are checked; on the others the epoch's
+script answers MOVED, and there is nothing to compare.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from collections.abc import Generator
 from typing import Any
 
-from redis.exceptions import ConnectionError, ResponseError
+from redis.exceptions import AskError, ConnectionError, MovedError, ResponseError
 
 from .redis_guard import log
 from .redis_keys import CACHE_KEYS, CHANNEL, EPOCH
@@ -66,7 +68,10 @@ def _steps() -> Generator[tuple[Any, ...], Any, None]:
         return
     if run_id is None:
         return
-    verdict = yield ("EVAL", CLAIM, 1, EPOCH, run_id, CLEAR_MS)
+    try:
+        verdict = yield ("EVAL", CLAIM, 1, EPOCH, run_id, CLEAR_MS)
+    except (MovedError, AskError):  # a cluster node that does not own the cache's slot
+        return
     if verdict == b"ok":
         return
     if verdict == b"busy":  # mostly the empty Redis of a plain restart: a short wait sees it done
@@ -92,6 +97,12 @@ def _steps() -> Generator[tuple[Any, ...], Any, None]:
 def check(conn: Any) -> None:
     """redis-py's ``redis_connect_func`` for the cache's sync connections."""
     conn.on_connect()
+    check_connected(conn)
+
+
+def check_connected(conn: Any) -> None:
+    """As :func:`check`, on a connection whose handshake is done: the sync cluster client calls its connect
+    callback after its own."""
     steps = _steps()
     try:
         command = next(steps)

@@ -41,8 +41,9 @@ def make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asyn
     from . import redis_epoch  # imports redis: an optional extra
 
     # Each new connection checks that Redis is the process the cache was written on (redis_epoch).
-    checked: dict[str, Any] = {} if is_cluster(url) else {"redis_connect_func": redis_epoch.check}
-    achecked: dict[str, Any] = {} if is_cluster(url) else {"redis_connect_func": redis_epoch.acheck}
+    # (The sync cluster client calls its connect callback after its own handshake.)
+    checked = {"redis_connect_func": redis_epoch.check_connected if is_cluster(url) else redis_epoch.check}
+    achecked = {"redis_connect_func": redis_epoch.acheck}
     if is_async:
         return AsyncRedisStore(async_client(url, timeout, **achecked), sync_client=sync_client(url, timeout, **checked),
                                reader=(lambda: async_client(url, timeout, single_connection=True, **achecked))
