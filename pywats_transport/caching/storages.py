@@ -42,8 +42,9 @@ def make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asyn
 
     # Each new connection checks that Redis is the process the cache was written on (redis_epoch).
     # (The sync cluster client calls its connect callback after its own handshake.)
-    checked = {"redis_connect_func": redis_epoch.check_connected if is_cluster(url) else redis_epoch.check}
-    achecked = {"redis_connect_func": redis_epoch.acheck}
+    checked: dict[str, Any] = {"redis_connect_func": redis_epoch.check_connected if is_cluster(url)
+                               else redis_epoch.check}
+    achecked: dict[str, Any] = {"redis_connect_func": redis_epoch.acheck}
     if is_async:
         return AsyncRedisStore(async_client(url, timeout, **achecked), sync_client=sync_client(url, timeout, **checked),
                                reader=(lambda: async_client(url, timeout, single_connection=True, **achecked))
