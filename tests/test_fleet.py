@@ -428,6 +428,33 @@ async def test_a_connection_the_server_closed_is_replaced_at_once(mode: str, red
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_cluster_connection_the_node_closed_is_replaced_at_once(mode: str, redis_cluster: Any,
+                                                                        redis_cluster_url: str) -> None:
+    """As above, on a Redis Cluster: every node closes its clients' connections (as a restart does, or an idle
+    timeout). The cluster client made no new connection: each station counted an outage and skipped Redis."""
+    from redis import Redis
+
+    build = build_transport if mode == "sync" else build_async_transport
+    stack = build(inner=httpx.MockTransport(Counter()), enable_retry=False,
+                  cache={"mode": "ttl", "storage": "redis", "redis_url": redis_cluster_url},
+                  throttle={"enabled": True, "backend": "redis", "redis_url": redis_cluster_url, "rate": 100})
+    caller = Caller(mode, stack)
+    path = f"/closed/{mode}/{uuid.uuid4().hex}"
+    try:
+        await caller.get(path)
+        assert (await caller.get(path)).extensions["caching"]["from_cache"]
+        for node in redis_cluster.nodes:
+            with Redis(port=node.port) as admin:
+                admin.client_kill_filter(_type="normal")  # every client's connection but this one
+        assert (await caller.get(path)).extensions["caching"]["from_cache"]
+        stats = stack.stats()
+        assert (stats["cache"]["redis_failures"], stats["throttle"]["fleet"]["redis_failures"]) == (0, 0)
+    finally:
+        await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("kind", ["server", "cluster"])
 async def test_a_hung_redis_costs_one_timeout(mode: str, kind: str, request: pytest.FixtureRequest) -> None:
     """Redis stops answering (SIGSTOP: connections open, no replies): the cache and the fleet rate each

@@ -228,6 +228,7 @@ def async_client(url: str, timeout: float, *, single_connection: bool = False, *
 @lru_cache(maxsize=1)
 def _async_cluster() -> Any:
     from redis.asyncio.cluster import RedisCluster
+    from redis.exceptions import ConnectionError
 
     class InitializedFirst(RedisCluster):  # type: ignore[misc]
         """redis-py's asyncio cluster client, which learns the cluster before it routes a command. Not yet
@@ -248,7 +249,13 @@ def _async_cluster() -> Any:
 
         async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
             await self.initialize()  # at once, once it has been
-            return await super().execute_command(*args, **kwargs)
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except ConnectionError:
+                # A connection the node closed (a restart, an idle timeout) is found only as it is used, by
+                # this client: the call goes on once more, over a new one. Never after a timeout (a
+                # TimeoutError is not a ConnectionError), so a hung node still costs one timeout.
+                return await super().execute_command(*args, **kwargs)
 
     return InitializedFirst
 
