@@ -509,7 +509,7 @@ class CacheCore:
         decision = self.policy.decide(request, response)
         # Not while the subscription is down: an invalidation could be missed meanwhile.
         if (not (caching.get("from_cache") or caching.get("stored")) or not decision.store
-                or (self._near_sub is not None and not self._near_sub.listening)):
+                or (self._near_sub is not None and not self._near_sub.heard())):
             near.abandon(key, token)
             return
         fresh = min(decision.fresh_for if decision.fresh_for is not None else near_ttl, near_ttl)

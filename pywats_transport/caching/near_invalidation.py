@@ -23,6 +23,7 @@ class NearInvalidation:
         self.pubsub: Any = None  # made in the thread: a cluster client connects when first used
         #: subscribed, and no message lost since: only then may the near cache keep entries
         self.listening = False
+        self._forked = False  # in a child forked since: its own thread is yet to start
         self._stop = threading.Event()
         self._subscribed = threading.Event()
         self.thread = self._start()
@@ -38,14 +39,21 @@ class NearInvalidation:
     def after_fork(self) -> None:
         """In a forked child, which has neither the parent's thread nor a connection of its own (see
         :mod:`.forks`): what the parent kept near may have been invalidated since, unheard. Nothing is
-        kept near until the child's own subscription holds."""
-        if self._stop.is_set():
-            return
+        kept near until the child's own subscription holds; it starts when the child first asks
+        (:meth:`heard`), not here, where a child about to ``exec`` would start a thread for nothing."""
         self.listening = False
         self.pubsub = None
-        self._subscribed = threading.Event()
+        self._forked = True
         self.on_lost()
-        self.thread = self._start()
+
+    def heard(self) -> bool:
+        """Whether every invalidation since the subscription began has been heard: only then may the near
+        cache keep an entry."""
+        if self._forked and not self._stop.is_set():
+            self._forked = False
+            self._subscribed = threading.Event()
+            self.thread = self._start()
+        return self.listening
 
     def _run(self) -> None:
         # One thread owns the connection: redis-py's PubSub is not safe to share between threads.
