@@ -114,6 +114,29 @@ async def test_failed_write_invalidates_nothing(mode: str) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("error", [httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError])
+async def test_a_write_left_unanswered_after_it_was_sent_invalidates(mode: str, error: type[Exception]) -> None:
+    """The server may have applied a write whose answer never came (a read timeout, a dropped connection): its
+    entries are dropped as for a successful one, so no read returns the pre-write state. They were kept."""
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if request.method == "PUT":
+            raise error("no answer", request=request)
+        return httpx.Response(200, json={"n": calls["n"]})
+
+    caller, layer = make(mode, handler)
+    await caller.get("/api/Product/1")
+    with pytest.raises(error):
+        await caller.request("PUT", "/api/Product/1")
+    after = await caller.get("/api/Product/1")
+    assert after.extensions["caching"]["from_cache"] is False and after.json() == {"n": 3}
+    assert layer.stats()["invalidations"] == 1
+    await caller.close()
+
+
+@pytest.mark.anyio
 async def test_explicit_invalidate_and_clear(mode: str) -> None:
     server = Counter()
     caller, layer = make(mode, server)

@@ -89,6 +89,35 @@ def test_a_write_by_one_process_is_seen_by_every_other(tmp_path: Path, mode: str
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_write_left_unanswered_is_invalidated_for_the_fleet(mode: str, fleet_url: str) -> None:
+    """Station A's write times out after it was sent (the server may have applied it): station B's next lookup
+    misses. B went on reading the pre-write entry until it expired."""
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    server = Counter()
+
+    def origin(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            server(request)  # applied, and the answer lost
+            raise httpx.ReadTimeout("no answer", request=request)
+        return server(request)
+
+    a = Caller(mode, cls(httpx.MockTransport(origin), mode="ttl", storage="redis", redis_url=fleet_url))
+    b = Caller(mode, cls(httpx.MockTransport(origin), mode="ttl", storage="redis", redis_url=fleet_url))
+    path = f"/fleet/unanswered/{mode}/{uuid.uuid4().hex}"
+    try:
+        assert (await b.get(path)).json()["n"] == 1
+        assert (await b.get(path)).extensions["caching"]["from_cache"]
+        with pytest.raises(httpx.ReadTimeout):
+            await a.request("PUT", path)
+        after = await b.get(path)
+        assert not after.extensions["caching"]["from_cache"] and after.json()["n"] == 3
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("prefix", ["url", "path"])
 async def test_invalidate_and_clear_reach_entries_other_layers_stored(mode: str, prefix: str, fleet_url: str) -> None:
     """``prefix``: a full URL, or a path, under every origin (the async layer dropped nothing for a path)."""

@@ -388,11 +388,14 @@ class CacheCore:
     def _written(self, request: httpx.Request, response: httpx.Response) -> httpx.Response:
         """A write went through: drop what it invalidates, and the stores of answers fetched meanwhile, and
         say so on the response."""
-        if self._direct and self.storage.fetching():  # a fetch that begins from now on reads the written state
-            self.storage.withdraw_under(self.policy.write_targets(request, response))
-        n = self._invalidate_keys(self.policy.write_invalidates(request, response))
+        n = self._drop_written(request, response)
         response.extensions["caching"] = {**NOT_CACHED, "lookup": "write", "invalidated": n}
         return response
+
+    def _drop_written(self, request: httpx.Request, response: httpx.Response | None) -> int:
+        if self._direct and self.storage.fetching():  # a fetch that begins from now on reads the written state
+            self.storage.withdraw_under(self.policy.write_targets(request, response))
+        return self._invalidate_keys(self.policy.write_invalidates(request, response))
 
     def _missed_with_error(self) -> None:
         self.policy.stats.misses += 1

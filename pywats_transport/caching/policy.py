@@ -192,10 +192,11 @@ class CachePolicy:
             if len(self._index) + len(self._stale) >= self._prune_at:
                 self._prune()
 
-    def write_targets(self, request: httpx.Request, response: httpx.Response) -> list[tuple[str | None, str]]:
-        """(origin, path) prefixes a successful write drops: in a shared storage for every process, and
-        in any storage the answers being fetched under them."""
-        if not self.settings.invalidate_on_write or not 200 <= response.status_code < 300:
+    def write_targets(self, request: httpx.Request, response: httpx.Response | None) -> list[tuple[str | None, str]]:
+        """(origin, path) prefixes a successful write drops (``response`` None: one that may have been applied,
+        but never answered): in a shared storage for every process, and in any storage the answers being
+        fetched under them."""
+        if not self.settings.invalidate_on_write or not _applied(response):
             return []
         origin = origin_of(request.url)
         targets: list[tuple[str | None, str]] = [(origin, request.url.path)]
@@ -205,8 +206,8 @@ class CachePolicy:
         return targets
 
     def write_invalidates(self, request: httpx.Request, response: httpx.Response | None) -> list[str]:
-        """Keys a finished write drops: only when it succeeded."""
-        if response is None or not 200 <= response.status_code < 300 or not len(self._index):
+        """Keys a finished write drops: when it succeeded, or may have (``response`` None: never answered)."""
+        if not _applied(response) or not len(self._index):
             return []
         url = request.url
         origin = origin_of(url)
@@ -248,6 +249,12 @@ class CachePolicy:
         for key in [k for k, t in self._stale.items() if t <= now]:
             del self._stale[key]
         self._prune_at = max(1024, 2 * len(self._index))
+
+
+def _applied(response: httpx.Response | None) -> bool:
+    """A write answered 2xx, or not answered at all after it may have reached the server (the caller
+    passes None only then): a 4xx or 5xx answer says it was not applied."""
+    return response is None or 200 <= response.status_code < 300
 
 
 def split_prefix(prefix: str, origin: str | None) -> tuple[str | None, str]:

@@ -21,6 +21,7 @@ from ..caching.redis_fetch import FETCHES, LOOKUP, Fetches
 from ..config import CacheSettings
 from ..hookspecs import LayerSpec, hookimpl
 from ..layer import CLOSED_MESSAGE, AsyncLayer, Layer
+from ..policies.retry import may_have_been_applied
 
 
 class CacheLayer(CacheCore, Layer):
@@ -44,15 +45,14 @@ class CacheLayer(CacheCore, Layer):
         if plan.action == "bypass":
             return self._bypassed(self.inner.handle_request(request))
         if plan.action == "write":
-            response = self.inner.handle_request(request)
-            if self._shared:  # before the write's answer returns: no process reads the pre-write entry after
-                targets = self.policy.write_targets(request, response)
-                for origin, path in targets:
-                    try:
-                        self.storage.invalidate_prefix(origin, path)
-                    except Exception as exc:
-                        self._fleet_failed(exc)
-                self._near_drop_now(targets)
+            try:
+                response = self.inner.handle_request(request)
+            except Exception as exc:
+                if may_have_been_applied(exc):  # no answer, but the server may have the write
+                    self._fleet_drop_written(request, None)
+                    self._drop_written(request, None)
+                raise
+            self._fleet_drop_written(request, response)
             return self._written(request, response)
         if self._direct:
             return self._handle_direct(plan, request)
@@ -154,6 +154,17 @@ class CacheLayer(CacheCore, Layer):
 
         threading.Thread(target=run, name="pywats-cache-refresh", daemon=True).start()
 
+    def _fleet_drop_written(self, request: httpx.Request, response: httpx.Response | None) -> None:
+        """Before the write's answer returns: no process reads the pre-write entry after it."""
+        if self._shared:
+            targets = self.policy.write_targets(request, response)
+            for origin, path in targets:
+                try:
+                    self.storage.invalidate_prefix(origin, path)
+                except Exception as exc:
+                    self._fleet_failed(exc)
+            self._near_drop_now(targets)
+
     def close_layer(self) -> None:
         if self._near_sub is not None:
             self._near_sub.close()
@@ -179,15 +190,14 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         if plan.action == "bypass":
             return self._bypassed(await self.inner.handle_async_request(request))
         if plan.action == "write":
-            response = await self.inner.handle_async_request(request)
-            if self._shared:  # before the write's answer returns: no process reads the pre-write entry after
-                targets = self.policy.write_targets(request, response)
-                for origin, path in targets:
-                    try:
-                        await self.storage.invalidate_prefix(origin, path)
-                    except Exception as exc:
-                        self._fleet_failed(exc)
-                self._near_drop_now(targets)
+            try:
+                response = await self.inner.handle_async_request(request)
+            except Exception as exc:
+                if may_have_been_applied(exc):  # no answer, but the server may have the write
+                    await self._fleet_drop_written(request, None)
+                    self._drop_written(request, None)
+                raise
+            await self._fleet_drop_written(request, response)
             return self._written(request, response)
         if self._direct:
             return await self._handle_direct(plan, request)
@@ -292,6 +302,17 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             self.policy.stats.refresh_failures += 1
         finally:
             self._refresh_done(plan.key)
+
+    async def _fleet_drop_written(self, request: httpx.Request, response: httpx.Response | None) -> None:
+        """Before the write's answer returns: no process reads the pre-write entry after it."""
+        if self._shared:
+            targets = self.policy.write_targets(request, response)
+            for origin, path in targets:
+                try:
+                    await self.storage.invalidate_prefix(origin, path)
+                except Exception as exc:
+                    self._fleet_failed(exc)
+            self._near_drop_now(targets)
 
     async def ainvalidate(self, prefix: str) -> int:
         """As :meth:`invalidate`, on the event loop: a shared storage (Redis) is awaited, not waited for."""

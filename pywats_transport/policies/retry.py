@@ -30,6 +30,11 @@ NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 MAYBE_SENT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.WriteTimeout)
 
 
+def may_have_been_applied(exc: BaseException) -> bool:
+    """Whether a request that raised ``exc`` may have reached the server, and been applied there."""
+    return isinstance(exc, (*MAYBE_SENT, httpx.ReadTimeout))
+
+
 def parse_retry_after(value: str | None, now_wall: float) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None when absent or invalid."""
     if not value:
