@@ -87,6 +87,63 @@ def test_a_write_by_one_process_is_seen_by_every_other(tmp_path: Path, mode: str
     assert station(*args, f"get:{pn}", f"get:{pn}") == [False, True]  # process D: the pre-write entry is gone
 
 
+def _all_values(url: str) -> bytes:
+    from redis import Redis
+
+    with Redis.from_url(url) as admin:
+        out = []
+        for name in admin.scan_iter(match="pwt:*"):
+            kind = admin.type(name)
+            if kind == b"hash":
+                out += [b"%s=%s" % pair for pair in admin.hgetall(name).items()]
+            elif kind == b"set":
+                out += list(admin.smembers(name))
+            elif kind == b"string":
+                out.append(admin.get(name) or b"")
+            out.append(name)
+        return b"\n".join(out)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
+async def test_a_credential_a_response_varies_on_never_reaches_redis(mode: str, cache_mode: str,
+                                                                     own_redis: Any) -> None:
+    """``Vary: Authorization, X-Api-Key``: the entry answers its own credential again, and Redis holds no
+    credential. The frame kept the values as sent: every station's token, readable in the fleet's Redis."""
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    server = Counter(headers={"vary": "Authorization, X-Api-Key", "cache-control": "max-age=60"})
+    caller = Caller(mode, cls(httpx.MockTransport(server), mode=cache_mode, storage="redis", redis_url=own_redis.url))
+    sent = {"Authorization": "Bearer tok-9f3a7c-station-1", "X-Api-Key": "key-51be02-station-1"}
+    try:
+        assert not (await caller.get("/vary/creds", headers=sent)).extensions["caching"]["from_cache"]
+        assert (await caller.get("/vary/creds", headers=sent)).extensions["caching"]["from_cache"]
+        stored = _all_values(own_redis.url)
+        assert b"/vary/creds" in stored  # the entry is there...
+        assert b"9f3a7c" not in stored and b"51be02" not in stored  # ...and no credential
+    finally:
+        await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_rfc_mode_on_redis_serves_each_variant_as_the_memory_storage_does(mode: str, redis_url: str) -> None:
+    """``Vary: Accept-Language`` in rfc mode: each language's answer is served again from Redis. Redis gave
+    hishel's check no request headers to compare, so nothing that varied was ever a hit."""
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    seen = {}
+    for storage in ("memory", "redis"):
+        server = Counter(headers={"vary": "Accept-Language", "cache-control": "max-age=60"})
+        caller = Caller(mode, cls(httpx.MockTransport(server), mode="rfc", storage=storage, redis_url=redis_url))
+        path = f"/vary/{uuid.uuid4().hex}"
+        try:
+            seen[storage] = [(await caller.get(path, headers={"accept-language": lang})).json()["n"]
+                             for lang in ("de", "de", "en", "de", "en")]
+        finally:
+            await caller.close()
+    assert seen["redis"] == seen["memory"] == [1, 1, 2, 1, 2]
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_write_left_unanswered_is_invalidated_for_the_fleet(mode: str, fleet_url: str) -> None:

@@ -56,6 +56,8 @@ class Record:
     #: RFC 5861: seconds past ``fresh_until`` the entry may answer when the origin fails / while it is refreshed
     stale_if_error: float = 0.0
     stale_while_revalidate: float = 0.0
+    #: how ``vary`` keeps a value (a digest in the fleet's Redis, see :mod:`.redis_frame`); None: as sent
+    vary_digest: Callable[[str | None], str | None] | None = field(default=None, repr=False, compare=False)
     #: the headers of a hit as httpx holds them, and the raw list they were built from
     _response_headers: tuple[list[tuple[bytes, bytes]], httpx.Headers] | None = field(
         default=None, init=False, repr=False, compare=False)
@@ -63,7 +65,12 @@ class Record:
     def matches(self, method: str, headers: Any) -> bool:
         if self.request.method != method:
             return False
-        return self.vary is None or all(headers.get(name) == value for name, value in self.vary)
+        if self.vary is None:
+            return True
+        kept = self.vary_digest
+        if kept is None:
+            return all(headers.get(name) == value for name, value in self.vary)
+        return all(kept(headers.get(name)) == value for name, value in self.vary)
 
     def httpx_headers(self) -> list[tuple[bytes, bytes]]:
         """The headers as httpx takes them, converted once per entry rather than once per hit."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
+from typing import Any
 
 from hishel import Request, Response
 
@@ -43,10 +44,12 @@ class Fetches:
     as each went to the origin: cache key -> lease token (None: Redis gave none, and the answer is not
     stored)."""
 
-    __slots__ = ("key", "url", "leases")
+    __slots__ = ("key", "url", "headers", "leases")
 
-    def __init__(self, key: str, url: str) -> None:
+    def __init__(self, key: str, url: str, headers: Any = None) -> None:
         self.key, self.url = key, url
+        #: the request's headers, for hishel's ``Vary`` check of what a read finds (rfc mode)
+        self.headers = headers
         self.leases: dict[str, str | None] = {}
 
 
@@ -65,6 +68,12 @@ def url_of(key: str) -> str | None:
     """The URL of the request the layer is serving under ``key``, when it is."""
     fetches = FETCHES.get()
     return fetches.url if fetches is not None and fetches.key == key else None
+
+
+def headers_in_progress() -> Any:
+    """The headers of the request the layer is serving on a shared storage, when it is."""
+    fetches = FETCHES.get()
+    return fetches.headers if fetches is not None else None
 
 
 def lease_of(key: str) -> tuple[bool, str | None]:

@@ -1,5 +1,10 @@
 """How an entry is one Redis value: a JSON line (the format's version, request method and URL, status,
-headers, and from the ttl mode's lookup the ``Vary`` values and the end of freshness), then the body.
+headers, a digest of each request header value ``Vary`` names, and from the ttl mode's lookup the end of
+freshness), then the body.
+
+``Vary`` values are kept as digests, never as they were sent: a response that varies on
+``Authorization`` (or a key header) would otherwise leave every station's credential readable in the
+fleet's Redis. A variant answers a request whose values have the same digests.
 
 A value that does not read as this version's frame (corrupt, or written by another version of the
 format while a fleet is upgraded station by station) is :class:`Unreadable`: the storage treats it as
@@ -7,6 +12,7 @@ absent, so the next fetch replaces it instead of every request going to the netw
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Callable
@@ -17,8 +23,18 @@ from hishel import Headers, Request
 from .freshness import Vary
 from .memory import Record
 
-#: the frame format's version: bumped whenever a reader of the old one would misread the new
-FORMAT = 1
+#: the frame format's version: bumped whenever a reader of the old one would misread the new (2: ``Vary``
+#: values as digests)
+FORMAT = 2
+
+
+def vary_digest(value: str | None) -> str | None:
+    """What a frame keeps of a request header value ``Vary`` names (None: the header was absent)."""
+    return None if value is None else hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def vary_digests(vary: Vary) -> Vary:
+    return tuple((name, vary_digest(value)) for name, value in vary)
 
 
 class Unreadable(ValueError):
@@ -37,7 +53,7 @@ def framed(method: str, url: str, status: int, headers: list[list[str]], body: b
            vary: Vary | None = None, fresh_until: float | None = None) -> bytes:
     meta: dict[str, Any] = {"v": FORMAT, "method": method, "url": url, "status": status, "stored_at": stored_at, "headers": headers}
     if vary is not None:
-        meta["vary"] = [list(pair) for pair in vary]
+        meta["vary"] = [list(pair) for pair in vary_digests(vary)]
     if fresh_until is not None:
         meta["fresh_until"] = fresh_until
     return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + body
@@ -62,7 +78,7 @@ def record_of(key: str, entry_id: bytes, data: bytes) -> Record:
         return Record(entry_id.decode(), key, Request(meta["method"], meta["url"]), meta["status"], None, body, None,
                       None, None, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in meta["headers"]],
                       tuple((name, value) for name, value in vary) if vary is not None else None,
-                      meta.get("fresh_until", float("inf")), meta.get("stored_at", 0.0))
+                      meta.get("fresh_until", float("inf")), meta.get("stored_at", 0.0), vary_digest=vary_digest)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise Unreadable(f"incomplete frame: {type(exc).__name__}: {exc}") from None
 
@@ -85,7 +101,21 @@ def choose(key: str, found: dict[bytes, bytes], method: str, headers: Any,
 def variant_id(key: str, method: str, vary: Vary | None) -> str:
     """One field per variant, so that storing a variant again replaces it instead of adding to the key;
     unique across keys too, as an entry's id finds its key (``OWNER``)."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, json.dumps([key, method, vary])))
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, json.dumps([key, method, vary_digests(vary) if vary else vary])))
+
+
+def request_for_hishel(method: str, url: str, vary: list[list[Any]] | None, headers: Any) -> Request:
+    """The stored request as hishel's ``Vary`` check reads it, for the request in progress (``headers``;
+    None when unknown): a value whose digest matches is that request's own, one that does not can
+    match nothing."""
+    if not vary:
+        return Request(method, url)
+    shown: dict[str, list[str]] = {}
+    for name, digest in vary:
+        value = headers.get(name) if headers is not None else None
+        if digest is not None:
+            shown[name] = [value if value is not None and vary_digest(value) == digest else f"\0{digest}"]
+    return Request(method, url, Headers(shown))
 
 
 def reframed(data: bytes, headers: Headers) -> bytes:

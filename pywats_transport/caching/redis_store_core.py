@@ -35,8 +35,8 @@ from hishel import Entry, Headers, Request, Response
 from . import forks
 from .freshness import Vary
 from .memory import Record
-from .redis_fetch import current, lease_of, url_of
-from .redis_frame import Unreadable, choose, framed, record_of, unframe, variant_id
+from .redis_fetch import current, headers_in_progress, lease_of, url_of
+from .redis_frame import Unreadable, choose, framed, record_of, request_for_hishel, unframe, variant_id
 from .redis_guard import Guard, log
 from .redis_keys import (
     CHANNEL,
@@ -72,6 +72,12 @@ _ENTRY = ENTRY.encode()
 def cached_keys(names: list[bytes]) -> int:
     """How many of the keys a clear unlinks are cached entries (the rest: their index, owners, leases)."""
     return sum(name.startswith(_ENTRY) for name in names)
+
+
+def rfc_vary(request: Request, response: Response) -> Vary | None:
+    """The request header values the response's ``Vary`` names, as hishel's rules will compare them."""
+    names = sorted({n.strip().lower() for n in (response.headers.get("vary") or "").split(",") if n.strip()})
+    return tuple((name, request.headers.get(name)) for name in names) if names else None
 
 
 def drop_args(origin: str, path: str) -> tuple[Any, ...]:
@@ -253,8 +259,9 @@ class StoreCore:
             if lookup is not None:
                 lookup.stored = False
             return None, {}, None, None
-        if lookup is None:  # hishel's own rules decided (rfc mode): every entry its own field
-            return str(uuid.uuid4()), {}, self._ttl_ms(ttl), lease
+        if lookup is None:  # hishel's own rules decided (rfc mode): one field per variant, as in ttl mode
+            vary = rfc_vary(request, response)
+            return variant_id(key, request.method, vary), {"vary": vary}, self._ttl_ms(ttl), lease
         decision = lookup.decide(request, response)
         if not decision.store:
             lookup.stored = False
@@ -296,8 +303,8 @@ class StoreCore:
             grouped: dict[str, list[str]] = {}
             for k, v in meta["headers"]:
                 grouped.setdefault(k, []).append(v)
-            return Entry(uuid.UUID(entry_id.decode()), Request(meta["method"], meta["url"]),
-                         Response(meta["status"], Headers(grouped), stream(body)))
+            request = request_for_hishel(meta["method"], meta["url"], meta.get("vary"), headers_in_progress())
+            return Entry(uuid.UUID(entry_id.decode()), request, Response(meta["status"], Headers(grouped), stream(body)))
         except (KeyError, TypeError, ValueError) as exc:
             raise Unreadable(f"incomplete frame: {type(exc).__name__}: {exc}") from None
 

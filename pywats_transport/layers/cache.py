@@ -77,7 +77,7 @@ class CacheLayer(CacheCore, Layer):
         lookup = self._lookup(plan, request, not plan.refresh and (flight is None or flight.leader)) \
             if self._fleet_lookup else None
         context = LOOKUP.set(lookup)
-        fetches = FETCHES.set(Fetches(plan.key, str(request.url)) if self._shared else None)
+        fetches = FETCHES.set(Fetches(plan.key, str(request.url), request.headers) if self._shared else None)
         try:
             response = self._hishel.handle_request(request)
         except FromInner as wrapped:
@@ -223,7 +223,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         lookup = self._lookup(plan, request, not plan.refresh and (flight is None or flight.leader)) \
             if self._fleet_lookup else None
         context = LOOKUP.set(lookup)
-        fetches = FETCHES.set(Fetches(plan.key, str(request.url)) if self._shared else None)
+        fetches = FETCHES.set(Fetches(plan.key, str(request.url), request.headers) if self._shared else None)
         try:
             response = await self._hishel.handle_async_request(request)
         except FromInner as wrapped:
