@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from pathlib import Path
@@ -323,6 +324,26 @@ async def test_sqlite_storage_hits_and_invalidates(mode: str, tmp_path: Path) ->
     assert (await caller.get("/api/Product/1")).extensions["caching"]["from_cache"] is False
     assert server.count == 3
     await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX's")
+async def test_the_sqlite_file_is_readable_by_its_owner_only(mode: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file holds the answers and the requests' headers (a token among them): it was left readable by
+    every user of the machine (0644 under the usual umask)."""
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    left_open = tmp_path / "old.db"
+    left_open.touch(mode=0o644)
+    left_open.chmod(0o644)  # as an earlier run left it
+    monkeypatch.chdir(tmp_path)
+    for sqlite_path, made in ((str(tmp_path / "new.db"), tmp_path / "new.db"), (str(left_open), left_open),
+                              ("bare.db", tmp_path / ".cache" / "hishel" / "bare.db")):
+        caller = Caller(mode, cls(httpx.MockTransport(Counter()), mode="ttl", storage="sqlite", sqlite_path=sqlite_path))
+        await caller.get("/x", headers={"Authorization": "Bearer tok-1"})
+        assert (await caller.get("/x", headers={"Authorization": "Bearer tok-1"})).extensions["caching"]["from_cache"]
+        await caller.close()
+        assert made.stat().st_mode & 0o777 == 0o600, sqlite_path
 
 
 @pytest.mark.anyio

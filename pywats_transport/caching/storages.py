@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import hishel
@@ -14,12 +16,30 @@ from .redis_store import RedisStore
 from .redis_store_async import AsyncRedisStore
 
 
+def _owner_only(sqlite_path: str) -> None:
+    """The SQLite file readable by its owner only: it holds what hishel stores, the answers and the requests'
+    headers with them (a station's token). Made so before hishel opens it (SQLite gives its journal the
+    file's permissions), or narrowed if an earlier run left it open to others; where hishel puts it (a
+    bare name under .cache/hishel/). Where this cannot be done, hishel's own open says why."""
+    path = Path(sqlite_path)
+    if path.parent == Path("."):
+        path = Path(".cache/hishel") / path.name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        if os.name == "posix" and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError:
+        pass
+
+
 def make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_async: bool) -> Any:
     """The hishel storage ``settings.storage`` names; a missing optional package is named with its extra."""
     if settings.storage == "memory":
         cls = AsyncMemoryStorage if is_async else MemoryStorage
         return cls(max_entries=settings.max_size, default_ttl=settings.ttl, clock=clock)
     if settings.storage == "sqlite":
+        _owner_only(settings.sqlite_path)
         if is_async:
             try:
                 import anysqlite  # noqa: F401
