@@ -241,6 +241,8 @@ def test_config_init_writes_a_loadable_example(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     cfg = ClientConfig.load(out)
     assert cfg.health_host == "127.0.0.1" and cfg.enable_cache and cfg.metrics_port == 9090
+    if os.name == "posix":  # the token goes into it: not readable by the machine's other users
+        assert out.stat().st_mode & 0o777 == 0o600
     again = subprocess.run([sys.executable, "-m", "pywats_transport", "config", "init", str(out)],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr

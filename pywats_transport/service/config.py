@@ -162,8 +162,10 @@ EXAMPLE = {
 
 
 def write_example(path: Path, *, force: bool = False) -> None:
-    import json
-
+    """The commented example, readable by its owner only: the token goes into it."""
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; pass --force to overwrite it")
-    path.write_text(json.dumps(EXAMPLE, indent=2) + "\n", encoding="utf-8")
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as out:
+        out.write(json.dumps(EXAMPLE, indent=2) + "\n")
+    if os.name == "posix":
+        path.chmod(0o600)  # a file --force overwrote keeps its mode otherwise
