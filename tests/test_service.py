@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -232,6 +233,30 @@ def test_the_transport_section_is_checked_key_by_key_and_never_shows_a_password(
     # Kept as given: what the section leaves out stays the WATS profile's when the service builds its chain.
     path.write_text(json.dumps({"service_address": "https://w", "api_token": "t", "transport": {"retry": {"max_attempts": 5}}}))
     assert ClientConfig.load(path).transport == {"retry": {"max_attempts": 5}}
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX's")
+async def test_a_client_file_holding_the_token_open_to_others_is_named(
+        tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A started service says once that its token's file is readable by the machine's other users."""
+    path = tmp_path / "client.json"
+    cfg = config(tmp_path, emulator.url)
+    path.write_text(json.dumps({**json.loads(cfg.model_dump_json()), "api_token": TOKEN}))
+    seen = []
+    for mode, from_env in ((0o644, False), (0o600, False), (0o644, True)):
+        path.chmod(mode)
+        if from_env:  # the file's token is not the one in use
+            monkeypatch.setenv("PYWATS_CLIENT_API_TOKEN", TOKEN)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pywats_transport.service"):
+            async with AsyncClientService(ClientConfig.load(path)):
+                pass
+        seen.append(f"{path} holds the API token and other users of this machine may read it (mode 644)"
+                    in caplog.text)
+        assert TOKEN not in caplog.text
+    assert seen == [True, False, False]
 
 
 def test_config_init_writes_a_loadable_example(tmp_path: Path) -> None:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 
 from ..config import TransportConfig, describe_validation_error, read_json_file
 from ..errors import ConfigError
 
 ENV_PREFIX = "PYWATS_CLIENT_"
+log = logging.getLogger("pywats_transport.service")
 
 
 class ClientConfig(BaseModel):
@@ -58,6 +60,8 @@ class ClientConfig(BaseModel):
         "station (`redis`, `cache.storage`, `throttle.backend`), any layer's own settings, plugin settings. Above "
         "the WATS profile; PYWATS_TRANSPORT_* variables win over it, and the keys above over both.",
     )
+
+    _token_file: Path | None = PrivateAttr(default=None)  # where load() read the token, when from a file
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -111,11 +115,29 @@ class ClientConfig(BaseModel):
                     data[name] = json.loads(raw)  # numbers, true/false, null
                 except ValueError:
                     data[name] = raw
+        token_file = path is not None and "api_token" in data and "api_token" not in overrides
         data.update(overrides)
         try:
-            return cls.model_validate(data)
+            loaded = cls.model_validate(data)
         except ValidationError as exc:
             raise describe_validation_error(exc, cls, str(path) if path else "environment", data=data) from None
+        if token_file and ENV_PREFIX + "API_TOKEN" not in env:
+            loaded._token_file = Path(path)  # type: ignore[arg-type]
+        return loaded
+
+    def warn_if_others_read_the_token(self) -> None:
+        """The file the token came from, readable by other users of the machine: said once, by a service
+        that has started (a service that cannot start says one thing only, why)."""
+        path = self._token_file
+        if path is None or os.name != "posix":
+            return
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            return
+        if mode & 0o077:
+            log.warning("%s holds the API token and other users of this machine may read it (mode %o): "
+                        "chmod 600 it, or give the token as PYWATS_CLIENT_API_TOKEN", path, mode)
 
     def transport_flags(self) -> dict[str, Any]:
         return {

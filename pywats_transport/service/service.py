@@ -71,6 +71,7 @@ class AsyncClientService:
             self.metrics_port = await self._serve(cfg.health_host, cfg.metrics_port, "metrics_port", metrics_only=True)
         self._tasks += [asyncio.create_task(self._run_queue(), name="pywats-queue"),
                         asyncio.create_task(self._run_pings(), name="pywats-ping")]
+        cfg.warn_if_others_read_the_token()
         log.info("client service started: health on http://%s:%s, queue %s", cfg.health_host, self.health_port,
                  cfg.queue_dir)
         return self
