@@ -127,6 +127,30 @@ async def test_a_credential_a_response_varies_on_never_reaches_redis(mode: str, 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+async def test_a_stored_answer_does_not_replay_set_cookie(mode: str, storage: str, redis_url: str) -> None:
+    """ttl mode: the answer that was fetched sets its cookie; a hit (on Redis, at any station) does not hand
+    that cookie on. It did: a session another client was given, or an old one over the client's newer."""
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    server = Counter(headers={"set-cookie": "session=S-7f2c; Path=/", "x-served-by": "wats-1"})
+    stations = [Caller(mode, cls(httpx.MockTransport(server), mode="ttl", storage=storage, redis_url=redis_url))
+                for _ in range(2 if storage == "redis" else 1)]
+    path = f"/cookie/{uuid.uuid4().hex}"
+    token = {"Authorization": "Bearer station-token"}  # the identity (a cookie counts only without one)
+    try:
+        fetched = await stations[0].get(path, headers=token)
+        assert fetched.headers["set-cookie"] == "session=S-7f2c; Path=/"
+        for station in stations:
+            hit = await station.get(path, headers=token)
+            assert hit.extensions["caching"]["from_cache"] and hit.json() == fetched.json()
+            assert "set-cookie" not in hit.headers and hit.headers["x-served-by"] == "wats-1"
+    finally:
+        for station in stations:
+            await station.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_rfc_mode_on_redis_serves_each_variant_as_the_memory_storage_does(mode: str, redis_url: str) -> None:
     """``Vary: Accept-Language`` in rfc mode: each language's answer is served again from Redis. Redis gave
     hishel's check no request headers to compare, so nothing that varied was ever a hit."""

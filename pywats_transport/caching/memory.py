@@ -25,7 +25,11 @@ from .policy import origin_of
 Clock = Callable[[], float]
 RecordId = uuid.UUID | int | str
 # Not stored with an entry: the body is kept without its transfer coding, and a hit states its own Age.
-_NOT_KEPT = frozenset({b"transfer-encoding", b"age"})
+#: response headers a stored answer does not keep: hop-by-hop framing, the age (recomputed on each hit),
+#: and Set-Cookie, which a replay would hand to later requests (on the fleet, to other stations): a
+#: session another client was given, or an old one over the client's newer cookie. The answer that was
+#: fetched keeps it.
+NOT_KEPT = frozenset({b"transfer-encoding", b"age", b"set-cookie"})
 #: fetches in flight whose store is still awaited, at most (one token per key)
 _MAX_PENDING = 10_000
 #: the largest body a cache stores (a bigger one is answered, not kept: a download, not a lookup)
@@ -234,7 +238,7 @@ class _LRUCore:
         """A revalidated entry (304): new headers, fresh again from now."""
         now = self.clock()
         with self._lock:
-            record.raw_headers, record.headers = [(k, v) for k, v in raw_headers if k.lower() not in _NOT_KEPT], None
+            record.raw_headers, record.headers = [(k, v) for k, v in raw_headers if k.lower() not in NOT_KEPT], None
             record.fresh_until, record.stored_at, record.age = now + fresh_for, now, age
             keep = record.fresh_until + max(record.stale_if_error, record.stale_while_revalidate)
             if record.expires_at is not None:
@@ -345,7 +349,7 @@ class _MemoryBase:
                 self._core.abandon(key, token)
             return False
         record = Record(next(_direct_ids), key, Request(method, url), status, None, body, deadline, None, deadline,
-                         [(k, v) for k, v in raw_headers if k.lower() not in _NOT_KEPT], vary,
+                         [(k, v) for k, v in raw_headers if k.lower() not in NOT_KEPT], vary,
                          now + fresh if fresh is not None else float("inf"), now, age, stale_if_error,
                          stale_while_revalidate)
         return self._core.add(record, token, replace_variant=True)

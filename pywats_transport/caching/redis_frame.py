@@ -21,7 +21,7 @@ from typing import Any
 from hishel import Headers, Request
 
 from .freshness import Vary
-from .memory import Record
+from .memory import NOT_KEPT, Record
 
 #: the frame format's version: bumped whenever a reader of the old one would misread the new (2: ``Vary``
 #: values as digests)
@@ -45,8 +45,8 @@ def frame(request: Request, status: int, headers: Headers, body: bytes, stored_a
           vary: Vary | None = None, fresh_until: float | None = None) -> bytes:
     """An entry as one value: a JSON line (request method and URL, status, headers, and, from the ttl
     mode's lookup, the request header values ``Vary`` names and the end of freshness), then the body."""
-    return framed(request.method, request.url, status, [[k, v] for k in headers for v in headers.get_list(k) or []],
-                  body, stored_at, vary=vary, fresh_until=fresh_until)
+    kept = [[k, v] for k in headers if k.lower().encode("latin-1") not in NOT_KEPT for v in headers.get_list(k) or []]
+    return framed(request.method, request.url, status, kept, body, stored_at, vary=vary, fresh_until=fresh_until)
 
 
 def framed(method: str, url: str, status: int, headers: list[list[str]], body: bytes, stored_at: float, *,
@@ -121,5 +121,6 @@ def request_for_hishel(method: str, url: str, vary: list[list[Any]] | None, head
 def reframed(data: bytes, headers: Headers) -> bytes:
     """A stored entry with new headers (a 304 refreshed it), its body unchanged."""
     meta, body = unframe(data)
-    meta["headers"] = [[k, v] for k in headers for v in headers.get_list(k) or []]
+    meta["headers"] = [[k, v] for k in headers if k.lower().encode("latin-1") not in NOT_KEPT
+                       for v in headers.get_list(k) or []]
     return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + body

@@ -34,7 +34,7 @@ from hishel import Entry, Headers, Request, Response
 
 from . import forks
 from .freshness import Vary
-from .memory import Record
+from .memory import NOT_KEPT, Record
 from .redis_fetch import current, headers_in_progress, lease_of, url_of
 from .redis_frame import Unreadable, choose, framed, record_of, request_for_hishel, unframe, variant_id
 from .redis_guard import Guard, log
@@ -290,7 +290,7 @@ class StoreCore:
                   lease: str | None) -> tuple[Any, ...]:
         ttl = ttl if ttl is not None else self.default_ttl
         now = time.time()
-        headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in raw_headers]
+        headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in raw_headers if k.lower() not in NOT_KEPT]
         data = framed(method, url, status, headers, body, now, vary=vary,
                       fresh_until=now + ttl if ttl is not None else None)
         return save_args(key, variant_id(key, method, vary), data, url,
