@@ -198,6 +198,37 @@ async def test_a_write_left_unanswered_is_invalidated_for_the_fleet(mode: str, f
 
 
 @pytest.mark.anyio
+async def test_a_write_its_caller_gave_up_on_is_invalidated_for_the_fleet(fleet_url: str) -> None:
+    """An asyncio station's write is cancelled while it waits for the answer (``asyncio.wait_for`` around the
+    call): the server may have applied it, and the other station's next lookup misses."""
+    server = Counter()
+    answered = asyncio.Event()
+
+    async def slow_origin(request: httpx.Request) -> httpx.Response:
+        server(request)
+        if request.method == "PUT":
+            await answered.wait()  # applied; the answer never comes in time
+        return httpx.Response(200, json={"n": server.count})
+
+    a = Caller("async", AsyncCacheLayer(httpx.MockTransport(slow_origin), mode="ttl", storage="redis",
+                                        redis_url=fleet_url))
+    b = Caller("async", AsyncCacheLayer(httpx.MockTransport(slow_origin), mode="ttl", storage="redis",
+                                        redis_url=fleet_url))
+    path = f"/fleet/cancelled/{uuid.uuid4().hex}"
+    try:
+        assert (await b.get(path)).json()["n"] == 1
+        assert (await b.get(path)).extensions["caching"]["from_cache"]
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(a.request("PUT", path), 0.2)
+        after = await b.get(path)
+        assert not after.extensions["caching"]["from_cache"] and after.json()["n"] == 3
+    finally:
+        answered.set()
+        await a.close()
+        await b.close()
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("prefix", ["url", "path"])
 async def test_invalidate_and_clear_reach_entries_other_layers_stored(mode: str, prefix: str, fleet_url: str) -> None:

@@ -192,9 +192,13 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         if plan.action == "write":
             try:
                 response = await self.inner.handle_async_request(request)
-            except Exception as exc:
-                if may_have_been_applied(exc):  # no answer, but the server may have the write
-                    await self._fleet_drop_written(request, None)
+            except BaseException as exc:
+                # No answer, but the server may have the write: an error after sending, or a caller that
+                # gave up waiting (a timeout around the call cancels it). Dropping is bounded by Redis's
+                # timeout, shielded so that the cancellation does not cut it short.
+                if may_have_been_applied(exc) or isinstance(exc, anyio.get_cancelled_exc_class()):
+                    with anyio.CancelScope(shield=True):
+                        await self._fleet_drop_written(request, None)
                     self._drop_written(request, None)
                 raise
             await self._fleet_drop_written(request, response)
