@@ -151,6 +151,37 @@ async def test_a_stored_answer_does_not_replay_set_cookie(mode: str, storage: st
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_rfc_mode_on_redis_ages_an_undated_answer_as_the_memory_storage_does(mode: str, redis_url: str) -> None:
+    """An origin that sends no Date, ``max-age=1`` and an ETag: the entry goes stale after a second, is
+    revalidated once (304), and is fresh again. On Redis, hishel aged entries by their Date alone: an undated
+    one was fresh until Redis expired it, and a 304 without a Date left it stale for every later lookup."""
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    seen = {}
+    for storage in ("memory", "redis"):
+        validations: list[str | None] = []
+
+        def undated(request: httpx.Request, validations: list[str | None] = validations) -> httpx.Response:
+            validations.append(request.headers.get("if-none-match"))
+            fresh = {"etag": '"v1"', "cache-control": "max-age=1"}
+            if request.headers.get("if-none-match") == '"v1"':
+                return httpx.Response(304, headers=fresh)
+            return httpx.Response(200, json={"v": 1}, headers=fresh)
+
+        caller = Caller(mode, cls(httpx.MockTransport(undated), mode="rfc", storage=storage, redis_url=redis_url))
+        path = f"/undated/{uuid.uuid4().hex}"
+        try:
+            flags = [(await caller.get(path)).extensions["caching"] for _ in range(2)]
+            time.sleep(1.1)
+            flags += [(await caller.get(path)).extensions["caching"] for _ in range(2)]
+        finally:
+            await caller.close()
+        seen[storage] = ([(f["from_cache"], f["revalidated"]) for f in flags], validations)
+    assert seen["redis"] == seen["memory"] == (
+        [(False, False), (True, False), (True, True), (True, False)], [None, '"v1"'])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_rfc_mode_on_redis_serves_each_variant_as_the_memory_storage_does(mode: str, redis_url: str) -> None:
     """``Vary: Accept-Language`` in rfc mode: each language's answer is served again from Redis. Redis gave
     hishel's check no request headers to compare, so nothing that varied was ever a hit."""
