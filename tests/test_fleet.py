@@ -151,13 +151,15 @@ async def test_a_stored_answer_does_not_replay_set_cookie(mode: str, storage: st
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_rfc_mode_on_redis_ages_an_undated_answer_as_the_memory_storage_does(mode: str, redis_url: str) -> None:
+async def test_rfc_mode_on_redis_ages_an_undated_answer_as_the_memory_storage_does(mode: str, redis_url: str,
+                                                                                   tmp_path: Path) -> None:
     """An origin that sends no Date, ``max-age=1`` and an ETag: the entry goes stale after a second, is
-    revalidated once (304), and is fresh again. On Redis, hishel aged entries by their Date alone: an undated
-    one was fresh until Redis expired it, and a 304 without a Date left it stale for every later lookup."""
+    revalidated once (304), and is fresh again. On Redis and SQLite, hishel aged entries by their Date alone:
+    an undated one was fresh until the storage dropped it, and a 304 without a Date left it stale for every
+    later lookup."""
     cls = CacheLayer if mode == "sync" else AsyncCacheLayer
     seen = {}
-    for storage in ("memory", "redis"):
+    for storage in ("memory", "redis", "sqlite"):
         validations: list[str | None] = []
 
         def undated(request: httpx.Request, validations: list[str | None] = validations) -> httpx.Response:
@@ -167,7 +169,8 @@ async def test_rfc_mode_on_redis_ages_an_undated_answer_as_the_memory_storage_do
                 return httpx.Response(304, headers=fresh)
             return httpx.Response(200, json={"v": 1}, headers=fresh)
 
-        caller = Caller(mode, cls(httpx.MockTransport(undated), mode="rfc", storage=storage, redis_url=redis_url))
+        caller = Caller(mode, cls(httpx.MockTransport(undated), mode="rfc", storage=storage, redis_url=redis_url,
+                                  sqlite_path=str(tmp_path / f"{mode}.db")))
         path = f"/undated/{uuid.uuid4().hex}"
         try:
             flags = [(await caller.get(path)).extensions["caching"] for _ in range(2)]
@@ -176,7 +179,7 @@ async def test_rfc_mode_on_redis_ages_an_undated_answer_as_the_memory_storage_do
         finally:
             await caller.close()
         seen[storage] = ([(f["from_cache"], f["revalidated"]) for f in flags], validations)
-    assert seen["redis"] == seen["memory"] == (
+    assert seen["redis"] == seen["sqlite"] == seen["memory"] == (
         [(False, False), (True, False), (True, True), (True, False)], [None, '"v1"'])
 
 

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from email.utils import formatdate
 from typing import Any
 
 import hishel
@@ -60,6 +61,16 @@ def validating(request: httpx.Request, stale: Record | None) -> Iterator[None]:
         yield
     finally:
         request.headers = original
+
+
+def dated(response: httpx.Response) -> httpx.Response:
+    """An answer on its way into hishel, with a Date: RFC 9110 §6.6.1 has a cache record the time it
+    received an undated answer (or 304) as its Date. hishel ages a stored entry by its Date alone (rfc mode,
+    on SQLite and Redis): an undated one was fresh until the storage dropped it, and a 304 without one left
+    the entry stale for every later lookup."""
+    if "date" not in response.headers:
+        response.headers["date"] = formatdate(time.time(), usegmt=True)
+    return response
 
 
 class CacheCore:

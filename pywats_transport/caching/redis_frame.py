@@ -16,7 +16,6 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable
-from email.utils import formatdate
 from typing import Any
 
 from hishel import Headers, Request
@@ -47,10 +46,6 @@ def frame(request: Request, status: int, headers: Headers, body: bytes, stored_a
     """An entry as one value: a JSON line (request method and URL, status, headers, and, from the ttl
     mode's lookup, the request header values ``Vary`` names and the end of freshness), then the body."""
     kept = [[k, v] for k in headers if k.lower().encode("latin-1") not in NOT_KEPT for v in headers.get_list(k) or []]
-    if "date" not in headers:
-        # RFC 9110 §6.6.1: a cache stores the time it received an undated answer as its Date. hishel ages an
-        # entry by its Date alone (rfc mode), and took an undated one for fresh until Redis expired it.
-        kept.append(["date", formatdate(stored_at, usegmt=True)])
     return framed(request.method, request.url, status, kept, body, stored_at, vary=vary, fresh_until=fresh_until)
 
 
@@ -123,14 +118,9 @@ def request_for_hishel(method: str, url: str, vary: list[list[Any]] | None, head
     return Request(method, url, Headers(shown))
 
 
-def reframed(data: bytes, headers: Headers, now: float) -> bytes:
-    """A stored entry with new headers (a 304 refreshed it: ``headers`` are the stored ones updated by the
-    304's), its body unchanged. A 304 without a Date of its own is dated ``now``, as an undated answer is
-    when stored: else the entry kept its first Date, and every later lookup found it stale again."""
+def reframed(data: bytes, headers: Headers) -> bytes:
+    """A stored entry with new headers (a 304 refreshed it), its body unchanged."""
     meta, body = unframe(data)
-    before = next((v for k, v in meta["headers"] if k.lower() == "date"), None)
-    meta["headers"] = [[k, v] for k in headers if k.lower().encode("latin-1") not in NOT_KEPT | {b"date"}
+    meta["headers"] = [[k, v] for k in headers if k.lower().encode("latin-1") not in NOT_KEPT
                        for v in headers.get_list(k) or []]
-    after = headers.get("date")
-    meta["headers"].append(["date", after if after is not None and after != before else formatdate(now, usegmt=True)])
     return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + body

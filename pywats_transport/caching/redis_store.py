@@ -140,7 +140,7 @@ class RedisStore(StoreCore, BaseStorage):
                 return
             current = self._call(lambda: self.client.hget(ENTRY + key.decode(), str(id)))
             if current is not None:
-                args = self._update_args(key.decode(), str(id), reframed(current, headers, time.time()))
+                args = self._update_args(key.decode(), str(id), reframed(current, headers))
                 self._call(lambda: self.client.eval(*args))
         except Exception as exc:
             self.on_failure(exc)

@@ -169,7 +169,7 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
                 return
             current = await self._call(lambda: self.client.hget(ENTRY + key.decode(), str(id)))
             if current is not None:
-                args = self._update_args(key.decode(), str(id), reframed(current, headers, time.time()))
+                args = self._update_args(key.decode(), str(id), reframed(current, headers))
                 await self._call(lambda: self.client.eval(*args))
         except Exception as exc:
             self.on_failure(exc)

@@ -14,7 +14,7 @@ import httpx
 from hishel.httpx import AsyncCacheTransport, CacheTransport
 
 from ..caching.coalesce import Flights
-from ..caching.layer_core import CacheCore, FromInner, validating
+from ..caching.layer_core import CacheCore, FromInner, dated, validating
 from ..caching.memory import Record
 from ..caching.policy import Plan, split_prefix
 from ..caching.redis_fetch import FETCHES, LOOKUP, Fetches
@@ -360,7 +360,7 @@ class _SyncToInner(httpx.BaseTransport):
         if self.layer._shared:  # before the origin answers: a write meanwhile withdraws the store (redis_keys)
             self.layer.storage.lease(request.extensions["caching"]["key"], str(request.url))
         try:
-            return self.layer.inner.handle_request(request)
+            return dated(self.layer.inner.handle_request(request))
         except Exception as exc:
             raise FromInner(exc) from exc
 
@@ -373,7 +373,7 @@ class _AsyncToInner(httpx.AsyncBaseTransport):
         if self.layer._shared:  # as in the sync layer
             await self.layer.storage.lease(request.extensions["caching"]["key"], str(request.url))
         try:
-            return await self.layer.inner.handle_async_request(request)
+            return dated(await self.layer.inner.handle_async_request(request))
         except Exception as exc:
             raise FromInner(exc) from exc
 
