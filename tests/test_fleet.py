@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -870,6 +871,32 @@ async def test_the_documented_acl_is_all_the_fleet_tier_needs(mode: str, fleet_u
         assert cache.invalidate(path) >= 1 and cache.clear() >= 0
         stats = stack.stats()
         assert (stats["cache"]["redis_failures"], stats["throttle"]["fleet"]["redis_failures"]) == (0, 0)
+    finally:
+        await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_cluster_user_without_the_cluster_commands_is_told_why(mode: str, redis_cluster: Any,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """The documented ACL without ``+cluster|slots``: redis-py says "Cluster mode is not enabled", and the log
+    line says what else that means."""
+    from redis import Redis
+
+    acl = [rule for rule in _documented_acl() if not rule.startswith("+cluster|")]
+    acl[0] = "nocluster"
+    for node in redis_cluster.nodes:
+        with Redis(port=node.port) as admin:
+            admin.execute_command("ACL", "SETUSER", *acl)
+    url = "redis+cluster://nocluster:station-password@" + ",".join(f"127.0.0.1:{n.port}" for n in redis_cluster.nodes)
+    build = build_transport if mode == "sync" else build_async_transport
+    caller = Caller(mode, build(inner=httpx.MockTransport(Counter()), enable_retry=False,
+                                cache={"mode": "ttl", "storage": "redis", "redis_url": url}))
+    try:
+        with caplog.at_level(logging.WARNING, logger="pywats_transport.cache"):
+            assert (await caller.get("/acl/cluster")).status_code == 200  # from the network
+        assert "or the Redis user may not run CLUSTER SLOTS: see the fleet page's ACL" in caplog.text
+        assert "station-password" not in caplog.text
     finally:
         await caller.close()
 

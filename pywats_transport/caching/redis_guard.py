@@ -62,6 +62,8 @@ class Guard:
                 kind += ": Redis is full and evicts nothing; give it maxmemory-policy allkeys-lru"
             elif exc is not None and str(exc):  # what went wrong (a refused certificate, a wrong password)
                 kind += f": {redacted(str(exc))[:300]}"
+                if "Cluster mode is not enabled" in str(exc):  # redis-py's words for a refused CLUSTER SLOTS too
+                    kind += " (or the Redis user may not run CLUSTER SLOTS: see the fleet page's ACL)"
             self.log.warning("Redis unavailable for the %s (%s); %s, and Redis is tried again every %g s", self.use,
                         kind, self.fallback, self.retry_after)
 
