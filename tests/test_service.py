@@ -207,6 +207,14 @@ def test_client_config_errors_name_field_and_file(tmp_path: Path, monkeypatch: p
     assert cfg.api_token.get_secret_value() == "12345" and cfg.health_port == 9999
     assert cfg.metrics_port is None and cfg.enable_cache is False
     assert "12345" not in repr(cfg) and cfg.health_host == "127.0.0.1"
+    # A bad value from the environment is named as such, not as the file's.
+    monkeypatch.setenv("PYWATS_CLIENT_HEALTH_PORT", "port-x")
+    monkeypatch.setenv("PYWATS_CLIENT_TRANSPORT", '{"cache": {"storag": 1}}')
+    with pytest.raises(ConfigError) as info:
+        ClientConfig.load(path)
+    assert "health_port (from environment PYWATS_CLIENT_HEALTH_PORT) = 'port-x': " in str(info.value)
+    assert "transport.cache.storag (from environment PYWATS_CLIENT_TRANSPORT): unknown key" in str(info.value)
+    assert str(info.value).startswith(f"invalid ClientConfig in {path}: ")
 
 
 def test_the_transport_section_is_checked_key_by_key_and_never_shows_a_password(tmp_path: Path) -> None:

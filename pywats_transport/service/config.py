@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -102,10 +103,13 @@ class ClientConfig(BaseModel):
              **overrides: Any) -> ClientConfig:
         data: dict[str, Any] = read_json_file(path) if path is not None else {}
         env = os.environ if environ is None else environ
+        from_env: dict[str, str] = {}
         for name, field in cls.model_fields.items():
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is None:
                 continue
+            if name not in overrides:
+                from_env[name] = ENV_PREFIX + name.upper()
             if name == "plugins":
                 data[name] = [p.strip() for p in raw.split(",") if p.strip()]
             elif field.annotation in (str, SecretStr):
@@ -120,7 +124,8 @@ class ClientConfig(BaseModel):
         try:
             loaded = cls.model_validate(data)
         except ValidationError as exc:
-            raise describe_validation_error(exc, cls, str(path) if path else "environment", data=data) from None
+            error = describe_validation_error(exc, cls, str(path) if path else "environment", data=data)
+            raise _named_from_environment(error, from_env) if path else error from None
         if token_file and ENV_PREFIX + "API_TOKEN" not in env:
             loaded._token_file = Path(path)  # type: ignore[arg-type]
         return loaded
@@ -150,6 +155,20 @@ class ClientConfig(BaseModel):
             "enable_metrics": self.enable_metrics,
             "plugins": tuple(self.plugins),
         }
+
+
+def _named_from_environment(error: ConfigError, from_env: Mapping[str, str]) -> ConfigError:
+    """``error`` with each problem of a field the environment gave marked so (``health_port (from environment
+    PYWATS_CLIENT_HEALTH_PORT) = 'x': ...``): the message names the file, where that value is not."""
+    problems = []
+    for problem in error.problems:
+        name = re.match(r"[\w.]+", problem)
+        variable = from_env.get(name.group(0).split(".")[0]) if name else None
+        problems.append(problem if name is None or variable is None
+                        else f"{problem[:name.end()]} (from environment {variable}){problem[name.end():]}")
+    message = str(error)
+    head = message[:len(message) - len("; ".join(error.problems))]
+    return ConfigError(head + "; ".join(problems), problems)
 
 
 EXAMPLE = {
