@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -57,6 +58,8 @@ def test_fleet_demo_says_how_to_get_redis_when_missing(tmp_path) -> None:  # typ
     (["demo", "--test-ms", "nan"], "argument --test-ms: must be a number >= 0, got 'nan'"),
     (["demo", "--outage-cache-ttl", "0"], "argument --outage-cache-ttl: must be a number > 0, got '0'"),
     (["emulator", "--port", "99999"], "argument --port: must be a whole number within 0..65535, got '99999'"),
+    (["emulator", "--outage-after", "-1"], "argument --outage-after: must be a number >= 0, got '-1'"),
+    (["emulator", "--outage-seconds", "0"], "argument --outage-seconds: must be a number > 0, got '0'"),
 ])
 def test_a_bad_argument_is_named_with_what_it_allows(argv: list[str], message: str,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
@@ -68,3 +71,19 @@ def test_a_bad_argument_is_named_with_what_it_allows(argv: list[str], message: s
         main(argv)
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_an_emulator_that_cannot_listen_says_why_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A port in use, or a host that does not resolve: one line naming the argument (it was a traceback)."""
+    from pywats_transport.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["emulator", "--port", str(port)]) == 4
+        assert capsys.readouterr().err.strip() == (
+            f"pywats-transport emulator: error: --port {port} on 127.0.0.1 is already in use by another program")
+    assert main(["emulator", "--host", "no-such-host.invalid", "--port", "0"]) == 4
+    err = capsys.readouterr().err
+    assert "--host 'no-such-host.invalid' cannot be resolved" in err and "Traceback" not in err

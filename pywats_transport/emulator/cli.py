@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 import sys
 import threading
 from typing import Any
 
-from ..cli_types import port
+from ..cli_types import number, port
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -22,6 +24,9 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"pywats-transport emulator: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # as the client service says it of its health server
+        print(f"pywats-transport emulator: error: {_cannot_listen(exc, args.host, args.port)}", file=sys.stderr)
+        return 4
     with emu:
         print(f"WATS emulator listening on {emu.url} (Ctrl+C to stop)", flush=True)
         if args.outage_after is not None:
@@ -35,6 +40,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cannot_listen(exc: OSError, host: str, port: int) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"--host {host!r} cannot be resolved: {exc.strerror}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"--port {port} on {host} is already in use by another program"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"--port {port} on {host}: permission denied (ports below 1024 need privileges)"
+    return f"--host {host!r} / --port {port}: cannot listen there: {exc.strerror}"
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("emulator", help="run the embedded WATS emulator")
     p.add_argument("--host", default="127.0.0.1")
@@ -46,9 +61,9 @@ def register(sub: Any) -> None:
     p.add_argument("--retry-after", type=int, default=0, help="seconds in Retry-After of injected failures")
     p.add_argument("--drop-rate", type=float, default=0.0, help="share of requests whose connection is dropped")
     p.add_argument("--slow-body-ms", type=float, default=0.0, help="trickle each body out over this long")
-    p.add_argument("--outage-after", type=float, metavar="SECONDS",
+    p.add_argument("--outage-after", type=number(0), metavar="SECONDS",
                    help="start an outage this long after starting (also: POST /_emulator/outage)")
-    p.add_argument("--outage-seconds", type=float, default=5.0, help="how long the outage lasts")
+    p.add_argument("--outage-seconds", type=number(0, above=True), default=5.0, help="how long the outage lasts")
     p.add_argument("--outage-mode", choices=["503", "refuse"], default="refuse",
                    help="503: answer 503; refuse: leave the network (connections refused)")
     p.add_argument("-v", "--verbose", action="store_true")
