@@ -30,9 +30,12 @@ NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 MAYBE_SENT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.WriteTimeout)
 
 
+_MAYBE_APPLIED = (*MAYBE_SENT, httpx.ReadTimeout)
+
+
 def may_have_been_applied(exc: BaseException) -> bool:
     """Whether a request that raised ``exc`` may have reached the server, and been applied there."""
-    return isinstance(exc, (*MAYBE_SENT, httpx.ReadTimeout))
+    return isinstance(exc, _MAYBE_APPLIED)
 
 
 def parse_retry_after(value: str | None, now_wall: float) -> float | None:
