@@ -137,6 +137,29 @@ async def test_a_write_left_unanswered_after_it_was_sent_invalidates(mode: str, 
     await caller.close()
 
 
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, SystemExit])
+def test_a_sync_write_interrupted_while_it_waits_invalidates(interruption: type[BaseException]) -> None:
+    """Ctrl-C (or a signal handler's ``SystemExit``) while a PUT waits for its answer: the server may have
+    applied it, so its entries go as for a successful one. They were kept, and read until they expired."""
+    server = Counter()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = server(request)
+        if request.method == "PUT":
+            raise interruption()  # applied; the caller stopped waiting
+        return answer
+
+    layer = CacheLayer(httpx.MockTransport(handler), mode="ttl", clock=Clock())
+    with httpx.Client(transport=layer, base_url="http://test") as client:
+        client.get("/api/Product/1")
+        assert client.get("/api/Product/1").extensions["caching"]["from_cache"]
+        with pytest.raises(interruption):
+            client.put("/api/Product/1")
+        after = client.get("/api/Product/1")
+    assert after.extensions["caching"]["from_cache"] is False and after.json()["n"] == 3
+    assert layer.stats()["invalidations"] == 1
+
+
 @pytest.mark.anyio
 async def test_explicit_invalidate_and_clear(mode: str) -> None:
     server = Counter()

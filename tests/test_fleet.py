@@ -232,6 +232,29 @@ async def test_a_write_left_unanswered_is_invalidated_for_the_fleet(mode: str, f
         await b.close()
 
 
+def test_a_sync_write_interrupted_by_ctrl_c_is_invalidated_for_the_fleet(fleet_url: str) -> None:
+    """Ctrl-C reaches station A while its PUT waits for the answer (the server applied it): station B's next
+    lookup misses. B read the pre-write entry until it expired."""
+    server = Counter()
+
+    def origin(request: httpx.Request) -> httpx.Response:
+        answer = server(request)
+        if request.method == "PUT":
+            raise KeyboardInterrupt
+        return answer
+
+    a = CacheLayer(httpx.MockTransport(origin), mode="ttl", storage="redis", redis_url=fleet_url)
+    b = CacheLayer(httpx.MockTransport(origin), mode="ttl", storage="redis", redis_url=fleet_url)
+    path = f"/fleet/interrupted/{uuid.uuid4().hex}"
+    with httpx.Client(transport=a, base_url="http://test") as one, httpx.Client(transport=b, base_url="http://test") as two:
+        assert two.get(path).json()["n"] == 1
+        assert two.get(path).extensions["caching"]["from_cache"]
+        with pytest.raises(KeyboardInterrupt):
+            one.put(path)
+        after = two.get(path)
+    assert not after.extensions["caching"]["from_cache"] and after.json()["n"] == 3
+
+
 @pytest.mark.anyio
 async def test_a_write_its_caller_gave_up_on_is_invalidated_for_the_fleet(fleet_url: str) -> None:
     """An asyncio station's write is cancelled while it waits for the answer (``asyncio.wait_for`` around the

@@ -16,6 +16,7 @@ import httpx
 from ..config import CacheSettings
 from ..errors import TransportError
 from ..layer import layer_settings
+from ..policies.retry import may_have_been_applied
 from .coalesce import Flight, Flights, SaveWhenRead
 from .freshness import conditional_headers, merge_not_modified
 from .health import FAILURES
@@ -32,6 +33,13 @@ NOT_CACHED = {"from_cache": False, "revalidated": False, "stored": False}
 #: failures of the layers below that a stale entry may answer for (stale-if-error): httpx's transport
 #: errors (connection refused, timeouts, a throttle timeout) and ours (an open circuit breaker)
 FALLBACK_ERRORS = (httpx.TransportError, TransportError)
+
+
+def write_may_have_landed(exc: BaseException) -> bool:
+    """Whether a write that raised ``exc`` may have been applied by the server, so that its entries must go
+    as for a successful one: an error after it was sent, or an interruption at a point nobody knows (Ctrl-C,
+    a signal's ``SystemExit``, a cancelled task). Dropping too much costs a fetch; too little, a stale read."""
+    return may_have_been_applied(exc) or not isinstance(exc, Exception)
 
 
 class FromInner(Exception):

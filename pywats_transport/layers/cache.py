@@ -14,14 +14,13 @@ import httpx
 from hishel.httpx import AsyncCacheTransport, CacheTransport
 
 from ..caching.coalesce import Flights
-from ..caching.layer_core import CacheCore, FromInner, dated, validating
+from ..caching.layer_core import CacheCore, FromInner, dated, validating, write_may_have_landed
 from ..caching.memory import Record
 from ..caching.policy import Plan, split_prefix
 from ..caching.redis_fetch import FETCHES, LOOKUP, Fetches
 from ..config import CacheSettings
 from ..hookspecs import LayerSpec, hookimpl
 from ..layer import CLOSED_MESSAGE, AsyncLayer, Layer
-from ..policies.retry import may_have_been_applied
 
 
 class CacheLayer(CacheCore, Layer):
@@ -47,8 +46,8 @@ class CacheLayer(CacheCore, Layer):
         if plan.action == "write":
             try:
                 response = self.inner.handle_request(request)
-            except Exception as exc:
-                if may_have_been_applied(exc):  # no answer, but the server may have the write
+            except BaseException as exc:
+                if write_may_have_landed(exc):  # no answer, but the server may have the write
                     self._fleet_drop_written(request, None)
                     self._drop_written(request, None)
                 raise
@@ -196,7 +195,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
                 # No answer, but the server may have the write: an error after sending, or a caller that
                 # gave up waiting (a timeout around the call cancels it). Dropping is bounded by Redis's
                 # timeout, shielded so that the cancellation does not cut it short.
-                if may_have_been_applied(exc) or isinstance(exc, anyio.get_cancelled_exc_class()):
+                if write_may_have_landed(exc):
                     with anyio.CancelScope(shield=True):
                         await self._fleet_drop_written(request, None)
                     self._drop_written(request, None)
