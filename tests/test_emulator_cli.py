@@ -53,9 +53,10 @@ def _until(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def
 
 
 def _refused(url: str) -> bool:
+    """Off the network: the connection refused, or (a request that met the server as it left) dropped."""
     try:
         _get(url)
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
         return True
     return False
 
