@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -1455,6 +1456,81 @@ def test_processes_that_miss_together_fetch_once(tmp_path: Path, fleet_url: str)
     assert counts == {str(i): 1 for i in range(5)}  # one server request per URL for the four processes
     assert all(out[0] == "1,1,1,1,1" for out in outputs)  # every process got that one answer
     assert sum(int(out[1]) for out in outputs) >= 3  # the others waited for the one fetching
+
+
+@pytest.mark.anyio
+async def test_a_fetch_its_caller_gave_up_on_lets_the_others_fetch_at_once(fleet_url: str) -> None:
+    """An asyncio station's GET is cancelled while it fetches (``asyncio.wait_for`` around a call gives up):
+    another station waiting for that fetch, and another task of its own, go on at once, and still fetch
+    once between them. They waited out ``coalesce_timeout`` (5 s here) for a fetch nobody was doing."""
+    server = Counter()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.3)
+        return server(request)
+
+    def station() -> AsyncCacheLayer:
+        return AsyncCacheLayer(httpx.MockTransport(slow), mode="ttl", storage="redis", redis_url=fleet_url,
+                               coalesce_timeout=5)
+
+    path = f"/fleet/given-up/{uuid.uuid4().hex}"
+    async with httpx.AsyncClient(transport=station(), base_url="http://test") as a, \
+            httpx.AsyncClient(transport=station(), base_url="http://test") as b:
+        leader = asyncio.create_task(a.get(path))
+        await asyncio.sleep(0.1)  # the leader holds the fleet's lock and fetches
+        start = time.monotonic()
+        followers = asyncio.gather(a.get(path), b.get(path))
+        await asyncio.sleep(0.05)
+        leader.cancel()
+        answers = await followers
+        waited = time.monotonic() - start
+    assert leader.cancelled()
+    assert waited < 2.5, f"the followers waited {waited:.1f} s for a fetch given up on"
+    assert [answer.json()["n"] for answer in answers] == [1, 1] and server.count == 1
+
+
+def test_a_fetch_interrupted_by_ctrl_c_lets_the_others_fetch_at_once(fleet_url: str) -> None:
+    """Ctrl-C reaches a sync station's thread while it fetches: the station's other threads and another
+    station waiting for that fetch go on at once (they waited out ``coalesce_timeout``, 5 s here)."""
+    server = Counter()
+    fetching = threading.Event()
+
+    def origin(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("x-first"):
+            fetching.set()
+            time.sleep(0.3)
+            raise KeyboardInterrupt
+        time.sleep(0.1)
+        return server(request)
+
+    def station() -> CacheLayer:
+        return CacheLayer(httpx.MockTransport(origin), mode="ttl", storage="redis", redis_url=fleet_url,
+                          coalesce_timeout=5)
+
+    path = f"/fleet/interrupted-fetch/{uuid.uuid4().hex}"
+    outcomes: dict[str, Any] = {}
+
+    def call(name: str, client: httpx.Client, **headers: str) -> None:
+        try:
+            outcomes[name] = client.get(path, headers=headers).json()["n"]
+        except BaseException as exc:  # noqa: BLE001 - the thread's outcome, asserted below
+            outcomes[name] = type(exc)
+
+    with httpx.Client(transport=station(), base_url="http://test") as a, \
+            httpx.Client(transport=station(), base_url="http://test") as b:
+        first = threading.Thread(target=call, args=("first", a), kwargs={"x-first": "1"})
+        first.start()
+        assert fetching.wait(5)
+        start = time.monotonic()
+        followers = [threading.Thread(target=call, args=(name, client)) for name, client in (("same", a), ("other", b))]
+        for thread in followers:
+            thread.start()
+        for thread in (first, *followers):
+            thread.join(30)
+        waited = time.monotonic() - start
+    assert outcomes == {"first": KeyboardInterrupt, "same": 1, "other": 1}
+    assert waited < 2.5, f"the followers waited {waited:.1f} s for a fetch interrupted"
+    assert server.count == 1
 
 
 # -- the near cache ----------------------------------------------------------------------------------------

@@ -90,6 +90,11 @@ class CacheLayer(CacheCore, Layer):
             self._flights.land(flight)
             self._storage_failed(exc)
             return self._bypassed(self.inner.handle_request(request))
+        except BaseException:  # interrupted (Ctrl-C): the others fetch at once, not after the lock's expiry
+            if self._shared:
+                self.storage.release(plan.key)
+            self._flights.land(flight)
+            raise
         finally:
             LOOKUP.reset(context)
             FETCHES.reset(fetches)
@@ -240,6 +245,14 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             self._flights.land(flight)
             self._storage_failed(exc)
             return self._bypassed(await self.inner.handle_async_request(request))
+        except BaseException:
+            # Cancelled (a timeout around the call): the others, here and in the fleet, fetch at once
+            # instead of waiting out the lock. Shielded, so the cancellation does not cut the release short.
+            if self._shared:
+                with anyio.CancelScope(shield=True):
+                    await self.storage.release(plan.key)
+            self._flights.land(flight)
+            raise
         finally:
             LOOKUP.reset(context)
             FETCHES.reset(fetches)
