@@ -75,6 +75,9 @@ class CacheSettings(Section):
                             "bound on staleness should an invalidation message be lost.")
     redis_retry_after: float = Field(5.0, ge=0, description="After Redis failed, seconds it is skipped before the "
                                      "next try (requests go to the network meanwhile).")
+    redis_max_connections: int = Field(32, ge=1, description="Calls to Redis this process's cache has in flight at "
+                                       "once, and so about the connections it opens; a request beyond them waits "
+                                       "for one (up to 1 s, or `redis_timeout` if longer), then skips Redis.")
     identity_headers: list[str] = Field(
         default_factory=lambda: ["Authorization", "X-Api-Key"],
         description="Request headers whose value (hashed) is part of the cache key.",
@@ -151,6 +154,10 @@ class ThrottleSettings(Section):
     redis_timeout: float = Field(0.25, gt=0, description="Longest a request waits on Redis for a token (seconds).")
     redis_retry_after: float = Field(5.0, ge=0, description="After Redis failed, seconds the local bucket is used "
                                      "before Redis is tried again.")
+    redis_max_connections: int = Field(32, ge=1, description="Calls to Redis this process's fleet rate has in "
+                                       "flight at once, and so about the connections it opens; a request beyond "
+                                       "them waits for one (up to 1 s, or `redis_timeout` if longer), then takes "
+                                       "the local bucket.")
     expected_processes: int = Field(1, ge=1, description="Processes sharing the fleet rate: while Redis is down, "
                                     "each uses `rate / expected_processes` and `burst / expected_processes` (at "
                                     "least 1) locally.")
@@ -199,10 +206,14 @@ class RedisSettings(Section):
                            "to the network and the rate to the local share.")
     retry_after: float = Field(5.0, ge=0, description="After Redis failed, seconds it is skipped before it is tried "
                                "again.")
+    max_connections: int = Field(32, ge=1, description="Calls to Redis a process's cache (and its fleet rate) has in "
+                                 "flight at once, and so about the connections it opens: a burst of requests waits "
+                                 "for them instead of opening one each.")
 
 
 #: A layer's own Redis settings, and the shared one each falls back to when the layer does not set it.
-REDIS_FIELDS: dict[str, str] = {"redis_url": "url", "redis_timeout": "timeout", "redis_retry_after": "retry_after"}
+REDIS_FIELDS: dict[str, str] = {"redis_url": "url", "redis_timeout": "timeout", "redis_retry_after": "retry_after",
+                                 "redis_max_connections": "max_connections"}
 
 BUILTIN_SECTIONS: dict[str, type[Section]] = {
     "metrics": MetricsSettings,

@@ -696,10 +696,13 @@ async def test_a_hung_redis_costs_one_timeout(mode: str, kind: str, request: pyt
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("kind", ["server", "cluster"])
+@pytest.mark.parametrize("connections", [None, 2])
 async def test_lookups_in_flight_together_on_a_hung_redis_each_wait_one_timeout(
-        mode: str, kind: str, request: pytest.FixtureRequest) -> None:
+        mode: str, kind: str, connections: int | None, request: pytest.FixtureRequest) -> None:
     """Eight lookups at once (threads, or tasks) when Redis stops answering: each waits one timeout at most,
-    side by side. They used to queue behind one another for the lookup connection, the last for 8 timeouts."""
+    side by side. They used to queue behind one another for the lookup connection, the last for 8 timeouts.
+    With fewer connections than lookups (``redis_max_connections: 2``) the others wait for those two,
+    and skip Redis as soon as they fail."""
     import os
     import signal
     from concurrent.futures import ThreadPoolExecutor
@@ -709,8 +712,9 @@ async def test_lookups_in_flight_together_on_a_hung_redis_each_wait_one_timeout(
     else:
         hung, url = request.getfixturevalue("redis_cluster").owner(b"{pwt}"), request.getfixturevalue("redis_cluster_url")
     build = build_transport if mode == "sync" else build_async_transport
+    bound = {"redis_max_connections": connections} if connections else {}
     stack = build(inner=httpx.MockTransport(Counter()), enable_retry=False,
-                  cache={"mode": "ttl", "storage": "redis", "redis_url": url, "redis_timeout": 0.2})
+                  cache={"mode": "ttl", "storage": "redis", "redis_url": url, "redis_timeout": 0.2, **bound})
     caller = Caller(mode, stack)
     pool = ThreadPoolExecutor(8)
 
@@ -734,6 +738,50 @@ async def test_lookups_in_flight_together_on_a_hung_redis_each_wait_one_timeout(
         assert max(waits) < 0.2 + 0.3, f"waits: {sorted(round(w, 2) for w in waits)}"
         assert stack.stats()["cache"]["redis_outages"] == 1
     finally:
+        pool.shutdown()
+        await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("connections", [None, 4])
+async def test_a_burst_of_requests_keeps_a_stations_redis_connections_bounded(mode: str, connections: int | None,
+                                                                             own_redis: Any) -> None:
+    """Hundreds of requests at once from one station (tasks, or threads) through the cache and the fleet
+    rate: the station opens about ``redis.max_connections`` (32 unless set) connections to Redis for
+    each, not one per request in flight, and no request finds Redis unavailable. An asyncio station
+    opened hundreds, and opening them took longer than Redis's timeout: the burst was taken for an
+    outage and went to the network."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    build = build_transport if mode == "sync" else build_async_transport
+    bound = connections or 32
+    stack = build(inner=httpx.MockTransport(Counter()), enable_retry=False,
+                  redis={"url": own_redis.url, **({"max_connections": connections} if connections else {})},
+                  cache={"mode": "ttl", "storage": "redis"},
+                  throttle={"enabled": True, "backend": "redis", "rate": 1e6, "burst": 10**6})
+    caller = Caller(mode, stack)
+    burst = 150 if mode == "sync" else 600
+    pool = ThreadPoolExecutor(burst)
+
+    async def get(path: str) -> int:
+        if mode == "sync":
+            return int((await asyncio.wrap_future(pool.submit(caller.client.get, path))).status_code)
+        return int((await caller.get(path)).status_code)
+
+    admin = sync_client(own_redis.url, 5.0)
+    try:
+        await asyncio.gather(*[get(f"/burst/{i}") for i in range(20)])  # stored
+        statuses = await asyncio.gather(*[get(f"/burst/{i % 20}") for i in range(burst)])
+        connected = int(admin.info("clients")["connected_clients"]) - 1
+        stats = stack.stats()
+        assert statuses == [200] * burst
+        assert connected <= 2 * bound + 2, f"{connected} connections to Redis"  # the cache's lookups have one more
+        assert (stats["cache"]["redis_outages"], stats["cache"]["storage_errors"]) == (0, 0)
+        assert (stats["throttle"]["fleet"]["redis_outages"], stats["throttle"]["fleet"]["local_fallbacks"]) == (0, 0)
+        assert stats["cache"]["hits"] == burst
+    finally:
+        admin.close()
         pool.shutdown()
         await caller.close()
 

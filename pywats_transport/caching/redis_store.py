@@ -25,7 +25,7 @@ class RedisStore(StoreCore, BaseStorage):
     """Sync: ``RedisStore(redis.Redis.from_url(url, socket_timeout=0.25))``."""
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        with self.guard.calling():
+        with self.slots.taken(), self.guard.calling():
             if self.unconfirmed:
                 self._replay()
             return fn()

@@ -16,6 +16,8 @@ from .memory import Kept, Record
 from .redis_fetch import FETCHES, current, url_of
 from .redis_frame import frame, reframed
 from .redis_keys import CACHE_KEYS, CHANNEL, ENTRY, INDEX, LOCK, OWNER, RELEASE
+from .redis_slots import DEFAULT as DEFAULT_CALLS
+from .redis_slots import AsyncSlots
 from .redis_store import RedisStore
 from .redis_store_core import CLEAR_BATCH, StoreCore, cached_keys, drop_args, origin_of_index, save_args
 
@@ -29,12 +31,15 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
     ``sync_client`` serves the calls made outside the event loop (``layer.invalidate(prefix)``, ``clear()``).
     """
 
+    slots_type = AsyncSlots
+
     def __init__(self, client: Any, *, sync_client: Any = None, default_ttl: float | None = None,
                  retry_after: float = 5.0, flight_timeout: float = 0.0, lock_ttl: float = 30.0,
-                 reader: Callable[[], Any] | None = None) -> None:
+                 reader: Callable[[], Any] | None = None, max_calls: int = DEFAULT_CALLS, call_wait: float = 1.0) -> None:
         super().__init__(client, default_ttl=default_ttl, retry_after=retry_after, flight_timeout=flight_timeout,
-                         lock_ttl=lock_ttl, reader=reader)
-        self._sync = RedisStore(sync_client, default_ttl=default_ttl, retry_after=retry_after) if sync_client else None
+                         lock_ttl=lock_ttl, reader=reader, max_calls=max_calls, call_wait=call_wait)
+        self._sync = RedisStore(sync_client, default_ttl=default_ttl, retry_after=retry_after, max_calls=max_calls,
+                                call_wait=call_wait) if sync_client else None
         if self._sync is not None:  # one store to Redis, whichever side calls
             self._sync.guard = self.guard
             self._sync.unconfirmed = self.unconfirmed
@@ -52,10 +57,11 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
         return self._sync.clear()
 
     async def _call(self, fn: Callable[[], Any]) -> Any:
-        with self.guard.calling():
-            if self.unconfirmed:
-                await self._replay()
-            return await fn()
+        async with self.slots.taken():
+            with self.guard.calling():
+                if self.unconfirmed:
+                    await self._replay()
+                return await fn()
 
     async def _replay(self) -> None:
         for origin, path in list(self.unconfirmed):

@@ -54,6 +54,8 @@ from .redis_keys import (
     index_name,
     prefixes,
 )
+from .redis_slots import DEFAULT as DEFAULT_CALLS
+from .redis_slots import AsyncSlots, Slots
 
 POLL = 0.01  # seconds between looks while another process fetches
 
@@ -97,9 +99,14 @@ def save_args(key: str, entry_id: str, data: bytes, url: str, ttl_ms: int | None
 class StoreCore:
     """What the sync and async stores share: the framing, the flight (sans I/O), the bookkeeping."""
 
+    #: how the store bounds its calls in flight (:mod:`.redis_slots`): threads or the event loop
+    slots_type: type[Slots] | type[AsyncSlots] = Slots
+
     def __init__(self, client: Any, *, default_ttl: float | None = None, retry_after: float = 5.0,
-                 flight_timeout: float = 0.0, lock_ttl: float = 30.0, reader: Callable[[], Any] | None = None) -> None:
+                 flight_timeout: float = 0.0, lock_ttl: float = 30.0, reader: Callable[[], Any] | None = None,
+                 max_calls: int = DEFAULT_CALLS, call_wait: float = 1.0) -> None:
         self.client = client
+        self.slots: Any = self.slots_type(max_calls, call_wait)
         # Lookups may go through a client of their own (a single-connection client skips the pool on
         # every hit), made on first use: a sync one connects when made, which must not fail here.
         self._reader_factory = reader
@@ -231,6 +238,8 @@ class StoreCore:
         """In a forked child: the lookup connection is the parent's (see :mod:`.forks`); make one of its own."""
         self._reader = None
         self._reader_free = threading.Lock()
+        if isinstance(self.slots, Slots):
+            self.slots.after_fork()
 
     @contextmanager
     def lookup_client(self) -> Iterator[Any]:

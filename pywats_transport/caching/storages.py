@@ -59,6 +59,7 @@ def make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asyn
     # as much as the round trip itself. A cluster or sentinel client routes every command itself.
     own = one_server(url)
     from . import redis_epoch  # imports redis: an optional extra
+    from .redis_slots import queue_wait
 
     # Each new connection checks that Redis is the process the cache was written on (redis_epoch).
     # (The sync cluster client calls its connect callback after its own handshake.)
@@ -69,9 +70,11 @@ def make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asyn
         return AsyncRedisStore(async_client(url, timeout, **achecked), sync_client=sync_client(url, timeout, **checked),
                                reader=(lambda: async_client(url, timeout, single_connection=True, **achecked))
                                if own else None,
-                               default_ttl=settings.ttl, retry_after=settings.redis_retry_after, flight_timeout=flight)
+                               default_ttl=settings.ttl, retry_after=settings.redis_retry_after, flight_timeout=flight,
+                               max_calls=settings.redis_max_connections, call_wait=queue_wait(timeout))
     return RedisStore(sync_client(url, timeout, **checked), default_ttl=settings.ttl,
                       reader=(lambda: sync_client(url, timeout, single_connection=True, **checked)) if own else None,
-                      retry_after=settings.redis_retry_after, flight_timeout=flight)
+                      retry_after=settings.redis_retry_after, flight_timeout=flight,
+                      max_calls=settings.redis_max_connections, call_wait=queue_wait(timeout))
 
 

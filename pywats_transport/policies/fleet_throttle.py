@@ -22,6 +22,7 @@ from pyrate_limiter import GCRA, Decision, Rate, RedisStateStore
 
 from ..caching.redis_guard import Guard
 from ..caching.redis_keys import TAG
+from ..caching.redis_slots import AsyncSlots, Slots, queue_wait
 from .throttle import SLOWDOWN
 
 HOLD = f"pwt:{TAG}:hold:"  # + host -> set while the fleet must not send to the host
@@ -137,13 +138,14 @@ class FleetRate(_FleetBase):
     def __init__(self, settings: Any, client: Any, **kw: Any) -> None:
         super().__init__(settings, **kw)
         self.client = client
+        self.slots = Slots(settings.redis_max_connections, queue_wait(settings.redis_timeout))
 
     def close(self) -> None:
         self.client.close()
 
     def acquire(self, host: str) -> float:
         key = self._key(host)
-        with self.guard.calling():
+        with self.slots.taken(), self.guard.calling():
             hold, slow = self.client.eval(*self._state_args(key))
             hold = int(hold or 0)
             decision = self._check(key, slow) if hold <= 0 else None
@@ -152,7 +154,7 @@ class FleetRate(_FleetBase):
     def signal(self, host: str, hold: float = 0.0, slow_down: bool = False) -> None:
         """What this station learnt from the server, for the whole fleet: hold the host ``hold`` seconds
         (its ``Retry-After``), halve its rate (the adaptive policy slowed it); one round trip."""
-        with self.guard.calling():
+        with self.slots.taken(), self.guard.calling():
             self.client.eval(*self._signal_args(host, hold, slow_down))
         self.slowdowns += slow_down
 
@@ -166,21 +168,24 @@ class AsyncFleetRate(_FleetBase):
     def __init__(self, settings: Any, client: Any, **kw: Any) -> None:
         super().__init__(settings, **kw)
         self.client = client
+        self.slots = AsyncSlots(settings.redis_max_connections, queue_wait(settings.redis_timeout))
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
     async def acquire(self, host: str) -> float:
         key = self._key(host)
-        with self.guard.calling():
-            hold, slow = await self.client.eval(*self._state_args(key))
-            hold = int(hold or 0)
-            decision = await self._check(key, slow) if hold <= 0 else None
+        async with self.slots.taken():
+            with self.guard.calling():
+                hold, slow = await self.client.eval(*self._state_args(key))
+                hold = int(hold or 0)
+                decision = await self._check(key, slow) if hold <= 0 else None
         return self._wait_from(hold, decision, slow)
 
     async def signal(self, host: str, hold: float = 0.0, slow_down: bool = False) -> None:
-        with self.guard.calling():
-            await self.client.eval(*self._signal_args(host, hold, slow_down))
+        async with self.slots.taken():
+            with self.guard.calling():
+                await self.client.eval(*self._signal_args(host, hold, slow_down))
         self.slowdowns += slow_down
 
     async def slow_down(self, host: str) -> None:
