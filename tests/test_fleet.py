@@ -787,6 +787,39 @@ async def test_a_burst_of_requests_keeps_a_stations_redis_connections_bounded(mo
 
 
 @pytest.mark.anyio
+async def test_an_async_station_closes_every_redis_client_whatever_one_raises(redis_url: str,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py may time out closing a connection (it did with an event loop busy with hundreds): closing the
+    station closes its other Redis clients all the same, and does not raise. The error came out of the
+    app's ``async with`` and left the rest open."""
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    layer = AsyncCacheLayer(httpx.MockTransport(Counter()), mode="ttl", storage="redis", redis_url=redis_url)
+    closed: list[str] = []
+    async with httpx.AsyncClient(transport=layer, base_url="http://test") as client:
+        path = f"/closing/{uuid.uuid4().hex}"
+        await client.get(path)
+        assert (await client.get(path)).extensions["caching"]["from_cache"]  # through the lookup connection
+        store = layer.storage
+        reader, pool = store.reader(), store.client
+        assert reader is not pool
+        close_reader, close_pool = reader.aclose, pool.aclose
+
+        async def times_out() -> None:
+            closed.append("reader")
+            raise RedisTimeout("Timed out closing connection after 0.25")
+
+        async def closes() -> None:
+            closed.append("pool")
+            await close_pool()
+
+        monkeypatch.setattr(reader, "aclose", times_out)
+        monkeypatch.setattr(pool, "aclose", closes)
+    await close_reader()
+    assert closed == ["reader", "pool"]
+
+
+@pytest.mark.anyio
 async def test_a_new_async_stations_first_requests_at_once_use_the_cluster(redis_cluster_url: str) -> None:
     """Eight requests at once as an asyncio station starts on a Redis Cluster: no outage, for the cache or the
     fleet rate. redis-py routed the commands sent before its cluster client knew the slots to any primary;

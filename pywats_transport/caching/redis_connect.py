@@ -15,6 +15,7 @@ URL carries none; it is never logged.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -223,6 +224,16 @@ def async_client(url: str, timeout: float, *, single_connection: bool = False, *
 
         return _primary(Sentinel, url, options)
     return redis.asyncio.Redis.from_url(url, single_connection_client=single_connection, **options)
+
+
+async def aclose_quietly(client: Any) -> None:
+    """Close an asyncio client without raising: redis-py may time out closing a connection (an event loop
+    busy with hundreds), and a layer's close must neither raise that nor leave its other clients open."""
+    try:
+        await client.aclose()
+    except Exception as exc:
+        logging.getLogger("pywats_transport.cache").debug("a Redis client did not close cleanly: %s",
+                                                           type(exc).__name__)
 
 
 @lru_cache(maxsize=1)

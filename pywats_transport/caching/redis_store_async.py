@@ -13,6 +13,7 @@ from hishel import AsyncBaseStorage, Entry, Headers, Request, Response
 
 from .freshness import Vary
 from .memory import Kept, Record
+from .redis_connect import aclose_quietly
 from .redis_fetch import FETCHES, current, url_of
 from .redis_frame import frame, reframed
 from .redis_keys import CACHE_KEYS, CHANNEL, ENTRY, INDEX, LOCK, OWNER, RELEASE
@@ -24,6 +25,7 @@ from .redis_store_core import CLEAR_BATCH, StoreCore, cached_keys, drop_args, or
 
 async def _body(body: bytes) -> AsyncIterator[bytes]:
     yield body
+
 
 class AsyncRedisStore(StoreCore, AsyncBaseStorage):
     """Async: ``AsyncRedisStore(redis.asyncio.Redis.from_url(url, socket_timeout=0.25), sync_client=...)``.
@@ -220,7 +222,7 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
         self._lost()
         self.unconfirmed.clear()  # said once, here: not again by the sync store beside an async one
         if self._reader is not None and self._reader is not self.client:
-            await self._reader.aclose()
-        await self.client.aclose()
+            await aclose_quietly(self._reader)
+        await aclose_quietly(self.client)
         if self._sync is not None:
             self._sync.close()

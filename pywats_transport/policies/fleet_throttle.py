@@ -20,6 +20,7 @@ from typing import Any
 
 from pyrate_limiter import GCRA, Decision, Rate, RedisStateStore
 
+from ..caching.redis_connect import aclose_quietly
 from ..caching.redis_guard import Guard
 from ..caching.redis_keys import TAG
 from ..caching.redis_slots import AsyncSlots, Slots, queue_wait
@@ -171,7 +172,7 @@ class AsyncFleetRate(_FleetBase):
         self.slots = AsyncSlots(settings.redis_max_connections, queue_wait(settings.redis_timeout))
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await aclose_quietly(self.client)
 
     async def acquire(self, host: str) -> float:
         key = self._key(host)
