@@ -30,7 +30,7 @@ def queue_wait(timeout: float) -> float:
 
 
 class Busy(StorageUnavailable):
-    """Every call this store may have in flight was busy for a whole timeout: this one skips Redis."""
+    """Every call this store may have in flight stayed busy for :func:`queue_wait`: this one skips Redis."""
 
 
 def _busy(limit: int, wait: float) -> Busy:
@@ -71,7 +71,7 @@ class AsyncSlots:
         if self._free is None:
             self._free = asyncio.Semaphore(self.limit)
         free = self._free
-        if free.locked():  # none free: wait, but not for longer than a call to Redis may take
+        if free.locked():  # none free: wait for one, up to queue_wait
             try:
                 await asyncio.wait_for(free.acquire(), self.wait)
             except asyncio.TimeoutError:
