@@ -31,6 +31,8 @@ ENV_DISABLE_AUTOLOAD = ENV_PREFIX + "DISABLE_PLUGIN_AUTOLOAD"
 ENV_BLOCK = ENV_PREFIX + "BLOCK_PLUGINS"
 _NOT_CONFIG = frozenset({ENV_DISABLE_AUTOLOAD, ENV_BLOCK})
 _SECRET_HINTS = ("token", "password", "secret", "authorization", "api_key")
+#: calls to Redis a process's cache (or fleet rate) has in flight at once, unless configured
+REDIS_MAX_CONNECTIONS = 32
 
 
 def _checked_redis_url(value: str) -> str:
@@ -75,7 +77,7 @@ class CacheSettings(Section):
                             "bound on staleness should an invalidation message be lost.")
     redis_retry_after: float = Field(5.0, ge=0, description="After Redis failed, seconds it is skipped before the "
                                      "next try (requests go to the network meanwhile).")
-    redis_max_connections: int = Field(32, ge=1, description="Calls to Redis this process's cache has in flight at "
+    redis_max_connections: int = Field(REDIS_MAX_CONNECTIONS, ge=1, description="Calls to Redis this process's cache has in flight at "
                                        "once, and so about the connections it opens; a request beyond them waits "
                                        "for one (up to 1 s, or `redis_timeout` if longer), then skips Redis.")
     identity_headers: list[str] = Field(
@@ -154,7 +156,7 @@ class ThrottleSettings(Section):
     redis_timeout: float = Field(0.25, gt=0, description="Longest a request waits on Redis for a token (seconds).")
     redis_retry_after: float = Field(5.0, ge=0, description="After Redis failed, seconds the local bucket is used "
                                      "before Redis is tried again.")
-    redis_max_connections: int = Field(32, ge=1, description="Calls to Redis this process's fleet rate has in "
+    redis_max_connections: int = Field(REDIS_MAX_CONNECTIONS, ge=1, description="Calls to Redis this process's fleet rate has in "
                                        "flight at once, and so about the connections it opens; a request beyond "
                                        "them waits for one (up to 1 s, or `redis_timeout` if longer), then takes "
                                        "the local bucket.")
@@ -206,7 +208,7 @@ class RedisSettings(Section):
                            "to the network and the rate to the local share.")
     retry_after: float = Field(5.0, ge=0, description="After Redis failed, seconds it is skipped before it is tried "
                                "again.")
-    max_connections: int = Field(32, ge=1, description="Calls to Redis a process's cache (and its fleet rate) has in "
+    max_connections: int = Field(REDIS_MAX_CONNECTIONS, ge=1, description="Calls to Redis a process's cache (and its fleet rate) has in "
                                  "flight at once, and so about the connections it opens: a burst of requests waits "
                                  "for them instead of opening one each.")
 

@@ -18,10 +18,8 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
+from ..config import REDIS_MAX_CONNECTIONS as DEFAULT
 from .redis_guard import StorageUnavailable
-
-#: calls in flight at once per store, unless configured (``redis.max_connections``)
-DEFAULT = 32
 
 
 def queue_wait(timeout: float) -> float:
@@ -82,3 +80,6 @@ class AsyncSlots:
             yield
         finally:
             free.release()
+
+    def after_fork(self) -> None:
+        """Nothing to do: an asyncio stack belongs to its event loop, and a forked child builds its own."""

@@ -106,7 +106,7 @@ class StoreCore:
                  flight_timeout: float = 0.0, lock_ttl: float = 30.0, reader: Callable[[], Any] | None = None,
                  max_calls: int = DEFAULT_CALLS, call_wait: float = 1.0) -> None:
         self.client = client
-        self.slots: Any = self.slots_type(max_calls, call_wait)
+        self.slots: Any = self.slots_type(max_calls, call_wait)  # Slots, or AsyncSlots in the async store
         # Lookups may go through a client of their own (a single-connection client skips the pool on
         # every hit), made on first use: a sync one connects when made, which must not fail here.
         self._reader_factory = reader
@@ -238,8 +238,7 @@ class StoreCore:
         """In a forked child: the lookup connection is the parent's (see :mod:`.forks`); make one of its own."""
         self._reader = None
         self._reader_free = threading.Lock()
-        if isinstance(self.slots, Slots):
-            self.slots.after_fork()
+        self.slots.after_fork()
 
     @contextmanager
     def lookup_client(self) -> Iterator[Any]:
