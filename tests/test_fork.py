@@ -91,3 +91,38 @@ def test_a_forked_childs_near_cache_hears_other_stations_writes(redis_url: str) 
         while _heard(client) == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert client.get("/fork/near").json()["n"] != 1  # the parent heard it too
+
+
+def _one_turn(client: httpx.Client, throttle: Any) -> None:
+    assert client.get("/fork/turn").status_code == 200
+    sys.exit(min(int(throttle.stats()["fleet"]["local_fallbacks"]), 100))
+
+
+def test_a_forked_childs_fleet_rate_does_not_count_the_parents_calls(own_redis: Any) -> None:
+    """A sync station with one Redis call of its fleet rate in flight (a thread waiting on a paused Redis)
+    forks. That call is the parent's: the child's first turn waits for Redis only, and is the fleet's.
+    The child used to count the parent's call as its own: with ``redis.max_connections`` at 1, it waited
+    for a call that would never end in the child and took its turn from the local bucket instead."""
+    import threading
+
+    from redis import Redis
+
+    from pywats_transport.layers.throttle import ThrottleLayer
+
+    fork = multiprocessing.get_context("fork")
+    throttle = ThrottleLayer(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis",
+                             redis_url=own_redis.url, rate=1000, burst=100, redis_max_connections=1,
+                             redis_timeout=3.0)
+    with httpx.Client(transport=throttle, base_url="http://station") as client, \
+            Redis.from_url(own_redis.url) as admin:
+        assert client.get("/fork/turn").status_code == 200  # the fleet rate's connection is open
+        admin.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+        parent_turn = threading.Thread(target=client.get, args=("/fork/turn",))
+        parent_turn.start()
+        time.sleep(0.2)  # the parent's turn is in flight, waiting on Redis
+        child = fork.Process(target=_one_turn, args=(client, throttle))
+        child.start()
+        child.join(30)
+        parent_turn.join(10)
+        assert child.exitcode == 0, "the child's turn came from its local bucket"
+        assert throttle.stats()["fleet"]["local_fallbacks"] == 0

@@ -20,6 +20,7 @@ from typing import Any
 
 from pyrate_limiter import GCRA, Decision, Rate, RedisStateStore
 
+from ..caching import forks
 from ..caching.redis_connect import aclose_quietly
 from ..caching.redis_guard import Guard
 from ..caching.redis_keys import TAG
@@ -140,6 +141,11 @@ class FleetRate(_FleetBase):
         super().__init__(settings, **kw)
         self.client = client
         self.slots = Slots(settings.redis_max_connections, queue_wait(settings.redis_timeout))
+        forks.follow(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: the calls in flight were the parent's threads' (see :mod:`..caching.forks`)."""
+        self.slots.after_fork()
 
     def close(self) -> None:
         self.client.close()
