@@ -1774,26 +1774,50 @@ async def test_a_304_answered_as_redis_dies_is_served_from_the_entry(mode: str, 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_a_full_redis_that_evicts_nothing_is_named(mode: str, redis_binary: str, tmp_path: Path,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
-    """Redis's default policy once it has a maxmemory is to refuse writes: requests go on, and the log
-    says what to change."""
-
-    server = RedisServer(redis_binary, tmp_path, "--maxmemory", "2mb", "--maxmemory-policy", "noeviction")
+async def test_a_full_redis_that_evicts_nothing_still_serves_hits_and_takes_invalidations(
+        mode: str, redis_binary: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Redis's default policy once it has a maxmemory is to refuse writes, and only writes: what is stored
+    is served, a write still drops it for every station, and new answers go unstored (each station's log
+    says what to change, once). A refused store used to be taken for an outage: the station skipped Redis for
+    ``retry_after``, its write's invalidation with it, and the other stations served the pre-write entry."""
+    server = RedisServer(redis_binary, tmp_path, "--maxmemory-policy", "noeviction")
     server.start()
     filler = sync_client(server.url, 1.0)
+    origin = Counter()
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    a, b = (cls(httpx.MockTransport(origin), mode="ttl", ttl=60, storage="redis", redis_url=server.url,
+                redis_retry_after=30) for _ in range(2))
+    writer, reader = Caller(mode, a), Caller(mode, b)
     try:
+        stored = [(await writer.get(path)).json()["n"] for path in ("/full/item", "/full/other")]
+        filler.mset({f"fill{i}": b"v" * 10_000 for i in range(100)})
+        # Full, well past the bound: a write's buffers freed after it was refused make no room
+        filler.config_set("maxmemory", int(filler.info("memory")["used_memory"]) - 256 * 1024)
         with pytest.raises(Exception, match="maxmemory"):
-            for i in range(1000):
-                filler.set(f"fill{i}", b"v" * 10_000)
-        cls = CacheLayer if mode == "sync" else AsyncCacheLayer
-        layer = cls(httpx.MockTransport(Counter()), mode="ttl", storage="redis", redis_url=server.url)
-        caller = Caller(mode, layer)
-        assert [(await caller.get("/full")).json()["n"] for _ in range(2)] == [1, 2]  # from the network
-        assert layer.stats()["redis_outages"] == 1
-        assert "Redis is full and evicts nothing; give it maxmemory-policy allkeys-lru" in caplog.text
-        await caller.close()
+            filler.set("one-more", b"v")
+        assert [(await writer.get("/full/new")).json()["n"] for _ in range(2)] == [3, 4]  # not stored
+        assert (await writer.get("/full/other")).json()["n"] == stored[1]  # a hit: the writer still reads
+        await writer.request("PUT", "/full/item")
+        assert (await reader.get("/full/item")).json()["n"] == 6, "the pre-write entry was served"
+        assert (await reader.get("/full/other")).json()["n"] == stored[1]
+        stats = a.stats()
+        assert stats["redis_outages"] == 0 and stats["redis_writes_refused_full"] >= 2
+        assert stats["redis_invalidations_unconfirmed"] == 0
+        assert caplog.text.count("Redis is full and evicts nothing") == 2  # once by each station
+        rate_cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
+        rate = rate_cls(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis",
+                        redis_url=server.url, rate=100, burst=10)
+        rated = Caller(mode, rate)
+        assert (await rated.get("/full/rate")).status_code == 200  # every turn is a write: the local bucket's
+        assert (rate.stats()["fleet"]["redis_outages"], rate.stats()["fleet"]["local_fallbacks"]) == (1, 1)
+        await rated.close()
+        assert "give it maxmemory-policy allkeys-lru" in caplog.text
+        filler.flushall()  # room again: the next answer is stored
+        assert [(await writer.get("/full/new")).json()["n"] for _ in range(2)] == [7, 7]
+        assert "Redis has room for the cache again" in caplog.text
     finally:
+        await writer.close()
+        await reader.close()
         filler.close()
         server.kill()
 

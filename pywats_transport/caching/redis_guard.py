@@ -19,22 +19,39 @@ class StorageUnavailable(ConnectionError):
     """Redis did not answer lately: the storage is skipped until ``retry_after`` has passed."""
 
 
+FULL = "Redis is full and evicts nothing; give it maxmemory-policy allkeys-lru"
+
+
+def refused_as_full(exc: BaseException) -> bool:
+    """Redis refused a write for want of memory (``maxmemory`` reached under ``noeviction``, Redis's
+    default policy): it still runs reads and deletes. Told by name, as redis-py is an optional extra."""
+    return type(exc).__name__ == "OutOfMemoryError"
+
+
 class Guard:
     """Skip Redis for a while after it failed, so that a dead Redis costs one timeout, not one per request.
 
     Logs once when an outage begins (the first failure after Redis answered) and once when Redis answers
     again: a dead Redis writes two lines, however many requests meet it.
+
+    ``full_is_down=False`` (the cache): a write refused by a full Redis is no outage. Skipping Redis then
+    would skip this station's invalidations too, while the other stations go on reading the entries
+    they should drop. The refusals are counted, and logged once until a write goes through again
+    (:meth:`room`).
     """
 
     def __init__(self, retry_after: float, clock: Callable[[], float] = time.monotonic, *,
                  use: str = "cache", fallback: str = "requests go to the network",
-                 logger: logging.Logger = log) -> None:
+                 logger: logging.Logger = log, full_is_down: bool = True) -> None:
         self.retry_after, self.clock = retry_after, clock
         self.use, self.fallback, self.log = use, fallback, logger
+        self.full_is_down = full_is_down
         self.down_until = 0.0
         self.down_since = 0.0
         self.outages = 0
         self.failures = 0
+        self.full_since = 0.0
+        self.refused_full = 0
         self._lock = threading.Lock()
 
     def down_for(self) -> float:
@@ -59,7 +76,7 @@ class Guard:
             if kind in ("MovedError", "AskError"):  # the URL names one node of a cluster
                 kind += ": a Redis Cluster node; give the cluster as redis+cluster://host:port,host:port"
             elif kind == "OutOfMemoryError":  # Redis's default policy when it is given a maxmemory
-                kind += ": Redis is full and evicts nothing; give it maxmemory-policy allkeys-lru"
+                kind += f": {FULL}"
             elif exc is not None and str(exc):  # what went wrong (a refused certificate, a wrong password)
                 kind += f": {redacted(str(exc))[:300]}"
                 if "Cluster mode is not enabled" in str(exc):  # redis-py's words for a refused CLUSTER SLOTS too
@@ -74,9 +91,31 @@ class Guard:
         try:
             yield
         except Exception as exc:
-            self.failed(exc)
+            if self.full_is_down or not refused_as_full(exc):
+                self.failed(exc)
+            else:
+                self.refused()
             raise
         self.ok()
+
+    def refused(self) -> None:
+        """Redis answered, refusing a write for want of memory."""
+        with self._lock:
+            self.refused_full += 1
+            began = not self.full_since
+            if began:
+                self.full_since = self.clock()
+        if began:
+            self.log.warning("%s: the %s stores nothing new until Redis has room; what it holds is still served, "
+                             "and writes still drop it for every station", FULL, self.use)
+
+    def room(self) -> None:
+        """A write went through: a full Redis has room again."""
+        if self.full_since:
+            with self._lock:
+                since, self.full_since = self.full_since, 0.0
+            if since:
+                self.log.warning("Redis has room for the %s again, after %.1f s", self.use, self.clock() - since)
 
     def ok(self) -> None:
         if self.down_since:

@@ -114,7 +114,7 @@ class StoreCore:
         self._reader_free = threading.Lock()  # only ever tried, never waited on (lookup_client)
         forks.follow(self)
         self.default_ttl = default_ttl
-        self.guard = Guard(retry_after)
+        self.guard = Guard(retry_after, full_is_down=False)
         #: seconds a miss waits for another process's fetch (0: no single flight)
         self.flight_timeout = flight_timeout
         self.lock_ms = max(1, int(lock_ttl * 1000))
@@ -285,6 +285,7 @@ class StoreCore:
 
     def _saved(self, result: Any) -> bool:
         stored = bool(int(result))
+        self.guard.room()
         if not stored:
             self.overtaken += 1
         return stored
@@ -318,6 +319,7 @@ class StoreCore:
 
     def stats(self) -> dict[str, Any]:
         return {"redis_outages": self.guard.outages, "redis_failures": self.guard.failures,
+                "redis_writes_refused_full": self.guard.refused_full,
                 "redis_down_seconds": round(self.guard.down_for(), 3), "redis_unreadable_entries": self.unreadable,
                 "redis_stores_overtaken_by_writes": self.overtaken,
                 "redis_invalidations_unconfirmed": len(self.unconfirmed), "redis_invalidations_replayed": self.replayed,
