@@ -63,7 +63,8 @@ class Clock:
 
 class TcpProxy:
     """127.0.0.1:``port`` relaying to 127.0.0.1:``target``: ``cut()`` closes every connection and refuses new
-    ones until ``mend()``, as a network between one station and its Redis would."""
+    ones until ``mend()``, as a network between one station and its Redis would; ``hold()`` keeps what is
+    sent from then on until ``cut()``, which drops it."""
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -72,6 +73,8 @@ class TcpProxy:
         self.open = True
         self.sockets: list[Any] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -89,16 +92,19 @@ class TcpProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: Any, sink: Any) -> None:
+    def _pipe(self, source: Any, sink: Any) -> None:
         try:
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass
         finally:
             for s in (source, sink):
                 s.close()
+
+    def hold(self) -> None:
+        self._flowing.clear()
 
     def cut(self) -> None:
         self.open = False
@@ -110,6 +116,7 @@ class TcpProxy:
             except OSError:
                 pass
             s.close()
+        self._flowing.set()  # what was held meets closed sockets: dropped
 
     def mend(self) -> None:
         self.open = True

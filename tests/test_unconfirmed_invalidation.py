@@ -88,3 +88,71 @@ async def test_invalidations_never_confirmed_are_named_when_the_station_closes(
     lost = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert lost == [f"invalidations Redis never confirmed: other stations may serve the entries under {path} "
                     "until they expire"]
+
+
+def _held_station(item: Versioned, proxy: TcpProxy, mode: str) -> Caller:
+    """A station whose way to Redis the test holds: a call sent then waits for its answer (2 s at most)."""
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    return Caller(mode, cls(httpx.MockTransport(item), mode="ttl", ttl=60, storage="redis",
+                            redis_url=f"redis://127.0.0.1:{proxy.port}/0", redis_timeout=2.0, redis_retry_after=0.2))
+
+
+async def _sent_again(writer: Caller, reader: Caller, proxy: TcpProxy, path: str) -> None:
+    """The held call never reached Redis; the writer's next use of Redis sends it, and the reader misses."""
+    proxy.cut()
+    proxy.mend()
+    assert writer.transport.stats()["redis_invalidations_unconfirmed"] == 1
+    assert (await writer.get(f"/other/{uuid.uuid4().hex}")).status_code == 200
+    after = await reader.get(path)
+    assert after.json() == {"v": 1} and not after.extensions["caching"]["from_cache"]
+    assert writer.transport.stats()["redis_invalidations_replayed"] == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["invalidate", "clear"])
+async def test_an_invalidation_its_caller_gave_up_on_is_sent_again(how: str, redis_url: str, proxy: TcpProxy) -> None:
+    """``ainvalidate()`` or ``aclear()`` cancelled while Redis has not answered (``asyncio.wait_for`` around
+    it): it may not have reached Redis, and it is sent again. It was forgotten: the other stations served
+    the entries it was to drop until they expired."""
+    item = Versioned()
+    writer, reader = _held_station(item, proxy, "async"), station("async", item, redis_url)
+    path = f"/items/{uuid.uuid4().hex}"
+    try:
+        assert (await reader.get(path)).json() == {"v": 0}
+        assert (await writer.get(path)).extensions["caching"]["from_cache"]
+        item.version += 1
+        proxy.hold()
+        call = writer.transport.ainvalidate(path) if how == "invalidate" else writer.transport.aclear()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(call, 0.2)
+        await _sent_again(writer, reader, proxy, path)
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["invalidate", "clear"])
+async def test_an_invalidation_interrupted_by_ctrl_c_is_sent_again(how: str, redis_url: str, proxy: TcpProxy) -> None:
+    """The sync ``invalidate()`` or ``clear()`` interrupted by Ctrl-C while Redis has not answered: it is
+    sent again, as one that failed is."""
+    import signal
+    import threading
+
+    item = Versioned()
+    writer, reader = _held_station(item, proxy, "sync"), station("sync", item, redis_url)
+    path = f"/items/{uuid.uuid4().hex}"
+    try:
+        assert (await reader.get(path)).json() == {"v": 0}
+        assert (await writer.get(path)).extensions["caching"]["from_cache"]
+        item.version += 1
+        proxy.hold()
+        ctrl_c = threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+        ctrl_c.start()
+        with pytest.raises(KeyboardInterrupt):
+            writer.transport.invalidate(path) if how == "invalidate" else writer.transport.clear()
+        ctrl_c.join()
+        await _sent_again(writer, reader, proxy, path)
+    finally:
+        await writer.close()
+        await reader.close()

@@ -156,7 +156,7 @@ class RedisStore(StoreCore, BaseStorage):
         before the next call (:attr:`unconfirmed`)."""
         try:
             return int(self._call(lambda: self._drop(origin, path)))
-        except Exception:
+        except BaseException:  # a cancelled or interrupted call too: Redis may not have had it
             self._missed(origin, path)
             raise
 
@@ -181,7 +181,7 @@ class RedisStore(StoreCore, BaseStorage):
             return n
         try:
             return int(self._call(run))
-        except Exception:
+        except BaseException:
             self._missed(None, "/")  # sent again as the drop of every origin's root: the same entries
             raise
 

@@ -191,7 +191,7 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
         """As the sync store's."""
         try:
             return int(await self._call(lambda: self._drop(origin, path)))
-        except Exception:
+        except BaseException:  # a cancelled or interrupted call too: Redis may not have had it
             self._missed(origin, path)
             raise
 
@@ -210,7 +210,7 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
             return n
         try:
             return int(await self._call(run))
-        except Exception:
+        except BaseException:
             self._missed(None, "/")  # sent again as the drop of every origin's root: the same entries
             raise
 
