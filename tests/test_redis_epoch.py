@@ -171,3 +171,52 @@ async def test_a_station_waits_out_a_short_clear(mode: str, redis_url: str) -> N
             done.join()
             admin.set(EPOCH, run_id)
             await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("filled_by", ["the cache", "other data"])
+async def test_a_full_redis_restored_from_a_snapshot_is_cleared_and_used_again(
+        mode: str, filled_by: str, own_redis: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A Redis comes back from its snapshot full, and evicts nothing: the station that first meets it clears
+    the cache all the same. Filled by the cache, the clear makes room and the cache works on; filled by
+    other data, what does not write (lookups, invalidations) works on. The claim on the clear and the
+    epoch's mark after it are writes, which the full Redis refused: the cache was never cleared, and no
+    connection of the cache's was made for as long as Redis kept its data."""
+    body = b"x" * 20_000
+
+    def origin(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body)
+
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    station = Caller(mode, cls(httpx.MockTransport(origin), mode="ttl", ttl=60, storage="redis",
+                               redis_url=own_redis.url, redis_retry_after=0.2))
+    try:
+        for i in range(100 if filled_by == "the cache" else 2):  # 2 MB of entries, or two
+            await station.get(f"/big/{i}")
+        with Redis.from_url(own_redis.url) as admin:
+            if filled_by == "other data":
+                admin.mset({f"other{i}": body for i in range(100)})
+            admin.save()
+        own_redis.kill()
+        own_redis.start()  # a new process, restored from the snapshot...
+        with Redis.from_url(own_redis.url) as admin:  # ...full, with Redis's default policy
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) - 256 * 1024)
+            with pytest.raises(Exception, match="maxmemory"):
+                admin.set("one-more", b"v")
+        with caplog.at_level(logging.WARNING, logger="pywats_transport.cache"):
+            first = await station.get("/big/0")
+        assert not first.extensions["caching"]["from_cache"]
+        assert "keys were cleared" in caplog.text
+        await asyncio.sleep(0.25)  # past retry_after, had Redis been taken for down
+        if filled_by == "the cache":
+            stored = await station.get("/big/new")
+            again = await station.get("/big/new")
+            assert stored.extensions["caching"]["stored"] and again.extensions["caching"]["from_cache"]
+        else:
+            station.transport.invalidate("/big") if mode == "sync" else await station.transport.ainvalidate("/big")
+            stats = station.transport.stats()
+            assert (stats["redis_invalidations_unconfirmed"], stats["redis_outages"]) == (0, 0)
+    finally:
+        await station.close()

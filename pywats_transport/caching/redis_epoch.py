@@ -29,7 +29,9 @@ CLEAR_MS = 30_000  # how long a station's claim on clearing holds, should it die
 
 # KEYS[1]: the epoch key. ARGV[1]: this Redis process's run_id, ARGV[2]: ms the claim holds.
 # 'ok': the cache was written here; 'busy': another station clears it; 'clear': the caller must (it
-# holds the claim).
+# holds the claim). A Redis the cache filled may come back full and evicting nothing: it refuses the
+# claim, a write, and the caller clears without one. Another station may clear alongside, which does
+# no harm, and the clear makes the room the cache needs.
 CLAIM = """
 local seen = redis.call('GET', KEYS[1])
 if seen == ARGV[1] then
@@ -38,7 +40,7 @@ end
 if seen == 'clearing:' .. ARGV[1] then
   return 'busy'
 end
-redis.call('SET', KEYS[1], 'clearing:' .. ARGV[1], 'PX', ARGV[2])
+redis.pcall('SET', KEYS[1], 'clearing:' .. ARGV[1], 'PX', ARGV[2])
 return 'clear'
 """
 
@@ -89,7 +91,10 @@ def _steps() -> Generator[tuple[Any, ...], Any, None]:
         if cursor in (b"0", 0):
             break
     yield ("PUBLISH", CHANNEL, "*")
-    yield ("SET", EPOCH, run_id)
+    try:
+        yield ("SET", EPOCH, run_id)
+    except ResponseError:  # still full (of data not the cache's): the next connection clears again
+        pass
     if count:
         _cleared(count)
 
