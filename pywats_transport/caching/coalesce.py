@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from .memory import MAX_BODY, Kept, announced_over
+
 
 class Flight:
     __slots__ = ("key", "leader", "_flights")
@@ -61,42 +63,54 @@ class Flights:
         if event is not None and event is not _NO_EVENT:
             event.set()
 
-    def land_when_read(self, flight: Flight | None, response: httpx.Response) -> httpx.Response:
+    def land_when_read(self, flight: Flight | None, response: httpx.Response,
+                       limit: int | None = MAX_BODY) -> httpx.Response:
+        """Land once the body is read (and stored), or as soon as it outgrows ``limit``, the storage's
+        bound: a download is not stored, and the followers need not wait for it to end."""
         if flight is None or not flight.leader:
             return response
-        if not response.extensions.get("caching", {}).get("stored") or response.is_closed:
-            # Nothing to wait for: either nothing gets stored, or the body is already complete.
+        if (not response.extensions.get("caching", {}).get("stored") or response.is_closed
+                or announced_over(response.headers, limit)):
+            # Nothing to wait for: nothing gets stored, or the body is already complete.
             self.land(flight)
             return response
-        response.stream = _LandOnClose(response.stream, lambda: self.land(flight))
+        response.stream = _LandOnClose(response.stream, lambda: self.land(flight), limit)
         return response
 
 
 class SaveWhenRead(httpx.SyncByteStream, httpx.AsyncByteStream):
-    """Passes a body through unchanged and hands the whole of it to ``on_complete`` once fully read."""
+    """Passes a body through unchanged and hands the whole of it to ``on_complete`` once fully read; a body
+    over ``limit`` bytes is a download: it is let go as soon as it outgrows the bound (``on_abandon``), not
+    held in memory to the end only to be dropped."""
 
     def __init__(self, stream: Any, on_complete: Callable[[bytes], None],
-                 on_abandon: Callable[[], None] | None = None) -> None:
+                 on_abandon: Callable[[], None] | None = None, limit: int | None = MAX_BODY) -> None:
         self._stream = stream
         self._on_complete = on_complete
         self._on_abandon = on_abandon
+        self._kept = Kept(limit)
         self._done = False
 
+    def _add(self, chunk: bytes) -> None:
+        if self._kept.add(chunk):
+            self._closing()
+
+    def _complete(self) -> None:
+        if not self._done:
+            self._done = True
+            self._on_complete(b"".join(self._kept.chunks or ()))
+
     def __iter__(self) -> Any:
-        chunks = []
         for chunk in self._stream:
-            chunks.append(chunk)
+            self._add(chunk)
             yield chunk
-        self._done = True
-        self._on_complete(b"".join(chunks))
+        self._complete()
 
     async def __aiter__(self) -> Any:
-        chunks = []
         async for chunk in self._stream:
-            chunks.append(chunk)
+            self._add(chunk)
             yield chunk
-        self._done = True
-        self._on_complete(b"".join(chunks))
+        self._complete()
 
     def _closing(self) -> None:
         if not self._done and self._on_abandon is not None:
@@ -113,25 +127,42 @@ class SaveWhenRead(httpx.SyncByteStream, httpx.AsyncByteStream):
 
 
 class _LandOnClose(httpx.SyncByteStream, httpx.AsyncByteStream):
-    def __init__(self, stream: Any, on_close: Callable[[], None]) -> None:
+    """Calls ``on_close`` once: when the stream is closed, or when it outgrows ``limit`` bytes."""
+
+    def __init__(self, stream: Any, on_close: Callable[[], None], limit: int | None) -> None:
         self._stream = stream
-        self._on_close = on_close
+        self._on_close: Callable[[], None] | None = on_close
+        self._left = limit
+
+    def _landed(self) -> None:
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
+
+    def _count(self, chunk: bytes) -> None:
+        if self._left is not None:
+            self._left -= len(chunk)
+            if self._left < 0:
+                self._landed()
 
     def __iter__(self) -> Any:
-        yield from self._stream
+        for chunk in self._stream:
+            self._count(chunk)
+            yield chunk
 
     async def __aiter__(self) -> Any:
         async for chunk in self._stream:
+            self._count(chunk)
             yield chunk
 
     def close(self) -> None:
         try:
             self._stream.close()
         finally:
-            self._on_close()
+            self._landed()
 
     async def aclose(self) -> None:
         try:
             await self._stream.aclose()
         finally:
-            self._on_close()
+            self._landed()

@@ -107,6 +107,9 @@ class CacheCore:
         self._direct = isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage))
         #: a storage shared by processes (Redis): invalidation goes to it, for every process
         self._shared = isinstance(self.storage, (RedisStore, AsyncRedisStore))
+        #: the largest body the storage keeps (hishel's SQLite keeps any): the followers of a fetch whose
+        #: body outgrows it (a download) go on at once, not when it ends
+        self._body_bound: int | None = self.storage.max_stream_size if self._direct else MAX_BODY if self._shared else None
         if self._shared:  # what the store absorbs (a failed store as a body streams in) is this layer's to count
             self.storage.on_failure = self._storage_failed
             if collector is not None:
@@ -329,7 +332,8 @@ class CacheCore:
                     storage.store(key, method, url, status, raw, body, ttl, vary=vary, token=token,
                                   fresh_for=fresh_for, age=age, stale_if_error=sie, stale_while_revalidate=swr)
 
-                response.stream = SaveWhenRead(response.stream, save, lambda: storage.abandon(key, token))
+                response.stream = SaveWhenRead(response.stream, save, lambda: storage.abandon(key, token),
+                                               storage.max_stream_size)
             else:
                 stored = storage.store(key, method, url, status, decoded_headers(raw, len(body)), body, ttl,
                                        vary=vary, token=token, fresh_for=fresh_for, age=age, stale_if_error=sie,
@@ -370,7 +374,7 @@ class CacheCore:
             return self._fallback(plan, request, stale, flight)
         self._direct_store(plan, request, response, token)
         self._after_lookup(plan, request, response)
-        return self._flights.land_when_read(flight, response)
+        return self._flights.land_when_read(flight, response, self._body_bound)
 
     def _apply_not_modified(self, plan: Plan, request: httpx.Request, response: httpx.Response, stale: Record) -> None:
         """The server confirmed the stored entry (RFC 9111 §4.3.4): it is fresh again, with updated headers."""
@@ -540,7 +544,7 @@ class CacheCore:
         def save(body: bytes) -> None:
             near.store(key, method, url, status, raw, body, near_ttl, vary=decision.vary, token=token, fresh_for=fresh)
 
-        response.stream = SaveWhenRead(response.stream, save, lambda: near.abandon(key, token))
+        response.stream = SaveWhenRead(response.stream, save, lambda: near.abandon(key, token), near.max_stream_size)
         self.policy.remember(plan, request)
 
     def _near_drop_now(self, targets: list[tuple[str | None, str]]) -> None:

@@ -381,6 +381,12 @@ class _MemoryBase:
                       record.request, Response(record.status_code, record.hishel_headers(), stream))
 
 
+def announced_over(headers: Any, limit: int | None) -> bool:
+    """The answer's ``Content-Length`` says it is a download, over ``limit`` bytes, before it is read."""
+    length = headers.get("content-length")
+    return limit is not None and isinstance(length, str) and length.isdigit() and int(length) > limit
+
+
 class Kept:
     """A body read through to its caller, kept while it fits ``limit`` bytes (None: any size): a bigger
     one is a download, not a lookup, and is answered without being held for the cache."""
@@ -391,13 +397,15 @@ class Kept:
         self.chunks: list[bytes] | None = []
         self.size, self.limit = 0, limit
 
-    def add(self, chunk: bytes) -> None:
+    def add(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; True when it made the body outgrow the limit (it is let go then, once)."""
         if self.chunks is not None:
             self.size += len(chunk)
             if self.limit is not None and self.size > self.limit:
                 self.chunks = None
-            else:
-                self.chunks.append(chunk)
+                return True
+            self.chunks.append(chunk)
+        return False
 
 
 class _Body:

@@ -11,7 +11,7 @@ from typing import Any
 from hishel import BaseStorage, Entry, Headers, Request, Response
 
 from .freshness import Vary
-from .memory import Kept, Record
+from .memory import MAX_BODY, Kept, Record, announced_over
 from .redis_fetch import FETCHES, current, url_of
 from .redis_frame import frame, reframed
 from .redis_keys import CACHE_KEYS, CHANNEL, ENTRY, INDEX, LOCK, OWNER, RELEASE
@@ -72,9 +72,10 @@ class RedisStore(StoreCore, BaseStorage):
         except StopIteration as done:
             return dict(done.value)
 
-    def release(self, key: str) -> None:
-        """The fetch this process led is over (stored, not storable, or failed): let the others go."""
-        token = self._held.pop(key, None)
+    def release(self, key: str, mine: str | None = None) -> None:
+        """The fetch this process led is over (stored, not storable, or failed): let the others go. With
+        ``mine`` (the lock's token when the fetch began), only if this process has not taken it again since."""
+        token = self._held_token(key, mine)
         if token is not None:
             try:
                 self._call(lambda: self.client.eval(RELEASE, 1, LOCK + key, token))
@@ -101,12 +102,16 @@ class RedisStore(StoreCore, BaseStorage):
                      tti: float | None = None) -> Entry:
         field, extras, ttl_ms, lease = self._framing(request, response, key, ttl)
         source = response.stream if response.stream is not None else iter(())
+        mine = self._held.get(key)
+        if announced_over(response.headers, MAX_BODY):  # a download: see below
+            self.release(key, mine)
 
         def saving() -> Iterator[bytes]:
             try:
                 kept = Kept()
                 for chunk in source:  # type: ignore[union-attr]
-                    kept.add(chunk)
+                    if kept.add(chunk):  # a download, not stored: the fleet need not wait for its end
+                        self.release(key, mine)
                     yield chunk
                 if field is not None and kept.chunks is not None:
                     data = frame(request, response.status_code, response.headers, b"".join(kept.chunks), time.time(),
@@ -116,7 +121,7 @@ class RedisStore(StoreCore, BaseStorage):
                     except Exception as exc:  # the caller is reading its answer: Redis failing now loses no more
                         self.on_failure(exc)  # than the entry; the guard has logged the outage
             finally:
-                self.release(key)
+                self.release(key, mine)
 
         return Entry(uuid.UUID(field) if field else uuid.uuid4(), request,
                      Response(response.status_code, response.headers, saving()))

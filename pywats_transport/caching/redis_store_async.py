@@ -12,7 +12,7 @@ from typing import Any
 from hishel import AsyncBaseStorage, Entry, Headers, Request, Response
 
 from .freshness import Vary
-from .memory import Kept, Record
+from .memory import MAX_BODY, Kept, Record, announced_over
 from .redis_connect import aclose_quietly
 from .redis_fetch import FETCHES, current, url_of
 from .redis_frame import frame, reframed
@@ -108,8 +108,8 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
         except StopIteration as done:
             return dict(done.value)
 
-    async def release(self, key: str) -> None:
-        token = self._held.pop(key, None)
+    async def release(self, key: str, mine: str | None = None) -> None:
+        token = self._held_token(key, mine)
         if token is not None:
             try:
                 await self._call(lambda: self.client.eval(RELEASE, 1, LOCK + key, token))
@@ -134,13 +134,17 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
                            tti: float | None = None) -> Entry:
         field, extras, ttl_ms, lease = self._framing(request, response, key, ttl)
         source = response.stream
+        mine = self._held.get(key)
+        if announced_over(response.headers, MAX_BODY):
+            await self.release(key, mine)
 
         async def saving() -> AsyncIterator[bytes]:
             try:
                 kept = Kept()
                 if source is not None:
                     async for chunk in source:  # type: ignore[union-attr]
-                        kept.add(chunk)
+                        if kept.add(chunk):  # as in the sync store
+                            await self.release(key, mine)
                         yield chunk
                 if field is not None and kept.chunks is not None:
                     data = frame(request, response.status_code, response.headers, b"".join(kept.chunks), time.time(),
@@ -150,7 +154,7 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
                     except Exception as exc:  # as in the sync store: the answer is the caller's all the same
                         self.on_failure(exc)
             finally:
-                await self.release(key)
+                await self.release(key, mine)
 
         return Entry(uuid.UUID(field) if field else uuid.uuid4(), request,
                      Response(response.status_code, response.headers, saving()))

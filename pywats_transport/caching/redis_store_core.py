@@ -234,6 +234,12 @@ class StoreCore:
             self._reader = self._reader_factory() if self._reader_factory is not None else self.client
         return self._reader
 
+    def _held_token(self, key: str, mine: str | None) -> str | None:
+        """Let go of this process's lock on ``key`` (``mine``: only if it is still that one); its token."""
+        if mine is not None and self._held.get(key) != mine:
+            return None
+        return self._held.pop(key, None)
+
     def after_fork(self) -> None:
         """In a forked child: the lookup connection is the parent's (see :mod:`.forks`); make one of its own."""
         self._reader = None

@@ -108,7 +108,7 @@ class CacheLayer(CacheCore, Layer):
         if self.near is not None:
             self._near_keep(plan, request, response, near_token)
         self._after_lookup(plan, request, response)
-        return self._flights.land_when_read(flight, response)
+        return self._flights.land_when_read(flight, response, self._body_bound)
 
     def _handle_direct(self, plan: Plan, request: httpx.Request) -> httpx.Response:
         hit, stale, flight = self._direct_begin(plan, request)
@@ -266,7 +266,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         if self.near is not None:
             self._near_keep(plan, request, response, near_token)
         self._after_lookup(plan, request, response)
-        return self._flights.land_when_read(flight, response)
+        return self._flights.land_when_read(flight, response, self._body_bound)
 
     async def _handle_direct(self, plan: Plan, request: httpx.Request) -> httpx.Response:
         hit, stale, flight = self._direct_begin(plan, request)
