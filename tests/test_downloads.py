@@ -10,6 +10,7 @@ import threading
 import time
 import tracemalloc
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -57,6 +58,14 @@ def station(mode: str, origin: Any, **settings: Any) -> Caller:
     return Caller(mode, cls(httpx.MockTransport(origin), mode="ttl", ttl=60, **settings))
 
 
+def storage_settings(storage: str, request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    if storage == "memory":
+        return {}
+    if storage == "sqlite":
+        return {"storage": "sqlite", "sqlite_path": str(tmp_path / "cache.db")}
+    return {"storage": "redis", "redis_url": request.getfixturevalue("redis_url")}
+
+
 async def read_all(caller: Caller, url: str) -> int:
     if caller.mode == "sync":
         with caller.client.stream("GET", url) as response:
@@ -67,13 +76,15 @@ async def read_all(caller: Caller, url: str) -> int:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("storage", ["memory", pytest.param("redis near cache", marks=pytest.mark.redis)])
-async def test_a_download_is_not_held_in_memory(mode: str, storage: str, request: pytest.FixtureRequest) -> None:
-    """64 MiB streamed through the cache: what it holds at most is about its bound (10 MiB, twice with a
-    near cache in front of Redis), not the whole body; and the body is not stored. It held all of it."""
-    settings: dict[str, Any] = {}
-    if storage != "memory":
-        settings = {"storage": "redis", "redis_url": request.getfixturevalue("redis_url"), "near_cache": True}
+@pytest.mark.parametrize("storage", ["memory", "sqlite", pytest.param("redis near cache", marks=pytest.mark.redis)])
+async def test_a_download_is_not_held_in_memory(mode: str, storage: str, request: pytest.FixtureRequest,
+                                                tmp_path: Path) -> None:
+    """64 MiB streamed through the cache: what it holds at most is about its bound (10 MiB), not the whole
+    body; and the body is not stored. The memory storage and the near cache held all of it, and SQLite
+    wrote all of it to its file."""
+    settings = storage_settings(storage, request, tmp_path)
+    if storage != "memory" and storage != "sqlite":
+        settings["near_cache"] = True
     sent = []
 
     def origin(req: httpx.Request) -> httpx.Response:
@@ -93,16 +104,18 @@ async def test_a_download_is_not_held_in_memory(mode: str, storage: str, request
         assert peak < 24 * MIB, f"{peak / MIB:.0f} MiB held while 64 MiB streamed through"
         await read_all(caller, url)
         assert len(sent) == 2  # not stored
+        if storage == "sqlite":
+            assert sum(f.stat().st_size for f in tmp_path.iterdir()) < 32 * MIB  # written up to the bound only
     finally:
         await caller.close()
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("storage", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.parametrize("storage", ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 @pytest.mark.parametrize("length", ["announced", "chunked"])
 async def test_a_lookup_of_a_download_in_progress_does_not_wait_for_its_end(
-        mode: str, storage: str, length: str, request: pytest.FixtureRequest) -> None:
+        mode: str, storage: str, length: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """A station streams a 20 MiB download and holds it open; the same URL is asked for meanwhile, in the
     station (memory) or by another station (Redis). That lookup goes to the network at once: when the
     answer's Content-Length says it is a download, or (chunked) once 10 MiB have come through. It waited
@@ -117,9 +130,7 @@ async def test_a_lookup_of_a_download_in_progress_does_not_wait_for_its_end(
         headers = {"content-length": str(body.size * MIB)} if length == "announced" else {}
         return httpx.Response(200, headers=headers, stream=body)
 
-    settings: dict[str, Any] = {"coalesce_timeout": 4.0}
-    if storage == "redis":
-        settings.update(storage="redis", redis_url=request.getfixturevalue("redis_url"))
+    settings = {"coalesce_timeout": 4.0, **storage_settings(storage, request, tmp_path)}
     leader = station(mode, origin, **settings)
     other = station(mode, origin, **settings) if storage == "redis" else leader
     url = f"/packages/{uuid.uuid4().hex}"

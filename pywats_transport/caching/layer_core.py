@@ -107,9 +107,9 @@ class CacheCore:
         self._direct = isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage))
         #: a storage shared by processes (Redis): invalidation goes to it, for every process
         self._shared = isinstance(self.storage, (RedisStore, AsyncRedisStore))
-        #: the largest body the storage keeps (hishel's SQLite keeps any): the followers of a fetch whose
-        #: body outgrows it (a download) go on at once, not when it ends
-        self._body_bound: int | None = self.storage.max_stream_size if self._direct else MAX_BODY if self._shared else None
+        #: the largest body the storage keeps: the followers of a fetch whose body outgrows it (a download)
+        #: go on at once, not when it ends
+        self._body_bound: int | None = MAX_BODY if self._shared else getattr(self.storage, "max_stream_size", None)
         if self._shared:  # what the store absorbs (a failed store as a body streams in) is this layer's to count
             self.storage.on_failure = self._storage_failed
             if collector is not None:

@@ -10,7 +10,7 @@ from typing import Any
 import hishel
 
 from ..config import CacheSettings
-from .memory import AsyncMemoryStorage, MemoryStorage
+from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage
 from .redis_connect import async_client, is_cluster, one_server, sync_client
 from .redis_store import RedisStore
 from .redis_store_async import AsyncRedisStore
@@ -46,8 +46,10 @@ def make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asyn
             except ImportError:
                 raise ImportError("cache storage 'sqlite' on an async client needs anysqlite: "
                                   "pip install 'pywats-transport[sqlite]'") from None
-            return hishel.AsyncSqliteStorage(database_path=settings.sqlite_path, default_ttl=settings.ttl)
-        return hishel.SqliteStorage(database_path=settings.sqlite_path, default_ttl=settings.ttl)
+            return hishel.AsyncSqliteStorage(database_path=settings.sqlite_path, default_ttl=settings.ttl,
+                                             max_stream_size=MAX_BODY)
+        # A body over the bound is a download, as for the other storages: answered, not written to the file
+        return hishel.SqliteStorage(database_path=settings.sqlite_path, default_ttl=settings.ttl, max_stream_size=MAX_BODY)
     try:
         import redis  # noqa: F401 - the one check that it is installed
     except ImportError:
