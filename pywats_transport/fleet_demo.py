@@ -65,8 +65,10 @@ def _station(url: str, config: str, units: int) -> None:
     result = asyncio.run(run_workload(url, TOKEN, "station", stations=1, units=units, config=json.loads(config),
                                       retry={"backoff_base": 0.05}))
     cache = result.stats.get("cache") or {}
+    fleet_rate = (result.stats.get("throttle") or {}).get("fleet") or {}
     print(json.dumps({"reports": result.reports, "errors": result.errors, "hits": cache.get("hits", 0),
-                      "misses": cache.get("misses", 0)}))
+                      "misses": cache.get("misses", 0), "local_turns": fleet_rate.get("local_fallbacks", 0),
+                      "outages": cache.get("redis_outages", 0) + fleet_rate.get("redis_outages", 0)}))
 
 
 def _run(emu: EmulatorServer, n: int, units: int, config: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +89,8 @@ def _run(emu: EmulatorServer, n: int, units: int, config: dict[str, Any]) -> dic
         "peak": peak,
         "reports": [i for r in results for i in r["reports"]],
         "errors": [e for r in results for e in r["errors"]],
+        "local_turns": sum(r["local_turns"] for r in results),
+        "outages": sum(r["outages"] for r in results),
     }
 
 
@@ -114,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         ("... per URL", f"{fleet['shared'] / distinct:.1f}", f"{alone['shared'] / distinct:.1f}"),
         ("cache hit rate", f"{fleet['hit_rate']:.1%}", f"{alone['hit_rate']:.1%}"),
         (f"peak server requests in 1 s (limit {rate:.0f}/s, burst {burst})", fleet["peak"], alone["peak"]),
+        ("... turns from a local bucket (Redis unreachable)", fleet["local_turns"], "-"),
         ("reports stored", len([i for i in fleet["reports"] if i in stored]),
          len([i for i in alone["reports"] if i in stored])),
     ]
