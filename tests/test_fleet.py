@@ -1169,6 +1169,40 @@ async def test_the_fleet_honours_burst(mode: str, fleet_url: str) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("first", ["ahead", "behind"])
+async def test_stations_whose_clocks_disagree_share_one_rate(mode: str, first: str, fleet_url: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """One station's clock is 2 s ahead of another's (a test station without NTP). After one takes a turn,
+    the other's next comes one interval later (0.1 s at 10 a second, burst 1), whichever clock is ahead.
+    The turns were timed by each station's own clock: after the one ahead took a turn, the other waited
+    2 s; after the one behind, the one ahead went at once, over the rate."""
+    cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
+    host = f"skew-{mode}-{first}-{time.time_ns()}.test"
+    settings = {"enabled": True, "backend": "redis", "redis_url": fleet_url, "rate": 10, "burst": 1}
+    ahead, behind = (cls(httpx.MockTransport(lambda r: httpx.Response(200)), **settings) for _ in range(2))
+    real = time.time
+
+    def skewed() -> float:
+        return real() + 2.0
+
+    ahead.fleet.clock = skewed  # the clock a fleet rate was given (time.time) before Redis's timed the turns
+    order = [ahead, behind] if first == "ahead" else [behind, ahead]
+    waits = []
+    for station in order:
+        if station is ahead:  # and the station's own clock, while it takes its turn
+            monkeypatch.setattr(time, "time", skewed)
+        try:
+            waits.append(station.fleet.acquire(host) if mode == "sync" else await station.fleet.acquire(host))
+        finally:
+            monkeypatch.undo()
+    assert waits[0] == 0.0
+    assert 0.0 < waits[1] <= 0.2, f"the second station waits {waits[1]:.2f} s; one interval is 0.1 s"
+    for station in order:
+        station.close() if mode == "sync" else await station.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_turns_the_fleet_gives_are_counted_like_the_local_buckets(mode: str, fleet_url: str) -> None:
     """The throttle's stats (and so /health/details) count the fleet's turns, its waits and refusals."""
     from pywats_transport.errors import ThrottledError

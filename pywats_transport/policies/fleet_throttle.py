@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import Any
 
 from pyrate_limiter import GCRA, Decision, Rate, RedisStateStore
@@ -34,13 +33,17 @@ SLOW = f"pwt:{TAG}:slow:"
 RATE = f"pwt:{TAG}:rate:"  # + host -> the GCRA state (pyrate-limiter's hash)
 MAX_HALVINGS = 6
 
-# KEYS[1]: the host's hold key, KEYS[2]: its slow key: the ms each still holds (negative: not set). One
-# command, not a pipeline: a cluster client sends a failed pipeline's commands again one by one, each
-# waiting its own timeout on a hung node. PTTL is not a use to Redis's LRU: without the TOUCH, a Redis
-# the cache fills (allkeys-lru) evicts a hold or a slow-down that every station reads.
+# KEYS[1]: the host's hold key, KEYS[2]: its slow key: the ms each still holds (negative: not set), and
+# Redis's time in ms, which times the turn: the stations' clocks may disagree (a station without NTP),
+# and a GCRA timed by each station's own would give every turn to the one ahead, or let it go over the
+# rate. One command, not a pipeline: a cluster client sends a failed pipeline's commands again one by
+# one, each waiting its own timeout on a hung node. PTTL is not a use to Redis's LRU: without the TOUCH,
+# a Redis the cache fills (allkeys-lru) evicts a hold or a slow-down that every station reads.
 STATE = """
 redis.call('TOUCH', KEYS[1], KEYS[2])
-return {redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2])}
+local now = redis.call('TIME')
+return {redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2]),
+        tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)}
 """
 
 # KEYS[1]: the host's hold key, KEYS[2]: its slow key; ARGV[1]: ms to hold it (0: none; a longer hold
@@ -81,7 +84,7 @@ def levels(settings: Any) -> list[list[Rate]]:
 class _FleetBase:
     client: Any  # a redis-py client, sync or asyncio, of one server or a cluster
 
-    def __init__(self, settings: Any, *, clock: Any = time.time) -> None:
+    def __init__(self, settings: Any) -> None:
         self.settings = settings
         self.levels = levels(settings)
         self.algorithm = GCRA()
@@ -89,7 +92,6 @@ class _FleetBase:
         self.guard = Guard(settings.redis_retry_after, use="fleet rate",
                             fallback="each process uses its share of the rate",
                             logger=logging.getLogger("pywats_transport.throttle"))
-        self.clock = clock
         self.fallbacks = 0
         self.slowdowns = 0
         self.slow_ms = max(1, int(settings.fleet_slowdown_seconds * 1000))
@@ -112,12 +114,13 @@ class _FleetBase:
         halvings = math.ceil(slow_ms / self.slow_ms) if slow_ms and slow_ms > 0 else 0
         return self.levels[min(halvings, MAX_HALVINGS)]
 
-    def _check(self, key: str, slow_ms: int | None) -> Any:
-        """One turn of the host's GCRA in Redis: a Decision (awaitable with an asyncio client)."""
+    def _check(self, key: str, slow_ms: int | None, now_ms: int) -> Any:
+        """One turn of the host's GCRA in Redis at Redis's ``now_ms``: a Decision (awaitable with an asyncio
+        client)."""
         store = self._stores.get(key)
         if store is None:
             store = self._stores[key] = RedisStateStore(self.client, RATE + key)
-        return store.check(self.algorithm, self._rates(slow_ms), int(self.clock() * 1000), 1)
+        return store.check(self.algorithm, self._rates(slow_ms), int(now_ms), 1)
 
     def _wait_from(self, hold_ms: int, decision: Decision | None, slow_ms: int | None) -> float:
         if hold_ms > 0:
@@ -153,9 +156,9 @@ class FleetRate(_FleetBase):
     def acquire(self, host: str) -> float:
         key = self._key(host)
         with self.slots.taken(), self.guard.calling():
-            hold, slow = self.client.eval(*self._state_args(key))
+            hold, slow, now_ms = self.client.eval(*self._state_args(key))
             hold = int(hold or 0)
-            decision = self._check(key, slow) if hold <= 0 else None
+            decision = self._check(key, slow, now_ms) if hold <= 0 else None
         return self._wait_from(hold, decision, slow)
 
     def signal(self, host: str, hold: float = 0.0, slow_down: bool = False) -> None:
@@ -184,9 +187,9 @@ class AsyncFleetRate(_FleetBase):
         key = self._key(host)
         async with self.slots.taken():
             with self.guard.calling():
-                hold, slow = await self.client.eval(*self._state_args(key))
+                hold, slow, now_ms = await self.client.eval(*self._state_args(key))
                 hold = int(hold or 0)
-                decision = await self._check(key, slow) if hold <= 0 else None
+                decision = await self._check(key, slow, now_ms) if hold <= 0 else None
         return self._wait_from(hold, decision, slow)
 
     async def signal(self, host: str, hold: float = 0.0, slow_down: bool = False) -> None:
