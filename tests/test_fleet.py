@@ -1008,6 +1008,34 @@ async def test_a_cluster_user_without_the_cluster_commands_is_told_why(mode: str
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_user_whose_acl_lacks_a_command_a_script_runs_is_told_why(
+        mode: str, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The documented ACL without ``+time`` (a user made for an earlier version): the fleet rate falls back to
+    the local share, and the log line says the user lacks a command, not only Redis's "can't run this
+    command ... script: <sha>, on @user_script:3"."""
+    from redis import Redis
+
+    acl = [rule for rule in _documented_acl() if rule != "+time"]
+    acl[0] = "notime"
+    with Redis.from_url(redis_url) as admin:
+        admin.execute_command("ACL", "SETUSER", *acl)
+    url = redis_url.replace("redis://", "redis://notime:station-password@")
+    cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
+    layer = cls(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis", redis_url=url,
+                rate=100, burst=5)
+    caller = Caller(mode, layer)
+    try:
+        with caplog.at_level(logging.WARNING, logger="pywats_transport.throttle"):
+            assert (await caller.get("/acl/time")).status_code == 200
+        assert layer.stats()["fleet"]["local_fallbacks"] == 1
+        assert "the Redis user may not run a command the script runs: see the fleet page's ACL" in caplog.text
+        assert "station-password" not in caplog.text
+    finally:
+        await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_one_redis_section_serves_the_cache_and_the_rate(mode: str, redis_url: str, tmp_path: Path) -> None:
     """``redis`` names the fleet's Redis once; each layer's own ``redis_*`` setting still wins."""
     from pywats_transport import TransportConfig, build_async_transport, build_transport

@@ -81,6 +81,8 @@ class Guard:
                 kind += f": {redacted(str(exc))[:300]}"
                 if "Cluster mode is not enabled" in str(exc):  # redis-py's words for a refused CLUSTER SLOTS too
                     kind += " (or the Redis user may not run CLUSTER SLOTS: see the fleet page's ACL)"
+                elif "can't run this command" in str(exc):  # Redis names the script, not the command
+                    kind += " (the Redis user may not run a command the script runs: see the fleet page's ACL)"
             self.log.warning("Redis unavailable for the %s (%s); %s, and Redis is tried again every %g s", self.use,
                         kind, self.fallback, self.retry_after)
 
