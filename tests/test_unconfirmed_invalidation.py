@@ -97,62 +97,44 @@ def _held_station(item: Versioned, proxy: TcpProxy, mode: str) -> Caller:
                             redis_url=f"redis://127.0.0.1:{proxy.port}/0", redis_timeout=2.0, redis_retry_after=0.2))
 
 
-async def _sent_again(writer: Caller, reader: Caller, proxy: TcpProxy, path: str) -> None:
-    """The held call never reached Redis; the writer's next use of Redis sends it, and the reader misses."""
-    proxy.cut()
-    proxy.mend()
-    assert writer.transport.stats()["redis_invalidations_unconfirmed"] == 1
-    assert (await writer.get(f"/other/{uuid.uuid4().hex}")).status_code == 200
-    after = await reader.get(path)
-    assert after.json() == {"v": 1} and not after.extensions["caching"]["from_cache"]
-    assert writer.transport.stats()["redis_invalidations_replayed"] == 1
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize("how", ["invalidate", "clear"])
-async def test_an_invalidation_its_caller_gave_up_on_is_sent_again(how: str, redis_url: str, proxy: TcpProxy) -> None:
-    """``ainvalidate()`` or ``aclear()`` cancelled while Redis has not answered (``asyncio.wait_for`` around
-    it): it may not have reached Redis, and it is sent again. It was forgotten: the other stations served
-    the entries it was to drop until they expired."""
-    item = Versioned()
-    writer, reader = _held_station(item, proxy, "async"), station("async", item, redis_url)
-    path = f"/items/{uuid.uuid4().hex}"
-    try:
-        assert (await reader.get(path)).json() == {"v": 0}
-        assert (await writer.get(path)).extensions["caching"]["from_cache"]
-        item.version += 1
-        proxy.hold()
-        call = writer.transport.ainvalidate(path) if how == "invalidate" else writer.transport.aclear()
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(call, 0.2)
-        await _sent_again(writer, reader, proxy, path)
-    finally:
-        await writer.close()
-        await reader.close()
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("how", ["invalidate", "clear"])
-async def test_an_invalidation_interrupted_by_ctrl_c_is_sent_again(how: str, redis_url: str, proxy: TcpProxy) -> None:
-    """The sync ``invalidate()`` or ``clear()`` interrupted by Ctrl-C while Redis has not answered: it is
-    sent again, as one that failed is."""
+@pytest.mark.parametrize("interruption", ["cancelled", "ctrl-c"])
+async def test_an_invalidation_its_caller_gave_up_on_is_sent_again(how: str, interruption: str, redis_url: str,
+                                                                   proxy: TcpProxy) -> None:
+    """``ainvalidate()`` or ``aclear()`` cancelled (``asyncio.wait_for`` around it), or the sync ``invalidate()``
+    or ``clear()`` interrupted by Ctrl-C, while Redis has not answered: it may not have reached Redis, and it
+    is sent again before the station's next use of Redis, as one that failed is. It was forgotten: the other
+    stations served the entries it was to drop until they expired."""
     import signal
     import threading
 
+    mode = "async" if interruption == "cancelled" else "sync"
     item = Versioned()
-    writer, reader = _held_station(item, proxy, "sync"), station("sync", item, redis_url)
+    writer, reader = _held_station(item, proxy, mode), station(mode, item, redis_url)
     path = f"/items/{uuid.uuid4().hex}"
+    layer = writer.transport
     try:
         assert (await reader.get(path)).json() == {"v": 0}
         assert (await writer.get(path)).extensions["caching"]["from_cache"]
         item.version += 1
         proxy.hold()
-        ctrl_c = threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
-        ctrl_c.start()
-        with pytest.raises(KeyboardInterrupt):
-            writer.transport.invalidate(path) if how == "invalidate" else writer.transport.clear()
-        ctrl_c.join()
-        await _sent_again(writer, reader, proxy, path)
+        if mode == "async":
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(layer.ainvalidate(path) if how == "invalidate" else layer.aclear(), 0.2)
+        else:
+            ctrl_c = threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+            ctrl_c.start()
+            with pytest.raises(KeyboardInterrupt):
+                layer.invalidate(path) if how == "invalidate" else layer.clear()
+            ctrl_c.join()
+        proxy.cut()  # what was held never reaches Redis
+        proxy.mend()
+        assert layer.stats()["redis_invalidations_unconfirmed"] == 1
+        assert (await writer.get(f"/other/{uuid.uuid4().hex}")).status_code == 200
+        after = await reader.get(path)
+        assert after.json() == {"v": 1} and not after.extensions["caching"]["from_cache"]
+        assert layer.stats()["redis_invalidations_replayed"] == 1
     finally:
         await writer.close()
         await reader.close()
