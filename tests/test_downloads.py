@@ -161,3 +161,15 @@ async def test_a_lookup_of_a_download_in_progress_does_not_wait_for_its_end(
         await leader.close()
         if other is not leader:
             await other.close()
+
+
+def test_a_body_over_the_bound_is_never_handed_on_as_complete() -> None:
+    """The stream that keeps a body for the cache passes a download through whole, and never hands on what it
+    let go of as a body (with nobody to tell it let go, it would have stored an empty one)."""
+    from pywats_transport.caching.coalesce import SaveWhenRead
+
+    done: list[bytes] = []
+    kept = SaveWhenRead(iter([b"x" * 6, b"y" * 6]), done.append, None, limit=10)
+    assert b"".join(kept) == b"x" * 6 + b"y" * 6 and done == []
+    small = SaveWhenRead(iter([b"x" * 6, b"y" * 4]), done.append, None, limit=10)
+    assert b"".join(small) == b"x" * 6 + b"y" * 4 and done == [b"x" * 6 + b"y" * 4]

@@ -96,9 +96,9 @@ class SaveWhenRead(httpx.SyncByteStream, httpx.AsyncByteStream):
             self._closing()
 
     def _complete(self) -> None:
-        if not self._done:
+        if not self._done and self._kept.chunks is not None:
             self._done = True
-            self._on_complete(b"".join(self._kept.chunks or ()))
+            self._on_complete(b"".join(self._kept.chunks))
 
     def __iter__(self) -> Any:
         for chunk in self._stream:

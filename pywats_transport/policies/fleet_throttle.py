@@ -140,8 +140,8 @@ class _FleetBase:
 class FleetRate(_FleetBase):
     """Sync: ``acquire(host)`` -> 0.0 (go now) or the seconds to wait before asking again."""
 
-    def __init__(self, settings: Any, client: Any, **kw: Any) -> None:
-        super().__init__(settings, **kw)
+    def __init__(self, settings: Any, client: Any) -> None:
+        super().__init__(settings)
         self.client = client
         self.slots = Slots(settings.redis_max_connections, queue_wait(settings.redis_timeout))
         forks.follow(self)
@@ -175,8 +175,8 @@ class FleetRate(_FleetBase):
 class AsyncFleetRate(_FleetBase):
     """Async twin of :class:`FleetRate` on ``redis.asyncio``."""
 
-    def __init__(self, settings: Any, client: Any, **kw: Any) -> None:
-        super().__init__(settings, **kw)
+    def __init__(self, settings: Any, client: Any) -> None:
+        super().__init__(settings)
         self.client = client
         self.slots = AsyncSlots(settings.redis_max_connections, queue_wait(settings.redis_timeout))
 
