@@ -23,6 +23,7 @@ from .health import FAILURES
 from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage, Record
 from .near_invalidation import NearInvalidation
 from .policy import EXTENSION, CachePolicy, Plan, split_prefix
+from .redis_clock import CLOCK
 from .redis_connect import sync_client
 from .redis_fetch import Lookup
 from .redis_store import RedisStore
@@ -172,7 +173,7 @@ class CacheCore:
         one may still answer if the origin fails (:meth:`_fleet_fallback`)."""
         if record is None or plan.revalidate:
             return None
-        now = time.time()
+        now = self._records_now()
         if now >= record.fresh_until:
             if now < record.fresh_until + self.settings.stale_while_revalidate:
                 self._refresh_later(plan, request, record)
@@ -214,7 +215,7 @@ class CacheCore:
         method, headers = request.method, request.headers
 
         def usable(record: Record) -> bool:
-            return record.matches(method, headers) and time.time() < record.fresh_until
+            return record.matches(method, headers) and self._records_now() < record.fresh_until
 
         def decide(_: hishel.Request, response: hishel.Response) -> Any:
             raw = [(k, v) for k in response.headers for v in response.headers.get_list(k) or []]
@@ -248,7 +249,11 @@ class CacheCore:
         if stale is None:
             return False
         window = max(stale.stale_if_error, self.settings.stale_if_error)
-        return window > 0 and self.policy.clock() < stale.fresh_until + window
+        return window > 0 and self._records_now() < stale.fresh_until + window
+
+    def _records_now(self) -> float:
+        """Now, on the clock the storage's entries are timed by: Redis's for the fleet's (:mod:`.redis_clock`)."""
+        return CLOCK.now() if self._shared else self.policy.clock()
 
     def _origin_failed(self, plan: Plan, request: httpx.Request, stale: Record | None, flight: Flight | None,
                        exc: BaseException, token: object | None) -> httpx.Response:

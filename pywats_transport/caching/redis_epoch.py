@@ -22,6 +22,7 @@ from typing import Any
 
 from redis.exceptions import AskError, ConnectionError, MovedError, ResponseError
 
+from .redis_clock import CLOCK
 from .redis_guard import log
 from .redis_keys import CACHE_KEYS, CHANNEL, EPOCH
 
@@ -48,10 +49,10 @@ BUSY_WAIT = 0.5  # seconds a new connection waits for another station's clear be
 BUSY = "another station is clearing the cache this Redis came back with (a restart or a failover)"
 
 
-def _run_id(info: Any) -> str | None:
+def _field(info: Any, name: str) -> str | None:
     text = info.decode() if isinstance(info, bytes) else str(info)
     for line in text.splitlines():
-        if line.startswith("run_id:"):
+        if line.startswith(name + ":"):
             return line.split(":", 1)[1].strip()
     return None
 
@@ -65,9 +66,13 @@ def _steps() -> Generator[tuple[Any, ...], Any, None]:
     """The check, sans I/O: yields each command to send and is sent its answer (a ResponseError thrown in);
     ``("sleep", seconds)`` is a pause, not a command."""
     try:
-        run_id = _run_id((yield ("INFO", "server")))
+        info = yield ("INFO", "server")
     except ResponseError:  # INFO refused (a managed Redis may rename it): nothing to compare with
         return
+    server_time = _field(info, "server_time_usec")
+    if server_time is not None and server_time.isdigit():
+        CLOCK.learn(int(server_time))
+    run_id = _field(info, "run_id")
     if run_id is None:
         return
     try:

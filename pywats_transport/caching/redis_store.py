@@ -12,6 +12,7 @@ from hishel import BaseStorage, Entry, Headers, Request, Response
 
 from .freshness import Vary
 from .memory import MAX_BODY, Kept, Record, announced_over
+from .redis_clock import CLOCK
 from .redis_fetch import FETCHES, current, url_of
 from .redis_frame import frame, reframed
 from .redis_keys import CACHE_KEYS, CHANNEL, ENTRY, INDEX, LOCK, OWNER, RELEASE
@@ -114,7 +115,7 @@ class RedisStore(StoreCore, BaseStorage):
                         self.release(key, mine)
                     yield chunk
                 if field is not None and kept.chunks is not None:
-                    data = frame(request, response.status_code, response.headers, b"".join(kept.chunks), time.time(),
+                    data = frame(request, response.status_code, response.headers, b"".join(kept.chunks), CLOCK.now(),
                                  **extras)
                     try:
                         self._call(lambda: self._save(key, field, data, request.url, ttl_ms, lease))

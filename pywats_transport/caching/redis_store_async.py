@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -13,6 +12,7 @@ from hishel import AsyncBaseStorage, Entry, Headers, Request, Response
 
 from .freshness import Vary
 from .memory import MAX_BODY, Kept, Record, announced_over
+from .redis_clock import CLOCK
 from .redis_connect import aclose_quietly
 from .redis_fetch import FETCHES, current, url_of
 from .redis_frame import frame, reframed
@@ -147,7 +147,7 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
                             await self.release(key, mine)
                         yield chunk
                 if field is not None and kept.chunks is not None:
-                    data = frame(request, response.status_code, response.headers, b"".join(kept.chunks), time.time(),
+                    data = frame(request, response.status_code, response.headers, b"".join(kept.chunks), CLOCK.now(),
                                  **extras)
                     try:
                         await self._call(lambda: self._save(key, field, data, request.url, ttl_ms, lease))

@@ -35,6 +35,7 @@ from hishel import Entry, Headers, Request, Response
 from . import forks
 from .freshness import Vary
 from .memory import NOT_KEPT, Record
+from .redis_clock import CLOCK
 from .redis_fetch import current, headers_in_progress, lease_of, url_of
 from .redis_frame import Unreadable, choose, framed, record_of, request_for_hishel, unframe, variant_id
 from .redis_guard import Guard, log
@@ -281,7 +282,7 @@ class StoreCore:
             lookup.stored = False
             return None, {}, None, None
         ttl = ttl if ttl is not None else self.default_ttl
-        extras = {"vary": decision.vary, "fresh_until": time.time() + ttl if ttl is not None else None}
+        extras = {"vary": decision.vary, "fresh_until": CLOCK.now() + ttl if ttl is not None else None}
         # Kept past its freshness for as long as it may still answer for a failed origin.
         return variant_id(key, request.method, decision.vary), extras, self._ttl_ms(
             ttl + lookup.keep_stale if ttl is not None else None), lease
@@ -304,7 +305,7 @@ class StoreCore:
                   body: bytes, ttl: float | None, vary: Vary | None, keep_stale: float,
                   lease: str | None) -> tuple[Any, ...]:
         ttl = ttl if ttl is not None else self.default_ttl
-        now = time.time()
+        now = CLOCK.now()
         headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in raw_headers if k.lower() not in NOT_KEPT]
         data = framed(method, url, status, headers, body, now, vary=vary,
                       fresh_until=now + ttl if ttl is not None else None)

@@ -1,0 +1,88 @@
+"""Stations whose clocks disagree (a test station without NTP, minutes off) share one cache on Redis: an
+entry's freshness is judged on Redis's clock, whichever station stored it and whichever reads it. It was
+judged on each station's own: one ahead never hit what the others stored, and one behind served entries
+as fresh long after they went stale (for as long as Redis kept them for stale-if-error)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from pywats_transport.layers.cache import CacheLayer
+
+pytestmark = pytest.mark.redis
+
+# One lookup by a station process whose clock is ``skew`` seconds off; prints what the cache did.
+STATION = textwrap.dedent("""
+    import json, sys, time
+    real = time.time
+    skew = float(sys.argv[3])
+    time.time = lambda: real() + skew  # this machine's clock
+    import httpx
+    from pywats_transport.layers.cache import CacheLayer
+
+    def origin(request):
+        return httpx.Response(200, json={"from": "origin"})
+
+    layer = CacheLayer(httpx.MockTransport(origin), mode="ttl", ttl=60, stale_if_error=300, storage="redis",
+                       redis_url=sys.argv[1])
+    with httpx.Client(transport=layer, base_url="http://wats") as client:
+        answer = client.get(sys.argv[2])
+    print(json.dumps({"from_cache": answer.extensions["caching"]["from_cache"],
+                      "stale": answer.extensions["caching"].get("stale", False)}))
+""")
+
+
+def lookup_by_station(redis_url: str, path: str, skew: float) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", STATION, redis_url, path, str(skew)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def stored_here(redis_url: str, path: str, ttl: float) -> None:
+    layer = CacheLayer(httpx.MockTransport(lambda r: httpx.Response(200, json={"from": "origin"})), mode="ttl",
+                       ttl=ttl, stale_if_error=300, storage="redis", redis_url=redis_url)
+    with httpx.Client(transport=layer, base_url="http://wats") as client:
+        assert client.get(path).extensions["caching"]["stored"]
+        assert client.get(path).extensions["caching"]["from_cache"]
+
+
+@pytest.mark.parametrize("skew", [-300.0, 300.0])
+def test_a_station_minutes_off_hits_what_another_stored(fleet_url: str, skew: float) -> None:
+    """Stored for a minute by a station on time: a station 5 minutes ahead (or behind) hits it. The one
+    ahead took it for stale, and fetched it again on every lookup."""
+    path = f"/clock/fresh/{uuid.uuid4().hex}"
+    stored_here(fleet_url, path, ttl=60)
+    assert lookup_by_station(fleet_url, path, skew) == {"from_cache": True, "stale": False}
+
+
+def test_a_station_behind_does_not_serve_a_stale_entry_as_fresh(fleet_url: str) -> None:
+    """Stored for a second by a station on time, kept in Redis for stale-if-error: after that second, a
+    station 5 minutes behind fetches it afresh. It served the entry as fresh for 5 more minutes."""
+    path = f"/clock/stale/{uuid.uuid4().hex}"
+    stored_here(fleet_url, path, ttl=1)
+    time.sleep(1.2)
+    assert lookup_by_station(fleet_url, path, -300.0) == {"from_cache": False, "stale": False}
+
+
+def test_entries_stored_by_a_station_ahead_are_fresh_for_their_ttl_only(fleet_url: str) -> None:
+    """A station 5 minutes ahead stores an entry for a minute: a station on time finds it fresh now, and it is
+    fresh for that minute, not six (its freshness is on Redis's clock, not the storing station's)."""
+    path = f"/clock/ahead/{uuid.uuid4().hex}"
+    assert lookup_by_station(fleet_url, path, 300.0) == {"from_cache": False, "stale": False}  # stored by it
+    layer = CacheLayer(httpx.MockTransport(lambda r: httpx.Response(200, json={"from": "origin"})), mode="ttl",
+                       ttl=60, storage="redis", redis_url=fleet_url)
+    with httpx.Client(transport=layer, base_url="http://wats") as client:
+        assert client.get(path).extensions["caching"]["from_cache"]
+    record = layer.storage.find(layer.policy.plan(httpx.Request("GET", f"http://wats{path}")).key, "GET", {},
+                                f"http://wats{path}")
+    assert record is not None and record.fresh_until - time.time() <= 61
