@@ -181,7 +181,7 @@ class CacheCore:
             return None
         response = self._served(plan, request, record, False, self.policy.clock())
         if self.near is not None:
-            self._near_keep(plan, request, response, near_token)
+            self._near_keep(plan, request, response, near_token, record.fresh_until - now)
         return response
 
     def _fleet_fallback(self, plan: Plan, request: httpx.Request, record: Record | None,
@@ -532,9 +532,11 @@ class CacheCore:
             return None
         return self._served(plan, request, record, False, now)
 
-    def _near_keep(self, plan: Plan, request: httpx.Request, response: httpx.Response, token: object | None) -> None:
+    def _near_keep(self, plan: Plan, request: httpx.Request, response: httpx.Response, token: object | None,
+                   fresh_left: float | None = None) -> None:
         """Keep what Redis (or the network) answered in the near cache too, once its body is read, unless an
-        invalidation came since ``token`` was taken (before the lookup went past the near cache)."""
+        invalidation came since ``token`` was taken (before the lookup went past the near cache). It is kept
+        for as long as it is still fresh (``fresh_left`` for an entry read from Redis), ``near_ttl`` at most."""
         near, key, near_ttl = self.near, plan.key, self.settings.near_ttl
         caching = response.extensions.get("caching") or {}
         decision = self.policy.decide(request, response)
@@ -543,7 +545,11 @@ class CacheCore:
                 or (self._near_sub is not None and not self._near_sub.heard())):
             near.abandon(key, token)
             return
-        fresh = min(decision.fresh_for if decision.fresh_for is not None else near_ttl, near_ttl)
+        ttl = None if self.policy.rfc else (plan.ttl if plan.ttl is not None else self.settings.ttl)
+        fresh = min(x for x in (decision.fresh_for, ttl, fresh_left, near_ttl) if x is not None)
+        if fresh <= 0:
+            near.abandon(key, token)
+            return
         method, url, raw, status = request.method, str(request.url), list(response.headers.raw), response.status_code
 
         def save(body: bytes) -> None:
