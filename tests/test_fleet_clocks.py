@@ -22,27 +22,34 @@ pytestmark = pytest.mark.redis
 
 # One lookup by a station process whose clock is ``skew`` seconds off; prints what the cache did.
 STATION = textwrap.dedent("""
-    import json, sys, time
+    import asyncio, json, sys, time
     real = time.time
     skew = float(sys.argv[3])
     time.time = lambda: real() + skew  # this machine's clock
     import httpx
-    from pywats_transport.layers.cache import CacheLayer
+    from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
 
     def origin(request):
         return httpx.Response(200, json={"from": "origin"})
 
-    layer = CacheLayer(httpx.MockTransport(origin), mode="ttl", ttl=60, stale_if_error=300, storage="redis",
-                       redis_url=sys.argv[1])
-    with httpx.Client(transport=layer, base_url="http://wats") as client:
-        answer = client.get(sys.argv[2])
+    settings = dict(mode="ttl", ttl=60, stale_if_error=300, storage="redis", redis_url=sys.argv[1])
+    if sys.argv[4] == "sync":
+        with httpx.Client(transport=CacheLayer(httpx.MockTransport(origin), **settings),
+                          base_url="http://wats") as client:
+            answer = client.get(sys.argv[2])
+    else:
+        async def main():
+            async with httpx.AsyncClient(transport=AsyncCacheLayer(httpx.MockTransport(origin), **settings),
+                                         base_url="http://wats") as client:
+                return await client.get(sys.argv[2])
+        answer = asyncio.run(main())
     print(json.dumps({"from_cache": answer.extensions["caching"]["from_cache"],
                       "stale": answer.extensions["caching"].get("stale", False)}))
 """)
 
 
-def lookup_by_station(redis_url: str, path: str, skew: float) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", STATION, redis_url, path, str(skew)], capture_output=True,
+def lookup_by_station(redis_url: str, path: str, skew: float, mode: str = "sync") -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", STATION, redis_url, path, str(skew), mode], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -56,22 +63,24 @@ def stored_here(redis_url: str, path: str, ttl: float) -> None:
         assert client.get(path).extensions["caching"]["from_cache"]
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("skew", [-300.0, 300.0])
-def test_a_station_minutes_off_hits_what_another_stored(fleet_url: str, skew: float) -> None:
+def test_a_station_minutes_off_hits_what_another_stored(fleet_url: str, skew: float, mode: str) -> None:
     """Stored for a minute by a station on time: a station 5 minutes ahead (or behind) hits it. The one
     ahead took it for stale, and fetched it again on every lookup."""
     path = f"/clock/fresh/{uuid.uuid4().hex}"
     stored_here(fleet_url, path, ttl=60)
-    assert lookup_by_station(fleet_url, path, skew) == {"from_cache": True, "stale": False}
+    assert lookup_by_station(fleet_url, path, skew, mode) == {"from_cache": True, "stale": False}
 
 
-def test_a_station_behind_does_not_serve_a_stale_entry_as_fresh(fleet_url: str) -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_station_behind_does_not_serve_a_stale_entry_as_fresh(fleet_url: str, mode: str) -> None:
     """Stored for a second by a station on time, kept in Redis for stale-if-error: after that second, a
     station 5 minutes behind fetches it afresh. It served the entry as fresh for 5 more minutes."""
     path = f"/clock/stale/{uuid.uuid4().hex}"
     stored_here(fleet_url, path, ttl=1)
     time.sleep(1.2)
-    assert lookup_by_station(fleet_url, path, -300.0) == {"from_cache": False, "stale": False}
+    assert lookup_by_station(fleet_url, path, -300.0, mode) == {"from_cache": False, "stale": False}
 
 
 def test_entries_stored_by_a_station_ahead_are_fresh_for_their_ttl_only(fleet_url: str) -> None:
