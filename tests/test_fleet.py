@@ -1030,6 +1030,12 @@ async def test_a_user_whose_acl_lacks_a_command_a_script_runs_is_told_why(
         assert layer.stats()["fleet"]["local_fallbacks"] == 1
         assert "the Redis user may not run a command the script runs: see the fleet page's ACL" in caplog.text
         assert "station-password" not in caplog.text
+        cache_cls = CacheLayer if mode == "sync" else AsyncCacheLayer  # the cache does without TIME
+        cached = Caller(mode, cache_cls(httpx.MockTransport(Counter()), mode="ttl", storage="redis", redis_url=url))
+        path = f"/acl/time/{uuid.uuid4().hex}"
+        assert (await cached.get(path)).extensions["caching"]["stored"]
+        assert (await cached.get(path)).extensions["caching"]["from_cache"]
+        await cached.close()
     finally:
         await caller.close()
 

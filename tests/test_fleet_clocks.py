@@ -95,3 +95,33 @@ def test_entries_stored_by_a_station_ahead_are_fresh_for_their_ttl_only(fleet_ur
     record = layer.storage.find(layer.policy.plan(httpx.Request("GET", f"http://wats{path}")).key, "GET", {},
                                 f"http://wats{path}")
     assert record is not None and record.fresh_until - time.time() <= 61
+
+
+JUMP = textwrap.dedent("""
+    import json, sys, time
+    real = time.time
+    skew = {"now": 0.0}
+    time.time = lambda: real() + skew["now"]  # this machine's clock, which a late time sync moves
+    import httpx
+    from pywats_transport.layers.cache import CacheLayer
+
+    layer = CacheLayer(httpx.MockTransport(lambda r: httpx.Response(200, json={})), mode="ttl", ttl=60,
+                       storage="redis", redis_url=sys.argv[1])
+    with httpx.Client(transport=layer, base_url="http://wats") as client:
+        client.get(sys.argv[2] + "/before")  # connected: its clock is on time
+        skew["now"] = 300.0
+        client.get(sys.argv[2] + "/after")  # a miss, after the jump
+        answer = client.get(sys.argv[2])  # stored by a station on time
+    print(json.dumps({"from_cache": answer.extensions["caching"]["from_cache"]}))
+""")
+
+
+def test_a_station_whose_clock_jumps_is_set_again_at_its_next_miss(fleet_url: str) -> None:
+    """A station's clock jumps 5 minutes ahead while it runs (a time sync that came late): after its next
+    miss it hits again what a station on time stored. It went on judging with the offset its connection
+    had read, and fetched every entry again until it reconnected."""
+    path = f"/clock/jump/{uuid.uuid4().hex}"
+    stored_here(fleet_url, path, ttl=60)
+    out = subprocess.run([sys.executable, "-c", JUMP, fleet_url, path], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"from_cache": True}

@@ -5,9 +5,10 @@ Stations' clocks may disagree: a test station without NTP may be minutes off. Ju
 own clock, a station ahead took every entry the others stored for stale and fetched it again, and one
 behind served entries as fresh long after they went stale (as long as Redis kept them for
 stale-if-error). So each new connection of the cache reads Redis's time with the check it makes of the
-Redis process (:mod:`.redis_epoch`, ``INFO server``), and the station keeps how far its own clock is from
-it. Clocks drift by seconds a day at worst, and connections are made again at every reconnect. A Redis
-that refuses ``INFO`` gives no time: the station's own clock is used, as the check is skipped.
+Redis process (:mod:`.redis_epoch`, ``INFO server``), each miss's lease reads it again (a clock that
+jumps, a time sync that came late, is set again at the next miss), and the station keeps how far its own
+clock is from it. A user that may run neither ``INFO`` nor ``TIME`` gives no time: the station's own
+clock is used.
 """
 
 from __future__ import annotations

@@ -100,6 +100,8 @@ return found
 # cache key, ARGV[4], ARGV[5]: the entry and lease key prefixes, ARGV[6..]: the index sets of the URL's
 # prefixes, where a write's invalidation finds the key even before anything is stored under it. An
 # index set's expiry is only ever lengthened. Entries an index set no longer names (see LOOK) go first.
+# Returns Redis's time in microseconds, which keeps the station's clock set to Redis's on every miss
+# (redis_clock), or 1 where the user may not run TIME.
 TAKE_LEASE = _PRUNE + _LISTED + """
 if not listed(ARGV[3], 6) then
   redis.call('DEL', ARGV[4] .. ARGV[3])
@@ -115,6 +117,10 @@ for i = 6, #ARGV do
   elseif ttl >= 0 then
     redis.call('PEXPIRE', ARGV[i], ARGV[2], 'GT')
   end
+end
+local now = redis.pcall('TIME')
+if now[1] then
+  return tonumber(now[1]) * 1000000 + tonumber(now[2])
 end
 return 1
 """

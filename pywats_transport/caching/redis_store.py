@@ -87,7 +87,7 @@ class RedisStore(StoreCore, BaseStorage):
         """A lease on ``key`` for a fetch about to go to the origin; None if Redis failed (counted)."""
         token = uuid.uuid4().hex
         try:
-            self._call(lambda: self.client.eval(*self._lease_args(key, url, token)))
+            self._leased(self._call(lambda: self.client.eval(*self._lease_args(key, url, token))))
         except Exception as exc:
             self.on_failure(exc)
             return None

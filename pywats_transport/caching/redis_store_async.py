@@ -119,7 +119,7 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
     async def take_lease(self, key: str, url: str) -> str | None:
         token = uuid.uuid4().hex
         try:
-            await self._call(lambda: self.client.eval(*self._lease_args(key, url, token)))
+            self._leased(await self._call(lambda: self.client.eval(*self._lease_args(key, url, token))))
         except Exception as exc:
             self.on_failure(exc)
             return None

@@ -290,6 +290,13 @@ class StoreCore:
     def _lease_args(self, key: str, url: str, token: str) -> tuple[Any, ...]:
         return TAKE_LEASE, 1, LEASE + key, token, self.lock_ms, key, ENTRY, LEASE, *prefixes(url)
 
+    @staticmethod
+    def _leased(answer: Any) -> None:
+        """A lease's answer carries Redis's time (µs): a clock that jumped since the connection was made
+        (a late time sync) is set again at the next miss, not the next connection."""
+        if int(answer) > 1:
+            CLOCK.learn(int(answer))
+
     def _saved(self, result: Any) -> bool:
         stored = bool(int(result))
         self.guard.room()
