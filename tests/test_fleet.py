@@ -1695,20 +1695,20 @@ def near(mode: str, server: Any, redis_url: str) -> tuple[Caller, Any]:
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_the_near_cache_keeps_an_entry_no_longer_than_it_is_fresh(mode: str, redis_url: str) -> None:
-    """TTL 1 s, near cache 5 s: neither the station that fetched the entry nor one that read it from Redis
-    half-way through its second serves it once the second is over. Both kept it near for ``near_ttl``, and
+    """TTL 2 s, near cache 5 s: neither the station that fetched the entry nor one that read it from Redis
+    half-way through its life serves it once the 2 s are over. Both kept it near for ``near_ttl``, and
     served it for 5 s."""
     server = Counter()
     cls = CacheLayer if mode == "sync" else AsyncCacheLayer
-    a, b = (Caller(mode, cls(httpx.MockTransport(server), mode="ttl", ttl=1, storage="redis", redis_url=redis_url,
+    a, b = (Caller(mode, cls(httpx.MockTransport(server), mode="ttl", ttl=2, storage="redis", redis_url=redis_url,
                              near_cache=True, near_ttl=5)) for _ in range(2))
     path = f"/near/ttl/{uuid.uuid4().hex}"
     try:
         assert (await a.get(path)).json()["n"] == 1
-        await asyncio.sleep(0.5)
-        assert (await b.get(path)).extensions["caching"]["from_cache"]  # from Redis, half its second left
+        await asyncio.sleep(1.0)
+        assert (await b.get(path)).extensions["caching"]["from_cache"]  # from Redis, about 1 s left
         assert (await b.get(path)).extensions["caching"]["from_cache"]  # from the near cache
-        await asyncio.sleep(0.7)
+        await asyncio.sleep(1.3)
         assert (await b.get(path)).json()["n"] == 2, "the reader served the entry past its TTL"
         assert (await a.get(path)).json()["n"] in (2, 3), "the fetcher served the entry past its TTL"
     finally:
