@@ -67,8 +67,7 @@ def _station(url: str, config: str, units: int) -> None:
     cache = result.stats.get("cache") or {}
     fleet_rate = (result.stats.get("throttle") or {}).get("fleet") or {}
     print(json.dumps({"reports": result.reports, "errors": result.errors, "hits": cache.get("hits", 0),
-                      "misses": cache.get("misses", 0), "local_turns": fleet_rate.get("local_fallbacks", 0),
-                      "outages": cache.get("redis_outages", 0) + fleet_rate.get("redis_outages", 0)}))
+                      "misses": cache.get("misses", 0), "local_turns": fleet_rate.get("local_fallbacks", 0)}))
 
 
 def _run(emu: EmulatorServer, n: int, units: int, config: dict[str, Any]) -> dict[str, Any]:
@@ -90,7 +89,6 @@ def _run(emu: EmulatorServer, n: int, units: int, config: dict[str, Any]) -> dic
         "reports": [i for r in results for i in r["reports"]],
         "errors": [e for r in results for e in r["errors"]],
         "local_turns": sum(r["local_turns"] for r in results),
-        "outages": sum(r["outages"] for r in results),
     }
 
 

@@ -45,8 +45,13 @@ def frame(request: Request, status: int, headers: Headers, body: bytes, stored_a
           vary: Vary | None = None, fresh_until: float | None = None) -> bytes:
     """An entry as one value: a JSON line (request method and URL, status, headers, and, from the ttl
     mode's lookup, the request header values ``Vary`` names and the end of freshness), then the body."""
-    kept = [[k, v] for k in headers if k.lower().encode("latin-1") not in NOT_KEPT for v in headers.get_list(k) or []]
-    return framed(request.method, request.url, status, kept, body, stored_at, vary=vary, fresh_until=fresh_until)
+    return framed(request.method, request.url, status, _kept(headers), body, stored_at, vary=vary,
+                  fresh_until=fresh_until)
+
+
+def _kept(headers: Headers) -> list[list[str]]:
+    """The headers a frame keeps: every value, but those a stored answer must not replay (``NOT_KEPT``)."""
+    return [[k, v] for k in headers if k.lower().encode("latin-1") not in NOT_KEPT for v in headers.get_list(k) or []]
 
 
 def framed(method: str, url: str, status: int, headers: list[list[str]], body: bytes, stored_at: float, *,
@@ -121,6 +126,5 @@ def request_for_hishel(method: str, url: str, vary: list[list[Any]] | None, head
 def reframed(data: bytes, headers: Headers) -> bytes:
     """A stored entry with new headers (a 304 refreshed it), its body unchanged."""
     meta, body = unframe(data)
-    meta["headers"] = [[k, v] for k in headers if k.lower().encode("latin-1") not in NOT_KEPT
-                       for v in headers.get_list(k) or []]
+    meta["headers"] = _kept(headers)
     return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + body
