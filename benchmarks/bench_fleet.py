@@ -64,7 +64,7 @@ def redis_hit(redis: LocalRedis, quick: bool) -> list[Row]:
     loop.run_until_complete(hishel.get("/hishel"))
     # What redis-py alone costs: the same single-connection client's read of the entry (the hit's script).
     bare = AsyncRedis.from_url(redis.url, single_connection_client=True)
-    (key,) = shared_layer.policy.keys_under("/x")
+    (key,) = shared_layer.policy.keys_under(None, "/x")
     look = (LOOK, 2, ENTRY + key, EPOCH, key, *prefixes("http://bench/x"))
     stream = loop.run_until_complete(asyncio.open_connection("127.0.0.1", redis.port))
 
@@ -217,7 +217,7 @@ def near_staleness(redis: LocalRedis, quick: bool) -> list[Row]:
             path = f"/stale/{i}/item"
             r.get(path)
             r.get(path)  # now kept near in the reader
-            (key,) = reader.policy.keys_under(path, "http://bench")
+            (key,) = reader.policy.keys_under("http://bench", path)
             w.put(f"/stale/{i}")
             written = time.perf_counter()
             while reader.near.find(key, "GET") is not None:

@@ -22,13 +22,14 @@ from .freshness import conditional_headers, merge_not_modified
 from .health import FAILURES
 from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage, Record
 from .near_invalidation import NearInvalidation
-from .policy import EXTENSION, CachePolicy, Plan, split_prefix
+from .policy import EXTENSION, CachePolicy, Plan
 from .redis_clock import CLOCK
 from .redis_connect import sync_client
 from .redis_fetch import Lookup
 from .redis_store import RedisStore
 from .redis_store_async import AsyncRedisStore
 from .storages import make_storage
+from .url_parts import split_prefix
 
 NOT_CACHED = {"from_cache": False, "revalidated": False, "stored": False}
 #: failures of the layers below that a stale entry may answer for (stale-if-error): httpx's transport
@@ -463,24 +464,27 @@ class CacheCore:
 
         With a shared storage (Redis) for every process, whoever stored them."""
         if self._shared:
-            self._near_before_invalidate(prefix)
+            place = self._near_before_invalidate(prefix)
             try:
-                return int(self.storage.invalidate_now(*split_prefix(prefix, None)))
+                return int(self.storage.invalidate_now(*place))
             except Exception as exc:
                 self._storage_failed(exc)
                 return 0
         return self._invalidate_here(prefix)
 
-    def _near_before_invalidate(self, prefix: str) -> None:
-        if "://" in prefix:
-            self._near_drop_now([split_prefix(prefix, None)])
+    def _near_before_invalidate(self, prefix: str) -> tuple[str | None, str]:
+        place = split_prefix(prefix, None)
+        if place[0] is not None:
+            self._near_drop_now([place])
         elif self.near is not None:
             self.near.clear()  # a path under any origin: the near cache starts again
+        return place
 
     def _invalidate_here(self, prefix: str) -> int:
+        place = split_prefix(prefix, None)
         if self._direct:
-            self.storage.withdraw_under([split_prefix(prefix, None)])
-        return self._invalidate_keys(self.policy.keys_under(prefix))
+            self.storage.withdraw_under([place])
+        return self._invalidate_keys(self.policy.keys_under(*place))
 
     def clear(self) -> int:
         """Drop every cached entry (with a shared storage: the whole fleet's); returns how many."""
@@ -495,7 +499,7 @@ class CacheCore:
         return self._clear_here()
 
     def _clear_here(self) -> int:
-        keys = self.policy.keys_under("")
+        keys = self.policy.keys_under(None, "/")
         n = self._invalidate_keys(keys)
         if isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage)):
             self.storage.clear()
@@ -514,7 +518,7 @@ class CacheCore:
             return
         origin, _, path = message.partition("\n")
         self.near.withdraw_under([(origin or None, path or "/")])
-        keys = self.policy.keys_under(path or "/", origin or None)
+        keys = self.policy.keys_under(origin or None, path or "/")
         self.near.drop_keys(keys)
         self.policy.forget(keys)
 

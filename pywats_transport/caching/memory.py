@@ -20,7 +20,7 @@ import httpx
 from hishel import AsyncBaseStorage, BaseStorage, Entry, Headers, Request, Response
 
 from .index import is_under
-from .policy import origin_of
+from .url_parts import origin_of
 
 Clock = Callable[[], float]
 RecordId = uuid.UUID | int | str

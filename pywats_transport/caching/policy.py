@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
 from ..config import CacheSettings
 from .freshness import StoreDecision, request_forbids_stored, rfc_decision, ttl_decision
 from .index import PathIndex
+from .url_parts import origin_of, split_prefix
 
 CACHEABLE = frozenset({"GET", "HEAD"})
 _NO_CONTROL: dict[str, Any] = {}
@@ -216,18 +216,16 @@ class CachePolicy:
         control = request.extensions.get(EXTENSION)
         if control:
             for prefix in control.get("invalidates", ()):  # related collections the caller knows about
-                keys.extend(k for k in self.keys_under(prefix, origin) if k not in keys)
+                keys.extend(k for k in self.keys_under(*split_prefix(prefix, origin)) if k not in keys)
         return keys
 
     # -- explicit invalidation -----------------------------------------------------------
 
-    def keys_under(self, prefix: str, origin: str | None = None) -> list[str]:
-        """Keys whose path equals ``prefix`` or lies under it (``prefix/...``); ``prefix`` may be a full URL."""
-        if "://" in prefix:
-            parts = urlsplit(prefix)
-            origin, prefix = f"{parts.scheme}://{parts.netloc}".lower(), parts.path or "/"
+    def keys_under(self, origin: str | None, path: str) -> list[str]:
+        """Keys whose path equals ``path`` or lies under it (``path/...``), at ``origin`` (None: any); both as
+        :mod:`.url_parts` names them (a caller's prefix goes through ``split_prefix`` first)."""
         with self._lock:
-            return self._index.under(prefix, origin)
+            return self._index.under(path, origin)
 
     def forget(self, keys: list[str]) -> None:
         """Keys whose entries the storage dropped (evicted, expired) leave the index: it stays as small as the cache."""
@@ -255,20 +253,3 @@ def _applied(response: httpx.Response | None) -> bool:
     """A write answered 2xx, or not answered at all after it may have reached the server (the caller
     passes None only then): a 4xx or 5xx answer says it was not applied."""
     return response is None or 200 <= response.status_code < 300
-
-
-def split_prefix(prefix: str, origin: str | None) -> tuple[str | None, str]:
-    """``prefix`` as (origin, path): a full URL names its own origin; a path keeps ``origin``."""
-    if "://" in prefix:
-        parts = urlsplit(prefix)
-        return f"{parts.scheme}://{parts.netloc}".lower(), parts.path or "/"
-    return origin, prefix
-
-
-def origin_of(url: httpx.URL) -> str:
-    return _origin_of(url.scheme, url.host, url.port)
-
-
-@functools.lru_cache(maxsize=256)
-def _origin_of(scheme: str, host: str, port: int | None) -> str:
-    return f"{scheme}://{host}{f':{port}' if port else ''}".lower()

@@ -18,7 +18,8 @@ lease or store deletes it, and a fetch whose key went unlisted meanwhile stores 
 from __future__ import annotations
 
 from functools import lru_cache
-from urllib.parse import urlsplit
+
+from .url_parts import place_of
 
 TAG = "{pwt}"
 ENTRY = f"pwt:{TAG}:e:"  # + cache key -> hash {entry id: framed entry}
@@ -185,12 +186,11 @@ return 1
 def prefixes(url: str) -> tuple[str, ...]:
     """Index names for a URL: its origin with each prefix of its path, outermost first (each hit needs
     them, hence the cache)."""
-    parts = urlsplit(url)
-    origin = f"{parts.scheme}://{parts.netloc}".lower()
-    segments = [s for s in parts.path.split("/") if s]
+    origin, path = place_of(url)
+    segments = [s for s in path.split("/") if s]
     return tuple(INDEX + origin + "/" + "/".join(segments[:i]) for i in range(len(segments) + 1))
 
 
 def index_name(origin: str | None, path: str) -> str:
     segments = [s for s in path.split("/") if s]
-    return INDEX + (origin or "").lower() + "/" + "/".join(segments)
+    return INDEX + (origin or "") + "/" + "/".join(segments)

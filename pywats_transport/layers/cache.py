@@ -16,7 +16,7 @@ from hishel.httpx import AsyncCacheTransport, CacheTransport
 from ..caching.coalesce import Flights
 from ..caching.layer_core import CacheCore, FromInner, dated, validating, write_may_have_landed
 from ..caching.memory import Record
-from ..caching.policy import Plan, split_prefix
+from ..caching.policy import Plan
 from ..caching.redis_fetch import FETCHES, LOOKUP, Fetches
 from ..config import CacheSettings
 from ..hookspecs import LayerSpec, hookimpl
@@ -334,9 +334,9 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         """As :meth:`invalidate`, on the event loop: a shared storage (Redis) is awaited, not waited for."""
         if not self._shared:
             return self._invalidate_here(prefix)
-        self._near_before_invalidate(prefix)
+        place = self._near_before_invalidate(prefix)
         try:
-            return int(await self.storage.invalidate_prefix(*split_prefix(prefix, None)))
+            return int(await self.storage.invalidate_prefix(*place))
         except Exception as exc:
             self._storage_failed(exc)
             return 0
