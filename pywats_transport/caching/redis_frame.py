@@ -4,7 +4,8 @@ freshness), then the body.
 
 ``Vary`` values are kept as digests, never as they were sent: a response that varies on
 ``Authorization`` (or a key header) would otherwise leave every station's credential readable in the
-fleet's Redis. A variant answers a request whose values have the same digests.
+fleet's Redis. A variant answers a request whose values have the same digests. For the same reason the
+URL is kept without its userinfo.
 
 A value that does not read as this version's frame (corrupt, or written by another version of the
 format while a fleet is upgraded station by station) is :class:`Unreadable`: the storage treats it as
@@ -22,6 +23,7 @@ from hishel import Headers, Request
 
 from .freshness import Vary
 from .memory import NOT_KEPT, Record
+from .url_parts import without_userinfo
 
 #: the frame format's version: bumped whenever a reader of the old one would misread the new (2: ``Vary``
 #: values as digests)
@@ -56,7 +58,7 @@ def _kept(headers: Headers) -> list[list[str]]:
 
 def framed(method: str, url: str, status: int, headers: list[list[str]], body: bytes, stored_at: float, *,
            vary: Vary | None = None, fresh_until: float | None = None) -> bytes:
-    meta: dict[str, Any] = {"v": FORMAT, "method": method, "url": url, "status": status, "stored_at": stored_at, "headers": headers}
+    meta: dict[str, Any] = {"v": FORMAT, "method": method, "url": without_userinfo(url), "status": status, "stored_at": stored_at, "headers": headers}
     if vary is not None:
         meta["vary"] = [list(pair) for pair in vary_digests(vary)]
     if fresh_until is not None:

@@ -38,6 +38,15 @@ def place_of(url: str) -> tuple[str, str]:
     return origin_of(parsed), parsed.path or "/"
 
 
+def without_userinfo(url: str) -> str:
+    """``url`` as a shared entry keeps it: without a user or password (the request's ``Authorization``,
+    which httpx made of them, is what keys the entry)."""
+    if "@" not in url:
+        return url
+    parsed = httpx.URL(url)
+    return str(parsed.copy_with(userinfo=b"")) if parsed.userinfo else url
+
+
 def split_prefix(prefix: str, origin: str | None) -> tuple[str | None, str]:
     """A caller's prefix as (origin, path): a full URL names its own origin; a path keeps ``origin``
     (None: any origin). Percent-escapes are decoded and a query is ignored, as in stored URLs."""
