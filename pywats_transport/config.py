@@ -160,13 +160,14 @@ class ThrottleSettings(Section):
                                        "flight at once, and so about the connections it opens; a request beyond "
                                        "them waits for one (up to 1 s, or `redis_timeout` if longer), then takes "
                                        "the local bucket.")
-    expected_processes: int = Field(1, ge=1, description="Processes sharing the fleet rate: while Redis is down, "
-                                    "each uses `rate / expected_processes` and `burst / expected_processes` (at "
-                                    "least 1) locally.")
+    expected_processes: int = Field(1, ge=1, description="Processes sharing the fleet rate, at least: while Redis "
+                                    "is down, each uses `rate / N` and `burst / N` (at least 1) locally, N being "
+                                    "this or the stations the fleet counted taking turns in the last 5 minutes, "
+                                    "whichever is more.")
     local_rate: float | None = Field(None, gt=0, description="`backend: redis`: the rate each process uses while "
-                                     "Redis is down, instead of its share `rate / expected_processes`.")
+                                     "Redis is down, instead of its share of `rate`.")
     local_burst: int | None = Field(None, ge=1, description="`backend: redis`: the burst each process uses while "
-                                    "Redis is down, instead of its share `burst / expected_processes` (at least 1).")
+                                    "Redis is down, instead of its share of `burst`.")
     retry_after_max: float = Field(
         30.0, ge=0, description="Longest a server's Retry-After holds a host back (seconds; the retry layer's default backoff_max)."
     )

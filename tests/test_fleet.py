@@ -1439,6 +1439,58 @@ async def test_with_redis_down_each_process_takes_its_share(mode: str, scheme: s
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_with_redis_down_the_share_divides_by_the_stations_the_fleet_counted(mode: str, own_redis: Any) -> None:
+    """``expected_processes`` left at its default of 1: three stations that took turns together each took
+    the fleet's whole rate and burst when Redis went down, three times what the server was to see."""
+    cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
+    layers = [cls(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis",
+                  redis_url=own_redis.url, rate=30, burst=3, redis_retry_after=30) for _ in range(3)]
+    callers = [Caller(mode, layer) for layer in layers]
+    try:
+        for _ in range(2):  # the second round: each has seen the others' turns
+            for caller in callers:
+                assert (await caller.get("/a")).status_code == 200
+        assert [layer.stats()["fleet"]["stations_seen"] for layer in layers] == [{"test": 3}] * 3
+        own_redis.kill()
+        sent, end = 0, time.monotonic() + 0.6
+        while time.monotonic() < end:
+            assert (await callers[0].get("/a")).status_code == 200
+            sent += 1
+        stats = layers[0].stats()
+        assert stats["fleet"]["local_fallbacks"] == sent and stats["rate_per_host"]["test"] == 10.0  # 30 / 3
+        # a burst of 3 // 3 = 1, then 10 a second (the whole rate and burst: about 3 + 0.6 x 30 = 21)
+        assert sent <= 1 + 0.6 * 10 + 1, f"{sent} requests in 0.6 s; its share is 10/s, burst 1"
+    finally:
+        for caller in callers:
+            await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_station_idle_past_the_presence_window_is_no_longer_counted(mode: str, fleet_url: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from pywats_transport.policies import fleet_throttle
+
+    monkeypatch.setattr(fleet_throttle, "PRESENCE_MS", 300)
+    cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
+    host = f"idle-{mode}-{uuid.uuid4().hex[:8]}"
+    layers = [cls(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis",
+                  redis_url=fleet_url, rate=1000, burst=100, expected_processes=1) for _ in range(2)]
+    busy, idle = (Caller(mode, layer, base_url=f"http://{host}") for layer in layers)
+    try:
+        await idle.get("/a")
+        await busy.get("/a")
+        assert layers[0].stats()["fleet"]["stations_seen"] == {host: 2}
+        await asyncio_sleep(0.5)
+        await busy.get("/a")
+        assert layers[0].stats()["fleet"]["stations_seen"] == {host: 1}
+    finally:
+        await busy.close()
+        await idle.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_the_local_share_divides_the_burst_too_or_is_set(mode: str) -> None:
     """Each process kept the whole burst while Redis was down: four processes could send four bursts at
     once to a host the fleet holds to one."""

@@ -126,3 +126,24 @@ def test_a_forked_childs_fleet_rate_does_not_count_the_parents_calls(own_redis: 
         parent_turn.join(10)
         assert child.exitcode == 0, "the child's turn came from its local bucket"
         assert throttle.stats()["fleet"]["local_fallbacks"] == 0
+
+
+def _count_stations(client: httpx.Client, throttle: Any) -> None:
+    assert client.get("/fork/count").status_code == 200
+    sys.exit(throttle.stats()["fleet"]["stations_seen"].get("station", 0))
+
+
+def test_a_forked_child_counts_as_a_station_of_its_own(own_redis: Any) -> None:
+    """The fleet's count of its stations sets each one's share while Redis is down: a child that kept its
+    parent's station id made two stations count as one, and each took half the fleet's rate for its own."""
+    from pywats_transport.layers.throttle import ThrottleLayer
+
+    fork = multiprocessing.get_context("fork")
+    throttle = ThrottleLayer(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis",
+                             redis_url=own_redis.url, rate=1000, burst=100)
+    with httpx.Client(transport=throttle, base_url="http://station") as client:
+        assert client.get("/fork/count").status_code == 200
+        child = fork.Process(target=_count_stations, args=(client, throttle))
+        child.start()
+        child.join(30)
+        assert child.exitcode == 2, "the child counted itself as its parent"

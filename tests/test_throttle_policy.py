@@ -101,3 +101,29 @@ def test_retry_after_is_capped_by_retry_after_max() -> None:
     p.acquire("h")
     p.on_response("h", 429, "3600")
     assert p.acquire("h") == pytest.approx(5.0)
+
+
+def test_a_resized_bucket_keeps_its_slow_down_in_proportion_and_wins_back_to_the_new_rate() -> None:
+    """A fleet station's local share changes with the count of stations: a host the server slowed stays
+    slowed by as much, and recovers to the new share, not to the old."""
+    p, clock = make(rate=30, burst=3, adaptive=True)
+    p.acquire("h")
+    p.on_response("h", 429, "1")
+    assert p.rates()["h"] == 15.0 and p.slowed == 1
+    p.resize("h", 10.0, 1)
+    assert p.rates()["h"] == 5.0 and p.slowed == 1
+    for _ in range(200):
+        p.on_response("h", 200, None)
+    assert p.rates()["h"] == pytest.approx(10.0) and p.slowed == 0 and not p.attentive
+    p.resize("h", 30.0, 3)  # fewer stations: the whole rate and burst again
+    clock.t += 60
+    assert p.rates()["h"] == 30.0 and [p.acquire("h") for _ in range(4)] == [0.0, 0.0, 0.0, pytest.approx(1 / 30)]
+
+
+def test_a_resize_that_lifts_a_slowed_rate_to_its_top_counts_it_recovered() -> None:
+    p, _ = make(rate=4, burst=2, adaptive=True, min_rate=2)
+    p.acquire("h")
+    p.on_response("h", 429, "1")
+    assert p.rates()["h"] == 2.0 and p.slowed == 1
+    p.resize("h", 1.0, 1)  # a share under min_rate: the slow-down has nothing left to take
+    assert p.rates()["h"] == 1.0 and p.slowed == 0

@@ -39,19 +39,18 @@ class _ThrottleCore:
                                   "pip install 'pywats-transport[redis]'") from None
             self.fleet = self._fleet_rate(settings)
             # While Redis is down each process takes its share of the fleet's rate and burst, so that the
-            # fleet together stays within them.
-            share = settings.expected_processes
-            settings = settings.model_copy(update={
-                "rate": settings.local_rate or settings.rate / share,
-                "burst": settings.local_burst or max(1, settings.burst // share)})
+            # fleet together stays within them; the share follows the stations the fleet counted (_fleet_failed).
+            settings = settings.model_copy(update=_local_share(settings, settings.expected_processes))
         self.policy = ThrottlePolicy(settings, **policy_kwargs)
 
     def _fleet_rate(self, settings: ThrottleSettings) -> Any:
         raise NotImplementedError
 
     def _fleet_failed(self, exc: BaseException, host: str) -> None:
-        """Redis failed or is skipped (its outage is logged by the fleet rate, once): the local share serves."""
+        """Redis failed or is skipped (its outage is logged by the fleet rate, once): the local share serves,
+        of as many stations as the fleet counted at this host's last turn."""
         self.fleet.fallbacks += 1
+        self.policy.resize(host, **_local_share(self.fleet.settings, self.fleet.share(host)))
         if self.collector is not None:
             self.collector.add_throttle_fallback(host)
 
@@ -146,6 +145,13 @@ class _FleetTurn:
             )
         self.waited += wait
         return wait
+
+
+def _local_share(settings: ThrottleSettings, stations: int) -> dict[str, Any]:
+    """One station's local rate and burst while Redis is down: ``local_rate`` / ``local_burst`` when set,
+    else its share of the fleet's."""
+    return {"rate": settings.local_rate or settings.rate / stations,
+            "burst": settings.local_burst or max(1, settings.burst // stations)}
 
 
 class ThrottleLayer(_ThrottleCore, Layer):

@@ -8,13 +8,17 @@ holds the host for the whole fleet (a key with that expiry), and so does the ada
 one station's policy slows a host (429s in a row, or a ``Retry-After``), the fleet's rate for that
 host halves, and wins back one halving every ``fleet_slowdown_seconds`` without another. When Redis
 fails, the caller falls back to its local bucket (its share of the fleet's rate and burst, or
-``local_rate`` / ``local_burst``) for ``redis_retry_after`` seconds, then tries again.
+``local_rate`` / ``local_burst``) for ``redis_retry_after`` seconds, then tries again. The share
+divides by the stations the fleet counted taking turns at the host in the last ``PRESENCE_MS`` (each
+turn says so), when more than ``expected_processes``: a fleet left at the default of 1 does not send
+its whole rate once per station while Redis is down.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import uuid
 from typing import Any
 
 from pyrate_limiter import GCRA, Decision, Rate, RedisStateStore
@@ -31,7 +35,10 @@ HOLD = f"pwt:{TAG}:hold:"  # + host -> set while the fleet must not send to the 
 # so the rate comes back one step at a time, on Redis's clock (the stations' clocks may disagree)
 SLOW = f"pwt:{TAG}:slow:"
 RATE = f"pwt:{TAG}:rate:"  # + host -> the GCRA state (pyrate-limiter's hash)
+SEEN = f"pwt:{TAG}:seen:"  # + host -> sorted set {station id: Redis time (ms) of its last turn}
 MAX_HALVINGS = 6
+#: how long a station counts as one of the fleet after its last turn
+PRESENCE_MS = 300_000
 
 # KEYS[1]: the host's hold key, KEYS[2]: its slow key: the ms each still holds (negative: not set), and
 # Redis's time in ms, which times the turn: the stations' clocks may disagree (a station without NTP),
@@ -39,11 +46,21 @@ MAX_HALVINGS = 6
 # rate. One command, not a pipeline: a cluster client sends a failed pipeline's commands again one by
 # one, each waiting its own timeout on a hung node. PTTL is not a use to Redis's LRU: without the TOUCH,
 # a Redis the cache fills (allkeys-lru) evicts a hold or a slow-down that every station reads.
+# KEYS[3]: the host's stations; ARGV[1]: this station's id, ARGV[2]: PRESENCE_MS. The fourth answer is
+# how many stations took a turn within it, this one included (0 where Redis refused the writes: a full
+# Redis that evicts nothing; the GCRA's own write then fails the turn in any case).
 STATE = """
 redis.call('TOUCH', KEYS[1], KEYS[2])
 local now = redis.call('TIME')
-return {redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2]),
-        tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)}
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local seen = 0
+if type(redis.pcall('ZADD', KEYS[3], ms, ARGV[1])) == 'number' then
+  redis.pcall('ZREMRANGEBYSCORE', KEYS[3], '-inf', ms - tonumber(ARGV[2]))
+  redis.pcall('PEXPIRE', KEYS[3], ARGV[2])
+  local n = redis.pcall('ZCARD', KEYS[3])
+  if type(n) == 'number' then seen = n end
+end
+return {redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2]), ms, seen}
 """
 
 # KEYS[1]: the host's hold key, KEYS[2]: its slow key; ARGV[1]: ms to hold it (0: none; a longer hold
@@ -95,14 +112,27 @@ class _FleetBase:
         self.fallbacks = 0
         self.slowdowns = 0
         self.slow_ms = max(1, int(settings.fleet_slowdown_seconds * 1000))
+        self.station = uuid.uuid4().hex
+        self.stations: dict[str, int] = {}  # host key -> stations seen taking turns, at this one's last turn
 
     def _key(self, host: str) -> str:
         return host if self.settings.per_host else "*"
 
-    @staticmethod
-    def _state_args(key: str) -> tuple[Any, ...]:
-        """The reads of a turn: how long the host is held, and how many halvings are in force."""
-        return STATE, 2, HOLD + key, SLOW + key
+    def share(self, host: str) -> int:
+        """How many stations share the host's rate, as far as this one knows: ``expected_processes``, or
+        the stations seen taking turns when more."""
+        return max(self.settings.expected_processes, self.stations.get(self._key(host), 0))
+
+    def _state_args(self, key: str) -> tuple[Any, ...]:
+        """The reads of a turn: how long the host is held, how many halvings are in force, and Redis's
+        time; the turn also counts this station as one of the host's."""
+        return STATE, 3, HOLD + key, SLOW + key, SEEN + key, self.station, PRESENCE_MS
+
+    def _state(self, key: str, answer: Any) -> tuple[int, Any, int]:
+        hold, slow, now_ms, seen = answer
+        if seen:
+            self.stations[key] = int(seen)
+        return int(hold or 0), slow, now_ms
 
     def _signal_args(self, host: str, hold: float, slow_down: bool) -> tuple[Any, ...]:
         key = self._key(host)
@@ -134,7 +164,7 @@ class _FleetBase:
     def stats(self) -> dict[str, Any]:
         return {"backend": "redis", "redis_outages": self.guard.outages, "redis_failures": self.guard.failures,
                 "redis_down_seconds": round(self.guard.down_for(), 3), "local_fallbacks": self.fallbacks,
-                "fleet_slowdowns": self.slowdowns}
+                "fleet_slowdowns": self.slowdowns, "stations_seen": dict(self.stations)}
 
 
 class FleetRate(_FleetBase):
@@ -147,8 +177,10 @@ class FleetRate(_FleetBase):
         forks.follow(self)
 
     def after_fork(self) -> None:
-        """In a forked child: the calls in flight were the parent's threads' (see :mod:`..caching.forks`)."""
+        """In a forked child: the calls in flight were the parent's threads' (see :mod:`..caching.forks`),
+        and the child is a station of its own."""
         self.slots.after_fork()
+        self.station = uuid.uuid4().hex
 
     def close(self) -> None:
         self.client.close()
@@ -156,8 +188,7 @@ class FleetRate(_FleetBase):
     def acquire(self, host: str) -> float:
         key = self._key(host)
         with self.slots.taken(), self.guard.calling():
-            hold, slow, now_ms = self.client.eval(*self._state_args(key))
-            hold = int(hold or 0)
+            hold, slow, now_ms = self._state(key, self.client.eval(*self._state_args(key)))
             decision = self._check(key, slow, now_ms) if hold <= 0 else None
         return self._wait_from(hold, decision, slow)
 
@@ -187,8 +218,7 @@ class AsyncFleetRate(_FleetBase):
         key = self._key(host)
         async with self.slots.taken():
             with self.guard.calling():
-                hold, slow, now_ms = await self.client.eval(*self._state_args(key))
-                hold = int(hold or 0)
+                hold, slow, now_ms = self._state(key, await self.client.eval(*self._state_args(key)))
                 decision = await self._check(key, slow, now_ms) if hold <= 0 else None
         return self._wait_from(hold, decision, slow)
 

@@ -28,6 +28,7 @@ class TokenBucket:
     def __init__(self, rate: float, burst: int, now: float) -> None:
         self.rate = rate
         self.burst = float(burst)
+        self.top_rate, self.top_burst = rate, burst  # what the adaptive mode wins back to
         self.tokens = float(burst)
         self.stamp = now
         self.not_before = 0.0  # set from Retry-After: nothing goes before this
@@ -78,6 +79,27 @@ class ThrottlePolicy:
         if bucket is None:
             bucket = self._buckets[key] = TokenBucket(self.settings.rate, self.settings.burst, now)
         return bucket
+
+    def resize(self, host: str, rate: float, burst: int) -> None:
+        """Set the host's bucket to ``rate`` and ``burst`` (a fleet station's share, when the count of
+        stations changed); a host the adaptive mode slowed stays slowed by as much."""
+        with self._lock:
+            now = self.clock()
+            bucket = self._bucket(self._key(host), now)
+            if bucket.top_rate == rate and bucket.top_burst == burst:
+                return
+            bucket._refill(now)
+            was_slowed = bucket.rate < bucket.top_rate
+            scaled = max(self.settings.min_rate, bucket.rate * rate / bucket.top_rate)
+            bucket.rate = min(rate, scaled) if was_slowed else rate
+            bucket.top_rate, bucket.top_burst = rate, burst
+            if bucket.rate < rate:
+                bucket.burst = max(1.0, min(float(burst), bucket.rate))
+            else:
+                bucket.burst = float(burst)
+                if was_slowed:
+                    self.slowed -= 1
+            bucket.tokens = min(bucket.tokens, bucket.burst)
 
     def take_now(self, host: str) -> bool:
         """Take a token if one is there now (the common case, which needs no wait limits); False: none is."""
@@ -146,7 +168,7 @@ class ThrottlePolicy:
                 if not (delay or bucket.throttled_in_a_row >= REPEATED_429):
                     return
                 bucket.throttled_in_a_row = 0
-                if bucket.rate >= self.settings.rate:
+                if bucket.rate >= bucket.top_rate:
                     self.slowed += 1
                     self.attentive = True
                 bucket._refill(now)
@@ -158,14 +180,14 @@ class ThrottlePolicy:
                     delay = min(delay, self.settings.retry_after_max)
                     bucket.not_before = max(bucket.not_before, now + delay)
                 self.stats.slowdowns += 1
-            elif status < 400 and (bucket.throttled_in_a_row or bucket.rate < self.settings.rate):
+            elif status < 400 and (bucket.throttled_in_a_row or bucket.rate < bucket.top_rate):
                 bucket.throttled_in_a_row = 0
-                if bucket.rate < self.settings.rate:
+                if bucket.rate < bucket.top_rate:
                     bucket._refill(now)
-                    bucket.rate = min(self.settings.rate,
-                                      bucket.rate + (self.settings.rate - bucket.rate) * RECOVERY_STEP + 1e-9)
-                    bucket.burst = min(float(self.settings.burst), max(bucket.burst, bucket.rate))
-                    if bucket.rate >= self.settings.rate:
+                    bucket.rate = min(bucket.top_rate,
+                                      bucket.rate + (bucket.top_rate - bucket.rate) * RECOVERY_STEP + 1e-9)
+                    bucket.burst = min(float(bucket.top_burst), max(bucket.burst, bucket.rate))
+                    if bucket.rate >= bucket.top_rate:
                         self.slowed -= 1
                 # While nothing is slowed or counting 429s, successes need no bookkeeping at all.
                 self.attentive = self.slowed > 0 or any(b.throttled_in_a_row for b in self._buckets.values())
