@@ -1478,12 +1478,14 @@ async def test_a_station_idle_past_the_presence_window_is_no_longer_counted(mode
                   redis_url=fleet_url, rate=1000, burst=100, expected_processes=1) for _ in range(2)]
     busy, idle = (Caller(mode, layer, base_url=f"http://{host}") for layer in layers)
     try:
+        for caller in (idle, busy):  # connected first, so that the two turns below come well within 300 ms
+            await caller.get(f"http://warm-{host}/a")
         await idle.get("/a")
         await busy.get("/a")
-        assert layers[0].stats()["fleet"]["stations_seen"] == {host: 2}
+        assert layers[0].stats()["fleet"]["stations_seen"][host] == 2
         await asyncio_sleep(0.5)
         await busy.get("/a")
-        assert layers[0].stats()["fleet"]["stations_seen"] == {host: 1}
+        assert layers[0].stats()["fleet"]["stations_seen"][host] == 1
     finally:
         await busy.close()
         await idle.close()
