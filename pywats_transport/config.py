@@ -59,7 +59,11 @@ class PluginSettings(Section):
 class CacheSettings(Section):
     enabled: bool = Field(True, description="Cache GET/HEAD responses.")
     ttl: float = Field(300.0, ge=0, description="Seconds an entry is served (mode `ttl`), or the longest it is kept (mode `rfc`).")
-    max_size: int = Field(1000, ge=1, description="Entries kept by the memory storage before LRU eviction.")
+    max_size: int = Field(1000, ge=1, description="Entries kept by the memory storage (and the near cache) before "
+                          "LRU eviction.")
+    max_bytes: int | None = Field(256 * 1024 * 1024, ge=1, description="Bytes of response bodies the memory "
+                                  "storage (and the near cache) keeps before LRU eviction; null: entries alone "
+                                  "bound it.")
     mode: Literal["ttl", "rfc"] = Field(
         "rfc",
         description="`rfc`: RFC 9111 (freshness and revalidation as the server says); `ttl`: cache 2xx GET/HEAD for "

@@ -38,6 +38,40 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
+async def test_the_bodies_kept_are_bounded_in_bytes(mode: str, cache_mode: str) -> None:
+    """Entries alone bound the memory storage: 1000 entries of up to 10 MiB each could hold 10 GB."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        size = int(request.url.path.rsplit("/", 1)[1])
+        return httpx.Response(200, content=b"x" * size, headers={"Cache-Control": "max-age=600"})
+
+    caller, layer = make(mode, handler, mode=cache_mode, max_size=100, max_bytes=2500)
+    for name in ("a", "b"):
+        await caller.get(f"/{name}/1000")
+    assert layer.stats()["body_bytes"] == 2000 and layer.stats()["entries"] == 2
+    await caller.get("/a/1000")  # the most recent again: /b is the oldest
+    await caller.get("/c/1000")  # 3000 bytes: /b goes
+    stats = layer.stats()
+    assert (stats["body_bytes"], stats["entries"], stats["evictions"]) == (2000, 2, 1)
+    assert (await caller.get("/a/1000")).extensions["caching"]["from_cache"]
+    assert not (await caller.get("/b/1000")).extensions["caching"]["from_cache"]  # stored again, /c goes
+    big = await caller.get("/big/3000")  # over the bound alone: answered, not kept, nothing pushed out
+    assert big.content == b"x" * 3000 and layer.stats()["body_bytes"] == 2000
+    assert not (await caller.get("/big/3000")).extensions["caching"]["from_cache"]
+    assert (await caller.get("/b/1000")).extensions["caching"]["from_cache"]
+    layer.clear()
+    assert layer.stats()["body_bytes"] == 0
+    await caller.close()
+
+
+def test_the_byte_bound_is_on_by_default_and_may_be_lifted() -> None:
+    assert CacheSettings().max_bytes == 256 * 1024 * 1024
+    assert CacheSettings(max_bytes=None).max_bytes is None
+    with pytest.raises(Exception, match="max_bytes"):
+        CacheSettings(max_bytes=0)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
 async def test_hit_miss_and_expiry(mode: str, cache_mode: str) -> None:
     clock, server = Clock(), Counter(headers={"Cache-Control": "max-age=600"})
     caller, layer = make(mode, server, clock, ttl=60, mode=cache_mode)

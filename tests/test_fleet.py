@@ -1748,6 +1748,24 @@ def near(mode: str, server: Any, redis_url: str) -> tuple[Caller, Any]:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_the_near_cache_is_bounded_in_bytes_too(mode: str, redis_url: str) -> None:
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    layer = cls(httpx.MockTransport(lambda r: httpx.Response(200, content=b"x" * 1000)), mode="ttl",
+                storage="redis", redis_url=redis_url, near_cache=True, max_bytes=1500)
+    caller = Caller(mode, layer)
+    base = f"/near-bytes/{mode}/{uuid.uuid4().hex}"
+    try:
+        for name in ("a", "b"):
+            await caller.get(f"{base}/{name}")
+        stats = layer.stats()
+        assert (stats["near_entries"], stats["near_body_bytes"]) == (1, 1000)  # /a went to keep /b near
+        assert (await caller.get(f"{base}/a")).extensions["caching"]["from_cache"]  # from Redis, which kept it
+    finally:
+        await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_the_near_cache_keeps_an_entry_no_longer_than_it_is_fresh(mode: str, redis_url: str) -> None:
     """TTL 2 s, near cache 5 s: neither the station that fetched the entry nor one that read it from Redis
     half-way through its life serves it once the 2 s are over. Both kept it near for ``near_ttl``, and

@@ -129,8 +129,8 @@ class CacheCore:
             from redis.retry import Retry
 
             near_cls = AsyncMemoryStorage if is_async else MemoryStorage
-            self.near = near_cls(max_entries=settings.max_size, default_ttl=min(settings.ttl, settings.near_ttl),
-                                 clock=clock)
+            self.near = near_cls(max_entries=settings.max_size, max_bytes=settings.max_bytes,
+                                 default_ttl=min(settings.ttl, settings.near_ttl), clock=clock)
             self.near._core.on_forget = self.policy.forget
             # The subscriber waits for messages by design: no read timeout on its connection (a dead one is
             # found by the health check, and the near cache is dropped then). It tries again on its own
@@ -569,12 +569,15 @@ class CacheCore:
                 self._near_message(f"{origin or ''}\n{path}")
 
     def stats(self) -> dict[str, Any]:
-        entries = len(self.storage) if isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage)) else None
-        out = self.policy.stats.as_dict(entries, getattr(self.storage, "evictions", 0))
+        in_memory = isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage))
+        out = self.policy.stats.as_dict(len(self.storage) if in_memory else None, getattr(self.storage, "evictions", 0))
         out["storage_errors"] += FAILURES.count - self._failures_at_start
+        if in_memory:
+            out["body_bytes"] = self.storage.body_bytes
         if self._shared:
             out.update(self.storage.stats())
         if self.near is not None:
-            out.update(near_entries=len(self.near), near_invalidations=self.near_invalidations)
+            out.update(near_entries=len(self.near), near_body_bytes=self.near.body_bytes,
+                       near_invalidations=self.near_invalidations)
         return out
 

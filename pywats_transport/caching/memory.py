@@ -1,4 +1,5 @@
-"""An in-process hishel storage bounded by entry count (LRU), for sync and async use.
+"""An in-process hishel storage bounded by entry count and by the bytes of the bodies it keeps (LRU),
+for sync and async use.
 
 Both storages share one ``_LRUCore`` guarded by a ``threading.Lock`` that is
 never held across an ``await``: safe for threads and tasks alike, and the async
@@ -101,13 +102,48 @@ class Record:
         return self.headers
 
 
+class _Records(OrderedDict[RecordId, Record]):
+    """The entries in LRU order, and the bytes of their bodies (kept up to date on every way in and out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body_bytes = 0
+
+    def __setitem__(self, record_id: RecordId, record: Record) -> None:
+        old = super().get(record_id)
+        super().__setitem__(record_id, record)
+        self.body_bytes += len(record.body) - (len(old.body) if old is not None else 0)
+
+    def __delitem__(self, record_id: RecordId) -> None:
+        self.body_bytes -= len(self[record_id].body)
+        super().__delitem__(record_id)
+
+    def pop(self, record_id: RecordId, *default: Any) -> Any:
+        record = super().pop(record_id, *default)
+        if isinstance(record, Record):
+            self.body_bytes -= len(record.body)
+        return record
+
+    def popitem(self, last: bool = True) -> tuple[RecordId, Record]:
+        record_id, record = super().popitem(last)
+        self.body_bytes -= len(record.body)
+        return record_id, record
+
+    def clear(self) -> None:
+        super().clear()
+        self.body_bytes = 0
+
+
 class _LRUCore:
-    def __init__(self, max_entries: int, clock: Clock) -> None:
+    def __init__(self, max_entries: int, clock: Clock, max_bytes: int | None = None) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1 or None, got {max_bytes}")
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.clock = clock
-        self._records: OrderedDict[RecordId, Record] = OrderedDict()
+        self._records = _Records()
         self._by_key: dict[str, list[RecordId]] = {}
         self._lock = threading.Lock()
         self.evictions = 0
@@ -123,6 +159,10 @@ class _LRUCore:
 
     def __len__(self) -> int:
         return len(self._records)
+
+    @property
+    def body_bytes(self) -> int:
+        return self._records.body_bytes
 
     def _check_open(self) -> None:
         if self.closed:
@@ -178,6 +218,8 @@ class _LRUCore:
                 if pending is None or pending[0] is not token:
                     return False
                 del self._pending[record.key]
+            if self.max_bytes is not None and len(record.body) > self.max_bytes:
+                return False  # it would push out everything else, and still not fit
             if replace_variant:
                 # One entry per variant: a newer response for the same request headers replaces the older.
                 for old_id in list(self._by_key.get(record.key, ())):
@@ -187,7 +229,8 @@ class _LRUCore:
                         self._unindex(old)
             self._records[record.id] = record
             self._by_key.setdefault(record.key, []).append(record.id)
-            while len(self._records) > self.max_entries:
+            while len(self._records) > self.max_entries or \
+                    (self.max_bytes is not None and self._records.body_bytes > self.max_bytes):
                 _, oldest = self._records.popitem(last=False)
                 self._unindex(oldest)
                 self.evictions += 1
@@ -281,6 +324,7 @@ class _MemoryBase:
         self,
         *,
         max_entries: int = 1000,
+        max_bytes: int | None = None,
         default_ttl: float | None = None,
         default_tti: float | None = None,
         max_stream_size: int | None = MAX_BODY,
@@ -289,11 +333,16 @@ class _MemoryBase:
         self.default_ttl = default_ttl
         self.default_tti = default_tti
         self.max_stream_size = max_stream_size
-        self._core = _LRUCore(max_entries, clock)
+        self._core = _LRUCore(max_entries, clock, max_bytes)
 
     @property
     def evictions(self) -> int:
         return self._core.evictions
+
+    @property
+    def body_bytes(self) -> int:
+        """The bytes of the bodies kept."""
+        return self._core.body_bytes
 
     def __len__(self) -> int:
         return len(self._core)

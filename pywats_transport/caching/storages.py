@@ -37,7 +37,7 @@ def make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asyn
     """The hishel storage ``settings.storage`` names; a missing optional package is named with its extra."""
     if settings.storage == "memory":
         cls = AsyncMemoryStorage if is_async else MemoryStorage
-        return cls(max_entries=settings.max_size, default_ttl=settings.ttl, clock=clock)
+        return cls(max_entries=settings.max_size, max_bytes=settings.max_bytes, default_ttl=settings.ttl, clock=clock)
     if settings.storage == "sqlite":
         _owner_only(settings.sqlite_path)
         if is_async:
