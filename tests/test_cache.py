@@ -509,3 +509,33 @@ def test_a_hits_headers_follow_an_entrys_new_headers() -> None:
     response = httpx.Response(200, headers=record.response_headers())
     response.headers["x-added"] = "by the caller"
     assert "x-added" not in record.response_headers()  # a response holds a copy
+
+
+def test_the_byte_count_follows_every_way_an_entry_goes() -> None:
+    """Stores, variant replacements, expiry, eviction by count and by bytes, drops and clears, in a random
+    order: the count the byte bound reads is always the bodies' sum."""
+    import random
+
+    from pywats_transport.caching.memory import MemoryStorage
+
+    clock, rng = Clock(), random.Random(7)
+    storage = MemoryStorage(max_entries=20, max_bytes=5000, default_ttl=10, clock=clock)
+    for _ in range(3000):
+        key, op = f"k{rng.randrange(30)}", rng.random()
+        if op < 0.5:
+            storage.store(key, "GET", f"http://test/{key}", 200, [], b"x" * rng.randrange(800), rng.choice((1, 10, None)),
+                          vary=rng.choice((None, (("accept", "a"),), (("accept", "b"),))))
+        elif op < 0.65:
+            storage._core.lookup(key)
+        elif op < 0.75:
+            storage.drop_keys([key])
+        elif op < 0.8:
+            found = storage._core.lookup(key)
+            if found:
+                storage._core.remove(found[0].id)
+        elif op < 0.81:
+            storage.clear()
+        else:
+            clock.now += rng.random() * 3
+        kept = storage._core._records.values()
+        assert storage.body_bytes == sum(len(r.body) for r in kept) <= 5000 and len(kept) <= 20

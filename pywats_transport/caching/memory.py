@@ -102,38 +102,6 @@ class Record:
         return self.headers
 
 
-class _Records(OrderedDict[RecordId, Record]):
-    """The entries in LRU order, and the bytes of their bodies (kept up to date on every way in and out)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body_bytes = 0
-
-    def __setitem__(self, record_id: RecordId, record: Record) -> None:
-        old = super().get(record_id)
-        super().__setitem__(record_id, record)
-        self.body_bytes += len(record.body) - (len(old.body) if old is not None else 0)
-
-    def __delitem__(self, record_id: RecordId) -> None:
-        self.body_bytes -= len(self[record_id].body)
-        super().__delitem__(record_id)
-
-    def pop(self, record_id: RecordId, *default: Any) -> Any:
-        record = super().pop(record_id, *default)
-        if isinstance(record, Record):
-            self.body_bytes -= len(record.body)
-        return record
-
-    def popitem(self, last: bool = True) -> tuple[RecordId, Record]:
-        record_id, record = super().popitem(last)
-        self.body_bytes -= len(record.body)
-        return record_id, record
-
-    def clear(self) -> None:
-        super().clear()
-        self.body_bytes = 0
-
-
 class _LRUCore:
     def __init__(self, max_entries: int, clock: Clock, max_bytes: int | None = None) -> None:
         if max_entries < 1:
@@ -143,7 +111,9 @@ class _LRUCore:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.clock = clock
-        self._records = _Records()
+        self._records: OrderedDict[RecordId, Record] = OrderedDict()
+        #: the bytes of the bodies in ``_records``: every way in and out keeps it
+        self.body_bytes = 0
         self._by_key: dict[str, list[RecordId]] = {}
         self._lock = threading.Lock()
         self.evictions = 0
@@ -159,10 +129,6 @@ class _LRUCore:
 
     def __len__(self) -> int:
         return len(self._records)
-
-    @property
-    def body_bytes(self) -> int:
-        return self._records.body_bytes
 
     def _check_open(self) -> None:
         if self.closed:
@@ -226,12 +192,16 @@ class _LRUCore:
                     old = self._records[old_id]
                     if old.request.method == record.request.method and old.vary == record.vary:
                         del self._records[old_id]
+                        self.body_bytes -= len(old.body)
                         self._unindex(old)
+            replaced = self._records.get(record.id)
             self._records[record.id] = record
+            self.body_bytes += len(record.body) - (len(replaced.body) if replaced is not None else 0)
             self._by_key.setdefault(record.key, []).append(record.id)
             while len(self._records) > self.max_entries or \
-                    (self.max_bytes is not None and self._records.body_bytes > self.max_bytes):
+                    (self.max_bytes is not None and self.body_bytes > self.max_bytes):
                 _, oldest = self._records.popitem(last=False)
+                self.body_bytes -= len(oldest.body)
                 self._unindex(oldest)
                 self.evictions += 1
                 if oldest.key not in self._by_key:
@@ -266,6 +236,7 @@ class _LRUCore:
                 record = self._records[record_id]
                 if record.expires_at is not None and record.expires_at <= now:
                     del self._records[record_id]
+                    self.body_bytes -= len(record.body)
                     self._unindex(record)
                     self.expirations += 1
                     continue
@@ -298,6 +269,7 @@ class _LRUCore:
         with self._lock:
             record = self._records.pop(record_id, None)
             if record is not None:
+                self.body_bytes -= len(record.body)
                 self._unindex(record)
 
     def drop_keys(self, keys: list[str]) -> int:
@@ -306,7 +278,8 @@ class _LRUCore:
             for key in keys:
                 self._pending.pop(key, None)
                 for record_id in self._by_key.pop(key, ()):
-                    if self._records.pop(record_id, None) is not None:
+                    if (record := self._records.pop(record_id, None)) is not None:
+                        self.body_bytes -= len(record.body)
                         n += 1
             return n
 
@@ -314,6 +287,7 @@ class _LRUCore:
         with self._lock:
             n = len(self._records)
             self._records.clear()
+            self.body_bytes = 0
             self._by_key.clear()
             self._pending.clear()
             return n
