@@ -28,10 +28,11 @@ SPELLINGS = {
 }
 
 
-def layer(mode: str, server: Counter, storage: str, redis_url: str | None, **kw: Any) -> Any:
-    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+def layer(io: str, server: Counter, storage: str, redis_url: str | None, **kw: Any) -> Any:
+    """A station's cache layer (``io``: sync or async), in ttl mode unless ``kw`` says otherwise."""
+    cls = CacheLayer if io == "sync" else AsyncCacheLayer
     shared = {"redis_url": redis_url} if storage == "redis" else {}
-    return cls(httpx.MockTransport(server), mode="ttl", storage=storage, **shared, **kw)
+    return cls(httpx.MockTransport(server), storage=storage, **{"mode": "ttl", **shared, **kw})
 
 
 def hit(response: httpx.Response) -> bool:
@@ -156,3 +157,24 @@ def test_a_path_prefix_is_decoded_and_keeps_the_origin_given() -> None:
     assert split_prefix("/api/PN%20100?x=1", "http://wats.example") == ("http://wats.example", "/api/PN 100")
     assert split_prefix("HTTPS://User:pw@WATS.example:443/api", None) == ("https://wats.example", "/api")
     assert split_prefix("", None) == (None, "/")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
+@pytest.mark.parametrize("vary", ["", "Accept"])
+async def test_a_url_with_userinfo_hits_in_every_station(mode: str, cache_mode: str, vary: str, redis_url: str) -> None:
+    """In rfc mode hishel serves an entry only for its request's very URL, and a Redis frame keeps it
+    without the userinfo: such a URL was fetched every time, with or without a ``Vary``."""
+    server = Counter(headers={"Cache-Control": "max-age=60", **({"Vary": vary} if vary else {})})
+    stations = [Caller(mode, layer(mode, server, "redis", redis_url, mode=cache_mode)) for _ in range(2)]
+    url = f"http://station:s3cret-pw@wats.example/api/{uuid.uuid4().hex}/Product/P1"
+    try:
+        fetched = await stations[0].get(url)
+        for station in stations:
+            again = await station.get(url)
+            assert hit(again) and again.json() == fetched.json()
+        assert server.count == 1
+    finally:
+        for station in stations:
+            await station.close()

@@ -76,6 +76,12 @@ def headers_in_progress() -> Any:
     return fetches.headers if fetches is not None else None
 
 
+def url_in_progress() -> str | None:
+    """The URL of the request the layer is serving on a shared storage, when it is."""
+    fetches = FETCHES.get()
+    return fetches.url if fetches is not None else None
+
+
 def lease_of(key: str) -> tuple[bool, str | None]:
     """Whether a store for ``key`` needs a lease, and the lease."""
     fetches = FETCHES.get()

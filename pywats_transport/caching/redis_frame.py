@@ -111,10 +111,14 @@ def variant_id(key: str, method: str, vary: Vary | None) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, json.dumps([key, method, vary_digests(vary) if vary else vary])))
 
 
-def request_for_hishel(method: str, url: str, vary: list[list[Any]] | None, headers: Any) -> Request:
-    """The stored request as hishel's ``Vary`` check reads it, for the request in progress (``headers``;
-    None when unknown): a value whose digest matches is that request's own, one that does not can
-    match nothing."""
+def request_for_hishel(method: str, url: str, vary: list[list[Any]] | None, headers: Any,
+                       url_now: str | None = None) -> Request:
+    """The stored request as hishel's ``Vary`` check reads it, for the request in progress (``headers``,
+    ``url_now``; None when unknown): a value whose digest matches is that request's own, one that does
+    not can match nothing. hishel serves an entry only for its request's very URL: the frame keeps it
+    without userinfo, so the request in progress shows its own when that is all they differ by."""
+    if url_now is not None and url_now != url and without_userinfo(url_now) == url:
+        url = url_now
     if not vary:
         return Request(method, url)
     shown: dict[str, list[str]] = {}

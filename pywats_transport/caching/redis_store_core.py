@@ -36,7 +36,7 @@ from . import forks
 from .freshness import Vary
 from .memory import NOT_KEPT, Record
 from .redis_clock import CLOCK
-from .redis_fetch import current, headers_in_progress, lease_of, url_of
+from .redis_fetch import current, headers_in_progress, lease_of, url_in_progress, url_of
 from .redis_frame import Unreadable, choose, framed, record_of, request_for_hishel, unframe, variant_id
 from .redis_guard import Guard, log
 from .redis_keys import (
@@ -326,7 +326,8 @@ class StoreCore:
             grouped: dict[str, list[str]] = {}
             for k, v in meta["headers"]:
                 grouped.setdefault(k, []).append(v)
-            request = request_for_hishel(meta["method"], meta["url"], meta.get("vary"), headers_in_progress())
+            request = request_for_hishel(meta["method"], meta["url"], meta.get("vary"), headers_in_progress(),
+                                         url_in_progress())
             return Entry(uuid.UUID(entry_id.decode()), request, Response(meta["status"], Headers(grouped), stream(body)))
         except (KeyError, TypeError, ValueError) as exc:
             raise Unreadable(f"incomplete frame: {type(exc).__name__}: {exc}") from None
