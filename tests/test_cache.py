@@ -442,6 +442,21 @@ async def test_redis_storage_hits_invalidates_and_isolates(mode: str, redis_url:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("invalidates", ["/api/Report", ["http://"], [5]])
+async def test_a_write_naming_prefixes_wrongly_is_refused_before_it_is_sent(mode: str, invalidates: Any) -> None:
+    """A bare string was read a character at a time: its "/" dropped every entry of the origin, after the
+    write had gone through."""
+    server = Counter()
+    caller, layer = make(mode, server)
+    await caller.get("/api/Product/1")
+    with pytest.raises(ValueError, match="cache.invalidates"):
+        await caller.request("POST", "/api/Report", extensions={"cache": {"invalidates": invalidates}})
+    assert server.count == 1  # the write was not sent
+    assert (await caller.get("/api/Product/1")).extensions["caching"]["from_cache"]
+    await caller.close()
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:{port}/0", "redis+cluster://127.0.0.1:{port}"])
 async def test_redis_down_falls_back_to_network(mode: str, url: str) -> None:
     """Down from the start, a server or a cluster: the layer is built, and the network answers."""

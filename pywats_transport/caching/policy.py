@@ -120,7 +120,12 @@ class CachePolicy:
     def plan(self, request: httpx.Request) -> Plan:
         method = request.method
         if method not in CACHEABLE:
-            return _WRITE if method in WRITES and self.settings.invalidate_on_write else _BYPASS
+            if method in WRITES and self.settings.invalidate_on_write:
+                control = request.extensions.get(EXTENSION)
+                if control and "invalidates" in control:
+                    _check_invalidates(control["invalidates"])  # before it is sent: after, it is too late
+                return _WRITE
+            return _BYPASS
         control = request.extensions.get(EXTENSION) or _NO_CONTROL
         refresh = bool(control.get("refresh"))
         # One pass over the raw headers: the identity headers and Cache-Control.
@@ -247,6 +252,21 @@ class CachePolicy:
         for key in [k for k, t in self._stale.items() if t <= now]:
             del self._stale[key]
         self._prune_at = max(1024, 2 * len(self._index))
+
+
+def _check_invalidates(prefixes: Any) -> None:
+    """The ``cache.invalidates`` request extension: a list of path prefixes or URLs (a bare string would be
+    read one character at a time, and its ``/`` would drop the whole origin)."""
+    if isinstance(prefixes, (str, bytes)) or not isinstance(prefixes, (list, tuple, set, frozenset)):
+        raise ValueError(f"request extension cache.invalidates must be a list of path prefixes or URLs, "
+                         f"got {prefixes!r}")
+    for prefix in prefixes:
+        if not isinstance(prefix, str):
+            raise ValueError(f"request extension cache.invalidates: each prefix must be a string, got {prefix!r}")
+        try:
+            split_prefix(prefix, None)
+        except ValueError as exc:
+            raise ValueError(f"request extension cache.invalidates: {exc}") from None
 
 
 def _applied(response: httpx.Response | None) -> bool:
