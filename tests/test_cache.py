@@ -442,6 +442,22 @@ async def test_redis_storage_hits_invalidates_and_isolates(mode: str, redis_url:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize(("control", "said"), [({"ttl_seconds": 5}, "unknown key 'ttl_seconds'; allowed keys: "
+                                                "bypass, invalidates, refresh, ttl"),
+                                               ("bypass", "must be a dict with keys among bypass, invalidates")])
+async def test_a_misspelt_cache_extension_is_refused_by_name(mode: str, method: str, control: Any, said: str) -> None:
+    """It did nothing (a GET cached for the default TTL, not the one asked), or failed inside the layer
+    with an AttributeError."""
+    server = Counter()
+    caller, _ = make(mode, server)
+    with pytest.raises(ValueError, match=f"request extension cache.*{said}"):
+        await caller.request(method, "/api/Product/1", extensions={"cache": control})
+    assert server.count == 0
+    await caller.close()
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("invalidates", ["/api/Report", ["http://"], [5]])
 async def test_a_write_naming_prefixes_wrongly_is_refused_before_it_is_sent(mode: str, invalidates: Any) -> None:
     """A bare string was read a character at a time: its "/" dropped every entry of the origin, after the

@@ -95,6 +95,20 @@ async def test_retries_statuses_until_success_and_closes_failed_bodies(mode: str
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("override", "said"), [({"max_attempt": 5}, "unknown key 'max_attempt'; allowed keys: "
+                                                 "enabled, idempotent, max_attempts"),
+                                                (False, "must be a dict with keys among enabled, idempotent")])
+async def test_a_misspelt_retry_extension_is_refused_by_name(mode: str, override: Any, said: str) -> None:
+    """``{"max_attempt": 5}`` retried as often as the settings say, silently."""
+    script = Script(503, 503)
+    caller, _, _ = retry_layer(mode, script)
+    with pytest.raises(ValueError, match=f"request extension retry.*{said}"):
+        await caller.get("/x", extensions={"retry": override})
+    assert script.calls == 0
+    await caller.close()
+
+
+@pytest.mark.anyio
 async def test_exhausted_returns_last_response(mode: str) -> None:
     caller, layer, _ = retry_layer(mode, Script(503, 503, 500))
     r = await caller.get("/x")

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from ..config import CacheSettings
+from ..extensions import checked
 from .freshness import StoreDecision, request_forbids_stored, rfc_decision, ttl_decision
 from .index import PathIndex
 from .url_parts import origin_of, split_prefix
@@ -28,6 +29,7 @@ _CONDITIONAL = frozenset({b"if-none-match", b"if-modified-since"})
 #: request extension for per-request control: {"bypass": bool, "refresh": bool, "ttl": seconds,
 #: "invalidates": [path prefixes a successful write also drops]}
 EXTENSION = "cache"
+CONTROL_KEYS = frozenset({"bypass", "refresh", "ttl", "invalidates"})
 #: response extension holding {"from_cache", "stored", "revalidated", "lookup"}
 RESPONSE_EXTENSION = "caching"
 
@@ -119,14 +121,14 @@ class CachePolicy:
 
     def plan(self, request: httpx.Request) -> Plan:
         method = request.method
+        control = request.extensions.get(EXTENSION)
+        control = _NO_CONTROL if control is None else checked(EXTENSION, control, CONTROL_KEYS)
         if method not in CACHEABLE:
             if method in WRITES and self.settings.invalidate_on_write:
-                control = request.extensions.get(EXTENSION)
-                if control and "invalidates" in control:
+                if "invalidates" in control:
                     _check_invalidates(control["invalidates"])  # before it is sent: after, it is too late
                 return _WRITE
             return _BYPASS
-        control = request.extensions.get(EXTENSION) or _NO_CONTROL
         refresh = bool(control.get("refresh"))
         # One pass over the raw headers: the identity headers and Cache-Control.
         identity: list[tuple[bytes, bytes]] = []

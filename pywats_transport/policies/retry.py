@@ -15,9 +15,11 @@ from typing import Any
 import httpx
 
 from ..config import RetrySettings
+from ..extensions import checked
 
 #: request extension: {"enabled": bool, "max_attempts": int, "idempotent": bool}
 EXTENSION = "retry"
+OVERRIDE_KEYS = frozenset({"enabled", "idempotent", "max_attempts"})
 IDEMPOTENCY_HEADER = "idempotency-key"
 #: request extension the retry layer sets: the instant (its clock) its deadline runs out, so that the
 #: throttle below never waits past it
@@ -160,6 +162,8 @@ class RetryPolicy:
         The success path needs nothing more: the :class:`Attempt` is built only once an attempt fails.
         """
         override = request.extensions.get(EXTENSION)
+        if override is not None:
+            checked(EXTENSION, override, OVERRIDE_KEYS)
         if override and int(override.get("max_attempts", 1)) < 1:
             raise ValueError(f"request extension retry.max_attempts must be >= 1, got {override['max_attempts']}")
         now = self.clock()
