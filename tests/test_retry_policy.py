@@ -98,8 +98,9 @@ def test_per_request_overrides() -> None:
     assert p.on_response(p.start(req(extensions={"retry": {"enabled": False}})), httpx.Response(503)).reason == "disabled"
     a = p.start(req(extensions={"retry": {"max_attempts": 1}}))
     assert p.on_response(a, httpx.Response(503)).reason == "attempts_exhausted"
-    with pytest.raises(ValueError, match="retry.max_attempts must be >= 1"):
-        p.start(req(extensions={"retry": {"max_attempts": 0}}))
+    for wrong in (0, "3", 2.5, True):  # "3" failed with int()'s own words, 2.5 and True were taken as 2 and 1
+        with pytest.raises(ValueError, match=f"retry.max_attempts must be an integer >= 1, got {wrong!r}"):
+            p.start(req(extensions={"retry": {"max_attempts": wrong}}))
 
 
 def test_deadline_stops_before_overrunning() -> None:

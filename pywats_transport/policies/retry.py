@@ -164,8 +164,9 @@ class RetryPolicy:
         override = request.extensions.get(EXTENSION)
         if override is not None:
             checked(EXTENSION, override, OVERRIDE_KEYS)
-        if override and int(override.get("max_attempts", 1)) < 1:
-            raise ValueError(f"request extension retry.max_attempts must be >= 1, got {override['max_attempts']}")
+            attempts = override.get("max_attempts", 1)
+            if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+                raise ValueError(f"request extension retry.max_attempts must be an integer >= 1, got {attempts!r}")
         now = self.clock()
         self.stats.requests += 1
         self.budget.record_request(now)
