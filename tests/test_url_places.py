@@ -153,6 +153,12 @@ def test_a_prefix_with_a_scheme_but_no_host_is_refused_by_name(prefix: str) -> N
         station.invalidate(prefix)
 
 
+def test_a_prefix_that_is_not_a_string_is_refused_by_name() -> None:
+    station = CacheLayer(httpx.MockTransport(Counter()), mode="ttl")
+    with pytest.raises(TypeError, match="cache prefix must be a str .* got b'/api'"):
+        station.invalidate(b"/api")  # type: ignore[arg-type]
+
+
 def test_a_path_prefix_is_decoded_and_keeps_the_origin_given() -> None:
     assert split_prefix("/api/PN%20100?x=1", "http://wats.example") == ("http://wats.example", "/api/PN 100")
     assert split_prefix("HTTPS://User:pw@WATS.example:443/api", None) == ("https://wats.example", "/api")

@@ -50,6 +50,8 @@ def without_userinfo(url: str) -> str:
 def split_prefix(prefix: str, origin: str | None) -> tuple[str | None, str]:
     """A caller's prefix as (origin, path): a full URL names its own origin; a path keeps ``origin``
     (None: any origin). Percent-escapes are decoded and a query is ignored, as in stored URLs."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"cache prefix must be a str (a path or a URL), got {prefix!r}")
     try:
         parsed = httpx.URL(prefix)
     except httpx.InvalidURL as exc:
