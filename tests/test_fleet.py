@@ -1465,6 +1465,59 @@ async def test_with_redis_down_the_share_divides_by_the_stations_the_fleet_count
             await caller.close()
 
 
+SHARE = textwrap.dedent("""
+    import os, sys, time
+    import httpx
+    from pywats_transport import build_transport
+
+    redis_url, folder, stations = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    stack = build_transport(enable_cache=False, enable_retry=False,
+                            inner=httpx.MockTransport(lambda request: httpx.Response(200)),
+                            throttle={"enabled": True, "backend": "redis", "redis_url": redis_url, "rate": 30,
+                                      "burst": 3, "redis_retry_after": 30})
+    with httpx.Client(transport=stack, base_url="http://wats") as client:
+        deadline = time.monotonic() + 20  # turns with the others until this station has seen them all
+        while stack.stats()["throttle"]["fleet"]["stations_seen"].get("wats", 0) < stations:
+            assert time.monotonic() < deadline, "the stations never all took turns together"
+            client.get("/a")
+        open(os.path.join(folder, f"ready-{os.getpid()}"), "w").close()
+        while not os.path.exists(os.path.join(folder, "redis-killed")):
+            time.sleep(0.01)
+        sent, end = 0, time.monotonic() + 1.0
+        while time.monotonic() < end:
+            client.get("/a")
+            sent += 1
+    throttle = stack.stats()["throttle"]
+    print(sent, throttle["rate_per_host"]["wats"], throttle["fleet"]["local_fallbacks"])
+""")
+
+
+def test_station_processes_that_took_turns_together_split_the_rate_while_redis_is_down(tmp_path: Path,
+                                                                                      own_redis: Any) -> None:
+    """Three station processes, ``expected_processes`` left at 1, Redis SIGKILLed: each sent at the
+    fleet's whole rate (30/s, burst 3) for as long as it was down, three times what the server was to see."""
+    script = tmp_path / "share.py"
+    script.write_text(SHARE)
+    procs = [subprocess.Popen([sys.executable, str(script), own_redis.url, str(tmp_path), "3"],
+                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("ready-*"))) < 3:
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a station did not start"
+            time.sleep(0.05)
+        own_redis.kill()
+        (tmp_path / "redis-killed").touch()
+        outputs = [p.communicate(timeout=60)[0].split() for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs)
+    for sent, rate, fallbacks in outputs:
+        assert float(rate) == 10.0 and int(fallbacks) == int(sent)  # 30 / 3, from the local bucket
+        # in its second without Redis: a burst of 3 // 3 = 1, then 10 a second (alone: 3 + 30)
+        assert int(sent) <= 1 + 10 + 1, f"{sent} requests in 1 s from one station; its share is 10/s, burst 1"
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_station_idle_past_the_presence_window_is_no_longer_counted(mode: str, fleet_url: str,
