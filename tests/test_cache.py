@@ -570,3 +570,55 @@ def test_the_byte_count_follows_every_way_an_entry_goes() -> None:
             clock.now += rng.random() * 3
         kept = storage._core._records.values()
         assert storage.body_bytes == sum(len(r.body) for r in kept) <= 5000 and len(kept) <= 20
+
+
+class _Events(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A server-sent event every 50 ms, for 0.6 s."""
+
+    def __iter__(self) -> Any:
+        for i in range(12):
+            yield f"data: {i}\n\n".encode()
+            time.sleep(0.05)
+
+    async def __aiter__(self) -> Any:
+        for i in range(12):
+            yield f"data: {i}\n\n".encode()
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+async def test_server_sent_events_are_neither_kept_nor_awaited_in_ttl_mode(mode: str, storage: str,
+                                                                            request: pytest.FixtureRequest) -> None:
+    """``ttl`` mode kept any 2xx GET: a second subscriber to an event stream waited behind the first for
+    ``coalesce_timeout``, and once the first stream ended, later ones were replayed what it had said."""
+    server = Counter()
+
+    def events(request: httpx.Request) -> httpx.Response:
+        server(request)
+        return httpx.Response(200, headers={"Content-Type": "text/event-stream; charset=utf-8"}, stream=_Events())
+
+    shared = {"storage": "redis", "redis_url": request.getfixturevalue("redis_url")} if storage == "redis" else {}
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    layer = cls(httpx.MockTransport(events), mode="ttl", coalesce_timeout=3, **shared)
+    path = f"/events/{mode}/{storage}/{time.monotonic_ns()}"
+    if mode == "sync":
+        with httpx.Client(transport=layer, base_url="http://test") as client:
+            with client.stream("GET", path) as first:
+                next(first.iter_bytes())
+                started = time.monotonic()
+                with client.stream("GET", path) as second:
+                    waited = time.monotonic() - started
+                    caching = second.extensions["caching"]
+            again = client.get(path)
+    else:
+        async with httpx.AsyncClient(transport=layer, base_url="http://test") as client:
+            async with client.stream("GET", path) as first:
+                await first.aiter_bytes().__anext__()
+                started = time.monotonic()
+                async with client.stream("GET", path) as second:
+                    waited = time.monotonic() - started
+                    caching = second.extensions["caching"]
+            again = await client.get(path)
+    assert waited < 1.0, f"the second subscriber waited {waited:.1f} s for the first"
+    assert not caching["stored"] and not again.extensions["caching"]["from_cache"] and server.count == 3

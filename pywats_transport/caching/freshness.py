@@ -70,6 +70,10 @@ def ttl_decision(request: httpx.Request, response: httpx.Response, *, store_no_s
             varies = True
         elif lname == b"cache-control" and not store_no_store and b"no-store" in value.lower():
             return DO_NOT_STORE
+        elif lname == b"content-type" and value[:17].lower() == b"text/event-stream":
+            # Server-sent events: a subscription, not a document; kept, it would hold every other
+            # subscriber of the URL behind the first (single flight), then replay what it once said.
+            return DO_NOT_STORE
     if not varies:
         return _STORE_PLAIN
     vary = vary_of(request, response)
