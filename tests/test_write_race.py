@@ -88,14 +88,14 @@ def layers(mode: str, origin: RaceOrigin, cache_mode: str, storage: str, request
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
-@pytest.mark.parametrize("write", ["PUT", "invalidate"])
+@pytest.mark.parametrize("write", ["PUT", "invalidate", "clear"])
 @pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
 @pytest.mark.parametrize("storage", ["memory", "sqlite", *(pytest.param(s, marks=pytest.mark.redis)
                                                          for s in ("redis", "near", "cluster"))])
 async def test_a_lookup_in_flight_during_a_write_does_not_store_its_pre_write_answer(
         mode: str, write: str, cache_mode: str, storage: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    """``write``: through the layer, or elsewhere and then ``invalidate(prefix)``, which must withdraw the
-    stores of answers in flight too."""
+    """``write``: through the layer, or elsewhere and then ``invalidate(prefix)`` or ``clear()``, which must
+    withdraw the stores of answers in flight too."""
     origin = RaceOrigin(mode)
     slow, writer, later = layers(mode, origin, cache_mode, storage, request, tmp_path)
     callers = {name: Caller(mode, layer) for name, layer in (("slow", slow), ("writer", writer), ("later", later))}
@@ -104,9 +104,12 @@ async def test_a_lookup_in_flight_during_a_write_does_not_store_its_pre_write_an
     async def change() -> None:
         if write == "PUT":
             assert (await callers["writer"].request("PUT", path)).json() == {"v": 1}
-        else:
+        elif write == "invalidate":
             origin.version += 1
             writer.invalidate("http://test/items")
+        else:
+            origin.version += 1
+            writer.clear()
 
     try:
         await while_reading(origin, callers["slow"], path, change)
@@ -121,4 +124,84 @@ async def test_a_lookup_in_flight_during_a_write_does_not_store_its_pre_write_an
         assert again.json() == {"v": 1} and again.extensions["caching"]["from_cache"]
     finally:
         for caller in {id(c.transport): c for c in callers.values()}.values():
+            await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.redis
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("target", ["redis_url", "redis_cluster_url"])
+async def test_an_answer_stored_while_clear_sweeps_the_keys_does_not_survive_the_clear(
+        mode: str, target: str, request: pytest.FixtureRequest) -> None:
+    """``clear()`` finds the cache's keys with SCAN and unlinks them a batch at a time, so an answer fetched
+    before the clear can be stored between the two (its lease found by the SCAN, its entry not there yet).
+    Its key stays in Redis, but the index sets the SCAN found go with the batch, and an entry they no
+    longer name is a miss: no station reads the pre-clear answer."""
+    url = request.getfixturevalue(target)
+    version, fired = [0], []
+    read: Any = threading.Event() if mode == "sync" else asyncio.Event()
+    go: Any = threading.Event() if mode == "sync" else asyncio.Event()
+    path = f"/items/{uuid.uuid4().hex}"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"v": version[0]})
+
+    def sync_handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == path and not read.is_set():
+            read.set()
+            assert go.wait(5)
+        return answer(request)
+
+    async def async_handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == path and not read.is_set():
+            read.set()
+            await asyncio.wait_for(go.wait(), 5)
+        return answer(request)
+
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    handler = sync_handler if mode == "sync" else async_handler
+    slow, clearer, later = (Caller(mode, cls(httpx.MockTransport(handler), mode="ttl", ttl=300, storage="redis",
+                                             redis_url=url)) for _ in range(3))
+    try:
+        await later.get(f"/items/{uuid.uuid4().hex}")  # an entry of another station's: the sweep has keys to unlink
+        client = clearer.transport.storage.client
+        unlink = client.unlink
+        if mode == "sync":
+            reading = threading.Thread(target=lambda: slow.client.get(path))
+            reading.start()
+            assert read.wait(5)
+
+            def unlink_after_the_store(*names: Any) -> Any:
+                if not fired:  # the slow answer arrives and is stored before this batch is unlinked
+                    fired.append(names)
+                    go.set()
+                    reading.join(5)
+                return unlink(*names)
+
+            client.unlink = unlink_after_the_store
+            version[0] += 1
+            clearer.transport.clear()
+            go.set()
+            reading.join(5)
+        else:
+            task = asyncio.ensure_future(slow.get(path))
+            await asyncio.wait_for(read.wait(), 5)
+
+            async def aunlink_after_the_store(*names: Any) -> Any:
+                if not fired:
+                    fired.append(names)
+                    go.set()
+                    await task
+                return await unlink(*names)
+
+            client.unlink = aunlink_after_the_store
+            version[0] += 1
+            await clearer.transport.aclear()
+            go.set()
+            await task
+        assert fired  # the store did land between the SCAN and the UNLINK
+        assert (await later.get(path)).json() == {"v": 1}
+        assert (await slow.get(path)).json() == {"v": 1}
+    finally:
+        for caller in (slow, clearer, later):
             await caller.close()
