@@ -115,6 +115,44 @@ async def test_rfc_mode_honours_the_response_directives(mode: str) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("directives", ["must-revalidate", "no-cache",
+                                        "must-revalidate, stale-if-error=600, stale-while-revalidate=60"])
+@pytest.mark.parametrize("storage", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_rfc_mode_never_serves_stale_what_the_server_said_to_revalidate(
+        mode: str, directives: str, storage: str, request: pytest.FixtureRequest) -> None:
+    """RFC 9111 §4.2.4: a response marked ``must-revalidate`` or ``no-cache`` is never served stale, whatever
+    the configured windows (or the response's own) allow. Both were served stale: while refreshed behind
+    the caller's back, and in place of the origin's error."""
+    # The fleet's entries are timed by Redis's clock: a second passes for real there.
+    max_age = 10 if storage == "memory" else 1
+    clock, origin = Clock(), Origin({"cache-control": f"max-age={max_age}, {directives}", "etag": '"v1"'})
+    shared = {"storage": "redis", "redis_url": request.getfixturevalue("redis_url")} if storage == "redis" else {}
+    caller, layer = make(mode, origin, clock, mode="rfc", stale_if_error=600, stale_while_revalidate=60, **shared)
+    path = f"/r/{mode}/{storage}/{len(directives)}/{time.monotonic_ns()}"
+
+    async def past_max_age() -> None:  # and within every window
+        clock.now += max_age * 1.5
+        if storage == "redis":
+            await asyncio.sleep(max_age * 1.5)
+
+    try:
+        await caller.get(path)
+        await past_max_age()
+        origin.version = 2
+        answer = await caller.get(path)  # validated before it is used, not served while refreshed
+        assert answer.json() == {"version": 2} and not answer.extensions["caching"].get("stale")
+        await past_max_age()
+        origin.failure = httpx.ConnectError("refused")
+        with pytest.raises(httpx.ConnectError):
+            await caller.get(path)
+        origin.failure = 503
+        assert (await caller.get(path)).status_code == 503
+        assert layer.stats()["stale_served"] == 0
+    finally:
+        await caller.close()
+
+
+@pytest.mark.anyio
 async def test_stale_while_revalidate_refreshes_once_per_key(mode: str) -> None:
     clock, origin = Clock(), Origin()
     caller, layer = make(mode, origin, clock, ttl=10, stale_while_revalidate=30)

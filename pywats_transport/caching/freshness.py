@@ -138,6 +138,16 @@ def request_forbids_stored(request: httpx.Request) -> bool:
     return bool(directives.no_cache) or directives.max_age == 0
 
 
+def forbids_stale(headers: list[tuple[bytes, bytes]]) -> bool:
+    """RFC 9111 §4.2.4: a response marked ``must-revalidate`` or ``no-cache`` is never served stale, by
+    stale-if-error or stale-while-revalidate alike, whatever the configuration or its own directives allow."""
+    control = [value for name, value in headers if name.lower() == b"cache-control"]
+    if not control:
+        return False
+    directives = _directives(b", ".join(control).decode("latin-1"))
+    return bool(directives.must_revalidate or directives.no_cache)
+
+
 def conditional_headers(stored: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """RFC 9110 §13.1 validators for revalidating a stored response: ``If-None-Match`` and/or ``If-Modified-Since``."""
     out = []

@@ -18,7 +18,7 @@ from ..errors import TransportError
 from ..layer import layer_settings
 from ..policies.retry import may_have_been_applied
 from .coalesce import Flight, Flights, SaveWhenRead
-from .freshness import conditional_headers, merge_not_modified
+from .freshness import conditional_headers, forbids_stale, merge_not_modified
 from .health import FAILURES
 from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage, Record
 from .near_invalidation import NearInvalidation
@@ -151,7 +151,8 @@ class CacheCore:
         if not plan.revalidate:
             if now < record.fresh_until:
                 return self._served(plan, request, record, False, now), None
-            if now < record.fresh_until + max(record.stale_while_revalidate, self.settings.stale_while_revalidate):
+            if (now < record.fresh_until + max(record.stale_while_revalidate, self.settings.stale_while_revalidate)
+                    and self._may_serve_stale(record)):
                 self._refresh_later(plan, request, record)
                 return self._served_stale(plan, request, record, now), None
         return None, record
@@ -176,7 +177,7 @@ class CacheCore:
             return None
         now = self._records_now()
         if now >= record.fresh_until:
-            if now < record.fresh_until + self.settings.stale_while_revalidate:
+            if now < record.fresh_until + self.settings.stale_while_revalidate and self._may_serve_stale(record):
                 self._refresh_later(plan, request, record)
                 return self._served_stale(plan, request, record, now)
             return None
@@ -247,10 +248,15 @@ class CacheCore:
 
     def _may_fall_back(self, stale: Record | None) -> bool:
         """Whether a failed origin may be answered from ``stale`` (RFC 5861 stale-if-error)."""
-        if stale is None:
+        if stale is None or not self._may_serve_stale(stale):
             return False
         window = max(stale.stale_if_error, self.settings.stale_if_error)
         return window > 0 and self._records_now() < stale.fresh_until + window
+
+    def _may_serve_stale(self, record: Record) -> bool:
+        """Whether an entry past its freshness may answer at all: in rfc mode, not one the server said to
+        revalidate first (the ttl mode takes no orders from the server's headers)."""
+        return not (self.policy.rfc and forbids_stale(record.httpx_headers()))
 
     def _records_now(self) -> float:
         """Now, on the clock the storage's entries are timed by: Redis's for the fleet's (:mod:`.redis_clock`)."""
