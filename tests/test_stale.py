@@ -153,6 +153,40 @@ async def test_rfc_mode_never_serves_stale_what_the_server_said_to_revalidate(
 
 
 @pytest.mark.anyio
+@pytest.mark.redis
+async def test_rfc_mode_on_redis_answers_a_failed_origin_from_the_stale_entry(mode: str, redis_url: str) -> None:
+    """In rfc mode on Redis neither window did anything: Redis dropped the entry at ``ttl`` (here before the
+    window), and a failed revalidation reached the caller even within the window, the configured one or
+    the response's own ``stale-if-error``."""
+    configured, own = Origin({"cache-control": "max-age=1"}), Origin({"cache-control": "max-age=1, stale-if-error=600"})
+    callers = [make(mode, origin, Clock(), mode="rfc", ttl=1, storage="redis", redis_url=redis_url, **window)[0]
+               for origin, window in ((configured, {"stale_if_error": 600}), (own, {}))]
+    paths = [f"/r/{mode}/{name}/{time.monotonic_ns()}" for name in ("configured", "own")]
+    try:
+        for caller, path in zip(callers, paths, strict=True):
+            await caller.get(path)
+        await asyncio.sleep(1.5)  # past max-age and ttl, on Redis's clock as on this one
+        for origin in (configured, own):
+            origin.version, origin.failure = 2, httpx.ConnectError("refused")
+        for caller, path in zip(callers, paths, strict=True):
+            stale = await caller.get(path)
+            assert stale.json() == {"version": 1} and stale.extensions["caching"]["stale"] is True
+        for origin in (configured, own):
+            origin.failure = 503
+        for caller, path in zip(callers, paths, strict=True):
+            assert (await caller.get(path)).json() == {"version": 1}
+            assert caller.transport.stats()["stale_served"] == 2
+        for origin in (configured, own):
+            origin.failure = None
+        for caller, path in zip(callers, paths, strict=True):  # the origin is back: its answer, not the stale one
+            fresh = await caller.get(path)
+            assert fresh.json() == {"version": 2} and not fresh.extensions["caching"].get("stale")
+    finally:
+        for caller in callers:
+            await caller.close()
+
+
+@pytest.mark.anyio
 async def test_stale_while_revalidate_refreshes_once_per_key(mode: str) -> None:
     clock, origin = Clock(), Origin()
     caller, layer = make(mode, origin, clock, ttl=10, stale_while_revalidate=30)

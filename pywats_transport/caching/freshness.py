@@ -148,6 +148,28 @@ def forbids_stale(headers: list[tuple[bytes, bytes]]) -> bool:
     return bool(directives.must_revalidate or directives.no_cache)
 
 
+def own_windows(cache_control: list[str] | None) -> float:
+    """The longer of the ``stale-if-error`` and ``stale-while-revalidate`` windows a response grants itself."""
+    if not cache_control:
+        return 0.0
+    directives = _directives(", ".join(cache_control))
+    return float(max(directives.stale_if_error or 0, directives.stale_while_revalidate or 0))
+
+
+def rfc_staleness(headers: list[tuple[bytes, bytes]]) -> tuple[float, float, float]:
+    """An entry kept by hishel's rules, timed by its headers as hishel times it: seconds past its freshness
+    now (negative: still fresh), and the ``stale-if-error`` / ``stale-while-revalidate`` windows it grants."""
+    grouped: dict[str, list[str]] = {}
+    for name, value in headers:
+        grouped.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+    internal = HishelResponse(200, Headers(grouped))
+    control = grouped.get("cache-control")
+    directives = _directives(", ".join(control) if control else None)
+    lifetime = directives.max_age if directives.max_age is not None else get_freshness_lifetime(internal, False)
+    return (float(get_age(internal)) - float(lifetime or 0), float(directives.stale_if_error or 0),
+            float(directives.stale_while_revalidate or 0))
+
+
 def conditional_headers(stored: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """RFC 9110 §13.1 validators for revalidating a stored response: ``If-None-Match`` and/or ``If-Modified-Since``."""
     out = []

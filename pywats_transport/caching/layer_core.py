@@ -18,7 +18,7 @@ from ..errors import TransportError
 from ..layer import layer_settings
 from ..policies.retry import may_have_been_applied
 from .coalesce import Flight, Flights, SaveWhenRead
-from .freshness import conditional_headers, forbids_stale, merge_not_modified
+from .freshness import conditional_headers, forbids_stale, merge_not_modified, rfc_staleness
 from .health import FAILURES
 from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage, Record
 from .near_invalidation import NearInvalidation
@@ -83,6 +83,11 @@ def dated(response: httpx.Response) -> httpx.Response:
     return response
 
 
+def _failed(failure: BaseException | httpx.Response) -> bool:
+    """An origin failure a stale entry may answer for: an error below the cache, or a 5xx after the retries."""
+    return failure.status_code >= 500 if isinstance(failure, httpx.Response) else isinstance(failure, FALLBACK_ERRORS)
+
+
 class CacheCore:
     """What the sync and async cache layers share."""
 
@@ -113,6 +118,7 @@ class CacheCore:
         #: go on at once, not when it ends
         self._body_bound: int | None = MAX_BODY if self._shared else getattr(self.storage, "max_stream_size", None)
         if self._shared:  # what the store absorbs (a failed store as a body streams in) is this layer's to count
+            self.storage.keep_stale = self._keep_stale
             self.storage.on_failure = self._storage_failed
             if collector is not None:
                 self.storage.on_event = collector.add_cache_event
@@ -189,11 +195,23 @@ class CacheCore:
     def _fleet_fallback(self, plan: Plan, request: httpx.Request, record: Record | None,
                         flight: Flight | None, failure: BaseException | httpx.Response) -> httpx.Response | None:
         """Stale-if-error from Redis: the origin raised, or answered 5xx after the retries below."""
-        failed = failure.status_code >= 500 if isinstance(failure, httpx.Response) else isinstance(failure, FALLBACK_ERRORS)
-        if not failed or not self._may_fall_back(record):
+        if not _failed(failure) or not self._may_fall_back(record):
             return None
         assert record is not None
         return self._fallback(plan, request, record, flight)
+
+    def _stale_wanted(self, record: Record | None, failure: BaseException | httpx.Response) -> bool:
+        """rfc mode on Redis: hishel went to the origin, which failed; the layer has not read the entry
+        (hishel did) and must, for a stale-if-error answer."""
+        return record is None and self._shared and self.policy.rfc and _failed(failure)
+
+    def _timed_by_headers(self, record: Record | None) -> Record | None:
+        """An entry hishel's rules stored, timed as hishel times it (by its headers, on this station's
+        clock), with the windows its own directives grant."""
+        if record is not None:
+            past, record.stale_if_error, record.stale_while_revalidate = rfc_staleness(record.httpx_headers())
+            record.fresh_until = self._records_now() - past
+        return record
 
     def _fleet_put(self, plan: Plan, request: httpx.Request, response: httpx.Response) -> dict[str, Any] | None:
         """What a background refresh stores in Redis: the arguments of the storage's ``put``, or None."""

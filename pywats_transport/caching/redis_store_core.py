@@ -33,7 +33,7 @@ from typing import Any
 from hishel import Entry, Headers, Request, Response
 
 from . import forks
-from .freshness import Vary
+from .freshness import Vary, own_windows
 from .memory import NOT_KEPT, Record
 from .redis_clock import CLOCK
 from .redis_fetch import current, headers_in_progress, lease_of, url_in_progress, url_of
@@ -115,6 +115,8 @@ class StoreCore:
         self._reader_free = threading.Lock()  # only ever tried, never waited on (lookup_client)
         forks.follow(self)
         self.default_ttl = default_ttl
+        #: seconds an entry hishel's rules stored (rfc mode) stays past ``ttl``: the layer's stale windows
+        self.keep_stale = 0.0
         self.guard = Guard(retry_after, full_is_down=False)
         #: seconds a miss waits for another process's fetch (0: no single flight)
         self.flight_timeout = flight_timeout
@@ -276,7 +278,10 @@ class StoreCore:
             return None, {}, None, None
         if lookup is None:  # hishel's own rules decided (rfc mode): one field per variant, as in ttl mode
             vary = rfc_vary(request, response)
-            return variant_id(key, request.method, vary), {"vary": vary}, self._ttl_ms(ttl), lease
+            ttl = ttl if ttl is not None else self.default_ttl
+            keep = max(self.keep_stale, own_windows(response.headers.get_list("cache-control")))
+            return variant_id(key, request.method, vary), {"vary": vary}, self._ttl_ms(
+                ttl + keep if ttl is not None else None), lease
         decision = lookup.decide(request, response)
         if not decision.store:
             lookup.stored = False

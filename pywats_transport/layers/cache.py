@@ -82,6 +82,8 @@ class CacheLayer(CacheCore, Layer):
         except FromInner as wrapped:
             if self._shared:
                 self.storage.release(plan.key)
+            if self._stale_wanted(record, wrapped.original):
+                record = self._stale_entry(plan, request)
             if (stale := self._fleet_fallback(plan, request, record, flight, wrapped.original)) is not None:
                 return stale
             self._failed(flight)
@@ -102,6 +104,8 @@ class CacheLayer(CacheCore, Layer):
             response.extensions["caching"] = {**response.extensions["caching"], "stored": False}
         if self._shared and not response.extensions["caching"].get("stored"):
             self.storage.release(plan.key)  # nothing will be stored: the fleet need not wait
+            if self._stale_wanted(record, response):
+                record = self._stale_entry(plan, request)
             if (stale := self._fleet_fallback(plan, request, record, flight, response)) is not None:
                 response.close()
                 return stale
@@ -128,6 +132,15 @@ class CacheLayer(CacheCore, Layer):
         if self._answer_is_spent(response, stale):
             response.close()
         return self._direct_end(plan, request, response, flight, stale, token)
+
+    def _stale_entry(self, plan: Plan, request: httpx.Request) -> Record | None:
+        """The entry in Redis that hishel found stale (rfc mode), for a failed origin; None if Redis fails too."""
+        try:
+            return self._timed_by_headers(self.storage.find(plan.key, request.method, request.headers,
+                                                            str(request.url)))
+        except Exception as exc:
+            self._storage_failed(exc)
+            return None
 
     def _remove_now(self, key: str) -> None:
         try:
@@ -237,6 +250,8 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         except FromInner as wrapped:
             if self._shared:
                 await self.storage.release(plan.key)
+            if self._stale_wanted(record, wrapped.original):
+                record = await self._stale_entry(plan, request)
             if (stale := self._fleet_fallback(plan, request, record, flight, wrapped.original)) is not None:
                 return stale
             self._failed(flight)
@@ -260,6 +275,8 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             response.extensions["caching"] = {**response.extensions["caching"], "stored": False}
         if self._shared and not response.extensions["caching"].get("stored"):
             await self.storage.release(plan.key)
+            if self._stale_wanted(record, response):
+                record = await self._stale_entry(plan, request)
             if (stale := self._fleet_fallback(plan, request, record, flight, response)) is not None:
                 await response.aclose()
                 return stale
@@ -287,6 +304,15 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         if self._answer_is_spent(response, stale):
             await response.aclose()
         return self._direct_end(plan, request, response, flight, stale, token)
+
+    async def _stale_entry(self, plan: Plan, request: httpx.Request) -> Record | None:
+        """As the sync layer's."""
+        try:
+            return self._timed_by_headers(await self.storage.find(plan.key, request.method, request.headers,
+                                                                  str(request.url)))
+        except Exception as exc:
+            self._storage_failed(exc)
+            return None
 
     async def _remove_now(self, key: str) -> None:
         try:
