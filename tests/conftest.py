@@ -10,6 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from . import fixture_plugins
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    fixture_plugins.install()
+
 
 @pytest.fixture
 def anyio_backend() -> str:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from typing import Any
@@ -20,6 +21,8 @@ from pywats_transport import (
 )
 from pywats_transport.cli import main as cli_main
 from pywats_transport.config import MetricsSettings, TransportConfig
+
+from . import fixture_plugins
 
 
 def echo_headers() -> httpx.MockTransport:
@@ -151,6 +154,17 @@ def test_cli_lists_broken_plugins_and_strict_fails() -> None:
     assert strict.returncode == 3
     rows = {r["name"]: r for r in json.loads(run_cli("plugins", "--json").stdout)}
     assert rows["hookfail"]["status"] == "broken" and rows["clasher"]["status"] == "ok"
+
+
+def test_the_environment_the_readme_sets_up_has_no_broken_plugin_outside_the_tests() -> None:
+    """The suite's deliberately broken plugins are installed for its session alone: installed by the
+    README's test command, they made every command run in that environment afterwards (the demo among
+    them) begin with a warning about each, and ``plugins --strict`` fail."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", fixture_plugins.ENV)}
+    out = subprocess.run([sys.executable, "-m", "pywats_transport", "plugins", "--strict"], capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert out.returncode == 0 and "broken" not in out.stdout + out.stderr, out.stdout + out.stderr
+    assert "stamp" not in out.stdout and "stamp" in run_cli("plugins").stdout  # the session's own, still there
 
 
 def test_independent_plugins_at_one_position_are_settled_by_the_user() -> None:
