@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -304,6 +305,66 @@ def test_concurrent_threads_coalesce_into_one() -> None:
     with httpx.Client(transport=layer, base_url="http://t") as client, ThreadPoolExecutor(8) as pool:
         bodies = list(pool.map(lambda _: client.get("/same").json(), range(8)))
     assert bodies == [{"n": 1, "path": "/same"}] * 8 and server.count == 1
+
+
+class Streamed(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A body that arrives as a stream, with no length announced (MockTransport's ``json=`` bodies arrive
+    read already)."""
+
+    def __iter__(self) -> Any:
+        yield b'{"ok": 1}'
+
+    async def __aiter__(self) -> Any:
+        yield b'{"ok": 1}'
+
+
+def streamed(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, stream=Streamed(), headers={"cache-control": "max-age=60"})
+
+
+async def send_streamed(caller: Caller, path: str) -> httpx.Response:
+    request = caller.client.build_request("GET", path)
+    if caller.mode == "sync":
+        return caller.client.send(request, stream=True)  # type: ignore[no-any-return]
+    return await caller.client.send(request, stream=True)  # type: ignore[no-any-return]
+
+
+async def timed_get(caller: Caller, path: str) -> float:
+    started = time.monotonic()
+    assert (await caller.get(path)).json() == {"ok": 1}
+    return time.monotonic() - started
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
+async def test_an_answer_dropped_unread_holds_up_no_later_lookup(mode: str, cache_mode: str) -> None:
+    """A caller that dropped a streamed answer unread and unclosed (an exception between ``send(stream=True)``
+    and the read) left its fetch in flight for the layer's lifetime: each later miss of the URL, one per
+    expiry, waited the whole ``coalesce_timeout`` for it (3.0 s of 3), then fetched after all."""
+    clock = Clock()
+    caller, _ = make(mode, streamed, clock, mode=cache_mode, ttl=60, coalesce_timeout=3)
+    await send_streamed(caller, "/x")  # and dropped
+    gc.collect()
+    assert await timed_get(caller, "/x") < 1
+    clock.now += 61  # expired: a miss again
+    assert await timed_get(caller, "/x") < 1
+    await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
+async def test_an_answer_held_unread_holds_up_its_url_once_at_most(mode: str, cache_mode: str) -> None:
+    """A caller still holding a streamed answer unread kept its fetch in flight: the next miss waited
+    ``coalesce_timeout`` for it, and so did every miss after each expiry, for as long as it held it. A
+    fetch in flight for longer than that is no longer waited for."""
+    clock = Clock()
+    caller, _ = make(mode, streamed, clock, mode=cache_mode, ttl=60, coalesce_timeout=0.5)
+    held = await send_streamed(caller, "/x")
+    await timed_get(caller, "/x")  # waits for it, up to the timeout
+    clock.now += 61
+    assert await timed_get(caller, "/x") < 0.3
+    assert held.read() == b'{"ok": 1}' if mode == "sync" else await held.aread() == b'{"ok": 1}'
+    await caller.close()
 
 
 @pytest.mark.anyio

@@ -8,6 +8,7 @@ The event type is the only difference between sync (threading) and async (anyio)
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,51 +17,73 @@ import httpx
 from .memory import MAX_BODY, Kept, announced_over
 
 
-class Flight:
-    __slots__ = ("key", "leader", "_flights")
+class _Flying:
+    """A fetch in flight: when it began, and the event its followers wait on (made when one first asks)."""
 
-    def __init__(self, key: str, leader: bool, flights: Flights) -> None:
-        self.key, self.leader, self._flights = key, leader, flights
+    __slots__ = ("started", "event")
+
+    def __init__(self, started: float, event: Any = None) -> None:
+        self.started, self.event = started, event
+
+
+class Flight:
+    __slots__ = ("key", "leader", "_flights", "_entry")
+
+    def __init__(self, key: str, leader: bool, flights: Flights, entry: _Flying) -> None:
+        self.key, self.leader, self._flights, self._entry = key, leader, flights, entry
 
     @property
     def event(self) -> Any:
         """The event a follower waits on; created only when a follower shows up."""
-        return self._flights._event_for(self.key)
-
-
-_NO_EVENT = object()
+        return self._flights._event_for(self)
 
 
 class Flights:
-    def __init__(self, event_factory: Callable[[], Any]) -> None:
+    """``stale_after``: how long a follower waits (``coalesce_timeout``). A fetch in flight for longer is
+    no longer waited for: its caller holds the answer unread, or dropped it, and may never read it. The
+    next lookup leads a fetch of its own, and the followers still waiting wait for that one instead."""
+
+    def __init__(self, event_factory: Callable[[], Any], stale_after: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._event_factory = event_factory
-        # key -> its event, or _NO_EVENT while no follower has asked for one
-        self._flying: dict[str, Any] = {}
+        self._stale_after = stale_after
+        self._clock = clock
+        self._flying: dict[str, _Flying] = {}
         self._lock = threading.Lock()
 
     def join(self, key: str) -> Flight:
+        now = self._clock()
         with self._lock:
-            if key in self._flying:
-                return Flight(key, False, self)
-            self._flying[key] = _NO_EVENT
-            return Flight(key, True, self)
+            entry = self._flying.get(key)
+            if entry is None:
+                entry = self._flying[key] = _Flying(now)
+                return Flight(key, True, self, entry)
+            if self._stale_after is None or now - entry.started < self._stale_after:
+                return Flight(key, False, self, entry)
+            if entry.event is None:  # so that whoever follows the old fetch follows the new one
+                entry.event = self._event_factory()
+            taken = self._flying[key] = _Flying(now, entry.event)
+            return Flight(key, True, self, taken)
 
-    def _event_for(self, key: str) -> Any:
+    def _event_for(self, flight: Flight) -> Any:
         with self._lock:
-            event = self._flying.get(key)
-            if event is None:  # landed already: nothing to wait for
-                event = self._event_factory()
-                event.set()
-            elif event is _NO_EVENT:
-                event = self._flying[key] = self._event_factory()
-            return event
+            entry = flight._entry
+            if entry.event is None:
+                entry.event = self._event_factory()
+                if self._flying.get(flight.key) is not entry:  # landed already: nothing to wait for
+                    entry.event.set()
+            return entry.event
 
     def land(self, flight: Flight | None) -> None:
         if flight is None or not flight.leader:
             return
         with self._lock:
-            event = self._flying.pop(flight.key, None)
-        if event is not None and event is not _NO_EVENT:
+            entry = flight._entry
+            if self._flying.get(flight.key) is not entry:
+                return  # landed already, or a later fetch took over: its followers wait for that one
+            del self._flying[flight.key]
+            event = entry.event
+        if event is not None:
             event.set()
 
     def land_when_read(self, flight: Flight | None, response: httpx.Response,
@@ -166,3 +189,6 @@ class _LandOnClose(httpx.SyncByteStream, httpx.AsyncByteStream):
             await self._stream.aclose()
         finally:
             self._landed()
+
+    def __del__(self) -> None:
+        self._landed()  # dropped unread and unclosed: nothing will be stored, the followers need not wait

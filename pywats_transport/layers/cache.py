@@ -34,7 +34,7 @@ class CacheLayer(CacheCore, Layer):
                  metrics_collector: Any = None, **overrides: Any) -> None:
         Layer.__init__(self, inner)
         self._setup(settings, clock, metrics_collector, backend, False, overrides)
-        self._flights = Flights(threading.Event)
+        self._flights = Flights(threading.Event, self.settings.coalesce_timeout)
         self._hishel = CacheTransport(_SyncToInner(self), storage=self.storage, rfc=self._rfc)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -196,7 +196,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
                  metrics_collector: Any = None, **overrides: Any) -> None:
         AsyncLayer.__init__(self, inner)
         self._setup(settings, clock, metrics_collector, backend, True, overrides)
-        self._flights = Flights(anyio.Event)
+        self._flights = Flights(anyio.Event, self.settings.coalesce_timeout)
         self._background: set[asyncio.Task[None]] = set()
         self._hishel = AsyncCacheTransport(_AsyncToInner(self), storage=self.storage, rfc=self._rfc)
 
