@@ -17,20 +17,17 @@ import httpx
 from .memory import MAX_BODY, Kept, announced_over
 
 
-class _Flying:
-    """A fetch in flight: when it began, and the event its followers wait on (made when one first asks)."""
-
-    __slots__ = ("started", "event")
-
-    def __init__(self, started: float, event: Any = None) -> None:
-        self.started, self.event = started, event
-
-
 class Flight:
-    __slots__ = ("key", "leader", "_flights", "_entry")
+    """A lookup's place in a fetch: the leader's own flight is the fetch in flight (when it began, and the
+    event its followers wait on, made when one first asks); a follower's points at its leader's."""
 
-    def __init__(self, key: str, leader: bool, flights: Flights, entry: _Flying) -> None:
-        self.key, self.leader, self._flights, self._entry = key, leader, flights, entry
+    __slots__ = ("key", "leader", "_flights", "_fetch", "started", "waiting")
+
+    def __init__(self, key: str, flights: Flights, fetch: Flight | None = None, started: float = 0.0,
+                 waiting: Any = None) -> None:
+        self.key, self.leader, self._flights = key, fetch is None, flights
+        self._fetch = fetch if fetch is not None else self
+        self.started, self.waiting = started, waiting
 
     @property
     def event(self) -> Any:
@@ -48,41 +45,40 @@ class Flights:
         self._event_factory = event_factory
         self._stale_after = stale_after
         self._clock = clock
-        self._flying: dict[str, _Flying] = {}
+        self._flying: dict[str, Flight] = {}  # key -> the leader's flight
         self._lock = threading.Lock()
 
     def join(self, key: str) -> Flight:
         now = self._clock()
         with self._lock:
-            entry = self._flying.get(key)
-            if entry is None:
-                entry = self._flying[key] = _Flying(now)
-                return Flight(key, True, self, entry)
-            if self._stale_after is None or now - entry.started < self._stale_after:
-                return Flight(key, False, self, entry)
-            if entry.event is None:  # so that whoever follows the old fetch follows the new one
-                entry.event = self._event_factory()
-            taken = self._flying[key] = _Flying(now, entry.event)
-            return Flight(key, True, self, taken)
+            fetch = self._flying.get(key)
+            if fetch is None:
+                fetch = self._flying[key] = Flight(key, self, None, now)
+                return fetch
+            if self._stale_after is None or now - fetch.started < self._stale_after:
+                return Flight(key, self, fetch)
+            if fetch.waiting is None:  # so that whoever follows the old fetch follows the new one
+                fetch.waiting = self._event_factory()
+            taken = self._flying[key] = Flight(key, self, None, now, fetch.waiting)
+            return taken
 
     def _event_for(self, flight: Flight) -> Any:
         with self._lock:
-            entry = flight._entry
-            if entry.event is None:
-                entry.event = self._event_factory()
-                if self._flying.get(flight.key) is not entry:  # landed already: nothing to wait for
-                    entry.event.set()
-            return entry.event
+            fetch = flight._fetch
+            if fetch.waiting is None:
+                fetch.waiting = self._event_factory()
+                if self._flying.get(flight.key) is not fetch:  # landed already: nothing to wait for
+                    fetch.waiting.set()
+            return fetch.waiting
 
     def land(self, flight: Flight | None) -> None:
         if flight is None or not flight.leader:
             return
         with self._lock:
-            entry = flight._entry
-            if self._flying.get(flight.key) is not entry:
+            if self._flying.get(flight.key) is not flight:
                 return  # landed already, or a later fetch took over: its followers wait for that one
             del self._flying[flight.key]
-            event = entry.event
+            event = flight.waiting
         if event is not None:
             event.set()
 
