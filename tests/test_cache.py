@@ -484,6 +484,29 @@ async def test_storage_failure_falls_back_to_network(mode: str, tmp_path: Path) 
     await caller.close()
 
 
+def test_a_storage_failure_is_logged_without_the_password_its_message_carries(caplog: pytest.LogCaptureFixture) -> None:
+    """The first failure of each kind is logged with its message, which a storage may fill with the URL
+    it connects to, password and all."""
+    from hishel import BaseStorage
+
+    from pywats_transport.caching.health import FAILURES
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionRefusedError("cannot reach https://cache:pw-s3cret@store.example:7000/db")
+
+    class Unreachable(BaseStorage):
+        create_entry = get_entries = remove_entry = update_headers = unreachable
+
+    FAILURES._seen.discard(("escaped", "ConnectionRefusedError"))
+    server = Counter()
+    with caplog.at_level(logging.ERROR, logger="pywats_transport.cache"), \
+            httpx.Client(transport=CacheLayer(httpx.MockTransport(server), mode="rfc", backend=Unreachable()),
+                         base_url="http://t") as client:
+        assert client.get("/x").status_code == 200 and server.count == 1
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "ConnectionRefusedError" in logged and "store.example" in logged and "pw-s3cret" not in logged
+
+
 # -- redis: a real redis-server on loopback -----------------------------------------------------
 
 @pytest.mark.redis

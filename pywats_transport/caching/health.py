@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from ..config import redacted
+
 STORAGE_LOGGERS = (
     "hishel._core._storages._sync_sqlite",
     "hishel._core._storages._async_sqlite",
@@ -44,7 +46,8 @@ class _FailureCounter(logging.Filter):
             first = key not in self._seen
             self._seen.add(key)
         if first:
-            log.error("cache storage failed (%s: %s); requests go to the network", type(exc).__name__, exc)
+            log.error("cache storage failed (%s: %s); requests go to the network", type(exc).__name__,
+                      redacted(str(exc)))
 
 
 FAILURES = _FailureCounter()
