@@ -194,3 +194,32 @@ def test_body_sizes_are_opt_in() -> None:
     assert value(collector, "http_client_request_body_size_bytes_count", url_template="/sizes/False") == 0
     assert value(collector, "http_client_request_body_size_bytes_sum", url_template="/sizes/True") == 5
     assert value(collector, "http_client_request_duration_seconds_count", url_template="/sizes/False") == 1
+
+
+@pytest.mark.anyio
+async def test_active_requests_keep_a_bounded_number_of_label_sets() -> None:
+    """Each host and route met kept its in-flight count for the layer's lifetime: a client of ever new
+    hosts (or an app that passes raw paths as routes) grew it, and the gauge's series, without bound. The
+    label sets not in flight now go past a bound; one in flight meanwhile keeps its count."""
+    import asyncio
+
+    collector = MetricsCollector(isolated=True)
+    release = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "held":
+            await release.wait()
+        return httpx.Response(200)
+
+    layer = AsyncMetricsLayer(httpx.MockTransport(handler), metrics_collector=collector)
+    async with httpx.AsyncClient(transport=layer) as client:
+        held = asyncio.ensure_future(client.get("http://held/"))
+        await asyncio.sleep(0.01)
+        for i in range(3000):
+            await client.get(f"http://station-{i}.example/")
+        series = [s for s in samples(collector) if s.name == "http_client_active_requests"]
+        assert len(series) <= 1024
+        assert value(collector, "http_client_active_requests", server_address="held") == 1
+        release.set()
+        await held
+    assert value(collector, "http_client_active_requests", server_address="held") == 0

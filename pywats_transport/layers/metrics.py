@@ -38,6 +38,22 @@ def excluded_urls(setting: str) -> ExcludeList | None:
     return parse_excluded_urls(value) if value and value.strip() else None
 
 
+class _LabelSet:
+    """One label set: its attributes as a hashable key, the attribute dicts built from it (per status and
+    cache outcome, once each), and how many of its requests are in flight."""
+
+    __slots__ = ("key", "attrs", "active")
+
+    def __init__(self, key: tuple[tuple[str, Any], ...]) -> None:
+        self.key = key
+        self.attrs: dict[tuple[int | None, str | None], dict[str, Any]] = {}
+        self.active = 0
+
+
+#: label sets kept per layer before the unused ones are dropped (they are few by design)
+MAX_LABEL_SETS = 1024
+
+
 class _MetricsCore:
     name = "metrics"
     settings: MetricsSettings
@@ -49,10 +65,11 @@ class _MetricsCore:
         self._excluded = excluded_urls(settings.excluded_urls)
         t = self.collector.telemetry
         self._on = t is not None
+        self._all = self._on and self._excluded is None  # every request is recorded: nothing to check
         self.requests = 0
         self.errors = 0
-        self._in_flight: dict[tuple[tuple[str, Any], ...], int] = {}
-        self._attr_cache: dict[tuple[Any, ...], dict[tuple[int | None, str | None], dict[str, Any]]] = {}
+        # The request's method, host, port, scheme and route -> its label set: one lookup a request.
+        self._label_sets: dict[tuple[Any, ...], _LabelSet] = {}
         self._lock = threading.Lock()
         if t is not None:
             self._duration = t.duration
@@ -64,48 +81,53 @@ class _MetricsCore:
         with self._lock:
             for _ in range(10):
                 try:
-                    return dict(self._in_flight)
+                    sets = list(self._label_sets.values())
+                    break
                 except RuntimeError:  # the async layer added a label set while this scrape copied
                     continue
-            return {}
-
-    def _enter(self, key: tuple[Any, ...]) -> None:
-        with self._lock:
-            self._in_flight[key] = self._in_flight.get(key, 0) + 1
-
-    def _leave(self, key: tuple[Any, ...]) -> None:
-        with self._lock:
-            self._in_flight[key] -= 1
+            else:
+                return {}
+        counts: dict[tuple[tuple[str, Any], ...], int] = {}
+        for labels in sets:
+            counts[labels.key] = counts.get(labels.key, 0) + labels.active
+        return counts
 
     def _unregister(self) -> None:
         if self._on and self._active_counts in self._telemetry.active_sources:
             self._telemetry.active_sources.remove(self._active_counts)
 
-    def _base(self, request: httpx.Request) -> tuple[Any, ...]:
-        """The request's label set, as a hashable key; its dict form is built once per label set."""
+    def _labels(self, request: httpx.Request) -> _LabelSet:
         url = request.url
-        method = request.method if request.method in KNOWN_METHODS else "_OTHER"
         route = request.extensions.get(ROUTE_EXTENSION)
-        key: tuple[Any, ...] = ((HTTP_REQUEST_METHOD, method), (SERVER_ADDRESS, url.host),
-                                (SERVER_PORT, url.port or DEFAULT_PORTS.get(url.scheme, 0)))
+        seen = (request.method, url.host, url.port, url.scheme, route)
+        labels = self._label_sets.get(seen)
+        return labels if labels is not None else self._new_labels(seen)
+
+    def _new_labels(self, seen: tuple[Any, ...]) -> _LabelSet:
+        """A label set met for the first time: the method one of the known ones or ``_OTHER``, the port as
+        the scheme implies it, the route template only when the caller gave one."""
+        method, host, port, scheme, route = seen
+        key: tuple[tuple[str, Any], ...] = (
+            (HTTP_REQUEST_METHOD, method if method in KNOWN_METHODS else "_OTHER"), (SERVER_ADDRESS, host),
+            (SERVER_PORT, port or DEFAULT_PORTS.get(scheme, 0)))
         if route:
             key += ((URL_TEMPLATE, str(route)),)
-        return key
+        with self._lock:
+            if len(self._label_sets) >= MAX_LABEL_SETS:  # unbounded routes or hosts: keep what is in flight
+                self._label_sets = {k: v for k, v in self._label_sets.items() if v.active}
+            labels = self._label_sets.setdefault(seen, _LabelSet(key))
+        return labels
 
     def _skipped(self, request: httpx.Request) -> bool:
         return not self._on or (self._excluded is not None and self._excluded.url_disabled(str(request.url)))
 
-    def _attrs(self, base: tuple[Any, ...], status: int | None, outcome: str | None) -> dict[str, Any]:
-        """The attribute dict for a label set, built once and reused: label sets are few by design, and
-        the SDK copies the attributes it keeps, so sharing them is safe."""
-        per_base = self._attr_cache.get(base)
-        if per_base is None:
-            if len(self._attr_cache) > 1024:
-                self._attr_cache.clear()
-            per_base = self._attr_cache[base] = {}
-        attrs = per_base.get((status, outcome))
+    @staticmethod
+    def _attrs(labels: _LabelSet, status: int | None, outcome: str | None) -> dict[str, Any]:
+        """The attribute dict for a label set and outcome, built once and reused: the SDK copies the
+        attributes it keeps, so sharing them is safe."""
+        attrs = labels.attrs.get((status, outcome))
         if attrs is None:
-            attrs = dict(base)
+            attrs = dict(labels.key)
             if status is None:
                 attrs[ERROR_TYPE] = outcome or "_OTHER"
             else:
@@ -114,10 +136,10 @@ class _MetricsCore:
                     attrs[ERROR_TYPE] = str(status)
                 if outcome is not None:
                     attrs["pywats.cache"] = outcome
-            per_base[(status, outcome)] = attrs
+            labels.attrs[(status, outcome)] = attrs
         return attrs
 
-    def _record(self, request: httpx.Request, base: tuple[Any, ...], started: float,
+    def _record(self, request: httpx.Request, labels: _LabelSet, started: float,
                 response: httpx.Response | None, exc: BaseException | None) -> None:
         elapsed = time.perf_counter() - started
         self.requests += 1
@@ -132,7 +154,7 @@ class _MetricsCore:
         else:
             status, outcome = None, type(exc).__qualname__ if exc is not None else None
             self.errors += 1
-        attrs = self._attrs(base, status, outcome)
+        attrs = self._attrs(labels, status, outcome)
         self._duration.record(elapsed, attrs)
         if self.settings.record_body_sizes:
             req_len = request.headers.get("content-length") if request.method not in _BODYLESS else None
@@ -156,19 +178,22 @@ class MetricsLayer(_MetricsCore, Layer):
         self._setup(settings, metrics_collector, overrides)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if self._skipped(request):
+        if not self._all and self._skipped(request):
             return self.inner.handle_request(request)
-        base = self._base(request)
-        self._enter(base)
+        labels = self._labels(request)
+        lock = self._lock
+        with lock:
+            labels.active += 1
         started = time.perf_counter()
         try:
             response = self.inner.handle_request(request)
         except BaseException as exc:
-            self._record(request, base, started, None, exc)
+            self._record(request, labels, started, None, exc)
             raise
         finally:
-            self._leave(base)
-        self._record(request, base, started, response, None)
+            with lock:
+                labels.active -= 1
+        self._record(request, labels, started, response, None)
         return response
 
     def close_layer(self) -> None:
@@ -184,21 +209,19 @@ class AsyncMetricsLayer(_MetricsCore, AsyncLayer):
         self._setup(settings, metrics_collector, overrides)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._skipped(request):
+        if not self._all and self._skipped(request):
             return await self.inner.handle_async_request(request)
-        base = self._base(request)
-        # One event loop runs this layer, so the count needs no lock (a scrape copies it safely).
-        in_flight = self._in_flight
-        in_flight[base] = in_flight.get(base, 0) + 1
+        labels = self._labels(request)
+        labels.active += 1  # one event loop runs this layer: the count needs no lock
         started = time.perf_counter()
         try:
             response = await self.inner.handle_async_request(request)
         except BaseException as exc:
-            self._record(request, base, started, None, exc)
+            self._record(request, labels, started, None, exc)
             raise
         finally:
-            in_flight[base] -= 1
-        self._record(request, base, started, response, None)
+            labels.active -= 1
+        self._record(request, labels, started, response, None)
         return response
 
     async def aclose_layer(self) -> None:
