@@ -51,7 +51,8 @@ class CacheLayer(CacheCore, Layer):
                     self._fleet_drop_written(request, None)
                     self._drop_written(request, None)
                 raise
-            self._fleet_drop_written(request, response)
+            if self._shared:
+                self._fleet_drop_written(request, response)
             return self._written(request, response)
         if self._direct:
             return self._handle_direct(plan, request)
@@ -218,7 +219,8 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
                         await self._fleet_drop_written(request, None)
                     self._drop_written(request, None)
                 raise
-            await self._fleet_drop_written(request, response)
+            if self._shared:  # a coroutine less for every write to an in-process storage
+                await self._fleet_drop_written(request, response)
             return self._written(request, response)
         if self._direct:
             return await self._handle_direct(plan, request)
