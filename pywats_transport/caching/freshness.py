@@ -156,15 +156,12 @@ def own_windows(cache_control: list[str] | None) -> float:
     return float(max(directives.stale_if_error or 0, directives.stale_while_revalidate or 0))
 
 
-def rfc_staleness(headers: list[tuple[bytes, bytes]]) -> tuple[float, float, float]:
+def rfc_staleness(headers: Headers) -> tuple[float, float, float]:
     """An entry kept by hishel's rules, timed by its headers as hishel times it: seconds past its freshness
     now (negative: still fresh), and the ``stale-if-error`` / ``stale-while-revalidate`` windows it grants."""
-    grouped: dict[str, list[str]] = {}
-    for name, value in headers:
-        grouped.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
-    internal = HishelResponse(200, Headers(grouped))
-    control = grouped.get("cache-control")
+    control = headers.get_list("cache-control")
     directives = _directives(", ".join(control) if control else None)
+    internal = HishelResponse(200, headers)
     lifetime = directives.max_age if directives.max_age is not None else get_freshness_lifetime(internal, False)
     return (float(get_age(internal)) - float(lifetime or 0), float(directives.stale_if_error or 0),
             float(directives.stale_while_revalidate or 0))

@@ -209,7 +209,7 @@ class CacheCore:
         """An entry hishel's rules stored, timed as hishel times it (by its headers, on this station's
         clock), with the windows its own directives grant."""
         if record is not None:
-            past, record.stale_if_error, record.stale_while_revalidate = rfc_staleness(record.httpx_headers())
+            past, record.stale_if_error, record.stale_while_revalidate = rfc_staleness(record.hishel_headers())
             record.fresh_until = self._records_now() - past
         return record
 
