@@ -368,6 +368,46 @@ async def test_an_answer_held_unread_holds_up_its_url_once_at_most(mode: str, ca
 
 
 @pytest.mark.anyio
+async def test_when_the_first_fetch_stores_nothing_one_follower_fetches_for_the_others(mode: str) -> None:
+    """The answer the waiting lookups were promised never came (its caller dropped it unread): each of
+    them went to the server, ten requests where one does."""
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) > 1:
+            time.sleep(0.05)  # a server takes its time
+        return streamed(request)
+
+    async def async_handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) > 1:
+            await asyncio.sleep(0.05)
+        return streamed(request)
+
+    caller, _ = make(mode, handler if mode == "sync" else async_handler, mode="rfc", coalesce_timeout=5)
+    first = await send_streamed(caller, "/x")
+    if mode == "sync":
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(10) as pool:
+            waiting = [pool.submit(caller.client.get, "/x") for _ in range(10)]
+            time.sleep(0.2)  # all ten wait for the first
+            del first
+            gc.collect()
+            answers = [w.result(timeout=5) for w in waiting]
+    else:
+        waiting = [asyncio.ensure_future(caller.get("/x")) for _ in range(10)]
+        await asyncio.sleep(0.2)
+        del first
+        gc.collect()
+        answers = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+    assert all(a.json() == {"ok": 1} for a in answers)
+    assert len(calls) == 2  # the dropped one, and one for the ten
+    await caller.close()
+
+
+@pytest.mark.anyio
 async def test_leader_failure_releases_followers(mode: str) -> None:
     calls = {"n": 0}
 

@@ -384,6 +384,17 @@ class CacheCore:
             return hit, None, None
         return None, stale, self._join(plan)
 
+    def _followed(self, plan: Plan, request: httpx.Request, deadline: float
+                  ) -> tuple[httpx.Response | None, Record | None, Flight | None]:
+        """A follower woken (or out of time): the entry the fetch it waited for stored, or, if it stored
+        nothing (it failed, or its caller dropped the answer unread), its place in the next fetch: one of
+        the followers leads it and the others wait for that one, not all going to the server at once.
+        Past ``deadline`` it fetches alone."""
+        hit, stale = self._direct_lookup(plan, request)
+        if hit is not None or time.monotonic() >= deadline:
+            return hit, stale, None
+        return None, stale, self._join(plan)
+
     def _answer_is_spent(self, response: httpx.Response, stale: Record | None) -> bool:
         """The origin's answer will not reach the caller (a 304 for the stored entry, or a 5xx the stale
         entry replaces): the caller closes it, sync or async."""

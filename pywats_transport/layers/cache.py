@@ -120,10 +120,12 @@ class CacheLayer(CacheCore, Layer):
         if hit is not None:
             return hit
         if flight is not None and not flight.leader:
-            flight.event.wait(self.settings.coalesce_timeout)
-            hit, stale = self._direct_lookup(plan, request)
-            if hit is not None:
-                return hit
+            deadline = time.monotonic() + self.settings.coalesce_timeout
+            while flight is not None and not flight.leader:
+                flight.event.wait(max(0.0, deadline - time.monotonic()))
+                hit, stale, flight = self._followed(plan, request, deadline)
+                if hit is not None:
+                    return hit
         token = self._fetching(plan, request)
         try:
             with validating(request, stale if self.policy.rfc else None):
@@ -292,11 +294,13 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         if hit is not None:
             return hit
         if flight is not None and not flight.leader:
-            with anyio.move_on_after(self.settings.coalesce_timeout):
-                await flight.event.wait()
-            hit, stale = self._direct_lookup(plan, request)
-            if hit is not None:
-                return hit
+            deadline = time.monotonic() + self.settings.coalesce_timeout
+            while flight is not None and not flight.leader:
+                with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+                    await flight.event.wait()
+                hit, stale, flight = self._followed(plan, request, deadline)
+                if hit is not None:
+                    return hit
         token = self._fetching(plan, request)
         try:
             with validating(request, stale if self.policy.rfc else None):
