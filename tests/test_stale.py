@@ -186,6 +186,52 @@ async def test_rfc_mode_on_redis_answers_a_failed_origin_from_the_stale_entry(mo
             await caller.close()
 
 
+class Validating(Origin):
+    """Answers a conditional request for the version it holds with a 304."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("if-none-match") == f'"v{self.version}"' and self.failure is None:
+            with self.lock:
+                self.calls += 1
+            return httpx.Response(304, headers={"etag": f'"v{self.version}"', **self.headers})
+        response = super().__call__(request)
+        response.headers["etag"] = f'"v{self.version}"'
+        return response
+
+
+@pytest.mark.anyio
+@pytest.mark.redis
+@pytest.mark.parametrize("changed", [True, False])
+async def test_rfc_mode_on_redis_serves_stale_while_it_revalidates(mode: str, changed: bool, redis_url: str) -> None:
+    """``stale_while_revalidate`` did nothing in rfc mode on Redis: each lookup past max-age waited for
+    hishel's revalidation. Now the expired entry answers at once and one refresh behind it brings the new
+    answer (``changed``) or the server's 304, after which the entry is fresh again for every station."""
+    origin = Validating({"cache-control": "max-age=1"})
+    caller, layer = make(mode, origin, Clock(), mode="rfc", storage="redis", redis_url=redis_url,
+                         stale_while_revalidate=60)
+    other, _ = make(mode, origin, Clock(), mode="rfc", storage="redis", redis_url=redis_url)
+    path = f"/swr/{mode}/{changed}/{time.monotonic_ns()}"
+    try:
+        assert (await caller.get(path)).json() == {"version": 1}
+        await asyncio.sleep(1.5)  # past max-age
+        if changed:
+            origin.version = 2
+        origin.gate = threading.Event()  # the refresh waits until the stale answer was given
+        quick = await caller.get(path)
+        assert quick.json() == {"version": 1} and quick.extensions["caching"]["stale"] is True
+        origin.gate.set()
+        await wait_for(lambda: layer.stats()["refreshes"] == 1)
+        calls = origin.calls
+        for station in (caller, other):  # the refreshed entry, fresh, for every station
+            answer = await station.get(path)
+            assert answer.json() == {"version": 2 if changed else 1}
+            assert answer.extensions["caching"]["from_cache"] and not answer.extensions["caching"].get("stale")
+        assert origin.calls == calls
+    finally:
+        await caller.close()
+        await other.close()
+
+
 @pytest.mark.anyio
 async def test_stale_while_revalidate_refreshes_once_per_key(mode: str) -> None:
     clock, origin = Clock(), Origin()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.utils import formatdate
@@ -20,7 +21,7 @@ from ..policies.retry import may_have_been_applied
 from .coalesce import Flight, Flights, SaveWhenRead
 from .freshness import conditional_headers, forbids_stale, merge_not_modified, rfc_staleness
 from .health import FAILURES
-from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage, Record
+from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage, Record, hishel_headers
 from .near_invalidation import NearInvalidation
 from .policy import EXTENSION, CachePolicy, Plan
 from .redis_clock import CLOCK
@@ -126,6 +127,10 @@ class CacheCore:
         # Vary and freshness) and serves a hit without hishel; a miss goes through hishel's path, told
         # by a Lookup what to store.
         self._fleet_lookup = self._shared and not self.policy.rfc
+        # rfc mode on Redis: hishel answers every lookup, and would revalidate an expired entry before it
+        # answers; with stale_while_revalidate the layer reads the entry first (a round trip more), so that
+        # an expired one answers at once while one refresh revalidates it behind.
+        self._fleet_stale_first = self._shared and self.policy.rfc and settings.stale_while_revalidate > 0
         # The near cache: entries in process memory in front of Redis, dropped on any process's invalidation.
         self.near: Any = None
         self._near_sub: NearInvalidation | None = None
@@ -183,10 +188,13 @@ class CacheCore:
             return None
         now = self._records_now()
         if now >= record.fresh_until:
-            if now < record.fresh_until + self.settings.stale_while_revalidate and self._may_serve_stale(record):
+            window = max(record.stale_while_revalidate, self.settings.stale_while_revalidate)
+            if now < record.fresh_until + window and self._may_serve_stale(record):
                 self._refresh_later(plan, request, record)
                 return self._served_stale(plan, request, record, now)
             return None
+        if self.policy.rfc:
+            return None  # fresh: hishel answers it, as it answers every rfc lookup on Redis
         response = self._served(plan, request, record, False, self.policy.clock())
         if self.near is not None:
             self._near_keep(plan, request, response, near_token, record.fresh_until - now)
@@ -205,6 +213,10 @@ class CacheCore:
         (hishel did) and must, for a stale-if-error answer."""
         return record is None and self._shared and self.policy.rfc and _failed(failure)
 
+    def _timed(self, record: Record | None) -> Record | None:
+        """An entry read from Redis, timed: by the ttl mode's lookup when stored, by its headers in rfc mode."""
+        return self._timed_by_headers(record) if self.policy.rfc else record
+
     def _timed_by_headers(self, record: Record | None) -> Record | None:
         """An entry hishel's rules stored, timed as hishel times it (by its headers, on this station's
         clock), with the windows its own directives grant."""
@@ -212,6 +224,13 @@ class CacheCore:
             past, record.stale_if_error, record.stale_while_revalidate = rfc_staleness(record.hishel_headers())
             record.fresh_until = self._records_now() - past
         return record
+
+    def _fleet_revalidated(self, response: httpx.Response, stale: Record | None) -> tuple[uuid.UUID, hishel.Headers] | None:
+        """rfc mode on Redis: a background refresh's 304 for the stale entry, as the entry's id and the
+        headers it now has (RFC 9111 §4.3.4), for the storage's ``update_headers``; None otherwise."""
+        if not (self.policy.rfc and self._shared and stale is not None and response.status_code == 304):
+            return None
+        return uuid.UUID(str(stale.id)), hishel_headers(merge_not_modified(stale.httpx_headers(), response.headers))
 
     def _fleet_put(self, plan: Plan, request: httpx.Request, response: httpx.Response) -> dict[str, Any] | None:
         """What a background refresh stores in Redis: the arguments of the storage's ``put``, or None."""

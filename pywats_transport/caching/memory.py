@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -95,11 +95,16 @@ class Record:
 
     def hishel_headers(self) -> Headers:
         if self.headers is None:
-            grouped: dict[str, list[str]] = {}
-            for k, v in self.raw_headers or ():
-                grouped.setdefault(k.decode("latin-1").lower(), []).append(v.decode("latin-1"))
-            self.headers = Headers(grouped)
+            self.headers = hishel_headers(self.raw_headers or ())
         return self.headers
+
+
+def hishel_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """Raw header pairs as hishel keeps them: names in lower case, each with its values."""
+    grouped: dict[str, list[str]] = {}
+    for k, v in raw:
+        grouped.setdefault(k.decode("latin-1").lower(), []).append(v.decode("latin-1"))
+    return Headers(grouped)
 
 
 class _LRUCore:

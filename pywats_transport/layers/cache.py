@@ -62,13 +62,13 @@ class CacheLayer(CacheCore, Layer):
         record: Record | None = None
         if plan.refresh:
             self._remove_now(plan.key)
-        elif self._fleet_lookup:
+        elif self._fleet_lookup or self._fleet_stale_first:
             try:
                 record = self.storage.find(plan.key, request.method, request.headers, str(request.url))
             except Exception as exc:
                 self._storage_failed(exc)
                 return self._bypassed(self.inner.handle_request(request))
-            if (hit := self._fleet_hit(plan, request, record, near_token)) is not None:
+            if (hit := self._fleet_hit(plan, request, self._timed(record), near_token)) is not None:
                 return hit
         self._prepare(request, plan)
         flight = self._join(plan)
@@ -159,10 +159,12 @@ class CacheLayer(CacheCore, Layer):
                 token = self._refresh_token(plan, request)
                 lease = self.storage.take_lease(plan.key, str(request.url)) if self._shared else None
                 with validating(request, stale if self.policy.rfc else None):
-                    response = self.inner.handle_request(request)
+                    response = dated(self.inner.handle_request(request))
                 try:
                     response.read()
-                    if lease is not None and (put := self._fleet_put(plan, request, response)) is not None:
+                    if (confirmed := self._fleet_revalidated(response, stale)) is not None:
+                        self.storage.update_headers(*confirmed)
+                    elif lease is not None and (put := self._fleet_put(plan, request, response)) is not None:
                         self.storage.put(**put, lease=lease)
                     self._refreshed(plan, request, response, stale, token)
                 finally:
@@ -232,13 +234,13 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         record: Record | None = None
         if plan.refresh:
             await self._remove_now(plan.key)
-        elif self._fleet_lookup:
+        elif self._fleet_lookup or self._fleet_stale_first:
             try:
                 record = await self.storage.find(plan.key, request.method, request.headers, str(request.url))
             except Exception as exc:
                 self._storage_failed(exc)
                 return self._bypassed(await self.inner.handle_async_request(request))
-            if (hit := self._fleet_hit(plan, request, record, near_token)) is not None:
+            if (hit := self._fleet_hit(plan, request, self._timed(record), near_token)) is not None:
                 return hit
         self._prepare(request, plan)
         flight = self._join(plan)
@@ -338,10 +340,12 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             token = self._refresh_token(plan, request)
             lease = await self.storage.take_lease(plan.key, str(request.url)) if self._shared else None
             with validating(request, stale if self.policy.rfc else None):
-                response = await self.inner.handle_async_request(request)
+                response = dated(await self.inner.handle_async_request(request))
             try:
                 await response.aread()
-                if lease is not None and (put := self._fleet_put(plan, request, response)) is not None:
+                if (confirmed := self._fleet_revalidated(response, stale)) is not None:
+                    await self.storage.update_headers(*confirmed)
+                elif lease is not None and (put := self._fleet_put(plan, request, response)) is not None:
                     await self.storage.put(**put, lease=lease)
                 self._refreshed(plan, request, response, stale, token)
             finally:
