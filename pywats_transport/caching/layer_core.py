@@ -230,12 +230,14 @@ class CacheCore:
         headers it now has (RFC 9111 §4.3.4), for the storage's ``update_headers``; None otherwise."""
         if not (self.policy.rfc and self._shared and stale is not None and response.status_code == 304):
             return None
-        return uuid.UUID(str(stale.id)), hishel_headers(merge_not_modified(stale.httpx_headers(), response.headers))
+        merged = merge_not_modified(stale.httpx_headers(), dated(response).headers)
+        return uuid.UUID(str(stale.id)), hishel_headers(merged)
 
     def _fleet_put(self, plan: Plan, request: httpx.Request, response: httpx.Response) -> dict[str, Any] | None:
         """What a background refresh stores in Redis: the arguments of the storage's ``put``, or None."""
         if response.status_code >= 500 or len(response.content) > MAX_BODY:
             return None
+        dated(response)  # as every answer stored in Redis: hishel ages entries by their Date (rfc mode)
         decision = self.policy.decide(request, response)
         if not decision.store:
             return None

@@ -159,7 +159,7 @@ class CacheLayer(CacheCore, Layer):
                 token = self._refresh_token(plan, request)
                 lease = self.storage.take_lease(plan.key, str(request.url)) if self._shared else None
                 with validating(request, stale if self.policy.rfc else None):
-                    response = dated(self.inner.handle_request(request))
+                    response = self.inner.handle_request(request)
                 try:
                     response.read()
                     if (confirmed := self._fleet_revalidated(response, stale)) is not None:
@@ -340,7 +340,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             token = self._refresh_token(plan, request)
             lease = await self.storage.take_lease(plan.key, str(request.url)) if self._shared else None
             with validating(request, stale if self.policy.rfc else None):
-                response = dated(await self.inner.handle_async_request(request))
+                response = await self.inner.handle_async_request(request)
             try:
                 await response.aread()
                 if (confirmed := self._fleet_revalidated(response, stale)) is not None:
