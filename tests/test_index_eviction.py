@@ -141,3 +141,19 @@ async def test_a_write_after_redis_evicted_the_index_set_is_seen(mode: str, redi
         await writer.close()
         await reader.close()
         server.kill()
+
+
+def test_the_index_finds_its_expired_keys_without_walking_before_any_can_have_expired() -> None:
+    from pywats_transport.caching.index import PathIndex
+
+    index = PathIndex()
+    index.add("a", "http://h", "/api/a", 10.0)
+    index.add("b", "http://h", "/api/b/c", 20.0)
+    index.add("c", "http://g", "/", 30.0)
+    assert index.expired(5.0) == [] and index.earliest == 10.0
+    assert index.expired(15.0) == ["a"]
+    index.discard("a")
+    assert index.earliest == 20.0 and sorted(index.expired(25.0)) == ["b"]
+    index.discard("b")
+    index.add("d", "http://h", "/api", 12.0)  # a key that expires before the others
+    assert index.expired(13.0) == ["d"] and sorted(index.expired(31.0)) == ["c", "d"]

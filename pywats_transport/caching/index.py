@@ -30,6 +30,8 @@ class PathIndex:
     def __init__(self) -> None:
         self._roots: dict[str, _Node] = {}
         self._where: dict[str, tuple[str, tuple[str, ...]]] = {}
+        #: no key expires before this: until then a search for expired keys would walk the index for none
+        self.earliest = float("inf")
 
     def __len__(self) -> int:
         return len(self._where)
@@ -43,6 +45,8 @@ class PathIndex:
             node = node.children.setdefault(seg, _Node())
         node.keys[key] = expires_at
         self._where[key] = (origin, segs)
+        if expires_at < self.earliest:
+            self.earliest = expires_at
 
     def discard(self, key: str) -> float | None:
         where = self._where.pop(key, None)
@@ -88,9 +92,17 @@ class PathIndex:
 
     def expired(self, now: float) -> list[str]:
         out: list[str] = []
+        if now < self.earliest:
+            return out
+        earliest = float("inf")
         stack = list(self._roots.values())
         while stack:
             n = stack.pop()
-            out.extend(k for k, t in n.keys.items() if t <= now)
+            for k, t in n.keys.items():
+                if t <= now:
+                    out.append(k)
+                elif t < earliest:
+                    earliest = t
             stack.extend(n.children.values())
+        self.earliest = earliest
         return out
