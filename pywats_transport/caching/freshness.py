@@ -26,7 +26,7 @@ from hishel._core._spec import (
 Vary = tuple[tuple[str, "str | None"], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: that costs every storable miss half a microsecond; none is changed
 class StoreDecision:
     store: bool
     #: request header values the response's ``Vary`` names; None: any request matches
