@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from email.utils import formatdate
 from typing import Any
 
 import httpx
@@ -205,8 +206,11 @@ class Validating(Origin):
 async def test_rfc_mode_on_redis_serves_stale_while_it_revalidates(mode: str, changed: bool, redis_url: str) -> None:
     """``stale_while_revalidate`` did nothing in rfc mode on Redis: each lookup past max-age waited for
     hishel's revalidation. Now the expired entry answers at once and one refresh behind it brings the new
-    answer (``changed``) or the server's 304, after which the entry is fresh again for every station."""
-    origin = Validating({"cache-control": "max-age=1"})
+    answer (``changed``) or the server's 304, after which the entry is fresh again for every station.
+
+    The first answer is dated 50 s back, fresh for its last second: the refreshed entry is fresh for 51 s
+    only if the undated 304 was dated on arrival, and however slow the machine, it stays so till the end."""
+    origin = Validating({"cache-control": "max-age=51", "date": formatdate(time.time() - 50, usegmt=True)})
     caller, layer = make(mode, origin, Clock(), mode="rfc", storage="redis", redis_url=redis_url,
                          stale_while_revalidate=60)
     other, _ = make(mode, origin, Clock(), mode="rfc", storage="redis", redis_url=redis_url)
@@ -216,6 +220,7 @@ async def test_rfc_mode_on_redis_serves_stale_while_it_revalidates(mode: str, ch
         await asyncio.sleep(1.5)  # past max-age
         if changed:
             origin.version = 2
+        origin.headers = {"cache-control": "max-age=51"}
         origin.gate = threading.Event()  # the refresh waits until the stale answer was given
         quick = await caller.get(path)
         assert quick.json() == {"version": 1} and quick.extensions["caching"]["stale"] is True
