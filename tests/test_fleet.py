@@ -1523,6 +1523,32 @@ def test_station_processes_that_took_turns_together_split_the_rate_while_redis_i
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_station_of_ever_new_hosts_keeps_what_it_knows_of_them_bounded(mode: str, fleet_url: str,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each host's station count and rate store was kept for the layer's life: a client of ever new hosts
+    grew them, and ``stats()``, without end."""
+    from pywats_transport.policies import fleet_throttle
+
+    monkeypatch.setattr(fleet_throttle, "MAX_BUCKETS", 8)
+    cls = ThrottleLayer if mode == "sync" else AsyncThrottleLayer
+    layer = cls(httpx.MockTransport(lambda r: httpx.Response(200)), enabled=True, backend="redis",
+                redis_url=fleet_url, rate=1000, burst=100)
+    caller = Caller(mode, layer)
+    run = uuid.uuid4().hex[:8]
+    try:
+        for i in range(40):
+            assert (await caller.get(f"http://h{i}-{run}/a")).status_code == 200
+        seen = layer.stats()["fleet"]["stations_seen"]
+        assert 4 <= len(seen) <= 8 and f"h39-{run}" in seen
+        assert len(layer.fleet._stores) <= 8
+        await caller.get(f"http://h0-{run}/a")  # a host met again is counted again
+        assert layer.stats()["fleet"]["stations_seen"][f"h0-{run}"] == 1
+    finally:
+        await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_station_idle_past_the_presence_window_is_no_longer_counted(mode: str, fleet_url: str,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from pywats_transport.policies import fleet_throttle

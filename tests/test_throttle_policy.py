@@ -127,3 +127,37 @@ def test_a_resize_that_lifts_a_slowed_rate_to_its_top_counts_it_recovered() -> N
     assert p.rates()["h"] == 2.0 and p.slowed == 1
     p.resize("h", 1.0, 1)  # a share under min_rate: the slow-down has nothing left to take
     assert p.rates()["h"] == 1.0 and p.slowed == 0
+
+
+def test_a_client_of_ever_new_hosts_keeps_a_bounded_number_of_buckets() -> None:
+    """One bucket per host met, for the policy's life: a client of ever new hosts grew its buckets and
+    the per-host rates in its stats without end."""
+    from pywats_transport.policies.throttle import MAX_BUCKETS
+
+    p, clock = make(rate=10, burst=2)
+    p.on_response("slowed", 429, "1")  # a bucket that remembers a slow-down
+    for i in range(5 * MAX_BUCKETS):
+        assert p.acquire(f"h{i}.example") == 0.0
+        clock.t += 0.01
+    assert len(p.rates()) <= MAX_BUCKETS + 1
+    assert p.rates()["slowed"] == 5.0  # kept: a new bucket would have forgotten the slow-down
+    assert f"h{5 * MAX_BUCKETS - 1}.example" in p.rates()  # the latest are kept too
+
+
+def test_a_bucket_in_use_survives_the_sweep_of_those_at_rest() -> None:
+    from pywats_transport.policies.throttle import MAX_BUCKETS
+
+    p, clock = make(rate=1, burst=1)
+    assert p.acquire("busy") == 0.0
+    for i in range(2 * MAX_BUCKETS):  # all at the same instant: none has refilled, none is dropped
+        p.acquire(f"h{i}")
+    assert len(p.rates()) == 2 * MAX_BUCKETS + 1
+    assert p.acquire("busy") == pytest.approx(1.0)  # its spent token is remembered
+    clock.t += 60  # every bucket is full again: at rest, as a new one would be
+    added = 0
+    while len(p.rates()) > 1:  # the next sweep comes once the buckets have doubled since the last
+        clock.t += 1  # the one before is at rest again
+        assert p.acquire(f"n{added}") == 0.0
+        added += 1
+        assert added <= 4 * MAX_BUCKETS, "no sweep dropped the buckets at rest"
+    assert p.acquire(f"n{added - 1}") == pytest.approx(1.0)  # the one in use is kept

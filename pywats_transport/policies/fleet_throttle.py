@@ -28,7 +28,7 @@ from ..caching.redis_connect import aclose_quietly
 from ..caching.redis_guard import Guard
 from ..caching.redis_keys import TAG
 from ..caching.redis_slots import AsyncSlots, Slots, queue_wait
-from .throttle import SLOWDOWN
+from .throttle import MAX_BUCKETS, SLOWDOWN
 
 HOLD = f"pwt:{TAG}:hold:"  # + host -> set while the fleet must not send to the host
 # + host -> its expiry tells how many halvings are in force: one per ``fleet_slowdown_seconds`` left,
@@ -131,7 +131,13 @@ class _FleetBase:
     def _state(self, key: str, answer: Any) -> tuple[int, Any, int]:
         hold, slow, now_ms, seen = answer
         if seen:
-            self.stations[key] = int(seen)
+            stations = self.stations
+            # Most recent last, and as many hosts as the local buckets keep: a client of ever new hosts
+            # forgets the counts of those it has not met for longest (a turn there counts them again).
+            if stations.pop(key, None) is None and len(stations) >= MAX_BUCKETS:
+                for old in list(stations)[: len(stations) // 2]:
+                    del stations[old]
+            stations[key] = int(seen)
         return int(hold or 0), slow, now_ms
 
     def _signal_args(self, host: str, hold: float, slow_down: bool) -> tuple[Any, ...]:
@@ -149,6 +155,8 @@ class _FleetBase:
         client)."""
         store = self._stores.get(key)
         if store is None:
+            if len(self._stores) >= MAX_BUCKETS:
+                self._stores.clear()  # a store is a key name and a script handle: rebuilt at no cost
             store = self._stores[key] = RedisStateStore(self.client, RATE + key)
         return store.check(self.algorithm, self._rates(slow_ms), int(now_ms), 1)
 

@@ -22,6 +22,10 @@ RECOVERY_STEP = 0.1
 SLOWDOWN = 0.5
 # 429s in a row (no success between) mean "too fast", where one may be a passing spike.
 REPEATED_429 = 2
+#: buckets kept before those at rest are dropped. A bucket at rest (full, at the configured rate, not
+#: held, counting no 429s) is what a new one would be, so dropping it changes nothing but the memory a
+#: client of ever new hosts would otherwise keep, one bucket per host, for its life.
+MAX_BUCKETS = 1024
 
 
 class TokenBucket:
@@ -66,6 +70,7 @@ class ThrottlePolicy:
         self.settings = settings
         self.clock, self.wall_clock = clock, wall_clock
         self._buckets: dict[str, TokenBucket] = {}
+        self._sweep_at = MAX_BUCKETS
         self._lock = threading.Lock()
         self.stats = ThrottleStats()
         self.slowed = 0  # buckets below the configured rate
@@ -77,8 +82,20 @@ class ThrottlePolicy:
     def _bucket(self, key: str, now: float) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
+            if len(self._buckets) >= self._sweep_at:
+                self._drop_rested(now)
             bucket = self._buckets[key] = TokenBucket(self.settings.rate, self.settings.burst, now)
         return bucket
+
+    def _drop_rested(self, now: float) -> None:
+        rate, burst = self.settings.rate, float(self.settings.burst)
+        for key, b in list(self._buckets.items()):
+            b._refill(now)
+            if (b.tokens >= burst and b.rate == b.top_rate == rate and b.burst == burst
+                    and b.not_before <= now and not b.throttled_in_a_row):
+                del self._buckets[key]
+        # Those that remember something stay; the next sweep waits until as many again are new.
+        self._sweep_at = max(MAX_BUCKETS, 2 * len(self._buckets))
 
     def resize(self, host: str, rate: float, burst: int) -> None:
         """Set the host's bucket to ``rate`` and ``burst`` (a fleet station's share, when the count of
