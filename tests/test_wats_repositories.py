@@ -38,6 +38,30 @@ def test_call_builds_request_with_route_extension_and_escaped_path() -> None:
         Call("GET", "/api/Product/{partNumber}", Product).url()
 
 
+@pytest.mark.parametrize("value", ["", ".", ".."])
+def test_a_path_parameter_that_would_address_another_resource_is_refused(value: str) -> None:
+    """``product.get("..")`` asked for ``/api``, ``get(".")`` and ``get("")`` for the product collection:
+    URL parsing removes dot segments, and an empty one leaves the collection's path."""
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        route = mock.route().respond(200, json={"partNumber": "X"})
+        with WATS(BASE, token=TOKEN, **no_layers()) as wats:
+            with pytest.raises(ValueError, match=f"path parameter 'partNumber' must not be {value!r}"):
+                wats.product.get(value)
+            with pytest.raises(ValueError, match="'serialNumber' must not be"):
+                wats.production.unit(value, "PN-1")
+    assert not route.called  # refused before anything was sent
+
+
+@pytest.mark.anyio
+async def test_the_async_client_refuses_such_a_path_parameter_too() -> None:
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        route = mock.route().respond(200, json={"serialNumber": "AS-1"})
+        async with AsyncWATS(BASE, TOKEN, **no_layers()) as api:
+            with pytest.raises(ValueError, match="path parameter 'idOrSerial' must not be '..'"):
+                await api.asset.get("..")
+    assert not route.called
+
+
 def test_odata_filter_quotes_values() -> None:
     assert odata_filter(partNumber="PN-1", serialNumber=None, name="O'Neil") == "partNumber eq 'PN-1' and name eq 'O''Neil'"
     assert odata_filter() is None

@@ -16,6 +16,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from .errors import WATSError, error_for_status
 
 T = TypeVar("T")
+_NOT_A_SEGMENT = frozenset({"", ".", ".."})
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,17 @@ class Call(Generic[T]):
     extensions: dict[str, Any] = field(default_factory=dict)
 
     def url(self) -> str:
+        values = {}
+        for name, value in self.path.items():
+            text = str(value)
+            # Each would name another resource: "" the collection, "." and ".." (dot segments, which
+            # URL parsing removes) the collection or its parent.
+            if text in _NOT_A_SEGMENT:
+                raise ValueError(f"{self.method} {self.route}: path parameter {name!r} must not be {text!r} "
+                                 "(empty, '.' or '..' would address another resource)")
+            values[name] = quote(text, safe="")
         try:
-            return self.route.format(**{k: quote(str(v), safe="") for k, v in self.path.items()})
+            return self.route.format(**values)
         except KeyError as exc:
             raise ValueError(f"route {self.route} needs path parameter {exc.args[0]!r}") from None
 
