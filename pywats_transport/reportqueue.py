@@ -250,8 +250,11 @@ class ReportQueue:
         self._counts.update(scan.counts)
         self._oldest_mtime, self.ignored = scan.oldest_mtime, scan.ignored
         for link in scan.links:
-            self._guarded(link, lambda p: self._to_error(p, "a symbolic link: the queue does not follow links; "
-                                                          "copy the report into the folder instead"))
+            try:
+                await self._to_error(link, "a symbolic link: the queue does not follow links; "
+                                           "copy the report into the folder instead")
+            except OSError as exc:
+                self._os_failure(link, exc)
         if self.backing_off() > 0 or not scan.batch:
             return False
         for path in scan.batch:
@@ -266,9 +269,11 @@ class ReportQueue:
         self._in_flight.add(path.name)
         try:
             if path.parent != self.dirs["sending"]:
-                claimed = self._claim(path)
+                claimed = await asyncio.to_thread(self._claim, path)
                 if claimed is None:
                     return GONE
+                self._recovered(FOLDER_PROBLEM)
+                self._move_counted("pending", "sending")
                 path = claimed
             return await self._send(path)
         except OSError as exc:  # this file's problem, not the queue's: go on with the others
@@ -283,15 +288,30 @@ class ReportQueue:
         """Write a report into the queue, durably (fsync), before anything is sent; returns its file.
 
         It gets its id now (a content-derived one when it has none), so the caller can be told which
-        report it is, and a re-send after any crash is recognised by the server.
+        report it is, and a re-send after any crash is recognised by the server. Blocking: on an event
+        loop, await :meth:`aput`.
         """
+        path, written = self._write_new(report)
+        return self._added(path, written)
+
+    async def aput(self, report: dict[str, Any]) -> Path:
+        """:meth:`put`, its disk writes in a worker thread: an fsync on a slow disk holds no event loop."""
+        path, written = await asyncio.to_thread(self._write_new, report)
+        return self._added(path, written)
+
+    def _write_new(self, report: dict[str, Any]) -> tuple[Path, bool]:
         content = json.dumps(report).encode()
         data = parse_report(content)
         if data.get("id") is None:
             data["id"] = report_id_for(content)
         path = self.dirs["pending"] / f"{data['id']}.json"
-        if not (path.exists() or (self.dirs["sending"] / path.name).exists() or (self.dirs["done"] / path.name).exists()):
-            _write_atomic(path, json.dumps(data).encode())
+        if path.exists() or (self.dirs["sending"] / path.name).exists() or (self.dirs["done"] / path.name).exists():
+            return path, False
+        _write_atomic(path, json.dumps(data).encode())
+        return path, True
+
+    def _added(self, path: Path, written: bool) -> Path:
+        if written:
             self._counts["pending"] += 1
         self._wake.set()
         return path
@@ -343,24 +363,41 @@ class ReportQueue:
                 for waiter in waiters:
                     waiter.cancel()
 
-    def _guarded(self, path: Path, action: Callable[[Path], None]) -> None:
-        try:
-            action(path)
-        except OSError as exc:
-            self._os_failure(path, exc)
+    # The steps below that touch the disk (renames, fsyncs) run in a worker thread; the counts, the
+    # problems and the stats change on the event loop, after them.
 
     def _claim(self, path: Path) -> Path | None:
-        """pending -> sending (atomic rename), then give an id-less report its content-derived id."""
+        """pending -> sending (atomic rename); None: taken by someone else."""
         target = self.dirs["sending"] / path.name
         if target.exists():
             target = self.dirs["sending"] / f"{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}"
         try:
             os.replace(path, target)
         except FileNotFoundError:
-            return None  # taken by someone else
-        self._recovered(FOLDER_PROBLEM)
-        self._move_counted("pending", "sending")
+            return None
         _fsync_dir(target.parent)
+        return target
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, Any]:
+        """The report in ``path``, an id-less one given its content-derived id (written back first)."""
+        content = path.read_bytes()
+        report = parse_report(content)
+        if report.get("id") is None:
+            report["id"] = report_id_for(content)
+            _write_atomic(path, json.dumps(report).encode())
+        return report
+
+    @staticmethod
+    def _move(path: Path, folder: Path, reason: str | None = None) -> Path:
+        """``path`` into ``folder`` under its name (or a new one, when taken), with its reason beside it."""
+        target = folder / path.name
+        if target.exists() or target.is_symlink():
+            target = folder / f"{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}"
+        if reason is not None:
+            _write_atomic(target.with_name(target.name + ".reason.txt"), (reason + "\n").encode())
+        os.replace(path, target)
+        _fsync_dir(folder)
         return target
 
     def _move_counted(self, source: str, target: str) -> None:
@@ -370,13 +407,9 @@ class ReportQueue:
     async def _send(self, path: Path) -> str:
         started = time.perf_counter()
         try:
-            content = path.read_bytes()
-            report = parse_report(content)
-            if report.get("id") is None:
-                report["id"] = report_id_for(content)
-                _write_atomic(path, json.dumps(report).encode())
+            report = await asyncio.to_thread(self._load, path)
         except Malformed as exc:
-            self._to_error(path, str(exc))
+            await self._to_error(path, str(exc))
             self.stats.malformed += 1
             return REJECTED
         except FileNotFoundError:
@@ -384,7 +417,7 @@ class ReportQueue:
         try:
             result = await self.submit(report)
         except RequestValidationError as exc:  # the server will never take it as it is
-            self._to_error(path, f"refused by the server: {exc}")
+            await self._to_error(path, f"refused by the server: {exc}")
             self.stats.rejected += 1
             self.last_rejection = str(exc)
             return REJECTED
@@ -394,16 +427,12 @@ class ReportQueue:
         except Exception as exc:
             self._failed(f"{type(exc).__name__}: {exc}")
             return FAILED
+        await asyncio.to_thread(self._move, path, self.dirs["done"])
         self._confirmed(path, result, time.perf_counter() - started)
         self.last_result = result
         return CONFIRMED
 
     def _confirmed(self, path: Path, result: Any, seconds: float) -> None:
-        target = self.dirs["done"] / path.name
-        if target.exists():
-            target = self.dirs["done"] / f"{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}"
-        os.replace(path, target)
-        _fsync_dir(target.parent)
         self._recovered(f"file:{path.name}")
         self._move_counted("sending", "done")
         self._failures = 0
@@ -425,13 +454,8 @@ class ReportQueue:
             log.warning("report not confirmed (%s); retrying in %.1fs", reason, delay)
         self.on_processed(0.0, "failed")
 
-    def _to_error(self, path: Path, reason: str) -> None:
-        target = self.dirs["error"] / path.name
-        if target.exists() or target.is_symlink():
-            target = self.dirs["error"] / f"{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}"
-        _write_atomic(target.with_name(target.name + ".reason.txt"), (reason + "\n").encode())
-        os.replace(path, target)
-        _fsync_dir(target.parent)
+    async def _to_error(self, path: Path, reason: str) -> None:
+        target = await asyncio.to_thread(self._move, path, self.dirs["error"], reason)
         self._recovered(f"file:{path.name}")
         self._move_counted("sending" if path.parent == self.dirs["sending"] else "pending", "error")
         log.warning("report %s moved to %s: %s", path.name, target, reason)

@@ -153,3 +153,40 @@ async def test_submissions_during_an_outage_do_not_wait_once_the_server_is_known
         assert await api.outbox.drain(timeout=15)
         await asyncio.sleep(0)
     assert len(stored_ids(emulator)) == 11
+
+
+@pytest.mark.anyio
+async def test_the_queue_never_holds_the_event_loop_on_the_disk(tmp_path: Path, emulator: EmulatorServer,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step of a report (written, claimed, read, moved to ``done/`` or ``error/``) renamed and
+    fsynced on the event loop's thread: on a slow disk, every fsync held each other task of the loop (a
+    station's lookups, the client service's health server) for as long. They run in worker threads now."""
+    import threading
+
+    loop_thread = threading.get_ident()
+    on_loop: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        if threading.get_ident() == loop_thread:
+            on_loop.append("fsync")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        if threading.get_ident() == loop_thread:
+            on_loop.append(f"rename into {Path(dst).parent.name}/")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    folder = tmp_path / "outbox"
+    async with AsyncWATS(emulator.url, emulator.token, outbox=folder, **FAST) as api:
+        assert (await api.outbox.submit(report("SN-L1"))).status == "sent"
+        emulator.outage(0.5, "refuse")
+        assert (await api.outbox.submit(report("SN-L2"))).status == "queued"
+        (tmp_path / "bad.json").write_text("{not json")
+        real_replace(tmp_path / "bad.json", folder / "bad.json")
+        assert await api.outbox.drain(timeout=15)
+    assert len(stored_ids(emulator)) == 2 and (folder / "error" / "bad.json").exists()
+    assert len(list((folder / "done").glob("*.json"))) == 2
+    assert on_loop == []

@@ -75,7 +75,7 @@ class AsyncOutbox:
         self._ensure_sender()
 
     async def submit(self, report: Any) -> Submitted:
-        path = self.queue.put(_as_dict(report))
+        path = await self.queue.aput(_as_dict(report))
         report_id = path.stem
         self._ensure_sender()
         outcome = await self.queue.send_now(path)
