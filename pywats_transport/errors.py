@@ -29,7 +29,8 @@ class PluginError(TransportError, LookupError):
 
 
 class ThrottledError(TransportError, httpx.TimeoutException):
-    """A request would have waited for a throttle token longer than it may.
+    """A request would have waited for a throttle token, or for room under ``max_concurrency``, longer
+    than it may.
 
     The limit is the throttle's ``max_wait``, the request's pool timeout (a token wait is part of getting
     a connection) or what is left of the retry layer's deadline. An ``httpx.TimeoutException``, so that

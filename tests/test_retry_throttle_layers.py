@@ -239,6 +239,92 @@ async def test_concurrency_cap(mode: str) -> None:
     assert peak == 2
 
 
+def streaming_app() -> tuple[Starlette, dict[str, int]]:
+    """A download of ten slow chunks; counts the bodies being sent at once."""
+    from starlette.responses import StreamingResponse
+
+    seen = {"current": 0, "peak": 0}
+
+    async def download(request: Request) -> StreamingResponse:
+        async def chunks() -> Any:
+            seen["current"] += 1
+            seen["peak"] = max(seen["peak"], seen["current"])
+            try:
+                for _ in range(10):
+                    await anyio.sleep(0.01)
+                    yield b"x" * 1000
+            finally:
+                seen["current"] -= 1
+
+        return StreamingResponse(chunks())
+
+    return Starlette(routes=[Route("/download", download)]), seen
+
+
+@pytest.mark.anyio
+async def test_a_request_holds_its_concurrency_slot_until_its_body_is_read(mode: str) -> None:
+    """The slot was given back as soon as the headers came: with ``max_concurrency=1``, four downloads
+    sent their bodies at once. A request is in flight until its response is closed (read, or closed
+    unread), as in httpx's connection pool."""
+    app, seen = streaming_app()
+    with BackgroundServer(app) as server:
+        sizes: list[int] = []
+        if mode == "async":
+            layer: Any = AsyncThrottleLayer(httpx.AsyncHTTPTransport(), rate=1000, burst=100, max_concurrency=1)
+            async with httpx.AsyncClient(transport=layer, base_url=server.url) as client:
+                async def fetch() -> None:
+                    sizes.append(len((await client.get("/download")).content))
+
+                async with anyio.create_task_group() as tg:
+                    for _ in range(4):
+                        tg.start_soon(fetch)
+                async with client.stream("GET", "/download") as unread:  # closed unread: the slot comes back
+                    assert unread.status_code == 200
+                sizes.append(len((await client.get("/download")).content))
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            layer = ThrottleLayer(httpx.HTTPTransport(), rate=1000, burst=100, max_concurrency=1)
+            with httpx.Client(transport=layer, base_url=server.url) as client, ThreadPoolExecutor(4) as pool:
+                sizes += pool.map(lambda _: len(client.get("/download").content), range(4))
+                with client.stream("GET", "/download") as unread:
+                    assert unread.status_code == 200
+                sizes.append(len(client.get("/download").content))
+        assert sizes == [10_000] * 5
+        assert seen["peak"] == 1
+        assert layer.stats()["in_flight"] == 0
+
+
+@pytest.mark.anyio
+async def test_a_wait_for_room_under_the_concurrency_cap_is_bounded_as_a_token_wait_is(mode: str) -> None:
+    """With the cap's one request in flight, the next waited for as long as that one took, whatever its
+    pool timeout or the throttle's ``max_wait`` said; now it fails at its limit, as a token wait does."""
+    app, _ = streaming_app()
+    pool = httpx.Timeout(10.0, pool=0.2)
+    with BackgroundServer(app) as server:
+        if mode == "async":
+            layer: Any = AsyncThrottleLayer(httpx.AsyncHTTPTransport(), rate=1000, burst=100, max_concurrency=1)
+            async with httpx.AsyncClient(transport=layer, base_url=server.url) as client:
+                async with client.stream("GET", "/download"):
+                    started = time.monotonic()
+                    with pytest.raises(ThrottledError, match="max_concurrency=1") as info:
+                        await client.get("/download", timeout=pool)
+                    waited = time.monotonic() - started
+                assert len((await client.get("/download", timeout=pool)).content) == 10_000
+        else:
+            layer = ThrottleLayer(httpx.HTTPTransport(), rate=1000, burst=100, max_concurrency=1)
+            with httpx.Client(transport=layer, base_url=server.url) as client:
+                with client.stream("GET", "/download"):
+                    started = time.monotonic()
+                    with pytest.raises(ThrottledError, match="max_concurrency=1") as info:
+                        client.get("/download", timeout=pool)
+                    waited = time.monotonic() - started
+                assert len(client.get("/download", timeout=pool).content) == 10_000
+    assert 0.15 < waited < 2.0
+    assert info.value.limit == "the request's pool timeout (0.2s)" and info.value.host == "127.0.0.1"
+    assert layer.stats()["rejections"] == 1 and layer.stats()["in_flight"] == 0
+
+
 # -- end to end against a real loopback server -------------------------------------------------
 
 def flaky_app() -> tuple[Starlette, dict[str, int]]:

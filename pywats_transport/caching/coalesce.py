@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from ..streams import OnClose
 from .memory import MAX_BODY, Kept, announced_over
 
 
@@ -93,7 +94,7 @@ class Flights:
             # Nothing to wait for: nothing gets stored, or the body is already complete.
             self.land(flight)
             return response
-        response.stream = _LandOnClose(response.stream, lambda: self.land(flight), limit)
+        response.stream = OnClose(response.stream, lambda: self.land(flight), limit)
         return response
 
 
@@ -143,48 +144,3 @@ class SaveWhenRead(httpx.SyncByteStream, httpx.AsyncByteStream):
     async def aclose(self) -> None:
         self._closing()
         await self._stream.aclose()
-
-
-class _LandOnClose(httpx.SyncByteStream, httpx.AsyncByteStream):
-    """Calls ``on_close`` once: when the stream is closed, or when it outgrows ``limit`` bytes."""
-
-    def __init__(self, stream: Any, on_close: Callable[[], None], limit: int | None) -> None:
-        self._stream = stream
-        self._on_close: Callable[[], None] | None = on_close
-        self._left = limit
-
-    def _landed(self) -> None:
-        on_close, self._on_close = self._on_close, None
-        if on_close is not None:
-            on_close()
-
-    def _count(self, chunk: bytes) -> None:
-        if self._left is not None:
-            self._left -= len(chunk)
-            if self._left < 0:
-                self._landed()
-
-    def __iter__(self) -> Any:
-        for chunk in self._stream:
-            self._count(chunk)
-            yield chunk
-
-    async def __aiter__(self) -> Any:
-        async for chunk in self._stream:
-            self._count(chunk)
-            yield chunk
-
-    def close(self) -> None:
-        try:
-            self._stream.close()
-        finally:
-            self._landed()
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            self._landed()
-
-    def __del__(self) -> None:
-        self._landed()  # dropped unread and unclosed: nothing will be stored, the followers need not wait

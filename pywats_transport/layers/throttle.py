@@ -17,6 +17,7 @@ from ..hookspecs import LayerSpec, hookimpl
 from ..layer import AsyncLayer, Layer, layer_settings
 from ..policies.retry import DEADLINE_EXTENSION, parse_retry_after
 from ..policies.throttle import ThrottlePolicy
+from ..streams import OnClose
 
 
 class _ThrottleCore:
@@ -108,6 +109,26 @@ class _ThrottleCore:
                         self.policy.stats.slowdowns > slowdowns)
         return 0.0, False
 
+    def _no_slot(self, request: httpx.Request, limit: float | None, why: str) -> ThrottledError:
+        host = request.url.host
+        if self.collector is not None:
+            self.collector.add_throttle_rejection(host)
+        self.policy.count_refusal()
+        return ThrottledError(
+            f"throttle timeout: a request to {host} waited {limit or 0:.3f}s for one of max_concurrency="
+            f"{self.settings.max_concurrency} requests in flight to end, over {why}",
+            host=host, wait=limit or 0.0, limit=why, request=request)
+
+    def _release(self, slots: Any) -> Callable[[], None]:
+        """Counts a request in flight; returns what gives its slot back."""
+        self.in_flight += 1
+
+        def release() -> None:
+            self.in_flight -= 1
+            slots.release()
+
+        return release
+
     def stats(self) -> dict[str, Any]:
         out = self.policy.stats_dict()
         out["in_flight"] = self.in_flight
@@ -147,6 +168,16 @@ class _FleetTurn:
         return wait
 
 
+def _hold_until_closed(response: httpx.Response, release: Callable[[], None]) -> httpx.Response:
+    # A request is in flight until its body is read or closed, as a connection of httpx's pool is: with
+    # the slot given back at the headers, a cap of one let any number of downloads run at once.
+    if response.is_closed:  # read whole already (a body given as bytes): nothing more is sent
+        release()
+    else:
+        response.stream = OnClose(response.stream, release)
+    return response
+
+
 def _local_share(settings: ThrottleSettings, stations: int) -> dict[str, Any]:
     """One station's local rate and burst while Redis is down: ``local_rate`` / ``local_burst`` when set,
     else its share of the fleet's."""
@@ -170,6 +201,15 @@ class ThrottleLayer(_ThrottleCore, Layer):
         from ..policies.fleet_throttle import FleetRate
 
         return FleetRate(settings, sync_client(settings.redis_url, settings.redis_timeout))
+
+    def _held(self, slots: threading.BoundedSemaphore, request: httpx.Request) -> httpx.Response:
+        release = self._release(slots)
+        try:
+            response = self.inner.handle_request(request)
+        except BaseException:
+            release()
+            raise
+        return _hold_until_closed(response, release)
 
     def close_layer(self) -> None:
         if self.fleet is not None:
@@ -196,15 +236,14 @@ class ThrottleLayer(_ThrottleCore, Layer):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self._take_turn(request)
-        if self._slots is None:
+        slots = self._slots
+        if slots is None:
             response = self.inner.handle_request(request)
         else:
-            with self._slots:
-                self.in_flight += 1
-                try:
-                    response = self.inner.handle_request(request)
-                finally:
-                    self.in_flight -= 1
+            limit, why = self._limit(request)
+            if not slots.acquire(timeout=limit):
+                raise self._no_slot(request, limit, why)
+            response = self._held(slots, request)
         hold, slowed = self._observe(request, response)
         if hold or slowed:
             try:
@@ -229,6 +268,15 @@ class AsyncThrottleLayer(_ThrottleCore, AsyncLayer):
         from ..policies.fleet_throttle import AsyncFleetRate
 
         return AsyncFleetRate(settings, async_client(settings.redis_url, settings.redis_timeout))
+
+    async def _held_async(self, slots: anyio.Semaphore, request: httpx.Request) -> httpx.Response:
+        release = self._release(slots)
+        try:
+            response = await self.inner.handle_async_request(request)
+        except BaseException:
+            release()
+            raise
+        return _hold_until_closed(response, release)
 
     async def aclose_layer(self) -> None:
         if self.fleet is not None:
@@ -263,12 +311,14 @@ class AsyncThrottleLayer(_ThrottleCore, AsyncLayer):
         else:
             if self._slots is None:  # created on first use, inside the running event loop
                 self._slots = anyio.Semaphore(cap, fast_acquire=True)
-            async with self._slots:
-                self.in_flight += 1
-                try:
-                    response = await self.inner.handle_async_request(request)
-                finally:
-                    self.in_flight -= 1
+            limit, why = self._limit(request)
+            acquired = False
+            with anyio.move_on_after(limit):
+                await self._slots.acquire()
+                acquired = True
+            if not acquired:
+                raise self._no_slot(request, limit, why)
+            response = await self._held_async(self._slots, request)
         hold, slowed = self._observe(request, response)
         if hold or slowed:
             try:

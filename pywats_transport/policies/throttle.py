@@ -147,6 +147,11 @@ class ThrottlePolicy:
         with self._lock:
             self._count(waited)
 
+    def count_refusal(self) -> None:
+        """A request refused after its turn: no room under the concurrency cap within its limit."""
+        with self._lock:
+            self.stats.rejections += 1
+
     def _count(self, wait: float | None) -> None:
         self.stats.requests += 1
         if wait is None:
