@@ -98,7 +98,9 @@ async def _health_latencies(ports: dict[str, int], concurrent: int, rounds: int
     """/health timed from this process on each service, one at a time, then ``concurrent`` at once, each on
     its own connection. The services take turns request by request and burst by burst (the first in a
     round alternating), so that a hiccup of this shared machine falls on both alike, not on one run."""
-    probes = {name: [await _Probe.open(port) for _ in range(concurrent)] for name, port in ports.items()}
+    probes: dict[str, list[_Probe]] = {}
+    for name, port in ports.items():  # not one comprehension: Python 3.10 refuses an await in a nested one
+        probes[name] = [await _Probe.open(port) for _ in range(concurrent)]
     names = list(ports)
     one: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(50 * rounds):
