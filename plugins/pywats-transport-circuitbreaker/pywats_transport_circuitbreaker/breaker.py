@@ -14,6 +14,9 @@ from pydantic import Field
 from pywats_transport import PluginSettings, TransportError
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+#: circuits kept before those a new one would equal (closed, no failure in a row, nothing in the window)
+#: are dropped: a client of ever new hosts would otherwise keep one per host, and a gauge series per state
+MAX_CIRCUITS = 1024
 
 
 class BreakerSettings(PluginSettings):
@@ -53,14 +56,16 @@ class Breaker:
         self.clock = clock
         self.failure_statuses = frozenset(settings.failure_statuses)
         self._circuits: dict[str, _Circuit] = {}
+        self._sweep_at = MAX_CIRCUITS
         self._lock = threading.Lock()
 
-    def before(self, host: str) -> None:
-        """Raise :class:`CircuitOpenError` unless a request to ``host`` may go now."""
+    def before(self, host: str) -> bool:
+        """Raise :class:`CircuitOpenError` unless a request to ``host`` may go now; True: it goes as the
+        half-open probe, whose outcome (:meth:`after`) or end without one (:meth:`abandon`) must follow."""
         with self._lock:
             c = self._circuits.get(host)
             if c is None or c.state == CLOSED:
-                return
+                return False
             now = self.clock()
             if c.state == OPEN:
                 wait = c.opened_at + self.settings.cooldown - now
@@ -72,11 +77,24 @@ class Breaker:
                 c.rejected += 1
                 raise CircuitOpenError(host, 0.0, c.consecutive)
             c.probing = True
+            return True
+
+    def abandon(self, host: str) -> None:
+        """The probe ended without telling anything of the host (cancelled, or refused by a layer below
+        before it was sent): the next request probes instead, rather than none ever again."""
+        with self._lock:
+            c = self._circuits.get(host)
+            if c is not None:
+                c.probing = False
 
     def after(self, host: str, failed: bool) -> None:
         with self._lock:
-            c = self._circuits.setdefault(host, _Circuit())
             now = self.clock()
+            c = self._circuits.get(host)
+            if c is None:
+                if len(self._circuits) >= self._sweep_at:
+                    self._drop_idle(now)
+                c = self._circuits[host] = _Circuit()
             c.outcomes.append((now, failed))
             edge = now - self.settings.window
             while c.outcomes and c.outcomes[0][0] < edge:
@@ -99,6 +117,13 @@ class Breaker:
                 n >= self.settings.min_requests and ratio >= self.settings.failure_ratio
             ):
                 self._open(c, now)
+
+    def _drop_idle(self, now: float) -> None:
+        edge = now - self.settings.window
+        for host, c in list(self._circuits.items()):
+            if c.state == CLOSED and not c.consecutive and not (c.outcomes and c.outcomes[-1][0] >= edge):
+                del self._circuits[host]
+        self._sweep_at = max(MAX_CIRCUITS, 2 * len(self._circuits))
 
     def _open(self, c: _Circuit, now: float) -> None:
         c.state, c.opened_at = OPEN, now

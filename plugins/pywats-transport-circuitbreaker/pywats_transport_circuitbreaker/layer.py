@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from pywats_transport import AsyncLayer, Layer, layer_settings
+from pywats_transport import AsyncLayer, Layer, TransportError, layer_settings
 
 from .breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerSettings
 
@@ -39,6 +39,14 @@ class _Core:
         if self.collector is not None:
             self.collector.forget_gauge("pywats_transport.circuit.state", self._gauge)
 
+    def _ended(self, host: str, probe: bool, exc: BaseException) -> None:
+        """A request that raised: the host failed, unless nothing was learnt of it. A cancellation or an
+        interrupt says nothing, nor does a layer below refusing to send (the throttle's own limit)."""
+        if isinstance(exc, Exception) and not isinstance(exc, TransportError):
+            self.breaker.after(host, True)
+        elif probe:
+            self.breaker.abandon(host)
+
     def stats(self) -> dict[str, Any]:
         return {"hosts": self.breaker.snapshot()}
 
@@ -51,11 +59,11 @@ class CircuitBreakerLayer(_Core, Layer):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host
-        self.breaker.before(host)
+        probe = self.breaker.before(host)
         try:
             response = self.inner.handle_request(request)
-        except Exception:
-            self.breaker.after(host, True)
+        except BaseException as exc:
+            self._ended(host, probe, exc)
             raise
         self.breaker.after(host, self.breaker.is_failure(response.status_code))
         return response
@@ -72,11 +80,11 @@ class AsyncCircuitBreakerLayer(_Core, AsyncLayer):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host
-        self.breaker.before(host)
+        probe = self.breaker.before(host)
         try:
             response = await self.inner.handle_async_request(request)
-        except Exception:
-            self.breaker.after(host, True)
+        except BaseException as exc:
+            self._ended(host, probe, exc)
             raise
         self.breaker.after(host, self.breaker.is_failure(response.status_code))
         return response

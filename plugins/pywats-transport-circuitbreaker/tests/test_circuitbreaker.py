@@ -145,3 +145,68 @@ async def test_retry_does_not_retry_an_open_circuit_and_state_is_a_metric() -> N
 def test_settings_are_validated() -> None:
     with pytest.raises(ValueError, match="failure_threshold"):
         BreakerSettings(failure_threshold=0)
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_half_open_probe_lets_the_next_request_probe() -> None:
+    """The half-open probe was let through and then cancelled (a caller's timeout, a task group's
+    cancellation): the breaker still took it for in flight, and refused every later request to the
+    host for good, whatever the host did meanwhile."""
+    import anyio
+
+    clock, server = Clock(), Server()
+    hang = anyio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/hang":
+            await hang.wait()
+        return httpx.Response(server.status)
+
+    layer = AsyncCircuitBreakerLayer(httpx.MockTransport(handler), clock=clock, failure_threshold=1, cooldown=5)
+    assert (await layer.handle_async_request(httpx.Request("GET", "http://wats.test/x"))).status_code == 503
+    clock.t += 5
+    server.status = 200
+    with anyio.move_on_after(0.05):
+        await layer.handle_async_request(httpx.Request("GET", "http://wats.test/hang"))  # the probe, cancelled
+    response = await layer.handle_async_request(httpx.Request("GET", "http://wats.test/x"))  # probes again
+    assert response.status_code == 200 and layer.breaker.state("wats.test") == "closed"
+
+
+@pytest.mark.anyio
+async def test_a_request_the_throttle_below_refused_is_not_the_hosts_failure(mode: str) -> None:
+    """A ``ThrottledError`` (the throttle layer's own limit: nothing was sent) counted as the host failing,
+    so a busy client opened the circuit of a healthy host."""
+    server = Server()
+    server.status = 200
+    builder = build_transport if mode == "sync" else build_async_transport
+    stack: Any = builder(inner=httpx.MockTransport(server), plugins=["circuitbreaker"], enable_cache=False,
+                         enable_retry=False, throttle={"enabled": True, "rate": 1, "burst": 1, "max_wait": 0},
+                         plugin_settings={"circuitbreaker": {"failure_threshold": 2}})
+    client: Any = httpx.Client(transport=stack) if mode == "sync" else httpx.AsyncClient(transport=stack)
+
+    async def get() -> httpx.Response:
+        return client.get("http://wats.test/x") if mode == "sync" else await client.get("http://wats.test/x")
+
+    from pywats_transport import ThrottledError
+
+    assert (await get()).status_code == 200
+    for _ in range(3):
+        with pytest.raises(ThrottledError):
+            await get()
+    assert stack.layer("circuitbreaker").breaker.state("wats.test") == "closed"
+    assert server.calls == 1
+
+
+def test_a_client_of_ever_new_hosts_keeps_a_bounded_number_of_circuits() -> None:
+    """One circuit per host met was kept for the layer's life, in stats and as gauge series."""
+    from pywats_transport_circuitbreaker import Breaker
+
+    clock = Clock()
+    breaker = Breaker(BreakerSettings(failure_threshold=1, window=30), clock)
+    breaker.after("down.test", True)  # open: kept, whatever comes after
+    for i in range(5000):
+        breaker.after(f"h{i}.test", False)
+        clock.t += 0.1
+    hosts = breaker.snapshot()
+    assert len(hosts) <= 1024 + 1
+    assert hosts["down.test"]["state"] in ("open", "half_open") and "h4999.test" in hosts
