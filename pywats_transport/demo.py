@@ -149,11 +149,12 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the station workload against the embedded emulator, cached and uncached")
-    p.add_argument("--stations", type=whole(1), default=3)
+    p.add_argument("--stations", type=whole(1), default=3, help="test stations running at once (default: 3)")
     p.add_argument("--units", type=whole(1), default=4, help="units per station (each passes 3 operations)")
-    p.add_argument("--latency-ms", type=number(0), default=20.0)
-    p.add_argument("--fail-rate", type=number(0, 1), default=0.03)
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--latency-ms", type=number(0), default=20.0, help="the emulator's latency per request (default: 20)")
+    p.add_argument("--fail-rate", type=number(0, 1), default=0.03,
+                   help="share of requests the emulator answers 503/429 with Retry-After (default: 0.03)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the injected failures: the same seed, the same run")
     p.add_argument("--fleet", type=whole(1), metavar="N", default=None,
                    help="N station processes sharing a local redis-server (cache, invalidation, rate), against "
                         "the same N without it")

@@ -52,10 +52,10 @@ def _cannot_listen(exc: OSError, host: str, port: int) -> str:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("emulator", help="run the embedded WATS emulator")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=port, default=8765)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=port, default=8765, help="port to listen on (default: 8765; 0: any free one)")
     p.add_argument("--token", help="accept only this token (default: any non-empty token)")
-    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--latency-ms", type=float, default=0.0, help="latency added to every request")
     p.add_argument("--jitter-ms", type=float, default=0.0, help="random extra latency up to this")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests answered 503/429 with Retry-After")
     p.add_argument("--retry-after", type=int, default=0, help="seconds in Retry-After of injected failures")
@@ -66,5 +66,5 @@ def register(sub: Any) -> None:
     p.add_argument("--outage-seconds", type=number(0, above=True), default=5.0, help="how long the outage lasts")
     p.add_argument("--outage-mode", choices=["503", "refuse"], default="refuse",
                    help="503: answer 503; refuse: leave the network (connections refused)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO (default: warnings only)")
     p.set_defaults(func=_run)
