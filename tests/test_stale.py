@@ -259,6 +259,56 @@ async def test_stale_while_revalidate_refreshes_once_per_key(mode: str) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_burst_of_expired_keys_is_refreshed_a_few_at_a_time(mode: str) -> None:
+    """Each background refresh ran at once on a thread (sync) or task (async) of its own: a burst of 40
+    expired keys sent 40 refreshes to the origin together (and held 40 threads). They are served stale
+    at once as before, and refreshed at most REFRESH_WORKERS at a time."""
+    from pywats_transport.caching.refresher import REFRESH_WORKERS
+
+    clock = Clock()
+    seen = {"now": 0, "peak": 0, "calls": 0}
+    lock = threading.Lock()
+
+    def enter() -> None:
+        with lock:
+            seen["now"] += 1
+            seen["calls"] += 1
+            seen["peak"] = max(seen["peak"], seen["now"])
+
+    def leave() -> None:
+        with lock:
+            seen["now"] -= 1
+
+    def sync_origin(request: httpx.Request) -> httpx.Response:
+        enter()
+        time.sleep(0.02)
+        leave()
+        return httpx.Response(200, json={"path": request.url.path})
+
+    async def async_origin(request: httpx.Request) -> httpx.Response:
+        enter()
+        await asyncio.sleep(0.02)
+        leave()
+        return httpx.Response(200, json={"path": request.url.path})
+
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    origin = sync_origin if mode == "sync" else async_origin
+    layer = cls(httpx.MockTransport(origin), clock=clock, mode="ttl", ttl=10, stale_while_revalidate=60)
+    caller = Caller(mode, layer)
+    try:
+        for i in range(40):
+            await caller.get(f"/k/{i}")
+        clock.now += 12
+        seen["peak"] = 0
+        answers = [await caller.get(f"/k/{i}") for i in range(40)]
+        assert all(a.extensions["caching"].get("stale") for a in answers)
+        await wait_for(lambda: layer.stats()["refreshes"] == 40)
+        assert seen["calls"] == 80 and seen["peak"] <= REFRESH_WORKERS
+    finally:
+        await caller.close()
+
+
+@pytest.mark.anyio
 async def test_a_failed_refresh_keeps_the_stale_entry() -> None:
     clock, origin = Clock(), Origin()
     caller, layer = make("async", origin, clock, ttl=10, stale_while_revalidate=30)

@@ -18,6 +18,7 @@ from ..caching.layer_core import CacheCore, FromInner, dated, validating, write_
 from ..caching.memory import Record
 from ..caching.policy import Plan
 from ..caching.redis_fetch import FETCHES, LOOKUP, Fetches
+from ..caching.refresher import REFRESH_WORKERS, Refresher
 from ..config import CacheSettings
 from ..hookspecs import LayerSpec, hookimpl
 from ..layer import CLOSED_MESSAGE, AsyncLayer, Layer
@@ -35,6 +36,7 @@ class CacheLayer(CacheCore, Layer):
         Layer.__init__(self, inner)
         self._setup(settings, clock, metrics_collector, backend, False, overrides)
         self._flights = Flights(threading.Event, self.settings.coalesce_timeout)
+        self._refresher = Refresher()
         self._hishel = CacheTransport(_SyncToInner(self), storage=self.storage, rfc=self._rfc)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -174,7 +176,7 @@ class CacheLayer(CacheCore, Layer):
             finally:
                 self._refresh_done(plan.key)
 
-        threading.Thread(target=run, name="pywats-cache-refresh", daemon=True).start()
+        self._refresher.submit(run)
 
     def _fleet_drop_written(self, request: httpx.Request, response: httpx.Response | None) -> None:
         """Before the write's answer returns: no process reads the pre-write entry after it."""
@@ -188,6 +190,7 @@ class CacheLayer(CacheCore, Layer):
             self._near_drop_now(targets)
 
     def close_layer(self) -> None:
+        self._refresher.close()
         if self._near_sub is not None:
             self._near_sub.close()
         self.storage.close()
@@ -203,6 +206,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         self._setup(settings, clock, metrics_collector, backend, True, overrides)
         self._flights = Flights(anyio.Event, self.settings.coalesce_timeout)
         self._background: set[asyncio.Task[None]] = set()
+        self._refresh_slots: asyncio.Semaphore | None = None
         self._hishel = AsyncCacheTransport(_AsyncToInner(self), storage=self.storage, rfc=self._rfc)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -335,25 +339,31 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         task.add_done_callback(self._background.discard)
 
     async def _refresh(self, plan: Plan, original: httpx.Request, stale: Record | None) -> None:
+        if self._refresh_slots is None:  # made on first use, inside the running event loop
+            self._refresh_slots = asyncio.Semaphore(REFRESH_WORKERS)
         try:
-            request = self._refresh_request(original)
-            token = self._refresh_token(plan, request)
-            lease = await self.storage.take_lease(plan.key, str(request.url)) if self._shared else None
-            with validating(request, stale if self.policy.rfc else None):
-                response = await self.inner.handle_async_request(request)
-            try:
-                await response.aread()
-                if (confirmed := self._fleet_revalidated(response, stale)) is not None:
-                    await self.storage.update_headers(*confirmed)
-                elif lease is not None and (put := self._fleet_put(plan, request, response)) is not None:
-                    await self.storage.put(**put, lease=lease)
-                self._refreshed(plan, request, response, stale, token)
-            finally:
-                await response.aclose()
+            async with self._refresh_slots:
+                await self._refresh_once(plan, original, stale)
         except Exception:  # the stale entry stays; the next lookup in the window tries again
             self.policy.stats.refresh_failures += 1
         finally:
             self._refresh_done(plan.key)
+
+    async def _refresh_once(self, plan: Plan, original: httpx.Request, stale: Record | None) -> None:
+        request = self._refresh_request(original)
+        token = self._refresh_token(plan, request)
+        lease = await self.storage.take_lease(plan.key, str(request.url)) if self._shared else None
+        with validating(request, stale if self.policy.rfc else None):
+            response = await self.inner.handle_async_request(request)
+        try:
+            await response.aread()
+            if (confirmed := self._fleet_revalidated(response, stale)) is not None:
+                await self.storage.update_headers(*confirmed)
+            elif lease is not None and (put := self._fleet_put(plan, request, response)) is not None:
+                await self.storage.put(**put, lease=lease)
+            self._refreshed(plan, request, response, stale, token)
+        finally:
+            await response.aclose()
 
     async def _fleet_drop_written(self, request: httpx.Request, response: httpx.Response | None) -> None:
         """Before the write's answer returns: no process reads the pre-write entry after it."""
