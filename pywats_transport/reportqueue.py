@@ -17,6 +17,7 @@ import errno
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -157,6 +158,9 @@ class ReportQueue:
         self._oldest_mtime: float | None = None
         self.ignored: list[dict[str, str]] = []
         self._in_flight: set[str] = set()  # names being sent now: a second sender leaves them alone
+        # Hand-overs write in worker threads: one at a time, so that the same report handed over twice
+        # at once is written once (and one write does not rename the other's temporary file away).
+        self._writing = threading.Lock()
         self._wake = asyncio.Event()
 
     def _prepare_folders(self) -> None:
@@ -305,9 +309,10 @@ class ReportQueue:
         if data.get("id") is None:
             data["id"] = report_id_for(content)
         path = self.dirs["pending"] / f"{data['id']}.json"
-        if path.exists() or (self.dirs["sending"] / path.name).exists() or (self.dirs["done"] / path.name).exists():
-            return path, False
-        _write_atomic(path, json.dumps(data).encode())
+        with self._writing:
+            if any((self.dirs[state] / path.name).exists() for state in ("pending", "sending", "done")):
+                return path, False
+            _write_atomic(path, json.dumps(data).encode())
         return path, True
 
     def _added(self, path: Path, written: bool) -> Path:

@@ -190,3 +190,20 @@ async def test_the_queue_never_holds_the_event_loop_on_the_disk(tmp_path: Path, 
     assert len(stored_ids(emulator)) == 2 and (folder / "error" / "bad.json").exists()
     assert len(list((folder / "done").glob("*.json"))) == 2
     assert on_loop == []
+
+
+@pytest.mark.anyio
+async def test_the_same_report_handed_over_many_times_at_once_is_queued_once(tmp_path: Path) -> None:
+    """Writes run in worker threads: ten hand-overs of one report at once must neither fail on each
+    other's temporary file nor count the report ten times."""
+    from pywats_transport.reportqueue import ReportQueue
+
+    async def never(report: dict[str, Any]) -> Any:
+        raise AssertionError("nothing is sent here")
+
+    queue = ReportQueue(tmp_path / "q", never)
+    data = {"partNumber": "PN-1", "serialNumber": "SN-1", "result": "Passed"}
+    paths = await asyncio.gather(*(queue.aput(dict(data)) for _ in range(10)))
+    assert len(set(paths)) == 1 and paths[0].exists()
+    assert queue.depth()["pending"] == 1 and queue.count_waiting() == 1
+    assert [p.name for p in (tmp_path / "q").iterdir() if p.is_file()] == [paths[0].name]  # no temporary left
