@@ -173,3 +173,39 @@ def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WATS_AUTH_TOKEN", TOKEN)
     api = AsyncWATS.from_env(enable_cache=False)
     assert api.base_url == BASE and "cache" not in api.transport.names
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_server_that_echoes_the_token_does_not_put_it_in_an_error(mode: str) -> None:
+    """The server's words went into the exception whole: a server echoing the token it refused (or the
+    user and password it decoded from it) put the secret in the error, and from there in logs and in the
+    client service's /health/details."""
+    import base64
+
+    token = base64.b64encode(b"station7:hunter2-pass").decode()
+    echoes = {
+        "/api/Product/A": httpx.Response(401, json={"message": f"token {token} is not valid"}),
+        "/api/Product/B": httpx.Response(403, text="user station7:hunter2-pass may not read products"),
+        "/api/Product/C": httpx.Response(400, json={"Message": "password hunter2-pass expired"}),
+        "/api/Product/D": httpx.Response(200, json={"partNumber": ["not", "a", "string", token]}),
+    }
+    with respx.mock(base_url=BASE) as mock:
+        for path, answer in echoes.items():
+            mock.get(path).mock(return_value=answer)
+        for path in echoes:
+            part = path.rsplit("/", 1)[1]
+            with pytest.raises(WATSError) as info:
+                if mode == "sync":
+                    with WATS(BASE, token, **no_layers()) as api:
+                        api.product.get(part)
+                else:
+                    async with AsyncWATS(BASE, token, **no_layers()) as aapi:
+                        await aapi.product.get(part)
+            message = str(info.value)
+            assert not any(token[i:i + 8] in message for i in range(len(token) - 7)), message
+            assert "hunter2" not in message
+            if part == "D":  # where the answer is wrong, never what it holds
+                assert message.endswith("unexpected answer (ValidationError: partNumber: Input should be a valid string)")
+            else:
+                assert "***" in message

@@ -52,16 +52,21 @@ class Call(Generic[T]):
             extensions={"route": self.route, **self.extensions},
         )
 
-    def parse(self, response: httpx.Response) -> T:
+    def parse(self, response: httpx.Response, secrets: tuple[str, ...] = ()) -> T:
+        """The answer as the call's model; an error for a failed status or an answer of another shape. The
+        server's words in an error are the caller's to read, but never one of ``secrets`` (a server may
+        echo the token it refused): each is masked before the message is cut to length."""
         if response.status_code >= 400:
-            raise error_for_status(response.status_code, _message(response), route=self.route, method=self.method)
+            message = _cut(scrubbed(_message(response), secrets))
+            raise error_for_status(response.status_code, message, route=self.route, method=self.method)
         if self.answer is None:
             return None  # type: ignore[return-value]
         try:
             return _adapter(self.answer).validate_python(response.json())  # type: ignore[no-any-return]
         except (ValueError, ValidationError) as exc:
             raise WATSError(
-                f"{self.method} {self.route}: unexpected answer ({type(exc).__name__}: {str(exc)[:200]})",
+                f"{self.method} {self.route}: unexpected answer ({type(exc).__name__}: "
+                f"{_cut(scrubbed(_problem(exc), secrets))})",
                 status=response.status_code, route=self.route, method=self.method,
             ) from None
 
@@ -76,11 +81,30 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:
     return adapter
 
 
+def scrubbed(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _problem(exc: ValueError) -> str:
+    """What is wrong with an answer: where and what, never the values found there (pydantic shows them cut
+    in the middle, where no mask can find them)."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(part) for part in e['loc']) or 'answer'}: {e['msg']}"
+                         for e in exc.errors(include_input=False, include_url=False))
+    return str(exc)
+
+
+def _cut(text: str) -> str:
+    return text[:200]
+
+
 def _message(response: httpx.Response) -> str:
     try:
         data = response.json()
     except ValueError:
-        return (response.text or response.reason_phrase)[:200]
+        return response.text or response.reason_phrase
     if isinstance(data, dict):
-        return str(data.get("message") or data.get("Message") or data)[:200]
-    return str(data)[:200]
+        return str(data.get("message") or data.get("Message") or data)
+    return str(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 from collections.abc import Sequence
@@ -99,6 +100,7 @@ class _ClientBase:
         self.base_url = base_url.rstrip("/")
         self.config = resolve_config(config, flags)
         headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+        self._secrets = secrets_of(token)
         self.transport = self._build_stack(self.config, transport, verify_ssl, metrics_collector)
         self.metrics_collector = getattr(self.transport.get_layer("metrics"), "collector", metrics_collector)
         self._http = self._build_client(headers, timeout)
@@ -160,6 +162,23 @@ class _ClientBase:
         return self.transport.invalidate_cache(prefix)  # type: ignore[no-any-return]
 
 
+def secrets_of(token: str) -> tuple[str, ...]:
+    """What an error message must not show of a token: the token, and when it is Basic credentials
+    (base64 of ``user:password``), those decoded and the password alone; longest first, so that a part
+    is masked only where the whole is not."""
+    found = {token}
+    try:
+        decoded = base64.b64decode(token, validate=True).decode()
+    except ValueError:  # not base64, or not text (UnicodeDecodeError is a ValueError)
+        decoded = ""
+    if decoded.isprintable() and decoded:
+        found.add(decoded)
+        _, colon, password = decoded.partition(":")
+        if colon and len(password) >= 4:  # a shorter one would mask ordinary words of a message
+            found.add(password)
+    return tuple(sorted(found, key=len, reverse=True))
+
+
 class AsyncWATS(_ClientBase):
     """Async WATS client. ``async with AsyncWATS(url, token) as api: await api.product.get("PN-1")``.
 
@@ -182,7 +201,7 @@ class AsyncWATS(_ClientBase):
             response = await self._http.send(request)
         except httpx.HTTPError as exc:
             raise self._connection_error(call, exc) from None
-        return call.parse(response)
+        return call.parse(response, self._secrets)
 
     async def aclear_cache(self) -> int:
         """As ``clear_cache()``, without blocking the event loop on a shared cache (Redis)."""
@@ -228,7 +247,7 @@ class WATS(_ClientBase):
             response = self._http.send(request)
         except httpx.HTTPError as exc:
             raise self._connection_error(call, exc) from None
-        return call.parse(response)
+        return call.parse(response, self._secrets)
 
     def close(self) -> None:
         if self._outbox is not None:
