@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -21,7 +20,7 @@ from starlette.routing import Route
 from pywats_transport._server import BackgroundServer
 from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
 
-from .common import Row, async_loop, interleaved, ok_response, paired_ratios, sync_loop
+from .common import Row, async_loop, interleaved, ok_response, paired_ratios, scratch_dir, sync_loop
 
 SUITE = "cache"
 
@@ -29,7 +28,7 @@ SUITE = "cache"
 def per_request(quick: bool) -> list[Row]:
     n, rounds = (200, 5) if quick else (500, 31)
     loop = asyncio.new_event_loop()
-    tmp = tempfile.mkdtemp()
+    tmp = scratch_dir()
     raw = httpx.AsyncClient(transport=httpx.MockTransport(ok_response), base_url="http://bench")
     cached = httpx.AsyncClient(transport=AsyncCacheLayer(httpx.MockTransport(ok_response), mode="ttl"),
                                base_url="http://bench")

@@ -10,13 +10,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
-from pathlib import Path
 
 import httpx
 from hishel import AsyncRedisStorage, RedisStorage
@@ -33,7 +31,7 @@ from pywats_transport.caching.redis_keys import ENTRY, EPOCH, LOOK, prefixes
 from pywats_transport.fleet_demo import LocalRedis
 from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
 
-from .common import Row, async_loop, ok_response, paired_ratios, sync_loop
+from .common import Row, async_loop, ok_response, paired_ratios, scratch_dir, sync_loop
 
 SUITE = "fleet"
 
@@ -282,7 +280,7 @@ def stale_reads(redis: LocalRedis, quick: bool) -> list[Row]:
 
 
 def _stale_reads(redis: LocalRedis, pairs: int, busy: bool) -> int:
-    script = Path(tempfile.mkdtemp()) / "wr.py"
+    script = scratch_dir() / "wr.py"
     script.write_text(WRITER_READER)
     with BackgroundServer(items_app()) as server:
         def start(role: str) -> subprocess.Popen[str]:
@@ -342,7 +340,7 @@ def redis_killed(binary: str, quick: bool) -> list[Row]:
     """Two station processes share the cache and the rate on a Redis of their own, which is SIGKILLed
     mid-run and started again on the same port two seconds later."""
     redis = LocalRedis(binary)
-    script = Path(tempfile.mkdtemp()) / "outage.py"
+    script = scratch_dir() / "outage.py"
     script.write_text(THROUGH_OUTAGE)
     try:
         with BackgroundServer(items_app()) as server:
@@ -395,7 +393,7 @@ def shared_rate(redis: LocalRedis, quick: bool) -> list[Row]:
         times.append(time.monotonic())
         return JSONResponse({})
 
-    script = Path(tempfile.mkdtemp()) / "hammer.py"
+    script = scratch_dir() / "hammer.py"
     script.write_text(HAMMER)
     with BackgroundServer(Starlette(routes=[Route("/ping", ping)])) as server:
         procs = [subprocess.Popen([sys.executable, str(script), server.url, redis.url, str(seconds)])
@@ -433,7 +431,7 @@ def shared_lookups(redis: LocalRedis, quick: bool) -> list[Row]:
     """Four station processes run the workload at once: server GETs for the lookups they share."""
     from pywats_transport.emulator import EmulatorServer
 
-    script = Path(tempfile.mkdtemp()) / "workload.py"
+    script = scratch_dir() / "workload.py"
     script.write_text(WORKLOAD)
     fetched = {}
     for storage in ("redis", "memory"):

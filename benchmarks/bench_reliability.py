@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 from pywats_transport.emulator import EmulatorServer
 from pywats_transport.service import AsyncClientService, ClientConfig
 
-from .common import Row, quiet_service_logs
+from .common import Row, quiet_service_logs, scratch_dir
 
 SUITE = "service queue"
 TOKEN = "reliability-token"
@@ -41,7 +40,7 @@ def _done(queue: Path) -> int:
 
 def faulty_server(quick: bool) -> list[Row]:
     n = 20 if quick else 100
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch_dir()
     with EmulatorServer(token=TOKEN, fail_rate=0.3, drop_rate=0.1, seed=3) as emu:
         cfg = ClientConfig(service_address=emu.url, api_token=TOKEN, queue_dir=str(tmp / "q"), health_port=0,
                            metrics_port=None, poll_interval=0.02, retry_backoff_max=0.2, rate_limit=200)
@@ -75,7 +74,7 @@ def _config_file(tmp: Path, url: str) -> Path:
 
 def sigkill_loop(quick: bool) -> list[Row]:
     kills, n = (3, 10) if quick else (10, 30)
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch_dir()
     with EmulatorServer(token=TOKEN, latency_ms=60) as emu:
         cfg = _config_file(tmp, emu.url)
         queue = tmp / "q"

@@ -9,7 +9,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from pywats_transport.emulator import EmulatorServer
 from pywats_transport.layers.cache import AsyncCacheLayer
 from pywats_transport.service import AsyncClientService, ClientConfig
 
-from .common import Row, quiet_service_logs
+from .common import Row, quiet_service_logs, scratch_dir
 
 SUITE = "service"
 TOKEN = "bench-token"
@@ -72,7 +71,7 @@ class _Probe:
 def _serving(depth: int) -> Iterator[int]:
     """A real ``serve`` process with ``depth`` reports queued (its server unreachable, so they stay), once
     it has counted the whole queue; yields its health port."""
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch_dir()
     _drop(tmp / "q", depth, "H")
     path = tmp / "client.json"
     path.write_text(json.dumps({"service_address": "http://127.0.0.1:9", "api_token": TOKEN, "queue_dir": str(tmp / "q"),
@@ -140,7 +139,7 @@ def drain_rates(quick: bool) -> list[Row]:
     n = 30 if quick else 100
 
     def drain(fail_rate: float) -> float:
-        tmp = Path(tempfile.mkdtemp())
+        tmp = scratch_dir()
         with EmulatorServer(token=TOKEN, fail_rate=fail_rate, retry_after=0, seed=5) as emu:
             cfg = ClientConfig(service_address=emu.url, api_token=TOKEN, queue_dir=str(tmp / "q"), health_port=0,
                                metrics_port=None, poll_interval=0.05, retry_backoff_max=0.5)

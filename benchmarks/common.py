@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
 import logging
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +32,13 @@ class Row:
         verdict = "info" if self.informational else "" if self.passed is None else ("pass" if self.passed else "FAIL")
         value = f"{self.value:.3f}" if abs(self.value) < 100 else f"{self.value:.0f}"
         return [self.suite, self.figure, f"{value} {self.unit}".strip(), self.target, verdict]
+
+
+def scratch_dir() -> Path:
+    """A temporary folder of this run's, removed when the run ends."""
+    path = Path(tempfile.mkdtemp(prefix="pywats-bench-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def ok_response(request: httpx.Request) -> httpx.Response:

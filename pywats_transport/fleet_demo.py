@@ -34,9 +34,10 @@ class LocalRedis:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
         self.port = port
+        self.dir = tempfile.mkdtemp(prefix="pywats-redis-")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", tempfile.mkdtemp(prefix="pywats-redis-"), "--maxmemory", "64mb",
+             "--dir", self.dir, "--maxmemory", "64mb",
              "--maxmemory-policy", "allkeys-lru"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while True:
@@ -56,6 +57,7 @@ class LocalRedis:
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _station(url: str, config: str, units: int) -> None:
