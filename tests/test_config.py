@@ -105,3 +105,26 @@ def test_redis_urls_name_the_allowed_forms_and_never_show_a_password() -> None:
         TransportConfig.load({"redis": {"url": "redis+sentinel://s1:26379,s2:26379"}})
     sentinel = nodes_address("rediss+sentinel://:pw@s1:26379,s2:26379/pwt/2")
     assert sentinel.nodes == (("s1", 26379), ("s2", 26379)) and sentinel.path == ("pwt", "2") and sentinel.tls
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("redis://:pw-secret-3@h:6379/O", "the database (the URL's last part: .../0, .../15) must be a whole number, got 'O'"),
+    ("redis+sentinel://s1:26379/pwt/two", "must be a whole number, got 'two'"),
+    ("redis://h:6379/0?sokcet_timeout=1", "the URL's option 'sokcet_timeout' is not one redis-py's connections take"),
+    ("redis+cluster://h1:7000?bogus=1", "the URL's option 'bogus' is not one"),
+    ("rediss://h:6379/0?socket_timeout=soon", "the URL's option socket_timeout cannot be 'soon'"),
+])
+def test_a_redis_url_redis_py_would_misread_is_refused_where_it_is_configured(url: str, says: str) -> None:
+    """redis-py reads a database that is not a number as database 0, silently, and passes an unknown URL
+    option to each connection, whose TypeError the station took for a Redis outage, logged and retried for
+    good; a bad option's value failed each connection the same way."""
+    with pytest.raises(ConfigError) as bad:
+        TransportConfig.load({"redis": {"url": url}})
+    assert says in str(bad.value) and "redis.url" in str(bad.value) and "pw-secret-3" not in str(bad.value)
+
+
+def test_the_redis_url_options_redis_py_takes_are_accepted() -> None:
+    for url in ("rediss://h:6379/3?ssl_ca_certs=/etc/ca.pem&ssl_cert_reqs=required&client_name=st7",
+                "redis://h:6379?health_check_interval=30&socket_keepalive=true&max_connections=8",
+                "redis+sentinel://s1:26379/pwt/2?socket_connect_timeout=0.5", "unix:///run/redis.sock?db=1"):
+        assert TransportConfig.load({"redis": {"url": url}}).redis.url == url

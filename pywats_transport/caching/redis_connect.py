@@ -54,12 +54,67 @@ def check_url(url: str) -> str:
         raise ValueError(f"must start with one of {', '.join(s + '://' for s in SCHEMES)}")
     if scheme_of(url) in ("redis", "rediss"):
         _readable(url)
+        _check_db(unquote(urlsplit(url).path).strip("/"))
     if is_cluster(url):
         nodes_address(url)
-    if is_sentinel(url) and not nodes_address(url).path:
-        raise ValueError("a sentinel URL names the service the sentinels watch: "
-                         "redis+sentinel://host:port[,host:port...]/service[/db]")
+    if is_sentinel(url):
+        path = nodes_address(url).path
+        if not path:
+            raise ValueError("a sentinel URL names the service the sentinels watch: "
+                             "redis+sentinel://host:port[,host:port...]/service[/db]")
+        _check_db("/".join(path[1:]))
+    _check_options(url.partition("?")[2])
     return url
+
+
+def _check_db(db: str) -> None:
+    # redis-py reads a database that is not a number as none given, and would use database 0 silently.
+    if db and not db.isdigit():
+        raise ValueError(f"the database (the URL's last part: .../0, .../15) must be a whole number, got {db!r}")
+
+
+#: options redis-py's connections take from a URL's query, named when one is not known
+URL_OPTION_EXAMPLES = "ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_cert_reqs, client_name, health_check_interval"
+
+
+def _check_options(query: str) -> None:
+    """Each option of the URL's query one redis-py's connections take, with a value it reads: an unknown
+    one failed every connection (a TypeError, taken for a Redis outage), a bad value each connection."""
+    if not query:
+        return
+    try:
+        from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+    except ImportError:  # the redis extra is not installed: nothing of ours connects to Redis
+        return
+    known = _connection_options()
+    parsers: dict[str, Callable[[str], Any]] = dict(URL_QUERY_ARGUMENT_PARSERS)  # type: ignore[arg-type]
+    for name, values in parse_qs(query).items():
+        if name not in known:
+            raise ValueError(f"the URL's option {name!r} is not one redis-py's connections take "
+                             f"(they take, for example, {URL_OPTION_EXAMPLES})")
+        parser = parsers.get(name)
+        if parser is not None:
+            try:
+                parser(unquote(values[0]))
+            except ValueError:  # a number or a yes/no: not a secret
+                raise ValueError(f"the URL's option {name} cannot be {values[0]!r}") from None
+
+
+def _connection_options() -> set[str]:
+    import inspect
+
+    from redis.connection import (
+        AbstractConnection,
+        Connection,
+        ConnectionPool,
+        SSLConnection,
+        UnixDomainSocketConnection,
+    )
+
+    names = {"max_connections"}
+    for cls in (AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection, ConnectionPool):
+        names.update(inspect.signature(cls.__init__).parameters)
+    return names - {"self", "args", "kwargs", "host", "port", "path", "connection_class"}
 
 
 def _readable(url: str) -> None:
