@@ -209,3 +209,30 @@ async def test_a_server_that_echoes_the_token_does_not_put_it_in_an_error(mode: 
                 assert message.endswith("unexpected answer (ValidationError: partNumber: Input should be a valid string)")
             else:
                 assert "***" in message
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_report_dict_without_an_id_is_retried_under_one_id(mode: str) -> None:
+    """A report submission is marked idempotent and retried when its answer is lost, but a dict without
+    an id was sent without one each time: a server that gives an id-less report one stored it twice."""
+    seen: list[Any] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content).get("id"))
+        if len(seen) == 1:
+            raise httpx.ReadError("connection dropped after the server stored it", request=request)
+        return httpx.Response(200, json={"id": seen[-1], "duplicate": True})
+
+    report = {"partNumber": "PN-1", "serialNumber": "SN-1", "result": "P"}
+    flags = dict(enable_cache=False, enable_throttling=False, retry={"backoff_base": 0.001})
+    with respx.mock(base_url=BASE) as mock:
+        mock.post("/api/Report/WSJF").mock(side_effect=server)
+        if mode == "sync":
+            with WATS(BASE, TOKEN, **flags) as api:
+                result = api.report.submit(report)
+        else:
+            async with AsyncWATS(BASE, TOKEN, **flags) as aapi:
+                result = await aapi.report.submit(report)
+    assert len(seen) == 2 and seen[0] and seen[0] == seen[1] == result.id
+    assert "id" not in report  # the caller's dict is left as it was

@@ -6,6 +6,7 @@ awaitable of it (AsyncWATS), so each repository is written once for both.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -81,7 +82,10 @@ class ReportRepository(Repository):
 
     def submit(self, report: UUTReport | dict[str, Any]) -> Any:
         """Submit a UUT report (WSJF). Re-sending the same report id is recognised by the server, so it is
-        marked idempotent and may be retried."""
+        marked idempotent and may be retried. A report given as a dict without an id gets one now, before
+        the first attempt, so that a retry after a lost answer is recognised rather than stored twice."""
+        if isinstance(report, dict) and not report.get("id"):
+            report = {**report, "id": str(uuid.uuid4())}
         return self._run(Call("POST", "/api/Report/WSJF", SubmitResult, body=report, extensions=_SUBMIT_EXTENSIONS))
 
     def get(self, report_id: str) -> Any:
