@@ -121,3 +121,37 @@ async def test_clear_and_invalidate_cache_from_client(clean: EmulatorServer) -> 
         assert api.clear_cache() == 1
         await api.product.get("PN-1001")
         assert clean.state.requests["GET /api/Product/{partNumber}"] == 2
+
+
+@pytest.mark.parametrize(("method", "path", "body", "says"), [
+    ("GET", "/api/Report/Query/Header?$top=abc", None, "$top must be a whole number >= 0, got 'abc'"),
+    ("GET", "/api/Product/Query?$top=-1", None, "$top must be a whole number >= 0, got '-1'"),
+    ("PUT", "/api/Product", b"{not json", "body is not JSON"),
+    ("PUT", "/api/Product", b'{"partNumber": ["PN-1"]}', "partNumber must be a string, got list"),
+    ("PUT", "/api/Product", b'{"partNumber": "PN-9", "revisions": "A"}', "revisions must be a list of objects"),
+    ("PUT", "/api/Asset", b'{"serialNumber": 5}', "serialNumber must be a string, got int"),
+    ("POST", "/api/Report/WSJF", b"[1, 2]", "a report must be a JSON object"),
+])
+def test_the_emulator_answers_bad_input_with_a_400_naming_it(clean: EmulatorServer, method: str, path: str,
+                                                             body: bytes | None, says: str) -> None:
+    """Each of these failed inside the emulator with a 500 and a traceback (and the connection was reset),
+    where the server answers 400: a test of a client's error handling met a crash instead."""
+    import httpx
+
+    with httpx.Client(base_url=clean.url, headers={"Authorization": f"Basic {TOKEN}"}) as client:
+        answer = client.request(method, path, content=body)
+        assert (answer.status_code, answer.json()["message"]) == (400, says)
+        assert client.get("/api/App/Version").status_code == 200  # the same connection serves on
+
+
+@pytest.mark.anyio
+async def test_a_unit_of_a_product_saved_without_revisions(mode: str, clean: EmulatorServer) -> None:
+    """A product created through the API has no revisions; asking for one of its units failed the emulator
+    with a 500 (an IndexError), which the client took for a server error and retried."""
+    api = Both(mode, clean.url, enable_cache=False, retry={"max_attempts": 1})
+    try:
+        await api("product", "save", Product(partNumber=f"NEW-{mode}", name="new"))
+        unit = await api("production", "unit", "SN-1", f"NEW-{mode}")
+        assert (unit.partNumber, unit.revision, unit.testRuns) == (f"NEW-{mode}", None, 0)
+    finally:
+        await api.close()

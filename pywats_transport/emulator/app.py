@@ -158,6 +158,31 @@ def _odata_match(item: dict[str, Any], expr: str) -> bool:
     return True
 
 
+class BadRequest(Exception):
+    """Input the emulator refuses with a 400, as the server would, rather than failing with a 500."""
+
+
+def _top(request: Request) -> int:
+    """``$top``: how many results at most (0 or absent: all)."""
+    value = request.query_params.get("$top", "") or "0"
+    if not value.isdigit():
+        raise BadRequest(f"$top must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+async def _object(request: Request, key: str) -> dict[str, Any]:
+    """The body: a JSON object whose ``key`` is a non-empty string."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("body is not JSON") from None
+    if not isinstance(body, dict) or not body.get(key):
+        raise BadRequest(f"{key} is required")
+    if not isinstance(body[key], str):
+        raise BadRequest(f"{key} must be a string, got {type(body[key]).__name__}")
+    return body
+
+
 def create_app(state: EmulatorState | None = None) -> Starlette:
     st = state or EmulatorState()
     gate = _Gate(st)
@@ -169,6 +194,8 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
                 return refused
             try:
                 return await handler(request)
+            except BadRequest as exc:
+                return _error(400, str(exc))
             except ClientDisconnect:  # the client went away mid-request: nothing to answer
                 return Response(status_code=499)
 
@@ -185,13 +212,14 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
     async def product_query(request: Request) -> Response:
         expr = request.query_params.get("$filter", "")
         found = [p for p in products.values() if _odata_match(p, expr)]
-        top = int(request.query_params.get("$top", "0") or 0)
+        top = _top(request)
         return _json(st, found[:top] if top else found)
 
     async def product_put(request: Request) -> Response:
-        body = await request.json()
-        if not isinstance(body, dict) or not body.get("partNumber"):
-            return _error(400, "partNumber is required")
+        body = await _object(request, "partNumber")
+        revisions = body.get("revisions", [])
+        if not (isinstance(revisions, list) and all(isinstance(r, dict) for r in revisions)):
+            raise BadRequest("revisions must be a list of objects")
         pn = body["partNumber"]
         current = products.get(pn, {"revisions": [], "state": "Active"})
         products[pn] = {**current, **body}
@@ -215,7 +243,7 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         expr = request.query_params.get("$filter", "")
         found = [header_of(r) for r in st.reports.values() if _odata_match(r, expr)]
         found.sort(key=lambda h: str(h.get("start")), reverse=True)
-        top = int(request.query_params.get("$top", "0") or 0)
+        top = _top(request)
         return _json(st, found[:top] if top else found)
 
     async def report_post(request: Request) -> Response:
@@ -223,7 +251,9 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
             body = await request.json()
         except ValueError:
             return _error(400, "body is not JSON")
-        missing = [k for k in ("id", "partNumber", "serialNumber", "result") if not body.get(k)] if isinstance(body, dict) else ["(object)"]
+        if not isinstance(body, dict):
+            return _error(400, "a report must be a JSON object")
+        missing = [k for k in ("id", "partNumber", "serialNumber", "result") if not body.get(k)]
         if missing:
             return _error(400, f"report is missing {', '.join(missing)}")
         try:
@@ -263,9 +293,7 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         return _json(st, {"serialNumber": serial, "status": status, "runningCount": asset["runningCount"]})
 
     async def asset_put(request: Request) -> Response:
-        body = await request.json()
-        if not isinstance(body, dict) or not body.get("serialNumber"):
-            return _error(400, "serialNumber is required")
+        body = await _object(request, "serialNumber")
         current = assets.get(body["serialNumber"], {"id": uuid.uuid4().hex[:8], "runningCount": 0, "totalCount": 0})
         assets[body["serialNumber"]] = {**current, **body}
         return _json(st, assets[body["serialNumber"]])
@@ -281,7 +309,8 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         if pn not in products:
             return _error(404, f"product {pn} not found")
         runs = [r for r in st.reports.values() if r.get("serialNumber") == sn and r.get("partNumber") == pn]
-        return _json(st, {"serialNumber": sn, "partNumber": pn, "revision": products[pn]["revisions"][-1]["revision"],
+        revisions = products[pn].get("revisions") or [{}]  # a product saved without revisions has none
+        return _json(st, {"serialNumber": sn, "partNumber": pn, "revision": revisions[-1].get("revision"),
                           "phase": "Finalized" if any(r.get("result") == "P" for r in runs) else "UnderProduction",
                           "testRuns": len(runs)})
 
