@@ -207,3 +207,25 @@ async def test_the_same_report_handed_over_many_times_at_once_is_queued_once(tmp
     assert len(set(paths)) == 1 and paths[0].exists()
     assert queue.depth()["pending"] == 1 and queue.count_waiting() == 1
     assert [p.name for p in (tmp_path / "q").iterdir() if p.is_file()] == [paths[0].name]  # no temporary left
+
+
+@pytest.mark.anyio
+async def test_an_outbox_whose_client_was_closed_says_so(tmp_path: Path) -> None:
+    """After the client closed, the async outbox took a report, said "queued" and started a sender that
+    sent through the closed client for as long as the event loop ran; the sync one failed with "Event
+    loop is closed" and a coroutine never awaited. Both now say the outbox is closed, and where its
+    reports wait."""
+    folder = tmp_path / "outbox"
+    data = {"partNumber": "PN-1", "serialNumber": "SN-1", "result": "P"}
+    api = AsyncWATS("http://127.0.0.1:9", TOKEN, outbox=folder)
+    await api.aclose()
+    with pytest.raises(RuntimeError, match=f"the outbox is closed .*{folder}"):
+        await api.outbox.submit(data)
+    with pytest.raises(RuntimeError, match="the outbox is closed"):
+        await api.outbox.drain(timeout=1)
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "pywats-outbox"]
+    sync = WATS("http://127.0.0.1:9", TOKEN, outbox=folder)
+    sync.close()
+    with pytest.raises(RuntimeError, match=f"the outbox is closed .*{folder}"):
+        sync.outbox.submit(data)
+    assert sync.outbox.pending() == 0

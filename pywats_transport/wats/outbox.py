@@ -50,6 +50,11 @@ def _as_dict(report: Any) -> dict[str, Any]:
     raise TypeError(f"report must be a UUTReport or a dict, got {type(report).__name__}")
 
 
+def closed_error(folder: str | os.PathLike[str]) -> RuntimeError:
+    return RuntimeError(f"the outbox is closed (its client was closed); what it holds stays in {str(folder)!r} "
+                        "for the next client that opens that folder")
+
+
 class AsyncOutbox:
     """``await api.outbox.submit(report)`` -> :class:`Submitted`; ``await api.outbox.drain(timeout=30)``.
 
@@ -63,8 +68,11 @@ class AsyncOutbox:
         self.poll_interval = poll_interval
         self._stopping: asyncio.Event | None = None
         self._sender: asyncio.Task[None] | None = None
+        self._closed = False
 
     def _ensure_sender(self) -> None:
+        if self._closed:  # a sender now would send through a closed client, for as long as the loop runs
+            raise closed_error(self.queue.root)
         if self._sender is None or self._sender.done():
             self._stopping = asyncio.Event()
             self._sender = asyncio.get_running_loop().create_task(
@@ -75,6 +83,8 @@ class AsyncOutbox:
         self._ensure_sender()
 
     async def submit(self, report: Any) -> Submitted:
+        if self._closed:
+            raise closed_error(self.queue.root)
         path = await self.queue.aput(_as_dict(report))
         report_id = path.stem
         self._ensure_sender()
@@ -106,6 +116,7 @@ class AsyncOutbox:
 
     async def aclose(self) -> None:
         """Stop the sender; what is still queued stays on disk for the next run."""
+        self._closed = True
         if self._sender is not None:
             assert self._stopping is not None
             self._stopping.set()
@@ -125,34 +136,37 @@ class Outbox:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="pywats-outbox", daemon=True)
         self._thread.start()
-        self._async = self._call(self._make(folder, submit_async, poll_interval, backoff_max))
-        self._call(self._async.start())
+        self._folder = folder
+        self._async = self._call(self._make, folder, submit_async, poll_interval, backoff_max)
+        self._call(self._async.start)
 
     @staticmethod
     async def _make(folder: Any, submit: Any, poll_interval: float, backoff_max: float) -> AsyncOutbox:
         return AsyncOutbox(folder, submit, poll_interval=poll_interval, backoff_max=backoff_max)
 
-    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result(timeout)
+    def _call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+        if self._loop.is_closed():
+            raise closed_error(self._folder)
+        future: Future[T] = asyncio.run_coroutine_threadsafe(fn(*args), self._loop)
+        return future.result()
 
     @property
     def queue(self) -> ReportQueue:
         return self._async.queue
 
     def submit(self, report: Any) -> Submitted:
-        return self._call(self._async.submit(report))
+        return self._call(self._async.submit, report)
 
     def pending(self) -> int:
         return self._async.pending()
 
     def drain(self, timeout: float | None = None) -> bool:
-        return self._call(self._async.drain(timeout))
+        return self._call(self._async.drain, timeout)
 
     def close(self) -> None:
         if self._loop.is_closed():
             return
-        self._call(self._async.aclose())
+        self._call(self._async.aclose)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
