@@ -136,7 +136,7 @@ class _FleetBase:
             # forgets the counts of those it has not met for longest (a turn there counts them again).
             if stations.pop(key, None) is None and len(stations) >= MAX_BUCKETS:
                 for old in list(stations)[: len(stations) // 2]:
-                    del stations[old]
+                    stations.pop(old, None)  # another thread's turn may have dropped it first
             stations[key] = int(seen)
         return int(hold or 0), slow, now_ms
 
