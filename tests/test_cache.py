@@ -196,6 +196,20 @@ def test_a_sync_write_interrupted_while_it_waits_invalidates(interruption: type[
 
 
 @pytest.mark.anyio
+async def test_a_relative_prefix_is_refused_rather_than_dropping_nothing(mode: str) -> None:
+    """Stored paths all start at the root: ``invalidate("api/Product")`` matched nothing, returned 0 and
+    left every entry to be served, with nothing to tell the caller why."""
+    server = Counter()
+    caller, layer = make(mode, server)
+    await caller.get("/api/Product/1")
+    with pytest.raises(ValueError, match="'api/Product' is a relative path; give it from the root"):
+        layer.invalidate("api/Product")
+    assert (await caller.get("/api/Product/1")).extensions["caching"]["from_cache"]
+    assert layer.invalidate("/api/Product") == 1
+    await caller.close()
+
+
+@pytest.mark.anyio
 async def test_explicit_invalidate_and_clear(mode: str) -> None:
     server = Counter()
     caller, layer = make(mode, server)
@@ -582,7 +596,7 @@ async def test_a_misspelt_cache_extension_is_refused_by_name(mode: str, method: 
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("invalidates", ["/api/Report", ["http://"], [5]])
+@pytest.mark.parametrize("invalidates", ["/api/Report", ["http://"], [5], ["api/Report"]])
 async def test_a_write_naming_prefixes_wrongly_is_refused_before_it_is_sent(mode: str, invalidates: Any) -> None:
     """A bare string was read a character at a time: its "/" dropped every entry of the origin, after the
     write had gone through."""

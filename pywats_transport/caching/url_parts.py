@@ -60,4 +60,8 @@ def split_prefix(prefix: str, origin: str | None) -> tuple[str | None, str]:
         return origin_of(parsed), parsed.path or "/"
     if parsed.scheme:
         raise ValueError(f"cache prefix {prefix!r} is neither a path nor a URL: it names no host")
+    if parsed.path and not parsed.path.startswith("/"):
+        # Stored paths all start at the root: this one would match nothing, and drop nothing, silently.
+        raise ValueError(f"cache prefix {prefix!r} is a relative path; give it from the root "
+                         f"({'/' + prefix!r}) or as a URL")
     return origin, parsed.path or "/"
