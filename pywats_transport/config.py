@@ -468,6 +468,8 @@ def flags_to_dict(flags: Mapping[str, Any]) -> dict[str, Any]:
                 value = value.model_dump()
             out = deep_merge(out, {key: value})
         elif key in ("plugins", "blocked_plugins", "order"):
+            if isinstance(value, str):  # one name, or several comma-separated as in the environment
+                value = [v.strip() for v in value.split(",") if v.strip()]
             out[key] = list(value) if value is not None else None
         elif key in ("plugin_settings", "positions"):
             out[key] = dict(value)

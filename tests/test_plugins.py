@@ -55,6 +55,21 @@ async def test_plugin_enabled_by_name_sits_at_its_position_async() -> None:
         assert (await client.get("http://t/")).json()["x-stamp"] == "stamped"
 
 
+@pytest.mark.anyio
+async def test_plugins_given_as_one_string_are_names_not_letters() -> None:
+    """``plugins="stamp"`` was read a letter at a time ("unknown plugin or layer 's'"), in the builders and
+    the WATS clients alike; a string now names plugins as the environment variable does, comma-separated."""
+    from pywats_transport import WATS, AsyncWATS
+
+    assert build_transport(plugins="stamp").names == ["cache", "retry", "stamp"]
+    assert sorted(build_async_transport(plugins=" stamp , circuitbreaker ").names) == ["cache", "circuitbreaker",
+                                                                                      "retry", "stamp"]
+    with WATS("http://wats.test", "t", plugins="stamp") as api:
+        assert api.transport.names == ["cache", "retry", "stamp", "throttle"]
+    async with AsyncWATS("http://wats.test", "t", plugins="stamp,circuitbreaker") as aapi:
+        assert sorted(aapi.transport.names) == ["cache", "circuitbreaker", "retry", "stamp", "throttle"]
+
+
 def test_unknown_plugin_names_known_ones() -> None:
     with pytest.raises(PluginError, match=r"unknown plugin or layer 'nope'; known: (\w+, )*stamp\b"):
         build_transport(plugins=["nope"])

@@ -52,7 +52,7 @@ def resolve_config(config: TransportConfig | dict[str, Any] | str | os.PathLike[
     if retry is not None:
         extra["retry"] = retry
     if plugins:
-        extra["plugins"] = list(plugins)
+        extra["plugins"] = plugins  # a list, or one string of names, split as the environment's
     return TransportConfig.load(config, profile="wats", **changed, **extra)
 
 
@@ -96,7 +96,8 @@ class _ClientBase:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         flags = dict(enable_cache=enable_cache, cache_ttl=cache_ttl, cache_max_size=cache_max_size,
                      enable_retry=enable_retry, retry=retry, enable_throttling=enable_throttling,
-                     rate_limit=rate_limit, enable_metrics=enable_metrics, plugins=tuple(plugins))
+                     rate_limit=rate_limit, enable_metrics=enable_metrics,
+                     plugins=plugins if isinstance(plugins, str) else tuple(plugins))
         self.base_url = base_url.rstrip("/")
         self.config = resolve_config(config, flags)
         headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
