@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -149,6 +150,9 @@ def test_token_never_in_repr_and_arguments_checked() -> None:
         WATS("wats.example", TOKEN)
     with pytest.raises(ValueError, match="token must be a non-empty"):
         WATS(BASE, "")
+    # every route starts with /api: a base ending with it asked for /api/api/... and met 404s
+    with pytest.raises(ValueError, match=r"without /api .*give 'https://wats.example/wats'"):
+        AsyncWATS("https://wats.example/wats/api/", TOKEN)
 
 
 def test_flags_and_config_build_the_chain(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -90,6 +90,10 @@ class _ClientBase:
     ) -> None:
         if not base_url or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+        if base_url.rstrip("/").lower().endswith("/api"):
+            # Every route starts with /api: this base would ask for /api/api/... and meet 404s.
+            raise ValueError(f"base_url is the WATS server's address without /api (the routes add it), "
+                             f"got {base_url!r}; give {base_url.rstrip('/')[:-4]!r}")
         if not token:
             raise ValueError("token must be a non-empty WATS API token")
         if timeout <= 0:
