@@ -370,3 +370,12 @@ def test_a_read_only_queue_dir_at_startup_is_one_clear_line(tmp_path: Path) -> N
         run = serve(path)
     lines = [line for line in run.stderr.strip().splitlines() if "pywats_transport.plugins" not in line]
     assert run.returncode == 3 and len(lines) == 1 and "queue_dir" in lines[0] and "not writable" in lines[0]
+
+
+def test_a_service_address_ending_with_api_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    """``pywats-transport serve`` died with a traceback from the client's constructor."""
+    path = tmp_path / "client.json"
+    path.write_text(json.dumps({"service_address": "https://wats.example.com/api/", "api_token": "t"}))
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"service_address .*without /api \(the routes add it\): 'https://wats.example.com'"):
+        ClientConfig.load(path)

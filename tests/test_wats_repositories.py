@@ -151,7 +151,7 @@ def test_token_never_in_repr_and_arguments_checked() -> None:
     with pytest.raises(ValueError, match="token must be a non-empty"):
         WATS(BASE, "")
     # every route starts with /api: a base ending with it asked for /api/api/... and met 404s
-    with pytest.raises(ValueError, match=r"without /api .*give 'https://wats.example/wats'"):
+    with pytest.raises(ValueError, match=r"without /api \(the routes add it\): 'https://wats.example/wats', got"):
         AsyncWATS("https://wats.example/wats/api/", TOKEN)
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, Valid
 
 from ..config import TransportConfig, describe_validation_error, read_json_file
 from ..errors import ConfigError
+from ..wats.client import api_suffix_problem
 
 ENV_PREFIX = "PYWATS_CLIENT_"
 log = logging.getLogger("pywats_transport.service")
@@ -81,6 +82,8 @@ class ClientConfig(BaseModel):
             host = ""
         if not host:
             raise ValueError("must name a host, as in https://wats.example.com")
+        if (problem := api_suffix_problem(value)) is not None:
+            raise ValueError(problem)
         return value.rstrip("/")
 
     @field_validator("transport")

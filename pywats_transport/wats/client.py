@@ -42,6 +42,14 @@ _FLAG_DEFAULTS: dict[str, Any] = {
 }
 
 
+def api_suffix_problem(address: str) -> str | None:
+    """Why a WATS address ending with ``/api`` is wrong (None when it does not): every route starts with
+    /api, so such a base asks for /api/api/... and meets a 404 on every call."""
+    if not address.rstrip("/").lower().endswith("/api"):
+        return None
+    return f"must be the WATS server's address without /api (the routes add it): {address.rstrip('/')[:-4]!r}"
+
+
 def resolve_config(config: TransportConfig | dict[str, Any] | str | os.PathLike[str] | None, flags: dict[str, Any]) -> TransportConfig:
     changed = {k: v for k, v in flags.items() if v != _FLAG_DEFAULTS[k]}
     retry = changed.pop("retry", None)
@@ -90,10 +98,8 @@ class _ClientBase:
     ) -> None:
         if not base_url or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
-        if base_url.rstrip("/").lower().endswith("/api"):
-            # Every route starts with /api: this base would ask for /api/api/... and meet 404s.
-            raise ValueError(f"base_url is the WATS server's address without /api (the routes add it), "
-                             f"got {base_url!r}; give {base_url.rstrip('/')[:-4]!r}")
+        if (problem := api_suffix_problem(base_url)) is not None:
+            raise ValueError(f"base_url {problem}, got {base_url!r}")
         if not token:
             raise ValueError("token must be a non-empty WATS API token")
         if timeout <= 0:
