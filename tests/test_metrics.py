@@ -223,3 +223,27 @@ async def test_active_requests_keep_a_bounded_number_of_label_sets() -> None:
         release.set()
         await held
     assert value(collector, "http_client_active_requests", server_address="held") == 0
+
+
+@pytest.mark.anyio
+async def test_a_stack_nobody_closed_is_not_kept_alive_by_the_collector(mode: str) -> None:
+    """The collector, process-wide by default, held each metrics layer's in-flight counter (and each
+    circuit's gauge) for good: a stack built and dropped without being closed lived on, with its cache and
+    connections, as long as the process, and was read at every scrape."""
+    import gc
+    import weakref
+
+    collector = MetricsCollector(isolated=True)
+    dropped = []
+    for i in range(50):
+        transport = stack(mode, collector)
+        caller = Caller(mode, transport)
+        await caller.get(f"/api/Product/PN-{i}")
+        dropped.append(weakref.ref(transport))
+        del caller, transport  # dropped without close(), as scripts and tests often do
+    gc.collect()
+    assert sum(ref() is not None for ref in dropped) == 0
+    assert len(collector.telemetry.active_sources) == 0
+    kept = stack(mode, collector)  # a live one is still read, and a scrape still works
+    assert len(collector.telemetry.active_sources) == 1 and "http_client_request_duration" in collector.render_prometheus()
+    del kept

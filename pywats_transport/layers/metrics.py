@@ -74,7 +74,7 @@ class _MetricsCore:
         if t is not None:
             self._duration = t.duration
             self._req_size, self._resp_size = t.request_size, t.response_size
-            t.active_sources.append(self._active_counts)
+            t.active_sources.add(self._active_counts)
             self._telemetry = t
 
     def _active_counts(self) -> dict[tuple[tuple[str, Any], ...], int]:
@@ -93,7 +93,7 @@ class _MetricsCore:
         return counts
 
     def _unregister(self) -> None:
-        if self._on and self._active_counts in self._telemetry.active_sources:
+        if self._on:
             self._telemetry.active_sources.remove(self._active_counts)
 
     def _labels(self, request: httpx.Request) -> _LabelSet:

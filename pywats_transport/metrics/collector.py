@@ -22,6 +22,7 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, generate_latest
 
 from .._version import __version__
+from .sources import Sources
 
 # The OpenTelemetry semantic-conventions advice for http.client.request.duration.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -50,7 +51,7 @@ class _Telemetry:
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
         # Observed at scrape time from the layers' own in-flight counts: two fewer SDK measurements per request.
-        self.active_sources: list[Any] = []
+        self.active_sources = Sources()
         meter.create_observable_up_down_counter(
             "http.client.active_requests", callbacks=[self._active], unit="{request}",
             description="Number of active HTTP requests.",
@@ -95,7 +96,7 @@ class _Telemetry:
             "pywats_transport.queue.reports", unit="{report}", description="Queued reports by outcome."
         )
         self._gauges: dict[str, Any] = {}
-        self._gauge_sources: dict[str, list[Any]] = {}
+        self._gauge_sources: dict[str, Sources] = {}
         self._lock = threading.Lock()
         self._process = psutil.Process(os.getpid())
         self._cpu_mark = (time.monotonic(), self._cpu_seconds())
@@ -115,7 +116,7 @@ class _Telemetry:
 
     def _active(self, options: CallbackOptions) -> Iterable[Observation]:
         totals: dict[tuple[tuple[str, Any], ...], int] = {}
-        for source in list(self.active_sources):
+        for source in self.active_sources.live():
             for key, count in source().items():
                 totals[key] = totals.get(key, 0) + count
         for key, count in totals.items():
@@ -140,12 +141,13 @@ class _Telemetry:
     def observe_gauge(self, name: str, unit: str, description: str, source: Any) -> None:
         """Register ``source()`` -> {attributes-tuple: value} as an observable gauge, read at scrape time only."""
         with self._lock:
-            self._gauge_sources.setdefault(name, []).append(source)
+            self._gauge_sources.setdefault(name, Sources()).add(source)
             if name in self._gauges:
                 return
 
             def callback(options: CallbackOptions, _name: str = name) -> Iterable[Observation]:
-                for src in list(self._gauge_sources.get(_name, ())):
+                sources = self._gauge_sources.get(_name)
+                for src in sources.live() if sources is not None else ():
                     for attrs, value in src().items():
                         yield Observation(value, dict(attrs))
 
@@ -155,8 +157,8 @@ class _Telemetry:
 
     def forget_gauge_source(self, name: str, source: Any) -> None:
         with self._lock:
-            sources = self._gauge_sources.get(name, [])
-            if source in sources:
+            sources = self._gauge_sources.get(name)
+            if sources is not None:
                 sources.remove(source)
 
 
@@ -254,7 +256,10 @@ class MetricsCollector:
             self._t.queue_reports.add(1, {"outcome": outcome})
 
     def observe_gauge(self, name: str, source: Any, *, unit: str = "1", description: str = "") -> None:
-        """Publish ``source()`` -> ``{((label, value), ...): number}`` as a gauge collected only when scraped."""
+        """Publish ``source()`` -> ``{((label, value), ...): number}`` as a gauge collected only when scraped.
+
+        A bound method is held weakly (its object's life decides how long it is read, so a layer that was
+        never closed is not kept alive); any other callable until :meth:`forget_gauge`."""
         if self._t is not None:
             self._t.observe_gauge(name, unit, description, source)
 
