@@ -174,6 +174,20 @@ async def test_health_endpoints_and_metrics(tmp_path: Path, emulator: EmulatorSe
 
 
 @pytest.mark.anyio
+async def test_a_password_in_the_service_address_is_not_shown(tmp_path: Path, emulator: EmulatorServer) -> None:
+    """/health/details showed ``service_address`` as written, a password in it included, to anyone who
+    can reach the health port; the WATS client's repr did too."""
+    address = emulator.url.replace("http://", "http://station:pw-S3CRET@")
+    async with AsyncClientService(config(tmp_path, address)) as service:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.health_port}") as client:
+            details = (await client.get("/health/details")).text
+        assert service.api is not None
+        shown = repr(service.api)
+    assert "pw-S3CRET" not in details and "station:***@" in details
+    assert "pw-S3CRET" not in shown and "station:***@" in shown
+
+
+@pytest.mark.anyio
 async def test_unhealthy_when_queue_stuck(tmp_path: Path) -> None:
     cfg = config(tmp_path, f"http://127.0.0.1:{free_port()}", stuck_after=0.2)
     queue = Path(cfg.queue_dir)

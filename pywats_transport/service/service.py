@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 
 from .._version import __version__
+from ..config import redacted
 from ..metrics import MetricsCollector
 from ..reportqueue import STATES, ReportQueue
 from ..wats import AsyncWATS
@@ -220,7 +221,7 @@ class AsyncClientService:
             "version": __version__,
             "uptime_seconds": round(self.uptime(), 3),
             "api": {
-                "url": self.config.service_address,
+                "url": redacted(self.config.service_address),  # a password in the URL is not shown
                 "server_version": self.server_version,
                 "reachable": self.last_contact is not None and not self.last_contact_error,
                 "last_contact_age_seconds": round(time.monotonic() - self.last_contact, 3) if self.last_contact else None,

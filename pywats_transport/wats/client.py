@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from ..builder import build_async_transport, build_transport
-from ..config import RetrySettings, TransportConfig
+from ..config import RetrySettings, TransportConfig, redacted
 from .calls import Call
 from .errors import WATSConnectionError, WATSError
 from .outbox import AsyncOutbox, Outbox
@@ -158,7 +158,7 @@ class _ClientBase:
         return cls(*_env_credentials(), config=path, **kwargs)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self.base_url!r}, token=***)"
+        return f"{type(self).__name__}(base_url={redacted(self.base_url)!r}, token=***)"
 
     @staticmethod
     def _connection_error(call: Call[Any], exc: httpx.HTTPError) -> WATSError:
