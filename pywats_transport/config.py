@@ -62,8 +62,8 @@ class CacheSettings(Section):
     max_size: int = Field(1000, ge=1, description="Entries kept by the memory storage (and the near cache) before "
                           "LRU eviction.")
     max_bytes: int | None = Field(256 * 1024 * 1024, ge=1, description="Bytes of response bodies the memory "
-                                  "storage (and the near cache) keeps before LRU eviction; null: entries alone "
-                                  "bound it.")
+                                  "storage (and the near cache) keeps before LRU eviction, and the most the SQLite "
+                                  "file holds; null: entries alone bound the memory storage, nothing the file.")
     mode: Literal["ttl", "rfc"] = Field(
         "rfc",
         description="`rfc`: RFC 9111 (freshness and revalidation as the server says); `ttl`: cache 2xx GET/HEAD for "

@@ -499,6 +499,29 @@ async def test_sqlite_storage_hits_and_invalidates(mode: str, tmp_path: Path) ->
 
 
 @pytest.mark.anyio
+async def test_max_bytes_bounds_the_sqlite_file_too(mode: str, tmp_path: Path) -> None:
+    """``max_bytes`` bounded the memory storage alone: the SQLite file grew to hishel's own default of
+    1 GiB whatever it said (6.3 MB for 300 answers of 20 kB against a bound of 1 MB)."""
+    import os
+    import sqlite3
+
+    body = os.urandom(20_000)
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    path = tmp_path / "bounded.db"
+    layer = cls(httpx.MockTransport(lambda r: httpx.Response(200, content=body)), mode="ttl", storage="sqlite",
+                sqlite_path=str(path), max_bytes=1_000_000)
+    caller = Caller(mode, layer)
+    for i in range(300):
+        assert len((await caller.get(f"/file/{i}")).content) == 20_000  # each answered, whether kept or not
+    assert (await caller.get("/file/0")).extensions["caching"]["from_cache"]  # the first ones are kept
+    await caller.close()
+    with sqlite3.connect(path) as db:
+        used = db.execute("SELECT (page_count - freelist_count) * page_size FROM pragma_page_count(), "
+                          "pragma_freelist_count(), pragma_page_size()").fetchone()[0]
+    assert used <= 1_100_000
+
+
+@pytest.mark.anyio
 @pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX's")
 async def test_the_sqlite_file_is_readable_by_its_owner_only(mode: str, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:

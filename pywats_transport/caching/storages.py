@@ -47,9 +47,11 @@ def make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asyn
                 raise ImportError("cache storage 'sqlite' on an async client needs anysqlite: "
                                   "pip install 'pywats-transport[sqlite]'") from None
             return hishel.AsyncSqliteStorage(database_path=settings.sqlite_path, default_ttl=settings.ttl,
-                                             max_stream_size=MAX_BODY)
-        # A body over the bound is a download, as for the other storages: answered, not written to the file
-        return hishel.SqliteStorage(database_path=settings.sqlite_path, default_ttl=settings.ttl, max_stream_size=MAX_BODY)
+                                             max_stream_size=MAX_BODY, max_size=settings.max_bytes)
+        # A body over the bound is a download, as for the other storages: answered, not written to the file.
+        # max_bytes bounds the file as it bounds the memory storage (hishel's own default is 1 GiB).
+        return hishel.SqliteStorage(database_path=settings.sqlite_path, default_ttl=settings.ttl, max_stream_size=MAX_BODY,
+                                    max_size=settings.max_bytes)
     try:
         import redis  # noqa: F401 - the one check that it is installed
     except ImportError:
