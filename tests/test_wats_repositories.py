@@ -177,6 +177,9 @@ def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WATS_AUTH_TOKEN", TOKEN)
     api = AsyncWATS.from_env(enable_cache=False)
     assert api.base_url == BASE and "cache" not in api.transport.names
+    monkeypatch.setenv("WATS_BASE_URL", BASE + "/api")
+    with pytest.raises(ValueError, match=r"environment variable WATS_BASE_URL must be the WATS server's address"):
+        WATS.from_env()
 
 
 @pytest.mark.anyio

@@ -277,4 +277,6 @@ def _env_credentials() -> tuple[str, str]:
     missing = [name for name, value in (("WATS_BASE_URL", base_url), ("WATS_AUTH_TOKEN", token)) if not value]
     if missing:
         raise ValueError(f"environment variable(s) {', '.join(missing)} must be set")
+    if (problem := api_suffix_problem(str(base_url))) is not None:
+        raise ValueError(f"environment variable WATS_BASE_URL {problem}, got {base_url!r}")
     return str(base_url), str(token)
