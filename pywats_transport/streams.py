@@ -17,6 +17,8 @@ class OnClose(httpx.SyncByteStream, httpx.AsyncByteStream):
         self._stream = stream
         self._on_close: Callable[[], None] | None = on_close
         self._left = limit
+        #: read to its end; grew past ``limit``: what ``on_close`` may want to know of how it ended
+        self.completed = self.outgrew = False
 
     def _done(self) -> None:
         on_close, self._on_close = self._on_close, None
@@ -27,17 +29,20 @@ class OnClose(httpx.SyncByteStream, httpx.AsyncByteStream):
         if self._left is not None:
             self._left -= len(chunk)
             if self._left < 0:
+                self.outgrew = True
                 self._done()
 
     def __iter__(self) -> Any:
         for chunk in self._stream:
             self._count(chunk)
             yield chunk
+        self.completed = True
 
     async def __aiter__(self) -> Any:
         async for chunk in self._stream:
             self._count(chunk)
             yield chunk
+        self.completed = True
 
     def close(self) -> None:
         try:

@@ -382,9 +382,11 @@ async def test_an_answer_held_unread_holds_up_its_url_once_at_most(mode: str, ca
 
 
 @pytest.mark.anyio
-async def test_when_the_first_fetch_stores_nothing_one_follower_fetches_for_the_others(mode: str) -> None:
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+async def test_when_the_first_fetch_stores_nothing_one_follower_fetches_for_the_others(mode: str, storage: str,
+                                                                                       tmp_path: Path) -> None:
     """The answer the waiting lookups were promised never came (its caller dropped it unread): each of
-    them went to the server, ten requests where one does."""
+    them went to the server, ten requests where one does (with SQLite, until this session, still ten)."""
     calls = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -399,7 +401,8 @@ async def test_when_the_first_fetch_stores_nothing_one_follower_fetches_for_the_
             await asyncio.sleep(0.05)
         return streamed(request)
 
-    caller, _ = make(mode, handler if mode == "sync" else async_handler, mode="rfc", coalesce_timeout=5)
+    caller, _ = make(mode, handler if mode == "sync" else async_handler, mode="rfc", coalesce_timeout=5,
+                     storage=storage, sqlite_path=str(tmp_path / "c.db"))
     first = await send_streamed(caller, "/x")
     if mode == "sync":
         from concurrent.futures import ThreadPoolExecutor
@@ -419,6 +422,40 @@ async def test_when_the_first_fetch_stores_nothing_one_follower_fetches_for_the_
     assert all(a.json() == {"ok": 1} for a in answers)
     assert len(calls) == 2  # the dropped one, and one for the ten
     await caller.close()
+
+
+def test_a_fetchs_followers_learn_whether_it_left_them_anything() -> None:
+    """Followers on hishel's path (SQLite) fetch again, one for all, only when the fetch they waited for
+    left nothing: an answer stored and read to its end, a hit, or a download no storage keeps settle it;
+    a failure, an answer not stored, or one closed before its end do not."""
+    import threading
+
+    from pywats_transport.caching.coalesce import Flights
+
+    def fetch(flights: Flights, response: httpx.Response | None, read: bool | None) -> bool:
+        leader, follower = flights.join("k"), flights.join("k")
+        assert leader.leader and not follower.leader
+        if response is None:
+            flights.land(leader)  # the fetch failed
+        else:
+            answer = flights.land_when_read(leader, response)
+            if read is not None:
+                answer.read() if read else answer.close()
+        assert follower.event.is_set()
+        return follower.settled
+
+    def answer(stored: bool, from_cache: bool = False, size: int = 10) -> httpx.Response:
+        response = httpx.Response(200, stream=httpx.ByteStream(b"x" * size), headers={"content-length": str(size)})
+        response.extensions["caching"] = {"stored": stored, "from_cache": from_cache}
+        return response
+
+    flights = Flights(threading.Event)
+    assert fetch(flights, answer(stored=True), read=True) is True
+    assert fetch(flights, answer(stored=True), read=False) is False  # closed before its end: nothing kept
+    assert fetch(flights, answer(stored=False), read=None) is False
+    assert fetch(flights, answer(stored=False, from_cache=True), read=None) is True
+    assert fetch(flights, answer(stored=True, size=11 * 1024 * 1024), read=None) is True  # a download
+    assert fetch(flights, None, read=None) is False
 
 
 @pytest.mark.anyio

@@ -22,18 +22,26 @@ class Flight:
     """A lookup's place in a fetch: the leader's own flight is the fetch in flight (when it began, and the
     event its followers wait on, made when one first asks); a follower's points at its leader's."""
 
-    __slots__ = ("key", "leader", "_flights", "_fetch", "started", "waiting")
+    __slots__ = ("key", "leader", "_flights", "_fetch", "started", "waiting", "_settled")
 
     def __init__(self, key: str, flights: Flights, fetch: Flight | None = None, started: float = 0.0,
                  waiting: Any = None) -> None:
         self.key, self.leader, self._flights = key, fetch is None, flights
         self._fetch = fetch if fetch is not None else self
         self.started, self.waiting = started, waiting
+        self._settled = False
 
     @property
     def event(self) -> Any:
         """The event a follower waits on; created only when a follower shows up."""
         return self._flights._event_for(self)
+
+    @property
+    def settled(self) -> bool:
+        """Whether the fetch, once landed, left its followers nothing to fetch again: its answer was stored
+        (or was a hit, or a download no storage keeps). False: it failed, or stored nothing, and one
+        follower may fetch for the others."""
+        return self._fetch._settled
 
 
 class Flights:
@@ -72,9 +80,10 @@ class Flights:
                     fetch.waiting.set()
             return fetch.waiting
 
-    def land(self, flight: Flight | None) -> None:
+    def land(self, flight: Flight | None, settled: bool = False) -> None:
         if flight is None or not flight.leader:
             return
+        flight._settled = settled
         with self._lock:
             if self._flying.get(flight.key) is not flight:
                 return  # landed already, or a later fetch took over: its followers wait for that one
@@ -89,12 +98,17 @@ class Flights:
         bound: a download is not stored, and the followers need not wait for it to end."""
         if flight is None or not flight.leader:
             return response
-        if (not response.extensions.get("caching", {}).get("stored") or response.is_closed
-                or announced_over(response.headers, limit)):
-            # Nothing to wait for: nothing gets stored, or the body is already complete.
-            self.land(flight)
+        caching = response.extensions.get("caching", {})
+        if caching.get("from_cache") or announced_over(response.headers, limit):
+            self.land(flight, settled=True)  # a hit to share, or a download nobody waits for
             return response
-        response.stream = OnClose(response.stream, lambda: self.land(flight), limit)
+        if not caching.get("stored") or response.is_closed:
+            # Nothing to wait for: nothing gets stored, or the body is already complete.
+            self.land(flight, settled=bool(caching.get("stored")))
+            return response
+        stream = OnClose(response.stream, lambda: self.land(flight, settled=stream.completed or stream.outgrew),
+                         limit)
+        response.stream = stream
         return response
 
 

@@ -13,7 +13,7 @@ import hishel
 import httpx
 from hishel.httpx import AsyncCacheTransport, CacheTransport
 
-from ..caching.coalesce import Flights
+from ..caching.coalesce import Flight, Flights
 from ..caching.layer_core import CacheCore, FromInner, dated, validating, write_may_have_landed
 from ..caching.memory import Record
 from ..caching.policy import Plan
@@ -75,7 +75,7 @@ class CacheLayer(CacheCore, Layer):
         self._prepare(request, plan)
         flight = self._join(plan)
         if flight is not None and not flight.leader:
-            flight.event.wait(self.settings.coalesce_timeout)  # then look up what the leader stored
+            flight = self._follow(plan, flight)  # then look up what the leader stored
         lookup = self._lookup(plan, request, not plan.refresh and (flight is None or flight.leader)) \
             if self._fleet_lookup else None
         context = LOOKUP.set(lookup)
@@ -92,7 +92,7 @@ class CacheLayer(CacheCore, Layer):
             self._failed(flight)
             raise wrapped.original from None
         except Exception as exc:  # the storage failed: the request still gets its answer
-            self._flights.land(flight)
+            self._flights.land(flight, settled=True)  # one at a time would not mend the storage
             self._storage_failed(exc)
             return self._bypassed(self.inner.handle_request(request))
         except BaseException:  # interrupted (Ctrl-C): the others fetch at once, not after the lock's expiry
@@ -116,6 +116,20 @@ class CacheLayer(CacheCore, Layer):
             self._near_keep(plan, request, response, near_token)
         self._after_lookup(plan, request, response)
         return self._flights.land_when_read(flight, response, self._body_bound)
+
+    def _follow(self, plan: Plan, flight: Flight) -> Flight | None:
+        """A follower on hishel's path (SQLite, Redis) waits for the fetch it follows. When that stored
+        nothing, on SQLite one follower leads the next fetch and the others follow it, as on the memory
+        storage's path (Redis has a single flight of its own); past ``coalesce_timeout`` it fetches alone."""
+        deadline = time.monotonic() + self.settings.coalesce_timeout
+        while True:
+            flight.event.wait(max(0.0, deadline - time.monotonic()))
+            if self._shared or time.monotonic() >= deadline or flight.settled:
+                return flight
+            following = self._join(plan)
+            if following is None or following.leader:
+                return following
+            flight = following
 
     def _handle_direct(self, plan: Plan, request: httpx.Request) -> httpx.Response:
         hit, stale, flight = self._direct_begin(plan, request)
@@ -249,8 +263,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         self._prepare(request, plan)
         flight = self._join(plan)
         if flight is not None and not flight.leader:
-            with anyio.move_on_after(self.settings.coalesce_timeout):
-                await flight.event.wait()  # then look up what the leader stored
+            flight = await self._follow(plan, flight)  # then look up what the leader stored
         lookup = self._lookup(plan, request, not plan.refresh and (flight is None or flight.leader)) \
             if self._fleet_lookup else None
         context = LOOKUP.set(lookup)
@@ -266,8 +279,8 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
                 return stale
             self._failed(flight)
             raise wrapped.original from None
-        except Exception as exc:
-            self._flights.land(flight)
+        except Exception as exc:  # as the sync layer's
+            self._flights.land(flight, settled=True)
             self._storage_failed(exc)
             return self._bypassed(await self.inner.handle_async_request(request))
         except BaseException:
@@ -294,6 +307,19 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             self._near_keep(plan, request, response, near_token)
         self._after_lookup(plan, request, response)
         return self._flights.land_when_read(flight, response, self._body_bound)
+
+    async def _follow(self, plan: Plan, flight: Flight) -> Flight | None:
+        """As the sync layer's."""
+        deadline = time.monotonic() + self.settings.coalesce_timeout
+        while True:
+            with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
+                await flight.event.wait()
+            if self._shared or time.monotonic() >= deadline or flight.settled:
+                return flight
+            following = self._join(plan)
+            if following is None or following.leader:
+                return following
+            flight = following
 
     async def _handle_direct(self, plan: Plan, request: httpx.Request) -> httpx.Response:
         hit, stale, flight = self._direct_begin(plan, request)
