@@ -416,6 +416,18 @@ class CacheCore:
             return hit, stale, None
         return None, stale, self._join(plan)
 
+    def _woken(self, plan: Plan, flight: Flight, deadline: float) -> tuple[bool, Flight]:
+        """A follower on hishel's path (SQLite, Redis), woken or out of time: whether to go look up now, and
+        the flight it is on. It goes when its fetch settled the key, past ``deadline`` (to fetch alone),
+        and on Redis (which has a single flight of its own); else, as on the memory storage's path, one
+        follower leads the next fetch (its own flight, to go with) and the others wait for that one."""
+        if self._shared or time.monotonic() >= deadline or flight.settled:
+            return True, flight
+        following = self._join(plan)
+        if following is None:
+            return True, flight
+        return following.leader, following
+
     def _answer_is_spent(self, response: httpx.Response, stale: Record | None) -> bool:
         """The origin's answer will not reach the caller (a 304 for the stored entry, or a 5xx the stale
         entry replaces): the caller closes it, sync or async."""

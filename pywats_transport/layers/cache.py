@@ -117,19 +117,14 @@ class CacheLayer(CacheCore, Layer):
         self._after_lookup(plan, request, response)
         return self._flights.land_when_read(flight, response, self._body_bound)
 
-    def _follow(self, plan: Plan, flight: Flight) -> Flight | None:
-        """A follower on hishel's path (SQLite, Redis) waits for the fetch it follows. When that stored
-        nothing, on SQLite one follower leads the next fetch and the others follow it, as on the memory
-        storage's path (Redis has a single flight of its own); past ``coalesce_timeout`` it fetches alone."""
+    def _follow(self, plan: Plan, flight: Flight) -> Flight:
+        """A follower on hishel's path waits for the fetch it follows (see :meth:`_woken`)."""
         deadline = time.monotonic() + self.settings.coalesce_timeout
         while True:
             flight.event.wait(max(0.0, deadline - time.monotonic()))
-            if self._shared or time.monotonic() >= deadline or flight.settled:
+            go, flight = self._woken(plan, flight, deadline)
+            if go:
                 return flight
-            following = self._join(plan)
-            if following is None or following.leader:
-                return following
-            flight = following
 
     def _handle_direct(self, plan: Plan, request: httpx.Request) -> httpx.Response:
         hit, stale, flight = self._direct_begin(plan, request)
@@ -308,18 +303,15 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         self._after_lookup(plan, request, response)
         return self._flights.land_when_read(flight, response, self._body_bound)
 
-    async def _follow(self, plan: Plan, flight: Flight) -> Flight | None:
+    async def _follow(self, plan: Plan, flight: Flight) -> Flight:
         """As the sync layer's."""
         deadline = time.monotonic() + self.settings.coalesce_timeout
         while True:
             with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
                 await flight.event.wait()
-            if self._shared or time.monotonic() >= deadline or flight.settled:
+            go, flight = self._woken(plan, flight, deadline)
+            if go:
                 return flight
-            following = self._join(plan)
-            if following is None or following.leader:
-                return following
-            flight = following
 
     async def _handle_direct(self, plan: Plan, request: httpx.Request) -> httpx.Response:
         hit, stale, flight = self._direct_begin(plan, request)
