@@ -99,12 +99,14 @@ class Flights:
         if flight is None or not flight.leader:
             return response
         caching = response.extensions.get("caching", {})
-        if caching.get("from_cache") or announced_over(response.headers, limit):
-            self.land(flight, settled=True)  # a hit to share, or a download nobody waits for
+        stored = caching.get("stored")
+        if not stored or response.is_closed:
+            # Nothing to wait for: nothing gets stored (a hit's entry is there already), or the body is
+            # already complete.
+            self.land(flight, settled=bool(stored or caching.get("from_cache")))
             return response
-        if not caching.get("stored") or response.is_closed:
-            # Nothing to wait for: nothing gets stored, or the body is already complete.
-            self.land(flight, settled=bool(caching.get("stored")))
+        if announced_over(response.headers, limit):
+            self.land(flight, settled=True)  # a download nobody waits for, nor fetches again for the others
             return response
         stream = OnClose(response.stream, lambda: self.land(flight, settled=stream.completed or stream.outgrew),
                          limit)
