@@ -79,7 +79,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A temporary name of its own: two writers of one file (processes sharing a folder, a report handed
+    # over twice at once) must not rename each other's temporary file away.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()

@@ -229,3 +229,29 @@ async def test_an_outbox_whose_client_was_closed_says_so(tmp_path: Path) -> None
     with pytest.raises(RuntimeError, match=f"the outbox is closed .*{folder}"):
         sync.outbox.submit(data)
     assert sync.outbox.pending() == 0
+
+
+def test_two_writers_of_one_report_file_do_not_trip_over_each_other(tmp_path: Path) -> None:
+    """Two processes sharing a queue folder (or a station and the client service) that write the same
+    report at once shared its temporary file's name: one renamed it away under the other, which failed."""
+    import threading
+
+    from pywats_transport.reportqueue import _write_atomic
+
+    target = tmp_path / "r.json"
+    failures: list[BaseException] = []
+
+    def writer() -> None:
+        for _ in range(200):
+            try:
+                _write_atomic(target, b'{"id": "x"}')
+            except OSError as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == [] and target.read_bytes() == b'{"id": "x"}'
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind
