@@ -55,10 +55,14 @@ class LayerBase(Generic[T]):
     def _check_inner(self, inner: Any) -> None:
         # A sync layer over an async transport (or the reverse) would fail only on first use, deep inside httpx.
         if not isinstance(inner, self._kind):
-            kind = "sync" if self._kind is httpx.BaseTransport else "async"
+            kind = "a sync" if self._kind is httpx.BaseTransport else "an async"
+            other = ("an async transport: build_async_transport() and the async layers take it"
+                     if isinstance(inner, httpx.AsyncBaseTransport) else
+                     "a sync transport: build_transport() and the sync layers take it"
+                     if isinstance(inner, httpx.BaseTransport) else "not an httpx transport")
             raise TypeError(
-                f"{type(self).__name__} is a {kind} layer and needs a {kind} transport "
-                f"({self._kind.__module__}.{self._kind.__qualname__}) to wrap; got {type(inner).__name__}"
+                f"{type(self).__name__} is {kind} layer and needs {kind} transport "
+                f"({self._kind.__module__}.{self._kind.__qualname__}) to wrap; got {type(inner).__name__}, {other}"
             )
 
     @property

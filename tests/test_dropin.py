@@ -477,8 +477,11 @@ def test_transport_options_reach_the_network_transport(mode: str) -> None:
 # -- 10. clear errors at construction -------------------------------------------------------------
 
 def test_mixing_sync_and_async_fails_at_construction() -> None:
-    with pytest.raises(TypeError, match="AsyncCacheLayer.*async.*HTTPTransport"):
+    with pytest.raises(TypeError, match="AsyncCacheLayer is an async layer.*HTTPTransport, a sync transport: "
+                                        r"build_transport\(\) and the sync layers take it"):
         AsyncCacheLayer(httpx.HTTPTransport())
+    with pytest.raises(TypeError, match="got object, not an httpx transport"):
+        CacheLayer(object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="RetryLayer.*sync.*AsyncHTTPTransport"):
         RetryLayer(httpx.AsyncHTTPTransport())
     with pytest.raises(TypeError, match="AsyncRetryLayer.*async.*HTTPTransport"):
