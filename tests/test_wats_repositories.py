@@ -7,7 +7,7 @@ import httpx
 import pytest
 import respx
 
-from pywats_transport import WATS, AsyncWATS
+from pywats_transport import WATS, AsyncWATS, ConfigError
 from pywats_transport.wats import (
     NotFoundError,
     Product,
@@ -170,13 +170,17 @@ def test_flags_and_config_build_the_chain(tmp_path) -> None:  # type: ignore[no-
     api.close()
 
 
-def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     with pytest.raises(ValueError, match="WATS_BASE_URL, WATS_AUTH_TOKEN must be set"):
         WATS.from_env()
     monkeypatch.setenv("WATS_BASE_URL", BASE)
     monkeypatch.setenv("WATS_AUTH_TOKEN", TOKEN)
     api = AsyncWATS.from_env(enable_cache=False)
     assert api.base_url == BASE and "cache" not in api.transport.names
+    client_json = tmp_path / "client.json"
+    client_json.write_text(json.dumps({"service_address": BASE, "api_token": "t", "transport": {}}))
+    with pytest.raises(ConfigError, match="client.json is the client service's config .*give its 'transport' section"):
+        WATS.from_config(client_json)
     monkeypatch.setenv("WATS_BASE_URL", BASE + "/api")
     with pytest.raises(ValueError, match=r"environment variable WATS_BASE_URL must be the WATS server's address"):
         WATS.from_env()

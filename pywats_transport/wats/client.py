@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 
 from ..builder import build_async_transport, build_transport
-from ..config import RetrySettings, TransportConfig, redacted
+from ..config import RetrySettings, TransportConfig, read_json_file, redacted
+from ..errors import ConfigError
 from .calls import Call
 from .errors import WATSConnectionError, WATSError
 from .outbox import AsyncOutbox, Outbox
@@ -51,6 +52,10 @@ def api_suffix_problem(address: str) -> str | None:
 
 
 def resolve_config(config: TransportConfig | dict[str, Any] | str | os.PathLike[str] | None, flags: dict[str, Any]) -> TransportConfig:
+    if isinstance(config, (str, os.PathLike)) and {"service_address", "api_token"} & set(read_json_file(config)):
+        # Its keys would each be named unknown, with no word of what the file is.
+        raise ConfigError(f"{os.fspath(config)} is the client service's config (client.json), not a TransportConfig "
+                          "file: give its 'transport' section as config=, and its address and token as arguments")
     changed = {k: v for k, v in flags.items() if v != _FLAG_DEFAULTS[k]}
     retry = changed.pop("retry", None)
     plugins = changed.pop("plugins", ())
