@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -107,6 +108,16 @@ class CacheSettings(Section):
         0.0, ge=0, description="Seconds past freshness an entry is served at once while one background request "
         "per key refreshes it (RFC 5861).",
     )
+
+    @field_validator("near_cache")
+    @classmethod
+    def _near_cache_needs_redis(cls, value: bool, info: ValidationInfo) -> bool:
+        # Set with another storage it did nothing, silently: most likely `storage: redis` was forgotten.
+        storage = info.data.get("storage", "redis")
+        if value and storage != "redis":
+            raise ValueError(f"a near cache keeps the Redis storage's entries in process memory: it needs storage "
+                             f"'redis', and storage is {storage!r}")
+        return value
 
 
 class RetrySettings(Section):

@@ -128,3 +128,12 @@ def test_the_redis_url_options_redis_py_takes_are_accepted() -> None:
                 "redis://h:6379?health_check_interval=30&socket_keepalive=true&max_connections=8",
                 "redis+sentinel://s1:26379/pwt/2?socket_connect_timeout=0.5", "unix:///run/redis.sock?db=1"):
         assert TransportConfig.load({"redis": {"url": url}}).redis.url == url
+
+
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+def test_a_near_cache_without_redis_is_refused_naming_the_storage(storage: str) -> None:
+    """``near_cache: true`` with another storage than Redis did nothing, silently (most likely
+    ``storage: redis`` was forgotten)."""
+    with pytest.raises(ConfigError, match=f"cache.near_cache .*it needs storage 'redis', and storage is '{storage}'"):
+        TransportConfig.load({"cache": {"near_cache": True, "storage": storage}})
+    assert TransportConfig.load({"cache": {"near_cache": True, "storage": "redis"}}).cache.near_cache
