@@ -186,7 +186,8 @@ class ThrottleSettings(Section):
     retry_after_max: float = Field(
         30.0, ge=0, description="Longest a server's Retry-After holds a host back (seconds; the retry layer's default backoff_max)."
     )
-    min_rate: float = Field(0.5, gt=0, description="Lowest rate the adaptive mode slows a host to.")
+    min_rate: float = Field(0.5, gt=0, description="Lowest rate the adaptive mode slows a host to (a host configured "
+                            "below it keeps its own rate).")
     fleet_slowdown_seconds: float = Field(
         10.0, gt=0, description="`backend: redis`: when a station's adaptive mode slows a host, the fleet's rate for "
         "it halves, and wins back one halving after this many seconds without another.",

@@ -161,3 +161,21 @@ def test_a_bucket_in_use_survives_the_sweep_of_those_at_rest() -> None:
         added += 1
         assert added <= 4 * MAX_BUCKETS, "no sweep dropped the buckets at rest"
     assert p.acquire(f"n{added - 1}") == pytest.approx(1.0)  # the one in use is kept
+
+
+def test_a_slow_down_never_speeds_a_host_configured_below_min_rate_up() -> None:
+    """``min_rate`` (0.5/s) is the floor a slow-down stops at: a host configured at 0.2/s was "slowed" by a
+    429 to 0.5/s, two and a half times what the user asked, for good; the fleet's slowed rates likewise."""
+    from pywats_transport.policies.fleet_throttle import levels
+
+    p, clock = make(rate=0.2, burst=1)
+    assert p.acquire("h") == 0.0
+    p.on_response("h", 429, "1")
+    assert p.rates() == {"h": 0.2}
+    assert p.acquire("h") == pytest.approx(5.0)  # one request per 5 s, as configured
+    assert (p.slowed, p.attentive) == (0, False)  # nothing to win back
+    fleet = levels(ThrottleSettings(rate=0.2, burst=1, backend="redis"))
+    assert [rates[0].limit / rates[0].interval * 1000 for rates in fleet] == [pytest.approx(0.2)] * len(fleet)
+    p, _ = make(rate=10, burst=5)
+    p.on_response("h", 429, "1")
+    assert p.rates() == {"h": 5.0} and p.slowed == 1  # above min_rate, a slow-down halves as before

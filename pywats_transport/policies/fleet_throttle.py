@@ -93,7 +93,7 @@ def levels(settings: Any) -> list[list[Rate]]:
     as the local bucket's does."""
     out = []
     for k in range(MAX_HALVINGS + 1):
-        rate = max(settings.min_rate, settings.rate * SLOWDOWN ** k)
+        rate = max(min(settings.min_rate, settings.rate), settings.rate * SLOWDOWN ** k)  # never above the rate
         out.append([fleet_rate(rate, settings.burst if k == 0 else min(settings.burst, int(rate)))])
     return out
 

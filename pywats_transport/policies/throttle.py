@@ -190,11 +190,15 @@ class ThrottlePolicy:
                 if not (delay or bucket.throttled_in_a_row >= REPEATED_429):
                     return
                 bucket.throttled_in_a_row = 0
-                if bucket.rate >= bucket.top_rate:
+                # min_rate is a floor for slowing down, never a rate to speed up to: a host configured
+                # below it stays at its own rate.
+                slower = max(min(self.settings.min_rate, bucket.top_rate), bucket.rate * SLOWDOWN)
+                if bucket.rate >= bucket.top_rate > slower:
                     self.slowed += 1
-                    self.attentive = True
+                # Successes need reporting only while a host is slowed or counting 429s.
+                self.attentive = self.slowed > 0 or any(b.throttled_in_a_row for b in self._buckets.values())
                 bucket._refill(now)
-                bucket.rate = max(self.settings.min_rate, bucket.rate * SLOWDOWN)
+                bucket.rate = slower
                 bucket.burst = max(1.0, min(bucket.burst, bucket.rate))
                 bucket.tokens = min(bucket.tokens, bucket.burst)
                 if delay:
