@@ -423,9 +423,7 @@ class CacheCore:
         follower leads the next fetch (its own flight, to go with) and the others wait for that one."""
         if self._shared or time.monotonic() >= deadline or flight.settled:
             return True, flight
-        following = self._join(plan)
-        if following is None:
-            return True, flight
+        following = self._flights.join(plan.key)  # coalescing is on, or there would be nothing to follow
         return following.leader, following
 
     def _answer_is_spent(self, response: httpx.Response, stale: Record | None) -> bool:
