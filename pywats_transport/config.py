@@ -335,10 +335,14 @@ class TransportConfig(BaseModel):
         a ``profile`` key in the config, the environment or the flags wins over the argument.
         The result remembers where each value came from (:meth:`sources`).
         """
+        given_flags: dict[str, Any] = {}
         if isinstance(config, TransportConfig):
             data: dict[str, Any] = config.model_dump(exclude_unset=True)
             source = "config"
             inherited = dict(config._sources)
+            # A loaded config's flags stay above the environment when it is loaded again (as every builder
+            # does): re-applied beneath, the environment undid them while the config still showed them.
+            data, given_flags = _split_paths(data, {path for path, where in inherited.items() if where == "flags"})
         elif isinstance(config, (str, os.PathLike)):
             data, source, inherited = read_json_file(config), f"file {config}", {}
         else:
@@ -352,6 +356,7 @@ class TransportConfig(BaseModel):
             (f"profile {chosen}", PROFILES[chosen], None),
             (source, data, None),
             ("environment", env, env_names),
+            ("flags", given_flags, None),
             ("flags", flag_data, None),
         ]
         merged: dict[str, Any] = {}
@@ -449,6 +454,23 @@ def env_overrides_named(prefix: str, environ: Mapping[str, str]) -> tuple[dict[s
         node[path[-1]] = value
         names[".".join(path)] = name
     return out, names
+
+
+def _split_paths(data: Mapping[str, Any], paths: set[str], prefix: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    """``data`` without the leaves at ``paths`` (dotted), and those leaves alone."""
+    rest: dict[str, Any] = {}
+    picked: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if path in paths:
+            picked[key] = value
+        elif isinstance(value, Mapping) and value and any(p.startswith(path + ".") for p in paths):
+            rest[key], picked[key] = _split_paths(value, paths, path + ".")
+            if not picked[key]:
+                del picked[key]
+        else:
+            rest[key] = value
+    return rest, picked
 
 
 def _leaf_paths(data: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 
 from pywats_transport import ConfigError, TransportConfig, build_transport
@@ -35,6 +36,14 @@ def test_env_overrides_file_and_flags_override_env(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("PYWATS_TRANSPORT_PLUGINS", "stamp")
     cfg = TransportConfig.load(path, cache_max_size=7)
     assert (cfg.cache.ttl, cfg.cache.max_size, cfg.retry.enabled, cfg.plugins) == (60, 7, False, ["stamp"])
+    # loaded again (as every builder loads what it is given), the flags stay above the environment
+    monkeypatch.setenv("PYWATS_TRANSPORT_CACHE__MAX_SIZE", "9")
+    again = TransportConfig.load(TransportConfig.load(path, cache_max_size=7, retry={"enabled": True}))
+    assert (again.cache.ttl, again.cache.max_size, again.retry.enabled) == (60, 7, True)
+    assert again.sources()["cache.max_size"] == "flags" and again.sources()["cache.ttl"] == "environment PYWATS_TRANSPORT_CACHE__TTL"
+    monkeypatch.setenv("PYWATS_TRANSPORT_THROTTLE__RATE", "7")
+    with build_transport(TransportConfig.load(rate_limit=3, enable_throttling=True), inner=httpx.MockTransport(lambda r: httpx.Response(200))) as stack:
+        assert stack.get_layer("throttle").policy.settings.rate == 3
 
 
 @pytest.mark.parametrize(

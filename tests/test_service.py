@@ -257,6 +257,21 @@ def test_the_transport_section_is_checked_key_by_key_and_never_shows_a_password(
     assert ClientConfig.load(path).transport == {"retry": {"max_attempts": 5}}
 
 
+def test_client_flags_override_the_transport_section_only_when_given(tmp_path: Path) -> None:
+    """client.json's own flags (``enable_cache``...) win over its ``transport`` section when the file gives
+    them, even at their usual value; left out, the section decides."""
+    from pywats_transport.wats.client import resolve_config
+
+    path = tmp_path / "client.json"
+    section = {"cache": {"enabled": False}, "throttle": {"enabled": False, "rate": 3.0}}
+    for flags, cache, throttle in (({}, False, False), ({"enable_cache": True, "enable_throttling": True}, True, True)):
+        path.write_text(json.dumps({"service_address": "https://w", "api_token": "t", "transport": section, **flags}))
+        cfg = ClientConfig.load(path, environ={})
+        resolved = resolve_config(cfg.transport, cfg.transport_flags())
+        assert (resolved.cache.enabled, resolved.throttle.enabled) == (cache, throttle)
+        assert resolved.throttle.rate == 3.0 and resolved.metrics.enabled  # the service serves /metrics
+
+
 @pytest.mark.anyio
 @pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX's")
 async def test_a_client_file_holding_the_token_open_to_others_is_named(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -168,6 +169,29 @@ def test_flags_and_config_build_the_chain(tmp_path) -> None:  # type: ignore[no-
     api = WATS(BASE, TOKEN, config=str(cfg), cache_ttl=60)
     assert api.transport.names == ["cache", "retry"] and api.config.cache.ttl == 60
     api.close()
+
+
+@pytest.mark.parametrize("cls", [WATS, AsyncWATS])
+def test_a_flag_given_at_its_usual_value_still_overrides_config_and_environment(
+        cls: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flag equal to its old default (``enable_throttling=True``, ``cache_ttl=300``) was taken for not
+    given: the config file or the environment turning the layer off (or setting another TTL) won over
+    the code that asked for it."""
+    cfg = tmp_path / "t.json"
+    cfg.write_text(json.dumps({"cache": {"ttl": 30, "enabled": False}, "throttle": {"enabled": False}}))
+    api = cls(BASE, TOKEN, config=str(cfg), enable_cache=True, cache_ttl=300.0, enable_throttling=True)
+    assert api.transport.names == ["cache", "retry", "throttle"] and api.config.cache.ttl == 300.0
+    assert api.config.sources()["throttle.enabled"] == "flags"
+    monkeypatch.setenv("PYWATS_TRANSPORT_RETRY__ENABLED", "false")
+    monkeypatch.setenv("PYWATS_TRANSPORT_METRICS__ENABLED", "true")
+    monkeypatch.setenv("PYWATS_TRANSPORT_THROTTLE__RATE", "7")
+    api = cls(BASE, TOKEN, enable_retry=True, enable_metrics=False, rate_limit=3)
+    # the chain is built as the client's config says: the environment is not applied again over the flags
+    assert api.transport.names == ["cache", "retry", "throttle"]
+    assert api.config.throttle.rate == api.transport.get_layer("throttle").policy.settings.rate == 3
+    # a flag not given leaves the environment's and the config's values
+    api = cls(BASE, TOKEN, config=str(cfg))
+    assert api.transport.names == ["metrics"] and api.config.cache.ttl == 30
 
 
 def test_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:

@@ -148,7 +148,10 @@ class ClientConfig(BaseModel):
                         "chmod 600 it, or give the token as PYWATS_CLIENT_API_TOKEN", path, mode)
 
     def transport_flags(self) -> dict[str, Any]:
-        return {
+        """The flags this file (or the environment) gives, for the WATS client: a flag left out leaves the
+        ``transport`` section's value. ``enable_metrics`` is always given, as the service serves /metrics by it."""
+        given = self.model_fields_set | {"enable_metrics"}
+        flags = {
             "enable_cache": self.enable_cache,
             "cache_ttl": self.cache_ttl_seconds,
             "cache_max_size": self.cache_max_size,
@@ -158,6 +161,8 @@ class ClientConfig(BaseModel):
             "enable_metrics": self.enable_metrics,
             "plugins": tuple(self.plugins),
         }
+        field = {"cache_ttl": "cache_ttl_seconds"}
+        return {flag: value for flag, value in flags.items() if field.get(flag, flag) in given}
 
 
 def _named_from_environment(error: ConfigError, from_env: Mapping[str, str]) -> ConfigError:

@@ -28,21 +28,6 @@ from .repositories import (
 
 log = logging.getLogger("pywats_transport.wats")
 
-# The pyWATS-style flags and their defaults (those of the WATS profile); a flag that differs from its
-# default overrides the profile and a given config, one left at its default overrides neither.
-_FLAG_DEFAULTS: dict[str, Any] = {
-    "enable_cache": True,
-    "cache_ttl": 300.0,
-    "cache_max_size": 1000,
-    "enable_retry": True,
-    "retry": None,
-    "enable_throttling": True,
-    "rate_limit": None,
-    "enable_metrics": False,
-    "plugins": (),
-}
-
-
 def api_suffix_problem(address: str) -> str | None:
     """Why a WATS address ending with ``/api`` is wrong (None when it does not): every route starts with
     /api, so such a base asks for /api/api/... and meets a 404 on every call."""
@@ -56,7 +41,9 @@ def resolve_config(config: TransportConfig | dict[str, Any] | str | os.PathLike[
         # Its keys would each be named unknown, with no word of what the file is.
         raise ConfigError(f"{os.fspath(config)} is the client service's config (client.json), not a TransportConfig "
                           "file: give its 'transport' section as config=, and its address and token as arguments")
-    changed = {k: v for k, v in flags.items() if v != _FLAG_DEFAULTS[k]}
+    # A flag given (not None) overrides the profile, the config and the environment, even at the value
+    # they would have given: code that says enable_throttling=True means it whatever the config says.
+    changed = {k: v for k, v in flags.items() if v is not None}
     retry = changed.pop("retry", None)
     plugins = changed.pop("plugins", ())
     if isinstance(retry, RetrySettings):
@@ -87,14 +74,14 @@ class _ClientBase:
         *,
         timeout: float = 30.0,
         verify_ssl: bool = True,
-        enable_cache: bool = True,
-        cache_ttl: float = 300.0,
-        cache_max_size: int = 1000,
-        enable_retry: bool = True,
+        enable_cache: bool | None = None,
+        cache_ttl: float | None = None,
+        cache_max_size: int | None = None,
+        enable_retry: bool | None = None,
         retry: RetrySettings | dict[str, Any] | None = None,
-        enable_throttling: bool = True,
+        enable_throttling: bool | None = None,
         rate_limit: float | None = None,
-        enable_metrics: bool = False,
+        enable_metrics: bool | None = None,
         metrics_collector: Any = None,
         plugins: Sequence[str] = (),
         config: TransportConfig | dict[str, Any] | str | os.PathLike[str] | None = None,
