@@ -6,8 +6,10 @@ Guarantees, whatever moment the process dies (``kill -9`` included):
 - a report is sent with the same id every time: an id-less report gets one derived from its content
   before it is first sent, so a re-send after a crash is recognised by the server;
 - a report recorded as confirmed (in ``done/``) is never sent again.
-Files dropped in the folder should be written elsewhere and renamed in (a half-written file is
-malformed); only ``*.json`` files (any case: ``.JSON`` too) are picked up, and links are never followed.
+Files dropped in the folder are best written elsewhere and renamed in; one written in place is read
+again while it does not parse and was changed less than ``write_grace`` seconds ago (it may still be
+being written), and goes to ``error/`` only after. Only ``*.json`` files (any case: ``.JSON`` too) are
+picked up, and links are never followed.
 """
 
 from __future__ import annotations
@@ -141,12 +143,14 @@ class ReportQueue:
     """
 
     def __init__(self, root: str | os.PathLike[str], submit: Submit, *, backoff_base: float = 0.5,
-                 backoff_max: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 backoff_max: float = 60.0, write_grace: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.root = Path(root)
         self.dirs = {"pending": self.root, **{s: self.root / s for s in STATES[1:]}}
         self._prepare_folders()
         self.submit = submit
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
+        self.write_grace = write_grace
         self.clock = clock
         self.stats = QueueStats()
         self._failures = 0  # consecutive failures to reach or satisfy the server
@@ -395,6 +399,14 @@ class ReportQueue:
             _write_atomic(path, json.dumps(report).encode())
         return report
 
+    def _being_written(self, path: Path) -> bool:
+        """Changed within ``write_grace`` seconds: a station writing the file in place may not be done.
+        A time far ahead (a copy keeping a skewed clock's time) is no sign of a writer."""
+        try:
+            return abs(time.time() - path.stat().st_mtime) < self.write_grace
+        except FileNotFoundError:
+            return False
+
     @staticmethod
     def _move(path: Path, folder: Path, reason: str | None = None) -> Path:
         """``path`` into ``folder`` under its name (or a new one, when taken), with its reason beside it."""
@@ -416,6 +428,8 @@ class ReportQueue:
         try:
             report = await asyncio.to_thread(self._load, path)
         except Malformed as exc:
+            if await asyncio.to_thread(self._being_written, path):
+                return KEPT  # read again on a later scan, from sending/ (a writer's open file moved with it)
             await self._to_error(path, str(exc))
             self.stats.malformed += 1
             return REJECTED

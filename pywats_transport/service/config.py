@@ -43,6 +43,10 @@ class ClientConfig(BaseModel):
     ping_interval: float = Field(15.0, gt=0, description="Seconds between reachability checks of the server.")
     ready_max_age: float = Field(60.0, gt=0, description="/health/ready needs a server contact at most this old.")
     stuck_after: float = Field(600.0, gt=0, description="A report waiting longer than this marks the queue stuck.")
+    write_grace_seconds: float = Field(
+        5.0, ge=0, description="A report file that does not parse and was changed less than this many seconds ago "
+        "may still be being written in place: it is read again later, and goes to error/ only after.",
+    )
     health_header_timeout: float = Field(
         10.0, gt=0, description="Seconds a health connection may take to send its request headers before it is closed."
     )

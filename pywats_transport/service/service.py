@@ -60,7 +60,8 @@ class AsyncClientService:
             self.collector = MetricsCollector()
         self.api = AsyncWATS(cfg.service_address, cfg.api_token.get_secret_value(), metrics_collector=self.collector,
                              transport=self._transport, config=cfg.transport or None, **cfg.transport_flags())
-        self.queue = ReportQueue(cfg.queue_dir, self._submit, backoff_max=cfg.retry_backoff_max)
+        self.queue = ReportQueue(cfg.queue_dir, self._submit, backoff_max=cfg.retry_backoff_max,
+                                 write_grace=cfg.write_grace_seconds)
         if self.collector is not None:
             self.queue.on_processed = self.collector.record_queue_processing  # type: ignore[method-assign]
             self.collector.observe_gauge("pywats_transport.queue.depth", self._depth_gauge, unit="{report}",
