@@ -255,10 +255,14 @@ async def test_request_controls(mode: str) -> None:
     assert (await caller.get("/a", extensions={"cache": {"refresh": True}})).json()["n"] == 4
     assert (await caller.get("/a")).json()["n"] == 4
     assert (await caller.get("/a", headers={"Cache-Control": "no-cache"})).json()["n"] == 5
+    # max-age=0 (a browser's reload) asks for an answer no older than now, as no-cache does: it was served
+    # from the cache; a max-age the entry is within still is
+    assert (await caller.get("/a", headers={"Cache-Control": "max-age=0"})).json()["n"] == 6
+    assert (await caller.get("/a", headers={"Cache-Control": "max-age=600"})).json()["n"] == 6
     await caller.get("/short", extensions={"cache": {"ttl": 5}})
     clock.now += 6
     assert (await caller.get("/short")).extensions["caching"]["from_cache"] is False
-    assert (await caller.get("/a")).json()["n"] == 5
+    assert (await caller.get("/a")).json()["n"] == 6
     assert layer.stats()["bypasses"] == 2
     with pytest.raises(ValueError, match="cache.ttl must be a number >= 0"):
         await caller.get("/a", extensions={"cache": {"ttl": -1}})

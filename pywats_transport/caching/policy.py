@@ -153,10 +153,11 @@ class CachePolicy:
             return _BYPASS
         revalidate = False
         if b"no-cache" in cache_control or b"max-age" in cache_control:
-            if not self.rfc:
-                refresh = b"no-cache" in cache_control
-            else:
+            # no-cache or max-age=0: ttl mode fetches anew; rfc mode validates what it holds first
+            if self.rfc:
                 revalidate = request_forbids_stored(request)
+            else:
+                refresh = request_forbids_stored(request)
         ttl = control.get("ttl")
         if ttl is not None and (not isinstance(ttl, (int, float)) or ttl < 0):
             raise ValueError(f"request extension cache.ttl must be a number >= 0, got {ttl!r}")
