@@ -51,6 +51,33 @@ class RaceOrigin:
         return response
 
 
+class BodyRaceOrigin(RaceOrigin):
+    """As :class:`RaceOrigin`, but the first GET's answer is held half-way through its body: the storage has
+    begun to store it (SQLite has its row) before the write, and finishes after."""
+
+    def _answer(self, request: httpx.Request) -> tuple[httpx.Response, bool]:
+        response, hold = super()._answer(request)
+        if not hold:
+            return response, False
+        body, origin = response.content, self
+
+        class HeldBody(httpx.SyncByteStream, httpx.AsyncByteStream):
+            def __iter__(self) -> Any:
+                yield body[:3]
+                origin.read.set()
+                assert origin.written.wait(5)
+                yield body[3:]
+
+            async def __aiter__(self) -> Any:
+                yield body[:3]
+                origin.read.set()
+                await asyncio.wait_for(origin.written.wait(), 5)
+                yield body[3:]
+
+        headers = [(k, v) for k, v in response.headers.items() if k != "content-length"]
+        return httpx.Response(200, headers=headers, stream=HeldBody()), False
+
+
 async def while_reading(origin: RaceOrigin, reader: Caller, path: str, change: Callable[[], Awaitable[None]]) -> None:
     """``change`` runs while ``reader``'s GET of ``path`` holds its pre-write answer; then the GET ends."""
     if reader.mode == "sync":
@@ -69,12 +96,12 @@ async def while_reading(origin: RaceOrigin, reader: Caller, path: str, change: C
 
 
 def layers(mode: str, origin: RaceOrigin, cache_mode: str, storage: str, request: pytest.FixtureRequest,
-           tmp_path: Path) -> tuple[Any, Any, Any]:
+           tmp_path: Path, **settings: Any) -> tuple[Any, Any, Any]:
     """The reader whose lookup is in flight, the writer, and a reader that comes after: one layer for an
     in-process storage; three, as three processes would, on Redis."""
     cls = CacheLayer if mode == "sync" else AsyncCacheLayer
     handler = origin.sync_handler if mode == "sync" else origin.async_handler
-    options: dict[str, Any] = {"mode": cache_mode, "ttl": 300}
+    options: dict[str, Any] = {"mode": cache_mode, "ttl": 300, **settings}
     if storage == "sqlite":
         options.update(storage="sqlite", sqlite_path=str(tmp_path / "cache.db"))
     elif storage in ("redis", "near", "cluster"):
@@ -125,6 +152,70 @@ async def test_a_lookup_in_flight_during_a_write_does_not_store_its_pre_write_an
     finally:
         for caller in {id(c.transport): c for c in callers.values()}.values():
             await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
+@pytest.mark.parametrize("storage", ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_lookup_between_the_write_and_the_end_of_the_fetch_in_flight_does_not_let_it_store(
+        mode: str, cache_mode: str, storage: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """On SQLite the write marked the key stale once: a lookup after the write took the mark (and fetched
+    the post-write answer), and the fetch still in flight then stored its pre-write answer over it, served
+    to every later read, the writer's own included, until it expired. (Without coalescing, so that the
+    lookup after the write does not wait for the fetch in flight: a follower would wait here for good.)"""
+    origin = BodyRaceOrigin(mode)
+    slow, writer, later = layers(mode, origin, cache_mode, storage, request, tmp_path, coalesce=False)
+    callers = {name: Caller(mode, layer) for name, layer in (("slow", slow), ("writer", writer), ("later", later))}
+    path = f"/items/{uuid.uuid4().hex}"
+
+    async def write_then_read() -> None:
+        assert (await callers["writer"].request("PUT", path)).json() == {"v": 1}
+        assert (await callers["later"].get(path)).json() == {"v": 1}  # before the fetch in flight ends
+
+    try:
+        await while_reading(origin, callers["slow"], path, write_then_read)
+        for name in ("writer", "later", "slow"):
+            assert (await callers[name].get(path)).json() == {"v": 1}, name
+        again = await callers["later"].get(path)
+        assert again.json() == {"v": 1} and again.extensions["caching"]["from_cache"]
+    finally:
+        for caller in {id(c.transport): c for c in callers.values()}.values():
+            await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
+async def test_a_refresh_on_sqlite_is_not_answered_by_an_entry_readable_after_the_key_was_emptied(
+        mode: str, cache_mode: str, tmp_path: Path) -> None:
+    """A refresh emptied the key, then went through hishel, which read the storage again: an answer whose
+    body ended in between (a fetch begun before a write) answered the refresh. Here the emptying leaves
+    the entry, as such an answer would appear just after it."""
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    calls: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(200, json={"n": len(calls)}, headers={"cache-control": "max-age=300"})
+
+    layer = cls(httpx.MockTransport(answer), mode=cache_mode, ttl=300, storage="sqlite",
+                sqlite_path=str(tmp_path / "cache.db"))
+    caller = Caller(mode, layer)
+    try:
+        assert (await caller.get("/a")).json() == {"n": 1}
+
+        def keep(key: str) -> None:
+            return None
+
+        async def akeep(key: str) -> None:
+            return None
+
+        layer._remove_now = keep if mode == "sync" else akeep  # type: ignore[method-assign]
+        refreshed = await caller.get("/a", extensions={"cache": {"refresh": True}})
+        assert refreshed.json() == {"n": 2} and not refreshed.extensions["caching"]["from_cache"]
+    finally:
+        await caller.close()
 
 
 @pytest.mark.anyio

@@ -18,7 +18,9 @@ from ..config import CacheSettings
 from ..errors import TransportError
 from ..layer import layer_settings
 from ..policies.retry import may_have_been_applied
+from ..streams import OnClose
 from .coalesce import Flight, Flights, SaveWhenRead
+from .fetch_only import AsyncFetchOnly, FetchOnly
 from .freshness import conditional_headers, forbids_stale, merge_not_modified, rfc_staleness
 from .health import FAILURES
 from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage, Record, hishel_headers
@@ -115,6 +117,10 @@ class CacheCore:
         self._direct = isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage))
         #: a storage shared by processes (Redis): invalidation goes to it, for every process
         self._shared = isinstance(self.storage, (RedisStore, AsyncRedisStore))
+        #: what a refresh through hishel reads and writes on a storage of hishel's own (SQLite)
+        self._fetch_only: Any = None
+        if not (self._direct or self._shared):
+            self._fetch_only = AsyncFetchOnly(self.storage) if is_async else FetchOnly(self.storage)
         #: the largest body the storage keeps: the followers of a fetch whose body outgrows it (a download)
         #: go on at once, not when it ends
         self._body_bound: int | None = MAX_BODY if self._shared else getattr(self.storage, "max_stream_size", None)
@@ -172,13 +178,26 @@ class CacheCore:
         """Before a lookup goes on (to the network, or past the near cache to Redis): the in-process cache's
         token for its key. A write's invalidation of a path above the URL meanwhile withdraws the token, so
         the lookup's answer, which may predate the write, is not stored after it. hishel's storages have
-        no tokens: the key is indexed now, so that the write marks it stale (Redis has leases of its own)."""
+        no tokens: the policy follows their fetches (:meth:`_tracked_fetch`); Redis has leases of its own."""
         cache = self.storage if self._direct else self.near
         if cache is not None:
             return cache.begin(plan.key, request.url)
-        if not self._shared:
-            self.policy.remember(plan, request)
         return None
+
+    def _tracked_fetch(self, plan: Plan, request: httpx.Request) -> Callable[[], None]:
+        """A lookup through hishel to a storage of its own (SQLite) begins: the policy follows it until the
+        returned function ends it, once the answer is stored or will not be (``CachePolicy.begin_fetch``)."""
+        fetch = self.policy.begin_fetch(plan, request)
+        return lambda: self.policy.end_fetch(fetch)
+
+    @staticmethod
+    def _end_when_closed(response: httpx.Response, end: Callable[[], None]) -> httpx.Response:
+        """``end`` once the body is read (hishel stores it as it is read) or closed, or dropped."""
+        if response.is_closed:
+            end()
+        else:
+            response.stream = OnClose(response.stream, end)
+        return response
 
     def _fleet_hit(self, plan: Plan, request: httpx.Request, record: Record | None,
                    near_token: object | None) -> httpx.Response | None:
@@ -465,6 +484,8 @@ class CacheCore:
     def _prepare(self, request: httpx.Request, plan: Plan) -> None:
         caching = dict(request.extensions.get("caching") or {})
         caching.update(key=plan.key, ttl=plan.ttl)
+        if plan.refresh and self._fetch_only is not None:
+            caching["storage"] = self._fetch_only
         request.extensions = {**request.extensions, "caching": caching}
 
     def _after_lookup(self, plan: Plan, request: httpx.Request, response: httpx.Response) -> None:

@@ -113,6 +113,13 @@ class CachePolicy:
         self._index = PathIndex()
         # Invalidated keys whose stored entries are removed on their next lookup (any storage).
         self._stale: dict[str, float] = {}
+        # Fetches in flight on a storage without tokens of its own (hishel's SQLite), by key: the count of
+        # invalidations when each began. A write marks its key stale once; a lookup that takes the mark
+        # fetches anew, but a fetch begun before the write may still store its answer after that one.
+        # Until it ends, each lookup of its key fetches anew; when it ends, the key is marked again.
+        self._flying: dict[str, list[int]] = {}
+        self._overlapped: dict[str, int] = {}  # key -> the invalidation a fetch of it in flight overlapped
+        self._marks = 0
         self._prune_at = 1024
         # A sync client may be shared by threads: the index and stale set change under this lock.
         self._lock = threading.Lock()
@@ -165,9 +172,9 @@ class CachePolicy:
         ident = identity_digest(identity)
         basis = f"RFC {url} {ident}" if self.rfc else f"{method} {url} {ident}"
         key = hashlib.sha256(basis.encode()).hexdigest()
-        if self._stale:
+        if self._stale or self._overlapped:
             with self._lock:
-                if self._stale.pop(key, None) is not None:
+                if self._stale.pop(key, None) is not None or self._overlaps(key):
                     refresh = True
         return Plan("lookup", key, float(ttl) if ttl is not None else self.settings.ttl, refresh, revalidate)
 
@@ -199,6 +206,36 @@ class CachePolicy:
             self._index.add(plan.key, origin_of(url), url.path, self.clock() + keep)
             if len(self._index) + len(self._stale) >= self._prune_at:
                 self._prune()
+
+    def begin_fetch(self, plan: Plan, request: httpx.Request) -> tuple[str, int, float]:
+        """A lookup going to a storage without tokens of its own (hishel's SQLite), which may fetch and
+        store: indexed now, so that a write meanwhile marks its key. Hand the result to :meth:`end_fetch`
+        once its answer is stored, or never will be (read, closed or failed)."""
+        self.remember(plan, request)
+        keep = (plan.ttl if plan.ttl is not None else self.settings.ttl) + max(
+            self.settings.stale_if_error, self.settings.stale_while_revalidate)
+        with self._lock:
+            self._flying.setdefault(plan.key, []).append(self._marks)
+            return plan.key, self._marks, keep
+
+    def end_fetch(self, fetch: tuple[str, int, float]) -> None:
+        key, began, keep = fetch
+        with self._lock:
+            flying = self._flying.get(key)
+            if flying is None or began not in flying:
+                return  # ended already
+            flying.remove(began)
+            if began < self._overlapped.get(key, 0):
+                # It overlapped a write: the answer it may have stored predates it.
+                self._stale[key] = self.clock() + keep
+            if not flying:
+                del self._flying[key]
+                self._overlapped.pop(key, None)
+
+    def _overlaps(self, key: str) -> bool:
+        """A fetch of ``key`` begun before a write to it is still in flight (under the lock)."""
+        mark = self._overlapped.get(key)
+        return mark is not None and min(self._flying[key]) < mark
 
     def write_targets(self, request: httpx.Request, response: httpx.Response | None) -> list[tuple[str | None, str]]:
         """(origin, path) prefixes a successful write drops (``response`` None: one that may have been applied,
@@ -244,9 +281,12 @@ class CachePolicy:
     def mark_stale(self, keys: list[str]) -> None:
         """Invalidated keys leave the index; their entries must not be served again."""
         with self._lock:
+            self._marks += 1
             for key in keys:
                 expires = self._index.discard(key)
                 self._stale[key] = expires if expires is not None else self.clock() + self.settings.ttl
+                if key in self._flying:
+                    self._overlapped[key] = self._marks
 
     def _prune(self) -> None:
         now = self.clock()

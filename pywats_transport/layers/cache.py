@@ -58,6 +58,18 @@ class CacheLayer(CacheCore, Layer):
             return self._written(request, response)
         if self._direct:
             return self._handle_direct(plan, request)
+        if not self._shared:
+            end = self._tracked_fetch(plan, request)
+            try:
+                response = self._through_hishel(plan, request)
+            except BaseException:
+                end()
+                raise
+            return self._end_when_closed(response, end)
+        return self._through_hishel(plan, request)
+
+    def _through_hishel(self, plan: Plan, request: httpx.Request) -> httpx.Response:
+        """A lookup that hishel carries out, on its SQLite storage or on Redis (with its near cache)."""
         if self.near is not None and (hit := self._near_hit(plan, request)) is not None:
             return hit
         near_token = self._fetching(plan, request)
@@ -241,6 +253,18 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             return self._written(request, response)
         if self._direct:
             return await self._handle_direct(plan, request)
+        if not self._shared:
+            end = self._tracked_fetch(plan, request)
+            try:
+                response = await self._through_hishel(plan, request)
+            except BaseException:
+                end()
+                raise
+            return self._end_when_closed(response, end)
+        return await self._through_hishel(plan, request)
+
+    async def _through_hishel(self, plan: Plan, request: httpx.Request) -> httpx.Response:
+        """As the sync layer's."""
         if self.near is not None and (hit := self._near_hit(plan, request)) is not None:
             return hit
         near_token = self._fetching(plan, request)
