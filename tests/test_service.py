@@ -291,18 +291,31 @@ def test_the_transport_section_is_checked_key_by_key_and_never_shows_a_password(
 
 
 def test_client_flags_override_the_transport_section_only_when_given(tmp_path: Path) -> None:
-    """client.json's own flags (``enable_cache``...) win over its ``transport`` section when the file gives
-    them, even at their usual value; left out, the section decides."""
+    """client.json's own keys (``enable_cache``...) left out leave the ``transport`` section's value; given in
+    the environment they win over it, even at their usual value; given in the file with the section
+    saying otherwise, the file is refused, as ``config init`` writes every key and a setting added to the
+    section would do nothing."""
     from pywats_transport.wats.client import resolve_config
 
     path = tmp_path / "client.json"
-    section = {"cache": {"enabled": False}, "throttle": {"enabled": False, "rate": 3.0}}
-    for flags, cache, throttle in (({}, False, False), ({"enable_cache": True, "enable_throttling": True}, True, True)):
-        path.write_text(json.dumps({"service_address": "https://w", "api_token": "t", "transport": section, **flags}))
-        cfg = ClientConfig.load(path, environ={})
+    section = {"cache": {"enabled": False, "ttl": 60}, "throttle": {"enabled": False, "rate": 3.0}}
+    path.write_text(json.dumps({"service_address": "https://w", "api_token": "t", "transport": section}))
+    for environ, cache, throttle in (({}, False, False),
+                                     ({"PYWATS_CLIENT_ENABLE_CACHE": "true", "PYWATS_CLIENT_ENABLE_THROTTLING": "true"},
+                                      True, True)):
+        cfg = ClientConfig.load(path, environ=environ)
         resolved = resolve_config(cfg.transport, cfg.transport_flags())
         assert (resolved.cache.enabled, resolved.throttle.enabled) == (cache, throttle)
-        assert resolved.throttle.rate == 3.0 and resolved.metrics.enabled  # the service serves /metrics
+        assert resolved.throttle.rate == 3.0 and resolved.cache.ttl == 60 and resolved.metrics.enabled
+    path.write_text(json.dumps({"service_address": "https://w", "api_token": "t", "transport": section,
+                                "enable_cache": False, "cache_ttl_seconds": 300, "rate_limit": 3.0,
+                                "enable_throttling": True}))
+    with pytest.raises(ConfigError) as info:
+        ClientConfig.load(path, environ={})
+    assert info.value.problems == [
+        "cache_ttl_seconds = 300.0 and transport.cache.ttl = 60 both set it: keep one (the key would win)",
+        "enable_throttling = true and transport.throttle.enabled = false both set it: keep one (the key would win)",
+    ]
 
 
 @pytest.mark.anyio

@@ -64,7 +64,7 @@ class ClientConfig(BaseModel):
         default_factory=dict,
         description="Further transport settings, as in a TransportConfig file: the fleet tier shared by every "
         "station (`redis`, `cache.storage`, `throttle.backend`), any layer's own settings, plugin settings. Above "
-        "the WATS profile; PYWATS_TRANSPORT_* variables win over it, and the keys above over both.",
+        "the WATS profile; PYWATS_TRANSPORT_* variables win over it, and the keys above (when given) over both.",
     )
 
     _token_file: Path | None = PrivateAttr(default=None)  # where load() read the token, when from a file
@@ -109,6 +109,7 @@ class ClientConfig(BaseModel):
     def load(cls, path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None,
              **overrides: Any) -> ClientConfig:
         data: dict[str, Any] = read_json_file(path) if path is not None else {}
+        in_file = set(data)
         env = os.environ if environ is None else environ
         from_env: dict[str, str] = {}
         for name, field in cls.model_fields.items():
@@ -133,6 +134,9 @@ class ClientConfig(BaseModel):
         except ValidationError as exc:
             error = describe_validation_error(exc, cls, str(path) if path else "environment", data=data)
             raise _named_from_environment(error, from_env) if path else error from None
+        from_file = {name for name in in_file if name not in from_env and name not in overrides}
+        if path is not None and "transport" in from_file:
+            _refuse_both_in_file(loaded, from_file, path)
         if token_file and ENV_PREFIX + "API_TOKEN" not in env:
             loaded._token_file = Path(path)  # type: ignore[arg-type]
         return loaded
@@ -169,6 +173,29 @@ class ClientConfig(BaseModel):
         return {flag: value for flag, value in flags.items() if field.get(flag, flag) in given}
 
 
+#: the service's own keys and the ``transport`` settings they stand for
+_SECTION_OF = {"enable_cache": ("cache", "enabled"), "cache_ttl_seconds": ("cache", "ttl"),
+               "cache_max_size": ("cache", "max_size"), "enable_retry": ("retry", "enabled"),
+               "enable_throttling": ("throttle", "enabled"), "rate_limit": ("throttle", "rate"),
+               "enable_metrics": ("metrics", "enabled")}
+
+
+def _refuse_both_in_file(config: ClientConfig, keys: set[str], path: str | os.PathLike[str]) -> None:
+    """A key of the file and its ``transport`` section setting one thing two ways: the key would win
+    silently (as ``config init`` writes every key, a TTL added to the section would do nothing)."""
+    problems = []
+    for name, (section, field) in _SECTION_OF.items():
+        given = config.transport.get(section)
+        if name in keys and isinstance(given, dict) and field in given and given[field] != getattr(config, name):
+            problems.append(f"{name} = {json.dumps(getattr(config, name))} and transport.{section}.{field} = "
+                            f"{json.dumps(given[field])} both set it: keep one (the key would win)")
+    if "plugins" in keys and "plugins" in config.transport and config.transport["plugins"] != config.plugins:
+        problems.append(f"plugins = {json.dumps(config.plugins)} and transport.plugins = "
+                        f"{json.dumps(config.transport['plugins'])} both set it: keep one (the key would win)")
+    if problems:
+        raise ConfigError(f"invalid ClientConfig in {path}: " + "; ".join(problems), problems)
+
+
 def _named_from_environment(error: ConfigError, from_env: Mapping[str, str]) -> ConfigError:
     """``error`` with each problem of a field the environment gave marked so (``health_port (from environment
     PYWATS_CLIENT_HEALTH_PORT) = 'x': ...``): the message names the file, where that value is not."""
@@ -203,7 +230,7 @@ EXAMPLE = {
     "_health": "The health server binds 127.0.0.1 unless told otherwise.",
     "health_host": "127.0.0.1",
     "health_port": 8080,
-    "_queue_dir": "Drop WSJF report files (*.json) here, written elsewhere and renamed in.",
+    "_queue_dir": "Drop WSJF report files (*.json) here, best written elsewhere and renamed in (a file written in place is read again while it does not parse, for write_grace_seconds).",
     "queue_dir": "pywats_queue",
     "plugins": [],
     "_transport": "Further transport settings, as in a TransportConfig file. The fleet tier, shared by every "
