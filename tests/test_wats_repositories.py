@@ -246,6 +246,17 @@ async def test_a_server_that_echoes_the_token_does_not_put_it_in_an_error(mode: 
                 assert "***" in message
 
 
+@pytest.mark.parametrize("token", ["t", "tok", "dTpw"])  # "dTpw" is base64 of "u:p"
+def test_a_short_token_does_not_mask_the_words_of_a_message(token: str) -> None:
+    """A test token of one letter masked every letter of it in the server's words: "No*** Found"."""
+    api = WATS(BASE, token, transport=httpx.MockTransport(lambda r: httpx.Response(404, text="Not Found: u:p")),
+               enable_retry=False)
+    with pytest.raises(NotFoundError) as info:
+        api.product.get("PN-1")
+    assert str(info.value).endswith("failed with 404: Not Found: u:p")
+    api.close()
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_a_report_dict_without_an_id_is_retried_under_one_id(mode: str) -> None:

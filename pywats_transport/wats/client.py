@@ -165,6 +165,9 @@ class _ClientBase:
         return self.transport.invalidate_cache(prefix)  # type: ignore[no-any-return]
 
 
+MIN_MASKED = 4
+
+
 def secrets_of(token: str) -> tuple[str, ...]:
     """What an error message must not show of a token: the token, and when it is Basic credentials
     (base64 of ``user:password``), those decoded and the password alone; longest first, so that a part
@@ -177,9 +180,11 @@ def secrets_of(token: str) -> tuple[str, ...]:
     if decoded.isprintable() and decoded:
         found.add(decoded)
         _, colon, password = decoded.partition(":")
-        if colon and len(password) >= 4:  # a shorter one would mask ordinary words of a message
+        if colon:
             found.add(password)
-    return tuple(sorted(found, key=len, reverse=True))
+    # One shorter than four characters would mask ordinary words ("No*** Found" for a test token "t"),
+    # and hides nothing that could not be guessed.
+    return tuple(sorted((s for s in found if len(s) >= MIN_MASKED), key=len, reverse=True))
 
 
 class AsyncWATS(_ClientBase):
