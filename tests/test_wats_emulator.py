@@ -155,3 +155,22 @@ async def test_a_unit_of_a_product_saved_without_revisions(mode: str, clean: Emu
         assert (unit.partNumber, unit.revision, unit.testRuns) == (f"NEW-{mode}", None, 0)
     finally:
         await api.close()
+
+
+@pytest.mark.anyio
+async def test_part_numbers_holding_a_slash_or_a_quote_round_trip(mode: str, clean: EmulatorServer) -> None:
+    """The client sends ``A/1`` as the one segment ``A%2F1``; the emulator routed the decoded path, where
+    it was two, and answered 404. Its query filter read ``'O''Brien'`` (OData's doubled quote) as nothing."""
+    api = Both(mode, clean.url, enable_cache=False, retry={"max_attempts": 1})
+    odd = f"O'Brien/{mode} #2?"
+    try:
+        await api("product", "save", Product(partNumber=odd, name="odd"))
+        assert (await api("product", "get", odd)).name == "odd"
+        assert [r.partNumber for r in await api("product", "revisions", odd)] == []
+        assert [p.partNumber for p in await api("product", "query", part_number=odd)] == [odd]
+        unit = await api("production", "unit", f"SN/{mode}", odd)
+        assert (unit.serialNumber, unit.partNumber) == (f"SN/{mode}", odd)
+        with pytest.raises(NotFoundError):
+            await api("product", "get", f"O'Brien/{mode}")  # a prefix of it is another product
+    finally:
+        await api.close()

@@ -11,8 +11,11 @@ import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, unquote
 
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -20,6 +23,35 @@ from starlette.routing import Route
 from .data import seed
 
 VERSION = "2026.4.0 (emulator)"
+
+
+class _Segment(Convertor[str]):
+    """A path parameter matched on the raw path and decoded: ``PN%201%2F2`` is the one part number
+    ``PN 1/2``, as the client encodes it (matched on the decoded path, its ``/`` made two segments)."""
+
+    regex = "[^/]+"
+
+    def convert(self, value: str) -> str:
+        return unquote(value)
+
+    def to_string(self, value: str) -> str:
+        return quote(value, safe="")
+
+
+register_url_convertor("wats_segment", _Segment())
+
+
+class _RawPath:
+    """Routes see the path as sent (percent-encoded), so that an encoded ``/`` stays inside its segment."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw:
+            scope = {**scope, "path": raw.decode("latin-1")}
+        await self.app(scope, receive, send)
 OUTAGE_MODES = ("503", "refuse")
 
 
@@ -94,8 +126,9 @@ def _error(status: int, message: str, **headers: str) -> JSONResponse:
 
 
 def _route_of(request: Request) -> str:
+    """The route template, as the client names it (``/api/Product/{partNumber}``)."""
     route = request.scope.get("route")
-    return getattr(route, "path", request.url.path)
+    return str(getattr(route, "path", request.url.path)).replace(":wats_segment}", "}")
 
 
 class _Gate:
@@ -145,12 +178,13 @@ def _json(state: EmulatorState, payload: Any, status: int = 200) -> Response:
     return JSONResponse(payload, status_code=status)
 
 
-_FILTER = re.compile(r"(\w+)\s+(eq|ge|le|gt|lt)\s+('([^']*)'|[\w.:-]+)")
+# A string literal doubles each quote it holds (OData): 'O''Brien' is O'Brien.
+_FILTER = re.compile(r"(\w+)\s+(eq|ge|le|gt|lt)\s+('((?:[^']|'')*)'|[\w.:-]+)")
 
 
 def _odata_match(item: dict[str, Any], expr: str) -> bool:
     for field_name, op, raw, quoted in _FILTER.findall(expr):
-        want = quoted if raw.startswith("'") else raw
+        want = quoted.replace("''", "'") if raw.startswith("'") else raw
         have = str(item.get(field_name, ""))
         ok = {"eq": have == want, "ge": have >= want, "le": have <= want, "gt": have > want, "lt": have < want}[op]
         if not ok:
@@ -334,21 +368,21 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         Route("/api/Product/Query", api(product_query)),
         Route("/api/Product/Groups", api(product_groups)),
         Route("/api/Product", api(product_put), methods=["PUT"]),
-        Route("/api/Product/{partNumber}/Revisions", api(product_revisions)),
-        Route("/api/Product/{partNumber}", api(product_get)),
+        Route("/api/Product/{partNumber:wats_segment}/Revisions", api(product_revisions)),
+        Route("/api/Product/{partNumber:wats_segment}", api(product_get)),
         Route("/api/Report/Query/Header", api(report_headers)),
         Route("/api/Report/WSJF", api(report_post), methods=["POST"]),
-        Route("/api/Report/Wsjf/{id}", api(report_get)),
+        Route("/api/Report/Wsjf/{id:wats_segment}", api(report_get)),
         Route("/api/Asset/Status", api(asset_status)),
         Route("/api/Asset", api(asset_put), methods=["PUT"]),
-        Route("/api/Asset/{idOrSerial}", api(asset_get)),
+        Route("/api/Asset/{idOrSerial:wats_segment}", api(asset_get)),
         Route("/api/App/Processes", api(processes)),
         Route("/api/App/Version", api(version)),
-        Route("/api/Production/Unit/{serialNumber}/{partNumber}", api(production_unit)),
+        Route("/api/Production/Unit/{serialNumber:wats_segment}/{partNumber:wats_segment}", api(production_unit)),
         Route("/api/Software/Packages", api(packages)),
         Route("/_emulator/stats", stats),
         Route("/_emulator/outage", outage, methods=["POST"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, middleware=[Middleware(_RawPath)])
     app.state.emulator = st
     return app
