@@ -5,7 +5,9 @@ Guarantees, whatever moment the process dies (``kill -9`` included):
   content (``error/``, with a ``.reason.txt`` beside it);
 - a report is sent with the same id every time: an id-less report gets one derived from its content
   before it is first sent, so a re-send after a crash is recognised by the server;
-- a report recorded as confirmed (in ``done/``) is never sent again.
+- a report recorded as confirmed (in ``done/``) is never sent again; it is deleted from there ``keep_done``
+  seconds after its confirmation (None: kept for good), so that years of confirmed reports do not fill the
+  station's disk. ``error/`` is never emptied: what is there waits for a person.
 Files dropped in the folder are best written elsewhere and renamed in; one written in place is read
 again while it does not parse and was changed less than ``write_grace`` seconds ago (it may still be
 being written), and goes to ``error/`` only after. Only ``*.json`` files (any case: ``.JSON`` too) are
@@ -24,6 +26,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,11 @@ ID_NAMESPACE = uuid.UUID("6c1a3f0e-2d4b-4e58-9a57-1f0d3c2b7e11")
 
 Submit = Callable[[dict[str, Any]], Awaitable[Any]]
 
+
+#: how long a confirmed report stays in done/ by default: 30 days
+KEEP_DONE = 30 * 86400.0
+#: seconds between sweeps of done/
+SWEEP_EVERY = 3600.0
 
 FOLDER_PROBLEM = "folder"
 # What became of a report handed to the sender.
@@ -62,6 +70,7 @@ class QueueStats:
     failed_attempts: int = 0
     malformed: int = 0
     rejected: int = 0
+    done_deleted: int = 0  # confirmed reports deleted from done/ past keep_done
     last_error: str | None = None
     last_success: float | None = None  # wall-clock time of the last confirmation
     recent_processing: list[float] = field(default_factory=list)
@@ -143,7 +152,7 @@ class ReportQueue:
     """
 
     def __init__(self, root: str | os.PathLike[str], submit: Submit, *, backoff_base: float = 0.5,
-                 backoff_max: float = 60.0, write_grace: float = 5.0,
+                 backoff_max: float = 60.0, write_grace: float = 5.0, keep_done: float | None = KEEP_DONE,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.root = Path(root)
         self.dirs = {"pending": self.root, **{s: self.root / s for s in STATES[1:]}}
@@ -151,6 +160,10 @@ class ReportQueue:
         self.submit = submit
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
         self.write_grace = write_grace
+        if keep_done is not None and keep_done <= 0:
+            raise ValueError(f"keep_done must be > 0 seconds (or None: keep every confirmed report), got {keep_done}")
+        self.keep_done = keep_done
+        self._sweep_at = 0.0  # monotonic time of the next sweep of done/
         self.clock = clock
         self.stats = QueueStats()
         self._failures = 0  # consecutive failures to reach or satisfy the server
@@ -256,6 +269,11 @@ class ReportQueue:
         Returns False when there was nothing to do or the server is being waited for. One scan
         serves a whole batch, so a deep queue is not re-listed for every report.
         """
+        if self.keep_done is not None and self.clock() >= self._sweep_at:
+            self._sweep_at = self.clock() + SWEEP_EVERY
+            deleted = await asyncio.to_thread(self._sweep_done, self.keep_done)
+            self.stats.done_deleted += deleted
+            self._counts["done"] = max(0, self._counts["done"] - deleted)
         scan = await asyncio.to_thread(self.scan, limit)
         self._counts.update(scan.counts)
         self._oldest_mtime, self.ignored = scan.oldest_mtime, scan.ignored
@@ -408,16 +426,37 @@ class ReportQueue:
             return False
 
     @staticmethod
-    def _move(path: Path, folder: Path, reason: str | None = None) -> Path:
-        """``path`` into ``folder`` under its name (or a new one, when taken), with its reason beside it."""
+    def _move(path: Path, folder: Path, reason: str | None = None, *, stamp: bool = False) -> Path:
+        """``path`` into ``folder`` under its name (or a new one, when taken), with its reason beside it;
+        ``stamp``: its modification time made now (done/ is swept by the time of confirmation, not of writing)."""
         target = folder / path.name
         if target.exists() or target.is_symlink():
             target = folder / f"{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}"
         if reason is not None:
             _write_atomic(target.with_name(target.name + ".reason.txt"), (reason + "\n").encode())
+        if stamp:
+            os.utime(path)
         os.replace(path, target)
         _fsync_dir(folder)
         return target
+
+    def _sweep_done(self, keep: float) -> int:
+        """Delete the reports confirmed more than ``keep`` seconds ago from done/; returns how many."""
+        before = time.time() - keep
+        deleted = 0
+        try:
+            entries = list(os.scandir(self.dirs["done"]))
+        except OSError:
+            return 0
+        for entry in entries:
+            try:
+                if (_is_report_name(entry.name) and entry.is_file(follow_symlinks=False)
+                        and entry.stat(follow_symlinks=False).st_mtime < before):
+                    os.unlink(entry.path)
+                    deleted += 1
+            except OSError:  # gone meanwhile, or not ours to delete: kept, tried again at the next sweep
+                continue
+        return deleted
 
     def _move_counted(self, source: str, target: str) -> None:
         self._counts[source] = max(0, self._counts[source] - 1)
@@ -448,7 +487,7 @@ class ReportQueue:
         except Exception as exc:
             self._failed(f"{type(exc).__name__}: {exc}")
             return FAILED
-        await asyncio.to_thread(self._move, path, self.dirs["done"])
+        await asyncio.to_thread(partial(self._move, path, self.dirs["done"], stamp=True))
         self._confirmed(path, result, time.perf_counter() - started)
         self.last_result = result
         return CONFIRMED

@@ -43,6 +43,10 @@ class ClientConfig(BaseModel):
     ping_interval: float = Field(15.0, gt=0, description="Seconds between reachability checks of the server.")
     ready_max_age: float = Field(60.0, gt=0, description="/health/ready needs a server contact at most this old.")
     stuck_after: float = Field(600.0, gt=0, description="A report waiting longer than this marks the queue stuck.")
+    done_retention_days: float | None = Field(
+        30.0, gt=0, description="Days a confirmed report stays in done/ before it is deleted (WATS has it); "
+        "null keeps every one. error/ is never emptied.",
+    )
     write_grace_seconds: float = Field(
         5.0, ge=0, description="A report file that does not parse and was changed less than this many seconds ago "
         "may still be being written in place: it is read again later, and goes to error/ only after.",
@@ -232,6 +236,8 @@ EXAMPLE = {
     "health_port": 8080,
     "_queue_dir": "Drop WSJF report files (*.json) here, best written elsewhere and renamed in (a file written in place is read again while it does not parse, for write_grace_seconds).",
     "queue_dir": "pywats_queue",
+    "_done_retention_days": "Confirmed reports are deleted from queue_dir/done after this many days (WATS has them); null keeps every one.",
+    "done_retention_days": 30,
     "plugins": [],
     "_transport": "Further transport settings, as in a TransportConfig file. The fleet tier, shared by every "
                   "station: {\"redis\": {\"url\": \"redis://redis.factory.local:6379/0\"}, \"cache\": "

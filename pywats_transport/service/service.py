@@ -61,7 +61,8 @@ class AsyncClientService:
         self.api = AsyncWATS(cfg.service_address, cfg.api_token.get_secret_value(), metrics_collector=self.collector,
                              transport=self._transport, config=cfg.transport or None, **cfg.transport_flags())
         self.queue = ReportQueue(cfg.queue_dir, self._submit, backoff_max=cfg.retry_backoff_max,
-                                 write_grace=cfg.write_grace_seconds)
+                                 write_grace=cfg.write_grace_seconds,
+                                 keep_done=None if cfg.done_retention_days is None else cfg.done_retention_days * 86400)
         if self.collector is not None:
             self.queue.on_processed = self.collector.record_queue_processing  # type: ignore[method-assign]
             self.collector.observe_gauge("pywats_transport.queue.depth", self._depth_gauge, unit="{report}",
@@ -240,6 +241,7 @@ class AsyncClientService:
                 "failed_attempts": q.stats.failed_attempts if q else 0,
                 "malformed": q.stats.malformed if q else 0,
                 "rejected": q.stats.rejected if q else 0,
+                "done_deleted": q.stats.done_deleted if q else 0,
                 "last_error": q.stats.last_error if q else None,
                 "oldest_waiting_seconds": round(q.oldest_waiting_age(), 3) if q else 0.0,
                 "problems": list(q.problems.values()) if q else [],
