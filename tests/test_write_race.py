@@ -113,6 +113,21 @@ def layers(mode: str, origin: RaceOrigin, cache_mode: str, storage: str, request
     return tuple(cls(httpx.MockTransport(handler), **options) for _ in range(3))  # type: ignore[return-value]
 
 
+def callers_of(mode: str, layers: tuple[Any, Any, Any]) -> dict[str, Caller]:
+    return {name: Caller(mode, layer) for name, layer in zip(("slow", "writer", "later"), layers, strict=True)}
+
+
+async def still_caches(callers: dict[str, Caller], path: str) -> None:
+    """The cache still caches: the post-write answer is stored and served."""
+    again = await callers["later"].get(path)
+    assert again.json() == {"v": 1} and again.extensions["caching"]["from_cache"]
+
+
+async def close_all(callers: dict[str, Caller]) -> None:
+    for caller in {id(c.transport): c for c in callers.values()}.values():
+        await caller.close()
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("write", ["PUT", "invalidate", "clear"])
@@ -125,7 +140,7 @@ async def test_a_lookup_in_flight_during_a_write_does_not_store_its_pre_write_an
     withdraw the stores of answers in flight too."""
     origin = RaceOrigin(mode)
     slow, writer, later = layers(mode, origin, cache_mode, storage, request, tmp_path)
-    callers = {name: Caller(mode, layer) for name, layer in (("slow", slow), ("writer", writer), ("later", later))}
+    callers = callers_of(mode, (slow, writer, later))
     path = f"/items/{uuid.uuid4().hex}"
 
     async def change() -> None:
@@ -146,12 +161,9 @@ async def test_a_lookup_in_flight_during_a_write_does_not_store_its_pre_write_an
             while slow.near_invalidations == 0 and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
         assert (await callers["slow"].get(path)).json() == {"v": 1}
-        # The cache still caches: the post-write answer is stored and served.
-        again = await callers["later"].get(path)
-        assert again.json() == {"v": 1} and again.extensions["caching"]["from_cache"]
+        await still_caches(callers, path)
     finally:
-        for caller in {id(c.transport): c for c in callers.values()}.values():
-            await caller.close()
+        await close_all(callers)
 
 
 @pytest.mark.anyio
@@ -165,8 +177,7 @@ async def test_a_lookup_between_the_write_and_the_end_of_the_fetch_in_flight_doe
     to every later read, the writer's own included, until it expired. (Without coalescing, so that the
     lookup after the write does not wait for the fetch in flight: a follower would wait here for good.)"""
     origin = BodyRaceOrigin(mode)
-    slow, writer, later = layers(mode, origin, cache_mode, storage, request, tmp_path, coalesce=False)
-    callers = {name: Caller(mode, layer) for name, layer in (("slow", slow), ("writer", writer), ("later", later))}
+    callers = callers_of(mode, layers(mode, origin, cache_mode, storage, request, tmp_path, coalesce=False))
     path = f"/items/{uuid.uuid4().hex}"
 
     async def write_then_read() -> None:
@@ -177,11 +188,9 @@ async def test_a_lookup_between_the_write_and_the_end_of_the_fetch_in_flight_doe
         await while_reading(origin, callers["slow"], path, write_then_read)
         for name in ("writer", "later", "slow"):
             assert (await callers[name].get(path)).json() == {"v": 1}, name
-        again = await callers["later"].get(path)
-        assert again.json() == {"v": 1} and again.extensions["caching"]["from_cache"]
+        await still_caches(callers, path)
     finally:
-        for caller in {id(c.transport): c for c in callers.values()}.values():
-            await caller.close()
+        await close_all(callers)
 
 
 @pytest.mark.anyio
