@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -164,8 +165,9 @@ def test_an_invalid_value_names_where_it_came_from(tmp_path: Path) -> None:
     assert str(raised.value).startswith(f"invalid TransportConfig in file {path}: cache.ttl = -1")
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pywats_transport", *args], capture_output=True, text=True, timeout=60)
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pywats_transport", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env} if env else None)
 
 
 def test_cli_stack_shows_profile_and_sources_and_reads_a_client_file(tmp_path: Any) -> None:
@@ -182,12 +184,17 @@ def test_cli_stack_shows_profile_and_sources_and_reads_a_client_file(tmp_path: A
     cache = next(item for item in chain if item["name"] == "cache")
     assert cache["settings"]["ttl"] == 42 and cache["sources"]["ttl"] == "flags"
     assert "tok-secret" not in out.stdout + out.stderr
-    # client.json's transport section: above the WATS profile, beneath the flat keys.
+    # client.json's transport section: above the WATS profile, beneath the flat keys (here from the
+    # environment: the file giving both is refused).
+    section = {"cache": {"storage": "redis", "ttl": 60}, "throttle": {"backend": "redis", "rate": 3},
+               "redis": {"url": "redis://station:pw-9@10.0.0.5:6379/0"}}
     client.write_text(json.dumps({"service_address": "http://127.0.0.1:1", "api_token": "tok-secret", "rate_limit": 7,
-                                  "transport": {"cache": {"storage": "redis", "ttl": 60},
-                                                "throttle": {"backend": "redis", "rate": 3},
-                                                "redis": {"url": "redis://station:pw-9@10.0.0.5:6379/0"}}}))
-    out = run_cli("stack", "--config", str(client), "--json")
+                                  "transport": section}))
+    out = run_cli("stack", "--config", str(client))
+    assert out.returncode == 2 and "rate_limit = 7.0 and transport.throttle.rate = 3 both set it" in out.stderr
+    client.write_text(json.dumps({"service_address": "http://127.0.0.1:1", "api_token": "tok-secret",
+                                  "transport": section}))
+    out = run_cli("stack", "--config", str(client), "--json", env={"PYWATS_CLIENT_RATE_LIMIT": "7"})
     assert out.returncode == 0, out.stderr
     chain = {item["name"]: item for item in json.loads(out.stdout)}
     cache, throttle = chain["cache"], chain["throttle"]
