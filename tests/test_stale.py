@@ -6,11 +6,13 @@ import asyncio
 import threading
 import time
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from pywats_transport import ConfigError, build_transport
 from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
 from pywats_transport.metrics import MetricsCollector
 
@@ -61,12 +63,14 @@ async def wait_for(check: Any, timeout: float = 5.0) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("failure", [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), 503])
-async def test_stale_if_error_answers_within_its_window(mode: str, failure: Any) -> None:
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+async def test_stale_if_error_answers_within_its_window(mode: str, failure: Any, storage: str, tmp_path: Path) -> None:
+    """On SQLite hishel dropped an entry at its TTL, and a lookup found no expired one to fall back on."""
     clock, origin = Clock(), Origin()
     collector = MetricsCollector(isolated=True)
     cls = CacheLayer if mode == "sync" else AsyncCacheLayer
     layer = cls(httpx.MockTransport(origin), clock=clock, mode="ttl", ttl=60, stale_if_error=600,
-                metrics_collector=collector)
+                metrics_collector=collector, storage=storage, sqlite_path=str(tmp_path / "cache.db"))
     caller = Caller(mode, layer)
     assert (await caller.get("/api/Product/P1")).json() == {"version": 1}
     origin.failure = failure
@@ -83,6 +87,66 @@ async def test_stale_if_error_answers_within_its_window(mode: str, failure: Any)
     else:
         assert (await caller.get("/api/Product/P1")).status_code == failure
     await caller.close()
+
+
+@pytest.mark.anyio
+async def test_a_station_restarted_during_an_outage_answers_from_its_sqlite_cache(mode: str, tmp_path: Path) -> None:
+    """The offline station's case: the cache file outlives the process. Expired entries were gone from it,
+    so a station restarted while WATS was down had nothing to answer with. The storage's mark of when an
+    entry stops being fresh never reaches a caller."""
+    clock, origin = Clock(), Origin()
+    settings: dict[str, Any] = dict(mode="ttl", ttl=60, stale_if_error=3600, storage="sqlite",
+                                    sqlite_path=str(tmp_path / "cache.db"))
+    before, _ = make(mode, origin, clock, **settings)
+    answers = [await before.get("/api/Product/P1"), await before.get("/api/Product/P1")]
+    assert [a.extensions["caching"]["from_cache"] for a in answers] == [False, True]
+    await before.close()
+    clock.now += 600  # restarted ten minutes later, WATS down
+    origin.failure = httpx.ConnectError("refused")
+    after, layer = make(mode, origin, clock, **settings)
+    stale = await after.get("/api/Product/P1")
+    answers.append(stale)
+    assert stale.json() == {"version": 1} and stale.extensions["caching"]["stale"]
+    with pytest.raises(httpx.ConnectError):
+        await after.get("/api/Product/P2")  # nothing known of it
+    origin.failure = None
+    origin.version = 2
+    fresh = await after.get("/api/Product/P1")  # WATS back: an expired entry is not served as fresh
+    answers.append(fresh)
+    assert fresh.json() == {"version": 2} and not fresh.extensions["caching"]["from_cache"]
+    assert not any("x-pywats-fresh-until" in a.headers for a in answers)
+    await after.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("directives", ["max-age=10, stale-if-error=600", "max-age=10, must-revalidate"])
+async def test_rfc_mode_on_sqlite_answers_a_failed_origin_from_the_stale_entry(
+        mode: str, directives: str, tmp_path: Path) -> None:
+    """As on the other storages: within the response's own window, a variant by ``Vary`` answering only its
+    own requests, never what the server said to revalidate."""
+    dated = {"cache-control": directives, "vary": "Accept-Language", "date": formatdate(time.time() - 100, usegmt=True)}
+    clock, origin = Clock(), Origin(dated)
+    caller, layer = make(mode, origin, clock, mode="rfc", storage="sqlite", sqlite_path=str(tmp_path / "cache.db"))
+    try:
+        await caller.get("/r", headers={"Accept-Language": "de"})
+        origin.failure = httpx.ConnectError("refused")
+        if "must-revalidate" in directives:
+            with pytest.raises(httpx.ConnectError):
+                await caller.get("/r", headers={"Accept-Language": "de"})
+            return
+        stale = await caller.get("/r", headers={"Accept-Language": "de"})
+        assert stale.json() == {"version": 1} and stale.extensions["caching"]["stale"]
+        with pytest.raises(httpx.ConnectError):
+            await caller.get("/r", headers={"Accept-Language": "en"})
+    finally:
+        await caller.close()
+
+
+def test_stale_while_revalidate_on_sqlite_is_refused_naming_the_storages() -> None:
+    """hishel's SQLite storage goes to the origin first for an expired entry: the window did nothing."""
+    with pytest.raises(ConfigError, match=r"cache.stale_while_revalidate \(from flags\) = 5: serving an expired entry "
+                                          r"while it is refreshed needs storage 'memory' or 'redis', and storage is 'sqlite'"):
+        build_transport(cache={"storage": "sqlite", "stale_while_revalidate": 5})
 
 
 @pytest.mark.anyio

@@ -20,9 +20,9 @@ from ..layer import layer_settings
 from ..policies.retry import may_have_been_applied
 from ..streams import OnClose
 from .coalesce import Flight, Flights, SaveWhenRead
-from .fetch_only import AsyncFetchOnly, FetchOnly
 from .freshness import conditional_headers, forbids_stale, merge_not_modified, rfc_staleness
 from .health import FAILURES
+from .hishel_view import FRESH_UNTIL, AsyncStorageView, StorageView, fresh_until
 from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage, Record, hishel_headers
 from .near_invalidation import NearInvalidation
 from .policy import EXTENSION, CachePolicy, Plan
@@ -117,10 +117,15 @@ class CacheCore:
         self._direct = isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage))
         #: a storage shared by processes (Redis): invalidation goes to it, for every process
         self._shared = isinstance(self.storage, (RedisStore, AsyncRedisStore))
-        #: what a refresh through hishel reads and writes on a storage of hishel's own (SQLite)
-        self._fetch_only: Any = None
-        if not (self._direct or self._shared):
-            self._fetch_only = AsyncFetchOnly(self.storage) if is_async else FetchOnly(self.storage)
+        #: hishel's own storage (SQLite): what hishel sees of it, for a lookup and for a refresh (see
+        #: :mod:`.hishel_view`); entries are kept past their freshness for stale-if-error
+        self._own = not (self._direct or self._shared)
+        self._kept_for = settings.stale_if_error if self._own else 0.0
+        view: Any = AsyncStorageView if is_async else StorageView
+        self._views: tuple[Any, Any] | None = (
+            view(self.storage, self._kept_for, clock, timed=not self.policy.rfc),
+            view(self.storage, self._kept_for, clock, finds=False),
+        ) if self._own else None
         #: the largest body the storage keeps: the followers of a fetch whose body outgrows it (a download)
         #: go on at once, not when it ends
         self._body_bound: int | None = MAX_BODY if self._shared else getattr(self.storage, "max_stream_size", None)
@@ -191,13 +196,40 @@ class CacheCore:
         return lambda: self.policy.end_fetch(fetch)
 
     @staticmethod
-    def _end_when_closed(response: httpx.Response, end: Callable[[], None]) -> httpx.Response:
-        """``end`` once the body is read (hishel stores it as it is read) or closed, or dropped."""
+    def _from_own_storage(response: httpx.Response, end: Callable[[], None]) -> httpx.Response:
+        """An answer through hishel's own storage: without the storage's mark, and ``end`` once the body is
+        read (hishel stores it as it is read) or closed, or dropped."""
+        if FRESH_UNTIL in response.headers:
+            del response.headers[FRESH_UNTIL]
         if response.is_closed:
             end()
         else:
             response.stream = OnClose(response.stream, end)
         return response
+
+    @staticmethod
+    def _own_choice(entries: list[Any], request: httpx.Request) -> Any:
+        """The first of ``entries`` (hishel's, of its own storage) answering ``request``: its method, and the
+        request headers its ``Vary`` names; None if none does."""
+        for entry in entries:
+            vary = [name.strip() for value in entry.response.headers.get_list("vary") or [] for name in value.split(",")]
+            if entry.request.method == request.method and all(
+                    (entry.request.headers.get_list(name) or [None])[0] == request.headers.get(name)
+                    for name in vary if name):
+                return entry
+        return None
+
+    def _own_record(self, entry: Any, body: bytes) -> Record:
+        """An entry of hishel's own storage as a record timed for a stale answer: by its mark in ttl mode,
+        by its headers in rfc mode."""
+        headers = entry.response.headers
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k in headers if k != FRESH_UNTIL
+               for v in headers.get_list(k) or []]
+        record = Record(entry.id, "", entry.request, entry.response.status_code, None, body, None, None, None,
+                        raw_headers=raw, stored_at=self.policy.clock(), fresh_until=fresh_until(entry))
+        if self.policy.rfc:
+            self._timed_by_headers(record)  # in place
+        return record
 
     def _fleet_hit(self, plan: Plan, request: httpx.Request, record: Record | None,
                    near_token: object | None) -> httpx.Response | None:
@@ -228,9 +260,10 @@ class CacheCore:
         return self._fallback(plan, request, record, flight)
 
     def _stale_wanted(self, record: Record | None, failure: BaseException | httpx.Response) -> bool:
-        """rfc mode on Redis: hishel went to the origin, which failed; the layer has not read the entry
-        (hishel did) and must, for a stale-if-error answer."""
-        return record is None and self._shared and self.policy.rfc and _failed(failure)
+        """hishel went to the origin, which failed; the layer has not read the entry (hishel did, or found
+        none fresh) and must, for a stale-if-error answer: rfc mode on Redis, either mode on SQLite."""
+        return (record is None and _failed(failure)
+                and (self._shared and self.policy.rfc or self._own))
 
     def _timed(self, record: Record | None) -> Record | None:
         """An entry read from Redis, timed: by the ttl mode's lookup when stored, by its headers in rfc mode."""
@@ -484,8 +517,10 @@ class CacheCore:
     def _prepare(self, request: httpx.Request, plan: Plan) -> None:
         caching = dict(request.extensions.get("caching") or {})
         caching.update(key=plan.key, ttl=plan.ttl)
-        if plan.refresh and self._fetch_only is not None:
-            caching["storage"] = self._fetch_only
+        if self._views is not None:
+            caching["storage"] = self._views[1] if plan.refresh else self._views[0]
+            if plan.ttl is not None:
+                caching["ttl"] = plan.ttl + self._kept_for
         request.extensions = {**request.extensions, "caching": caching}
 
     def _after_lookup(self, plan: Plan, request: httpx.Request, response: httpx.Response) -> None:

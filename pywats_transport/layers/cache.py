@@ -65,7 +65,7 @@ class CacheLayer(CacheCore, Layer):
             except BaseException:
                 end()
                 raise
-            return self._end_when_closed(response, end)
+            return self._from_own_storage(response, end)
         return self._through_hishel(plan, request)
 
     def _through_hishel(self, plan: Plan, request: httpx.Request) -> httpx.Response:
@@ -117,8 +117,9 @@ class CacheLayer(CacheCore, Layer):
             FETCHES.reset(fetches)
         if lookup is not None and not lookup.stored:
             response.extensions["caching"] = {**response.extensions["caching"], "stored": False}
-        if self._shared and not response.extensions["caching"].get("stored"):
-            self.storage.release(plan.key)  # nothing will be stored: the fleet need not wait
+        if (self._shared or self._own) and not response.extensions["caching"].get("stored"):
+            if self._shared:
+                self.storage.release(plan.key)  # nothing will be stored: the fleet need not wait
             if self._stale_wanted(record, response):
                 record = self._stale_entry(plan, request)
             if (stale := self._fleet_fallback(plan, request, record, flight, response)) is not None:
@@ -160,8 +161,12 @@ class CacheLayer(CacheCore, Layer):
         return self._direct_end(plan, request, response, flight, stale, token)
 
     def _stale_entry(self, plan: Plan, request: httpx.Request) -> Record | None:
-        """The entry in Redis that hishel found stale (rfc mode), for a failed origin; None if Redis fails too."""
+        """The entry hishel found stale, or did not show (SQLite, ttl mode), for a failed origin; None if the
+        storage fails too."""
         try:
+            if self._own:
+                entry = self._own_choice(self.storage.get_entries(plan.key), request)
+                return None if entry is None else self._own_record(entry, b"".join(entry.response.stream))
             return self._timed_by_headers(self.storage.find(plan.key, request.method, request.headers,
                                                             str(request.url)))
         except Exception as exc:
@@ -260,7 +265,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             except BaseException:
                 end()
                 raise
-            return self._end_when_closed(response, end)
+            return self._from_own_storage(response, end)
         return await self._through_hishel(plan, request)
 
     async def _through_hishel(self, plan: Plan, request: httpx.Request) -> httpx.Response:
@@ -315,8 +320,9 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             FETCHES.reset(fetches)
         if lookup is not None and not lookup.stored:
             response.extensions["caching"] = {**response.extensions["caching"], "stored": False}
-        if self._shared and not response.extensions["caching"].get("stored"):
-            await self.storage.release(plan.key)
+        if (self._shared or self._own) and not response.extensions["caching"].get("stored"):
+            if self._shared:
+                await self.storage.release(plan.key)
             if self._stale_wanted(record, response):
                 record = await self._stale_entry(plan, request)
             if (stale := self._fleet_fallback(plan, request, record, flight, response)) is not None:
@@ -362,6 +368,11 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
     async def _stale_entry(self, plan: Plan, request: httpx.Request) -> Record | None:
         """As the sync layer's."""
         try:
+            if self._own:
+                entry = self._own_choice(await self.storage.get_entries(plan.key), request)
+                if entry is None:
+                    return None
+                return self._own_record(entry, b"".join([chunk async for chunk in entry.response.stream]))
             return self._timed_by_headers(await self.storage.find(plan.key, request.method, request.headers,
                                                                   str(request.url)))
         except Exception as exc:

@@ -1,0 +1,104 @@
+"""hishel's own storage (SQLite) as the cache layer lets hishel see it, request by request.
+
+- Entries are kept past their freshness for ``cache.stale_if_error``, so that one may answer when the
+  origin fails; each is stored marked with when it stops being fresh (:data:`FRESH_UNTIL`, a header the
+  layer takes off every answer). In ttl mode a lookup finds only fresh entries; in rfc mode hishel times
+  them by their headers, as always.
+- A refresh (``Cache-Control: no-cache`` in ttl mode, the ``refresh`` extension, a key a write made stale)
+  finds none. Removing the key's entries before it goes through hishel is not enough: an answer a fetch
+  began to store before a write becomes readable when its body ends, which may be between that removal
+  and hishel's read.
+
+hishel takes a storage per request (the ``caching`` extension's ``storage``); the layer's own storage is
+given to hishel's transport, which closes it with the layer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import hishel
+
+#: when a stored answer stops being fresh (seconds since the epoch, on the layer's clock)
+FRESH_UNTIL = "x-pywats-fresh-until"
+
+
+def fresh_until(entry: Any) -> float:
+    """When ``entry`` stops being fresh (ttl mode); an entry stored without the mark never does."""
+    value = entry.response.headers.get_list(FRESH_UNTIL)
+    try:
+        return float(value[0]) if value else float("inf")
+    except ValueError:
+        return float("-inf")
+
+
+class _View:
+    def __init__(self, storage: Any, keep: float, clock: Callable[[], float], *, finds: bool, timed: bool) -> None:
+        self._storage = storage
+        self._keep, self._clock = keep, clock
+        #: whether a lookup finds entries at all (a refresh's view finds none), and only fresh ones (ttl mode)
+        self._finds, self._timed = finds, timed
+
+    def _marked(self, response: Any, ttl: float | None) -> Any:
+        if ttl is None:
+            return response
+        headers = hishel.Headers({k: list(response.headers.get_list(k) or []) for k in response.headers})
+        headers[FRESH_UNTIL] = repr(self._clock() + max(0.0, ttl - self._keep))
+        return replace(response, headers=headers)
+
+    def _found(self, entries: list[Any]) -> list[Any]:
+        if not self._timed:
+            return entries
+        now = self._clock()
+        return [entry for entry in entries if fresh_until(entry) > now]
+
+
+class StorageView(_View, hishel.BaseStorage):
+    def __init__(self, storage: hishel.BaseStorage, keep: float, clock: Callable[[], float], *, finds: bool = True,
+                 timed: bool = False) -> None:
+        hishel.BaseStorage.__init__(self, default_ttl=storage.default_ttl, default_tti=storage.default_tti,
+                                    max_stream_size=storage.max_stream_size)
+        _View.__init__(self, storage, keep, clock, finds=finds, timed=timed)
+
+    def create_entry(self, request: Any, response: Any, key: str, *, ttl: float | None = None,
+                     tti: float | None = None) -> Any:
+        return self._storage.create_entry(request, self._marked(response, ttl), key, ttl=ttl, tti=tti)
+
+    def get_entries(self, key: str) -> list[Any]:
+        return self._found(self._storage.get_entries(key)) if self._finds else []
+
+    def update_headers(self, id: uuid.UUID, headers: Any) -> None:
+        self._storage.update_headers(id, headers)
+
+    def remove_entry(self, id: uuid.UUID) -> None:
+        self._storage.remove_entry(id)
+
+    def close(self) -> None:
+        """The layer's storage is closed with the layer, not with a request."""
+
+
+class AsyncStorageView(_View, hishel.AsyncBaseStorage):
+    def __init__(self, storage: hishel.AsyncBaseStorage, keep: float, clock: Callable[[], float], *,
+                 finds: bool = True, timed: bool = False) -> None:
+        hishel.AsyncBaseStorage.__init__(self, default_ttl=storage.default_ttl, default_tti=storage.default_tti,
+                                         max_stream_size=storage.max_stream_size)
+        _View.__init__(self, storage, keep, clock, finds=finds, timed=timed)
+
+    async def create_entry(self, request: Any, response: Any, key: str, *, ttl: float | None = None,
+                           tti: float | None = None) -> Any:
+        return await self._storage.create_entry(request, self._marked(response, ttl), key, ttl=ttl, tti=tti)
+
+    async def get_entries(self, key: str) -> list[Any]:
+        return self._found(await self._storage.get_entries(key)) if self._finds else []
+
+    async def update_headers(self, id: uuid.UUID, headers: Any) -> None:
+        await self._storage.update_headers(id, headers)
+
+    async def remove_entry(self, id: uuid.UUID) -> None:
+        await self._storage.remove_entry(id)
+
+    async def close(self) -> None:
+        """The layer's storage is closed with the layer, not with a request."""
