@@ -136,6 +136,7 @@ async def test_rfc_mode_on_sqlite_answers_a_failed_origin_from_the_stale_entry(
             return
         stale = await caller.get("/r", headers={"Accept-Language": "de"})
         assert stale.json() == {"version": 1} and stale.extensions["caching"]["stale"]
+        assert 100 <= int(stale.headers["age"]) < 110  # as old as its Date says (RFC 9111 §5.1)
         with pytest.raises(httpx.ConnectError):
             await caller.get("/r", headers={"Accept-Language": "en"})
     finally:

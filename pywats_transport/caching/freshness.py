@@ -167,6 +167,11 @@ def rfc_staleness(headers: Headers) -> tuple[float, float, float]:
             float(directives.stale_while_revalidate or 0))
 
 
+def rfc_age(headers: Headers) -> float:
+    """An entry's current age by its headers (``Date``, ``Age``), as hishel reckons it (RFC 9111 §4.2.3)."""
+    return float(get_age(HishelResponse(200, headers)))
+
+
 def conditional_headers(stored: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """RFC 9110 §13.1 validators for revalidating a stored response: ``If-None-Match`` and/or ``If-Modified-Since``."""
     out = []

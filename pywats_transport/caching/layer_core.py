@@ -20,7 +20,7 @@ from ..layer import layer_settings
 from ..policies.retry import may_have_been_applied
 from ..streams import OnClose
 from .coalesce import Flight, Flights, SaveWhenRead
-from .freshness import conditional_headers, forbids_stale, merge_not_modified, rfc_staleness
+from .freshness import conditional_headers, forbids_stale, merge_not_modified, rfc_age, rfc_staleness
 from .health import FAILURES
 from .hishel_view import FRESH_UNTIL, AsyncStorageView, StorageView, fresh_until
 from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage, Record, hishel_headers
@@ -229,6 +229,7 @@ class CacheCore:
                         raw_headers=raw, stored_at=self.policy.clock(), fresh_until=fresh_until(entry))
         if self.policy.rfc:
             self._timed_by_headers(record)  # in place
+            record.age = rfc_age(record.hishel_headers())  # the Age a stale answer carries
         return record
 
     def _fleet_hit(self, plan: Plan, request: httpx.Request, record: Record | None,
