@@ -280,13 +280,16 @@ def by_accept(request: httpx.Request) -> httpx.Response:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
-async def test_variants_are_kept_apart(mode: str, cache_mode: str) -> None:
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+async def test_variants_are_kept_apart(mode: str, cache_mode: str, storage: str, tmp_path: Path) -> None:
+    """On SQLite in ttl mode hishel served the first entry of the key, whatever variant it was."""
     def handler(request: httpx.Request) -> httpx.Response:
         response = by_accept(request)
         response.headers["Cache-Control"] = "max-age=60"
         return response
 
-    caller = Caller(mode, build(mode, handler, cache_mode=cache_mode))
+    caller = Caller(mode, build(mode, handler, cache_mode=cache_mode, cache_storage=storage,
+                                cache_sqlite_path=str(tmp_path / "cache.db")))
     json_1 = await caller.get("/v", headers={"Accept": "application/json"})
     text_1 = await caller.get("/v", headers={"Accept": "text/plain"})
     json_2 = await caller.get("/v", headers={"Accept": "application/json"})
@@ -298,7 +301,8 @@ async def test_variants_are_kept_apart(mode: str, cache_mode: str) -> None:
 
 
 @pytest.mark.anyio
-async def test_vary_star_never_matches_and_no_store_is_not_stored(mode: str) -> None:
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+async def test_vary_star_never_matches_and_no_store_is_not_stored(mode: str, storage: str, tmp_path: Path) -> None:
     headers = {"/star": {"Vary": "*"}, "/nostore": {"Cache-Control": "no-store"}}
     server = Counter()
 
@@ -306,12 +310,14 @@ async def test_vary_star_never_matches_and_no_store_is_not_stored(mode: str) -> 
         server(request)
         return httpx.Response(200, json={"n": server.count}, headers=headers[request.url.path])
 
-    caller = Caller(mode, build(mode, handler, cache_mode="ttl"))
+    caller = Caller(mode, build(mode, handler, cache_mode="ttl", cache_storage=storage,
+                                cache_sqlite_path=str(tmp_path / "cache.db")))
     for path in ("/star", "/star", "/nostore", "/nostore"):
         assert not (await caller.get(path)).extensions["caching"]["from_cache"]
     assert server.count == 4
     await caller.close()
-    wats = Caller(mode, build(mode, handler, profile="wats"))  # store_no_store: the seed plan caches regardless
+    wats = Caller(mode, build(mode, handler, profile="wats", cache_storage=storage,  # store_no_store: the seed
+                              cache_sqlite_path=str(tmp_path / "wats.db")))  # plan caches regardless
     await wats.get("/nostore")
     assert (await wats.get("/nostore")).extensions["caching"]["from_cache"]
     await wats.close()

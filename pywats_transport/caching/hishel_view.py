@@ -2,8 +2,9 @@
 
 - Entries are kept past their freshness for ``cache.stale_if_error``, so that one may answer when the
   origin fails; each is stored marked with when it stops being fresh (:data:`FRESH_UNTIL`, a header the
-  layer takes off every answer). In ttl mode a lookup finds only fresh entries; in rfc mode hishel times
-  them by their headers, as always.
+  layer takes off every answer). In ttl mode a lookup finds only fresh entries of the variant ``Vary``
+  names for the request (hishel serves the first entry of the key there); in rfc mode hishel times them
+  by their headers and checks ``Vary``, as always.
 - A refresh (``Cache-Control: no-cache`` in ttl mode, the ``refresh`` extension, a key a write made stale)
   finds none. Removing the key's entries before it goes through hishel is not enough: an answer a fetch
   began to store before a write becomes readable when its body ends, which may be between that removal
@@ -15,6 +16,7 @@ given to hishel's transport, which closes it with the layer.
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -24,6 +26,17 @@ import hishel
 
 #: when a stored answer stops being fresh (seconds since the epoch, on the layer's clock)
 FRESH_UNTIL = "x-pywats-fresh-until"
+
+
+def answers(entry: Any, request: Any) -> bool:
+    """Whether a stored entry answers ``request`` (an httpx request): its method, and the request headers
+    its ``Vary`` names (``Vary: *``: none). hishel checks ``Vary`` in rfc mode only."""
+    if entry.request.method != request.method:
+        return False
+    vary = [name.strip() for value in entry.response.headers.get_list("vary") or [] for name in value.split(",")]
+    if "*" in vary:  # RFC 9111 §4.1
+        return False
+    return all((entry.request.headers.get_list(name) or [None])[0] == request.headers.get(name) for name in vary if name)
 
 
 def fresh_until(entry: Any) -> float:
@@ -39,8 +52,29 @@ class _View:
     def __init__(self, storage: Any, keep: float, clock: Callable[[], float], *, finds: bool, timed: bool) -> None:
         self._storage = storage
         self._keep, self._clock = keep, clock
-        #: whether a lookup finds entries at all (a refresh's view finds none), and only fresh ones (ttl mode)
+        #: whether a lookup finds entries at all (a refresh's view finds none), and only fresh ones answering
+        #: the request (ttl mode, where hishel serves the first entry of the key it finds)
         self._finds, self._timed = finds, timed
+        self._request: Any = None
+        self._storable: Callable[[Any], bool] | None = None
+        #: a bound view's answer its ``storable`` kept out of the storage
+        self.refused = False
+
+    def bound(self, request: Any, storable: Callable[[Any], bool]) -> Any:
+        """This view for one request (ttl mode): it finds only the entries answering it, and stores only
+        what ``storable`` (hishel's response) allows: hishel's ttl path stores every 2xx, ``no-store``,
+        ``Vary: *`` and event streams included."""
+        if not self._timed:
+            return self
+        view = copy.copy(self)
+        view._request, view._storable = request, storable
+        return view
+
+    def _keeps(self, response: Any) -> bool:
+        if self._storable is None or self._storable(response):
+            return True
+        self.refused = True
+        return False
 
     def _marked(self, response: Any, ttl: float | None) -> Any:
         if ttl is None:
@@ -52,8 +86,9 @@ class _View:
     def _found(self, entries: list[Any]) -> list[Any]:
         if not self._timed:
             return entries
-        now = self._clock()
-        return [entry for entry in entries if fresh_until(entry) > now]
+        now, request = self._clock(), self._request
+        return [entry for entry in entries
+                if fresh_until(entry) > now and (request is None or answers(entry, request))]
 
 
 class StorageView(_View, hishel.BaseStorage):
@@ -65,6 +100,8 @@ class StorageView(_View, hishel.BaseStorage):
 
     def create_entry(self, request: Any, response: Any, key: str, *, ttl: float | None = None,
                      tti: float | None = None) -> Any:
+        if not self._keeps(response):
+            return hishel.Entry(id=uuid.uuid4(), request=request, response=response)
         return self._storage.create_entry(request, self._marked(response, ttl), key, ttl=ttl, tti=tti)
 
     def get_entries(self, key: str) -> list[Any]:
@@ -89,6 +126,8 @@ class AsyncStorageView(_View, hishel.AsyncBaseStorage):
 
     async def create_entry(self, request: Any, response: Any, key: str, *, ttl: float | None = None,
                            tti: float | None = None) -> Any:
+        if not self._keeps(response):
+            return hishel.Entry(id=uuid.uuid4(), request=request, response=response)
         return await self._storage.create_entry(request, self._marked(response, ttl), key, ttl=ttl, tti=tti)
 
     async def get_entries(self, key: str) -> list[Any]:

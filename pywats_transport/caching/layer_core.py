@@ -22,7 +22,7 @@ from ..streams import OnClose
 from .coalesce import Flight, Flights, SaveWhenRead
 from .freshness import conditional_headers, forbids_stale, merge_not_modified, rfc_age, rfc_staleness
 from .health import FAILURES
-from .hishel_view import FRESH_UNTIL, AsyncStorageView, StorageView, fresh_until
+from .hishel_view import FRESH_UNTIL, AsyncStorageView, StorageView, answers, fresh_until
 from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage, Record, hishel_headers
 from .near_invalidation import NearInvalidation
 from .policy import EXTENSION, CachePolicy, Plan
@@ -124,7 +124,7 @@ class CacheCore:
         view: Any = AsyncStorageView if is_async else StorageView
         self._views: tuple[Any, Any] | None = (
             view(self.storage, self._kept_for, clock, timed=not self.policy.rfc),
-            view(self.storage, self._kept_for, clock, finds=False),
+            view(self.storage, self._kept_for, clock, finds=False, timed=not self.policy.rfc),
         ) if self._own else None
         #: the largest body the storage keeps: the followers of a fetch whose body outgrows it (a download)
         #: go on at once, not when it ends
@@ -195,6 +195,16 @@ class CacheCore:
         fetch = self.policy.begin_fetch(plan, request)
         return lambda: self.policy.end_fetch(fetch)
 
+    def _storable(self, request: httpx.Request, response: hishel.Response) -> bool:
+        """Whether the policy stores hishel's ``response`` to ``request`` (ttl mode)."""
+        raw = [(k, v) for k in response.headers for v in response.headers.get_list(k) or []]
+        return self.policy.decide(request, httpx.Response(response.status_code, headers=raw)).store
+
+    @staticmethod
+    def _refused(request: httpx.Request) -> bool:
+        """hishel said it stored the answer to ``request``, and the storage view kept it out (ttl mode)."""
+        return bool(getattr(request.extensions.get("caching", {}).get("storage"), "refused", False))
+
     @staticmethod
     def _from_own_storage(response: httpx.Response, end: Callable[[], None]) -> httpx.Response:
         """An answer through hishel's own storage: without the storage's mark, and ``end`` once the body is
@@ -209,15 +219,8 @@ class CacheCore:
 
     @staticmethod
     def _own_choice(entries: list[Any], request: httpx.Request) -> Any:
-        """The first of ``entries`` (hishel's, of its own storage) answering ``request``: its method, and the
-        request headers its ``Vary`` names; None if none does."""
-        for entry in entries:
-            vary = [name.strip() for value in entry.response.headers.get_list("vary") or [] for name in value.split(",")]
-            if entry.request.method == request.method and all(
-                    (entry.request.headers.get_list(name) or [None])[0] == request.headers.get(name)
-                    for name in vary if name):
-                return entry
-        return None
+        """The first of ``entries`` (hishel's, of its own storage) answering ``request``; None if none does."""
+        return next((entry for entry in entries if answers(entry, request)), None)
 
     def _own_record(self, entry: Any, body: bytes) -> Record:
         """An entry of hishel's own storage as a record timed for a stale answer: by its mark in ttl mode,
@@ -519,7 +522,8 @@ class CacheCore:
         caching = dict(request.extensions.get("caching") or {})
         caching.update(key=plan.key, ttl=plan.ttl)
         if self._views is not None:
-            caching["storage"] = self._views[1] if plan.refresh else self._views[0]
+            caching["storage"] = (self._views[1] if plan.refresh else self._views[0]).bound(
+                request, lambda response: self._storable(request, response))
             if plan.ttl is not None:
                 caching["ttl"] = plan.ttl + self._kept_for
         request.extensions = {**request.extensions, "caching": caching}

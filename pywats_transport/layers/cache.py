@@ -115,7 +115,7 @@ class CacheLayer(CacheCore, Layer):
         finally:
             LOOKUP.reset(context)
             FETCHES.reset(fetches)
-        if lookup is not None and not lookup.stored:
+        if lookup is not None and not lookup.stored or self._refused(request):
             response.extensions["caching"] = {**response.extensions["caching"], "stored": False}
         if (self._shared or self._own) and not response.extensions["caching"].get("stored"):
             if self._shared:
@@ -318,7 +318,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         finally:
             LOOKUP.reset(context)
             FETCHES.reset(fetches)
-        if lookup is not None and not lookup.stored:
+        if lookup is not None and not lookup.stored or self._refused(request):
             response.extensions["caching"] = {**response.extensions["caching"], "stored": False}
         if (self._shared or self._own) and not response.extensions["caching"].get("stored"):
             if self._shared:
