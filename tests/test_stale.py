@@ -92,8 +92,8 @@ async def test_stale_if_error_answers_within_its_window(mode: str, failure: Any,
 @pytest.mark.anyio
 async def test_a_station_restarted_during_an_outage_answers_from_its_sqlite_cache(mode: str, tmp_path: Path) -> None:
     """The offline station's case: the cache file outlives the process. Expired entries were gone from it,
-    so a station restarted while WATS was down had nothing to answer with. The storage's mark of when an
-    entry stops being fresh never reaches a caller."""
+    so a station restarted while WATS was down had nothing to answer with. The storage's marks never
+    reach a caller."""
     clock, origin = Clock(), Origin()
     settings: dict[str, Any] = dict(mode="ttl", ttl=60, stale_if_error=3600, storage="sqlite",
                                     sqlite_path=str(tmp_path / "cache.db"))
@@ -114,8 +114,42 @@ async def test_a_station_restarted_during_an_outage_answers_from_its_sqlite_cach
     fresh = await after.get("/api/Product/P1")  # WATS back: an expired entry is not served as fresh
     answers.append(fresh)
     assert fresh.json() == {"version": 2} and not fresh.extensions["caching"]["from_cache"]
-    assert not any("x-pywats-fresh-until" in a.headers for a in answers)
+    assert not any(mark in a.headers for a in answers for mark in ("x-pywats-fresh-until", "x-pywats-stored-at"))
     await after.close()
+
+
+@pytest.mark.anyio
+async def test_what_an_earlier_process_stored_in_sqlite_is_dropped_by_writes_and_clear(mode: str, tmp_path: Path) -> None:
+    """The index of what a write drops lived in the process that stored the entries: after a restart a
+    write, ``invalidate`` and ``clear`` reached none of them (``clear()`` returned 0), and a GET after the
+    station's own PUT got the pre-write answer."""
+    clock, origin = Clock(), Origin()
+    settings: dict[str, Any] = dict(mode="ttl", ttl=60, stale_if_error=3600, storage="sqlite",
+                                    sqlite_path=str(tmp_path / "cache.db"))
+    before, _ = make(mode, origin, clock, **settings)
+    for n in range(1, 5):
+        await before.get(f"/api/Product/P{n}")
+    await before.close()
+    clock.now += 10  # still fresh
+    after, layer = make(mode, origin, clock, **settings)
+    try:
+        origin.version = 2
+        assert (await after.request("PUT", "/api/Product/P1")).status_code == 200
+        assert (await after.get("/api/Product/P1")).json() == {"version": 2}
+        # Its key unknown here, an earlier process's entry answers no lookup as fresh: fetched anew.
+        again = await after.get("/api/Product/P2")
+        assert again.json() == {"version": 2} and not again.extensions["caching"]["from_cache"]
+        origin.failure = httpx.ConnectError("refused")
+        for path in ("/api/Product/P3", "/api/Product/P4"):  # the earlier process's entries still answer an outage
+            assert (await after.get(path)).extensions["caching"]["stale"]
+        layer.invalidate("/api/Product/P3")
+        with pytest.raises(httpx.ConnectError):
+            await after.get("/api/Product/P3")
+        layer.clear()
+        with pytest.raises(httpx.ConnectError):
+            await after.get("/api/Product/P4")
+    finally:
+        await after.close()
 
 
 @pytest.mark.anyio

@@ -22,7 +22,7 @@ from ..streams import OnClose
 from .coalesce import Flight, Flights, SaveWhenRead
 from .freshness import conditional_headers, forbids_stale, merge_not_modified, rfc_age, rfc_staleness
 from .health import FAILURES
-from .hishel_view import FRESH_UNTIL, AsyncStorageView, StorageView, answers, fresh_until
+from .hishel_view import MARKS, AsyncStorageView, Forgotten, StorageView, answers, fresh_until
 from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage, Record, hishel_headers
 from .near_invalidation import NearInvalidation
 from .policy import EXTENSION, CachePolicy, Plan
@@ -122,10 +122,12 @@ class CacheCore:
         self._own = not (self._direct or self._shared)
         self._kept_for = settings.stale_if_error if self._own else 0.0
         view: Any = AsyncStorageView if is_async else StorageView
+        started = clock()
         self._views: tuple[Any, Any] | None = (
-            view(self.storage, self._kept_for, clock, timed=not self.policy.rfc),
+            view(self.storage, self._kept_for, clock, timed=not self.policy.rfc, started=started),
             view(self.storage, self._kept_for, clock, finds=False, timed=not self.policy.rfc),
         ) if self._own else None
+        self._forgotten = Forgotten(clock) if self._own else None
         #: the largest body the storage keeps: the followers of a fetch whose body outgrows it (a download)
         #: go on at once, not when it ends
         self._body_bound: int | None = MAX_BODY if self._shared else getattr(self.storage, "max_stream_size", None)
@@ -209,24 +211,27 @@ class CacheCore:
     def _from_own_storage(response: httpx.Response, end: Callable[[], None]) -> httpx.Response:
         """An answer through hishel's own storage: without the storage's mark, and ``end`` once the body is
         read (hishel stores it as it is read) or closed, or dropped."""
-        if FRESH_UNTIL in response.headers:
-            del response.headers[FRESH_UNTIL]
+        for mark in MARKS:
+            if mark in response.headers:
+                del response.headers[mark]
         if response.is_closed:
             end()
         else:
             response.stream = OnClose(response.stream, end)
         return response
 
-    @staticmethod
-    def _own_choice(entries: list[Any], request: httpx.Request) -> Any:
-        """The first of ``entries`` (hishel's, of its own storage) answering ``request``; None if none does."""
-        return next((entry for entry in entries if answers(entry, request)), None)
+    def _own_choice(self, entries: list[Any], request: httpx.Request) -> Any:
+        """The first of ``entries`` (hishel's, of its own storage) answering ``request`` that nothing this
+        layer dropped covers; None if none does."""
+        forgotten = self._forgotten
+        return next((entry for entry in entries
+                     if answers(entry, request) and not (forgotten is not None and forgotten.covers(entry))), None)
 
     def _own_record(self, entry: Any, body: bytes) -> Record:
         """An entry of hishel's own storage as a record timed for a stale answer: by its mark in ttl mode,
         by its headers in rfc mode."""
         headers = entry.response.headers
-        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k in headers if k != FRESH_UNTIL
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k in headers if k not in MARKS
                for v in headers.get_list(k) or []]
         record = Record(entry.id, "", entry.request, entry.response.status_code, None, body, None, None, None,
                         raw_headers=raw, stored_at=self.policy.clock(), fresh_until=fresh_until(entry))
@@ -551,6 +556,8 @@ class CacheCore:
     def _drop_written(self, request: httpx.Request, response: httpx.Response | None) -> int:
         if self._direct and self.storage.fetching():  # a fetch that begins from now on reads the written state
             self.storage.withdraw_under(self.policy.write_targets(request, response))
+        if self._forgotten is not None:
+            self._forgotten.drop(self.policy.write_targets(request, response))
         return self._invalidate_keys(self.policy.write_invalidates(request, response))
 
     def _missed_with_error(self) -> None:
@@ -611,6 +618,8 @@ class CacheCore:
         place = split_prefix(prefix, None)
         if self._direct:
             self.storage.withdraw_under([place])
+        if self._forgotten is not None:
+            self._forgotten.drop([place])
         return self._invalidate_keys(self.policy.keys_under(*place))
 
     def clear(self) -> int:
@@ -626,6 +635,8 @@ class CacheCore:
         return self._clear_here()
 
     def _clear_here(self) -> int:
+        if self._forgotten is not None:
+            self._forgotten.clear()
         keys = self.policy.keys_under(None, "/")
         n = self._invalidate_keys(keys)
         if isinstance(self.storage, (MemoryStorage, AsyncMemoryStorage)):
