@@ -8,9 +8,10 @@ Guarantees, whatever moment the process dies (``kill -9`` included):
 - a report recorded as confirmed (in ``done/``) is never sent again; it is deleted from there ``keep_done``
   seconds after its confirmation (None: kept for good), so that years of confirmed reports do not fill the
   station's disk. ``error/`` is never emptied: what is there waits for a person.
-Files dropped in the folder are best written elsewhere and renamed in; one written in place is read
-again while it does not parse and was changed less than ``write_grace`` seconds ago (it may still be
-being written), and goes to ``error/`` only after. Only ``*.json`` files (any case: ``.JSON`` too) are
+Files dropped in the folder are best written elsewhere and renamed in; one that does not parse is read
+again on later scans until it has stayed unchanged (size and time) for ``write_grace`` seconds of this
+process's clock (it may still be being written in place: a folder on a share whose clock is off is no
+different), and goes to ``error/`` only then. Only ``*.json`` files (any case: ``.JSON`` too) are
 picked up, and links are never followed.
 """
 
@@ -45,6 +46,8 @@ Submit = Callable[[dict[str, Any]], Awaitable[Any]]
 KEEP_DONE = 30 * 86400.0
 #: seconds between sweeps of done/
 SWEEP_EVERY = 3600.0
+#: unparsable files followed at once (a bound: more are rare, and only restart their grace)
+MAX_UNPARSABLE = 1024
 
 FOLDER_PROBLEM = "folder"
 # What became of a report handed to the sender.
@@ -160,6 +163,8 @@ class ReportQueue:
         self.submit = submit
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
         self.write_grace = write_grace
+        #: unparsable files, by name: their (size, time) when last found so, and since when (``clock``)
+        self._unparsable: dict[str, tuple[tuple[int, int], float]] = {}
         if keep_done is not None and keep_done <= 0:
             raise ValueError(f"keep_done must be > 0 seconds (or None: keep every confirmed report), got {keep_done}")
         self.keep_done = keep_done
@@ -418,12 +423,24 @@ class ReportQueue:
         return report
 
     def _being_written(self, path: Path) -> bool:
-        """Changed within ``write_grace`` seconds: a station writing the file in place may not be done.
-        A time far ahead (a copy keeping a skewed clock's time) is no sign of a writer."""
+        """Whether an unparsable file may still be being written in place: it changed (size or time) since
+        it was last found so, or has not stayed unchanged for ``write_grace`` seconds since. Timed by this
+        process's clock, never by the file's time, which a share's clock sets."""
         try:
-            return abs(time.time() - path.stat().st_mtime) < self.write_grace
+            stat = path.stat()
         except FileNotFoundError:
             return False
+        seen, now = (stat.st_size, stat.st_mtime_ns), self.clock()
+        last = self._unparsable.get(path.name)
+        if last is None or last[0] != seen:
+            if len(self._unparsable) >= MAX_UNPARSABLE:
+                self._unparsable.clear()  # files gone meanwhile: their grace starts again, no more
+            self._unparsable[path.name] = (seen, now)
+            return self.write_grace > 0
+        if now - last[1] < self.write_grace:
+            return True
+        del self._unparsable[path.name]
+        return False
 
     @staticmethod
     def _move(path: Path, folder: Path, reason: str | None = None, *, stamp: bool = False) -> Path:

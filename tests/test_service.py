@@ -106,18 +106,16 @@ async def test_server_down_then_up_loses_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_malformed_files_go_to_error_and_never_block(tmp_path: Path, emulator: EmulatorServer) -> None:
-    cfg = config(tmp_path, emulator.url)
+    cfg = config(tmp_path, emulator.url, write_grace_seconds=0.2)  # unchanged that long: no writer is at them
     queue = Path(cfg.queue_dir)
     drop(queue, "1-garbage.json", "{not json")
     drop(queue, "2-list.json", "[1, 2]")
     drop(queue, "3-missing.json", json.dumps({"partNumber": "PN-1"}))
     drop(queue, "4-badid.json", report("SN-X", id="not-a-uuid"))
     drop(queue, "5-good.json", report("SN-GOOD"))
-    for name in ("1-garbage", "2-list", "3-missing", "4-badid"):  # written a minute ago: no writer is at them
-        os.utime(queue / f"{name}.json", (time.time() - 60, time.time() - 60))
     async with AsyncClientService(cfg) as service:
-        await until(lambda: len(done(queue)) == 1)
-        assert service.queue is not None and service.queue.stats.malformed == 4
+        assert service.queue is not None
+        await until(lambda: len(done(queue)) == 1 and service.queue.stats.malformed == 4)
     errors = sorted(p.name for p in (queue / "error").iterdir())
     assert [e for e in errors if e.endswith(".json")] == ["1-garbage.json", "2-list.json", "3-missing.json", "4-badid.json"]
     assert (queue / "error" / "3-missing.json.reason.txt").read_text().startswith("missing required field(s): serialNumber, result")
@@ -129,8 +127,9 @@ async def test_malformed_files_go_to_error_and_never_block(tmp_path: Path, emula
 async def test_a_report_written_in_place_is_sent_once_its_writer_is_done(tmp_path: Path, emulator: EmulatorServer) -> None:
     """A station writing its report straight into the folder (no rename) was caught half-way by a scan: the
     half file was "not valid JSON" and went to error/, never to be sent. A file that does not parse and was
-    changed within ``write_grace_seconds`` is read again later; one that stays malformed still goes to
-    error/ once its writer is gone."""
+    changed since it was last read is read again later; one that stays malformed and unchanged for
+    ``write_grace_seconds`` still goes to error/. Timed by the service's clock: a file's time, set by a
+    share's clock, may be far off (here an hour behind)."""
     cfg = config(tmp_path, emulator.url, write_grace_seconds=30)
     queue = Path(cfg.queue_dir)
     queue.mkdir(parents=True)
@@ -140,6 +139,7 @@ async def test_a_report_written_in_place_is_sent_once_its_writer_is_done(tmp_pat
         with open(queue / "slow.json", "wb") as writer:
             writer.write(body[: len(body) // 2])
             writer.flush()
+            os.utime(queue / "slow.json", (time.time() - 3600, time.time() - 3600))
             for _ in range(4):  # several scans see the half file
                 await service.queue.process_once()
             assert not list((queue / "error").iterdir()) and service.queue.stats.malformed == 0
@@ -147,11 +147,11 @@ async def test_a_report_written_in_place_is_sent_once_its_writer_is_done(tmp_pat
         await until(lambda: len(done(queue)) == 1)
         assert [r["serialNumber"] for r in emulator.state.reports.values()] == ["SN-SLOW"]
         assert len(next(iter(emulator.state.reports.values()))["steps"]) == 200
+        service.queue.write_grace = 0.5
         drop(queue, "broken.json", "{never finished")
         for _ in range(3):
             await service.queue.process_once()
         assert not list((queue / "error").iterdir())
-        os.utime(next(queue.rglob("broken.json")), (time.time() - 60, time.time() - 60))
         await until(lambda: (queue / "error" / "broken.json").exists())
         assert service.queue.stats.malformed == 1
 

@@ -48,8 +48,8 @@ class ClientConfig(BaseModel):
         "null keeps every one. error/ is never emptied.",
     )
     write_grace_seconds: float = Field(
-        5.0, ge=0, description="A report file that does not parse and was changed less than this many seconds ago "
-        "may still be being written in place: it is read again later, and goes to error/ only after.",
+        5.0, ge=0, description="A report file that does not parse may still be being written in place: it is read "
+        "again on later scans, and goes to error/ once it has stayed unchanged this many seconds.",
     )
     health_header_timeout: float = Field(
         10.0, gt=0, description="Seconds a health connection may take to send its request headers before it is closed."
@@ -234,7 +234,7 @@ EXAMPLE = {
     "_health": "The health server binds 127.0.0.1 unless told otherwise.",
     "health_host": "127.0.0.1",
     "health_port": 8080,
-    "_queue_dir": "Drop WSJF report files (*.json) here, best written elsewhere and renamed in (a file written in place is read again while it does not parse, for write_grace_seconds).",
+    "_queue_dir": "Drop WSJF report files (*.json) here, best written elsewhere and renamed in (a file that does not parse is read again until it has stayed unchanged for write_grace_seconds).",
     "queue_dir": "pywats_queue",
     "_done_retention_days": "Confirmed reports are deleted from queue_dir/done after this many days (WATS has them); null keeps every one.",
     "done_retention_days": 30,
