@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from pydantic import ValidationError
 
 from pywats_transport import WATS, AsyncWATS, ConfigError
 from pywats_transport.wats import (
@@ -282,3 +283,19 @@ async def test_a_report_dict_without_an_id_is_retried_under_one_id(mode: str) ->
                 result = await aapi.report.submit(report)
     assert len(seen) == 2 and seen[0] and seen[0] == seen[1] == result.id
     assert "id" not in report  # the caller's dict is left as it was
+
+
+@pytest.mark.parametrize(("fields", "says"), [
+    ({"partNumber": "", "serialNumber": "SN-1"}, "partNumber\n  Value error, must not be empty"),
+    ({"partNumber": "PN-1", "serialNumber": ""}, "serialNumber\n  Value error, must not be empty"),
+    ({"partNumber": "PN-1", "serialNumber": "SN-1", "id": "report-7"},
+     "id\n  Value error, must be a UUID, as str(uuid.uuid4()) gives (the default)"),
+])
+def test_a_report_the_server_would_refuse_is_refused_where_it_is_made(fields: dict[str, Any], says: str) -> None:
+    """An id that is no UUID, or an empty part or serial number, went as far as the server's 400 (or the
+    outbox's refusal), far from the line that made the report."""
+    with pytest.raises(ValidationError) as info:
+        UUTReport(**fields)
+    assert says in str(info.value)
+    report = UUTReport(partNumber="PN-1", serialNumber="SN-1", id="6C1A3F0E-2D4B-4E58-9A57-1F0D3C2B7E11")
+    assert report.id == "6c1a3f0e-2d4b-4e58-9a57-1f0d3c2b7e11"  # as the server and the queue spell it

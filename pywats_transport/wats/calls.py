@@ -14,6 +14,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import WATSError, error_for_status
+from .models import ANSWER
 
 T = TypeVar("T")
 _NOT_A_SEGMENT = frozenset({"", ".", ".."})
@@ -62,7 +63,7 @@ class Call(Generic[T]):
         if self.answer is None:
             return None  # type: ignore[return-value]
         try:
-            return _adapter(self.answer).validate_python(response.json())  # type: ignore[no-any-return]
+            return _adapter(self.answer).validate_python(response.json(), context=ANSWER)  # type: ignore[no-any-return]
         except (ValueError, ValidationError) as exc:
             raise WATSError(
                 f"{self.method} {self.route}: unexpected answer ({type(exc).__name__}: "

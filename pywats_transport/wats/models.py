@@ -6,7 +6,14 @@ import uuid
 from datetime import datetime, timezone
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+#: the validation context of a server's answer: models take it as the server wrote it
+ANSWER = {"answer": True}
+
+
+def _answer(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("answer"))
 
 
 class WATSModel(BaseModel):
@@ -53,7 +60,11 @@ class Step(WATSModel):
 
 
 class UUTReport(WATSModel):
-    """A UUT test report in WSJF (WATS Standard JSON Format), trimmed to what stations commonly send."""
+    """A UUT test report in WSJF (WATS Standard JSON Format), trimmed to what stations commonly send.
+
+    Made by the caller, it is checked at once, not where the server (or the outbox) would refuse it: the id
+    a UUID (the server recognises a re-sent report by it), the part and serial numbers not empty. Read from
+    the server's answer (:data:`ANSWER` context), it is taken as the server wrote it."""
 
     id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     type: Literal["T"] = "T"
@@ -66,6 +77,24 @@ class UUTReport(WATSModel):
     operator: str | None = None
     start: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     steps: list[Step] = Field(default_factory=list)
+
+
+    @field_validator("partNumber", "serialNumber")
+    @classmethod
+    def _named(cls, value: str, info: ValidationInfo) -> str:
+        if not value and not _answer(info):
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("id")
+    @classmethod
+    def _uuid(cls, value: str, info: ValidationInfo) -> str:
+        if _answer(info):
+            return value
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueError("must be a UUID, as str(uuid.uuid4()) gives (the default)") from None
 
 
 class SubmitResult(WATSModel):
