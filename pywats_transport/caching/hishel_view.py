@@ -1,8 +1,8 @@
 """hishel's own storage (SQLite) as the cache layer lets hishel see it, request by request.
 
 - Entries are kept past their freshness for ``cache.stale_if_error``, so that one may answer when the
-  origin fails; each is stored marked with when it stops being fresh (:data:`FRESH_UNTIL`, a header the
-  layer takes off every answer). In ttl mode a lookup finds only fresh entries of the variant ``Vary``
+  origin fails; each is stored marked with when it was stored and when it stops being fresh
+  (:data:`MARKS`, headers the layer takes off every answer). In ttl mode a lookup finds only fresh entries of the variant ``Vary``
   names for the request (hishel serves the first entry of the key there); in rfc mode hishel times them
   by their headers and checks ``Vary``, as always.
 - Entries stored before the layer started (by an earlier process on the same file) answer no lookup as
@@ -55,7 +55,8 @@ def answers(entry: Any, request: Any) -> bool:
     vary = [name.strip() for value in entry.response.headers.get_list("vary") or [] for name in value.split(",")]
     if "*" in vary:  # RFC 9111 §4.1
         return False
-    return all((entry.request.headers.get_list(name) or [None])[0] == request.headers.get(name) for name in vary if name)
+    return all(", ".join(entry.request.headers.get_list(name) or []) == ", ".join(request.headers.get_list(name))
+               for name in vary if name)
 
 
 def fresh_until(entry: Any) -> float:
