@@ -6,7 +6,9 @@ Fixtures:
   with its data and counters, ``.outage(seconds, mode)``, adjustable ``.state.faults``);
 - ``transport_stack``: a factory of stacks over an ``httpx.MockTransport`` (or any transport you
   pass), on a fake clock: TTLs expire and backoffs and throttle waits pass when the test says so,
-  without sleeping (``transport_stack.clock.advance(61)``);
+  without sleeping (``transport_stack.clock.advance(61)``); the sync stacks it built are closed after
+  the test (an async one belongs to the test's event loop: close it there, ``async with
+  httpx.AsyncClient(transport=stack)``);
 - ``plugin_manager``: a factory of plugin managers holding the built-ins and only the plugins a test
   names (plugin objects or modules, or installed entry-point names).
 
@@ -70,6 +72,13 @@ class StackFactory:
         self._stacks.append(stack)
         return stack
 
+    def close(self) -> None:
+        """Close the sync stacks built (their storages' files and threads); async ones are their loop's."""
+        for stack in self._stacks:
+            if isinstance(stack, httpx.BaseTransport):
+                stack.close()
+        self._stacks.clear()
+
 
 @pytest.fixture
 def wats_emulator() -> Iterator[EmulatorServer]:
@@ -80,9 +89,11 @@ def wats_emulator() -> Iterator[EmulatorServer]:
 
 
 @pytest.fixture
-def transport_stack() -> StackFactory:
-    """Stacks over a mock transport on a fake clock (``transport_stack.clock``)."""
-    return StackFactory()
+def transport_stack() -> Iterator[StackFactory]:
+    """Stacks over a mock transport on a fake clock (``transport_stack.clock``); sync ones closed after."""
+    factory = StackFactory()
+    yield factory
+    factory.close()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,29 @@ def test_a_plugin_manager_with_only_the_named_plugins(plugin_manager: Any, trans
         plugin_manager("broken")
     with pytest.raises(LookupError, match="no installed plugin named 'nope'"):
         plugin_manager("nope")
+
+
+def test_the_kit_closes_the_sync_stacks_it_built(tmp_path: Path) -> None:
+    """A plugin author's suite built a stack per test and never closed one: each kept its storage (a SQLite
+    connection, refresh threads) for the rest of the run."""
+    test = tmp_path / "test_k.py"
+    test.write_text(textwrap.dedent("""
+        import httpx
+        import pytest
+
+        built = []
+
+        def test_build(transport_stack):
+            built.append(transport_stack(cache={"storage": "sqlite", "sqlite_path": "k.db"}))
+            assert httpx.Client(transport=built[0]).get("http://t/a").status_code == 200
+
+        def test_closed_after():
+            with pytest.raises(RuntimeError, match="closed"):
+                httpx.Client(transport=built[0]).get("http://t/a")
+    """))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 def test_the_kit_can_be_switched_off(tmp_path: Path) -> None:

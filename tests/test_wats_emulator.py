@@ -174,3 +174,14 @@ async def test_part_numbers_holding_a_slash_or_a_quote_round_trip(mode: str, cle
             await api("product", "get", f"O'Brien/{mode}")  # a prefix of it is another product
     finally:
         await api.close()
+
+
+@pytest.mark.anyio
+async def test_top_limits_the_answer_and_zero_is_none(mode: str, clean: EmulatorServer) -> None:
+    """``$top=0`` answered every product (read as no limit); OData's ``$top=0`` asks for none."""
+    api = Both(mode, clean.url, enable_cache=False)
+    try:
+        assert [len(await api("product", "query", top=n)) for n in (0, 2)] == [0, 2]
+        assert len(await api("product", "query")) == len(clean.state.data["products"])
+    finally:
+        await api.close()

@@ -196,9 +196,11 @@ class BadRequest(Exception):
     """Input the emulator refuses with a 400, as the server would, rather than failing with a 500."""
 
 
-def _top(request: Request) -> int:
-    """``$top``: how many results at most (0 or absent: all)."""
-    value = request.query_params.get("$top", "") or "0"
+def _top(request: Request) -> int | None:
+    """``$top``: how many results at most (absent: all; 0: none, as OData says)."""
+    value = request.query_params.get("$top")
+    if value is None:
+        return None
     if not value.isdigit():
         raise BadRequest(f"$top must be a whole number >= 0, got {value!r}")
     return int(value)
@@ -247,7 +249,7 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         expr = request.query_params.get("$filter", "")
         found = [p for p in products.values() if _odata_match(p, expr)]
         top = _top(request)
-        return _json(st, found[:top] if top else found)
+        return _json(st, found if top is None else found[:top])
 
     async def product_put(request: Request) -> Response:
         body = await _object(request, "partNumber")
@@ -278,7 +280,7 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         found = [header_of(r) for r in st.reports.values() if _odata_match(r, expr)]
         found.sort(key=lambda h: str(h.get("start")), reverse=True)
         top = _top(request)
-        return _json(st, found[:top] if top else found)
+        return _json(st, found if top is None else found[:top])
 
     async def report_post(request: Request) -> Response:
         try:
