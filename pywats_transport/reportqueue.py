@@ -491,6 +491,7 @@ class ReportQueue:
             return REJECTED
         except FileNotFoundError:
             return GONE
+        self._unparsable.pop(path.name, None)  # it was being written, and is whole now
         try:
             result = await self.submit(report)
         except RequestValidationError as exc:  # the server will never take it as it is
