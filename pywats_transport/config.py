@@ -109,16 +109,6 @@ class CacheSettings(Section):
         "per key refreshes it (RFC 5861).",
     )
 
-    @field_validator("stale_while_revalidate")
-    @classmethod
-    def _refreshed_behind_needs_our_storage(cls, value: float, info: ValidationInfo) -> float:
-        # hishel's SQLite storage answers an expired entry by going to the origin first: the window did
-        # nothing there, silently.
-        if value > 0 and info.data.get("storage") == "sqlite":
-            raise ValueError("serving an expired entry while it is refreshed needs storage 'memory' or 'redis', "
-                             "and storage is 'sqlite' (stale_if_error works on all three)")
-        return value
-
     @field_validator("near_cache")
     @classmethod
     def _near_cache_needs_redis(cls, value: bool, info: ValidationInfo) -> bool:

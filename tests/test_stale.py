@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 
-from pywats_transport import ConfigError, build_transport
 from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
 from pywats_transport.metrics import MetricsCollector
 
@@ -177,11 +176,37 @@ async def test_rfc_mode_on_sqlite_answers_a_failed_origin_from_the_stale_entry(
         await caller.close()
 
 
-def test_stale_while_revalidate_on_sqlite_is_refused_naming_the_storages() -> None:
-    """hishel's SQLite storage goes to the origin first for an expired entry: the window did nothing."""
-    with pytest.raises(ConfigError, match=r"cache.stale_while_revalidate \(from flags\) = 5: serving an expired entry "
-                                          r"while it is refreshed needs storage 'memory' or 'redis', and storage is 'sqlite'"):
-        build_transport(cache={"storage": "sqlite", "stale_while_revalidate": 5})
+@pytest.mark.anyio
+@pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
+async def test_stale_while_revalidate_on_sqlite(mode: str, cache_mode: str, tmp_path: Path) -> None:
+    """hishel's SQLite path went to the origin first for an expired entry: the window did nothing, and every
+    caller waited for the server. The layer reads the entry first there now, answers from it at once and
+    refreshes it behind, through the storage."""
+    clock = Clock()
+    # rfc mode times entries by their headers, on the real clock: this one is 15 s old, fresh for 10
+    origin = Origin({"cache-control": "max-age=10", "etag": '"v"', "date": formatdate(time.time() - 15, usegmt=True)}
+                    if cache_mode == "rfc" else {})
+    caller, layer = make(mode, origin, clock, mode=cache_mode, ttl=60, stale_while_revalidate=600, storage="sqlite",
+                         sqlite_path=str(tmp_path / "cache.db"))
+    try:
+        assert (await caller.get("/a")).json() == {"version": 1}
+        clock.now += 61  # past the ttl mode's freshness
+        origin.version = 2
+        quick = await caller.get("/a")
+        assert quick.json() == {"version": 1} and quick.extensions["caching"]["stale"]
+        assert "x-pywats-stored-at" not in quick.headers
+        await wait_for(lambda: layer.stats()["refreshes"] == 1)
+        refreshed = await caller.get("/a")
+        assert refreshed.json() == {"version": 2} and refreshed.extensions["caching"]["from_cache"]
+        assert layer.stats()["refresh_failures"] == 0
+        if cache_mode == "ttl":  # (in rfc mode the refreshed answer is as old as its Date: refreshed again)
+            assert origin.calls == 2
+            clock.now += 61 + 600  # past the window: the caller waits for the server again
+            origin.version = 3
+            late = await caller.get("/a")
+            assert late.json() == {"version": 3} and not late.extensions["caching"]["from_cache"]
+    finally:
+        await caller.close()
 
 
 @pytest.mark.anyio

@@ -1,7 +1,7 @@
 """hishel's own storage (SQLite) as the cache layer lets hishel see it, request by request.
 
-- Entries are kept past their freshness for ``cache.stale_if_error``, so that one may answer when the
-  origin fails; each is stored marked with when it was stored and when it stops being fresh
+- Entries are kept past their freshness for the stale windows (``cache.stale_if_error``,
+  ``stale_while_revalidate``), so that one may answer when the origin fails or while it is refreshed; each is stored marked with when it was stored and when it stops being fresh
   (:data:`MARKS`, headers the layer takes off every answer). In ttl mode a lookup finds only fresh entries of the variant ``Vary``
   names for the request (hishel serves the first entry of the key there); in rfc mode hishel times them
   by their headers and checks ``Vary``, as always.
@@ -69,6 +69,12 @@ def stored_at(entry: Any) -> float:
     return _mark(entry, STORED_AT, float("-inf"))
 
 
+def restamped(headers: Any, now: float) -> Any:
+    """A 304's merged headers for an entry of the storage: stored (validated) now."""
+    headers[STORED_AT] = repr(now)
+    return headers
+
+
 class Forgotten:
     """What this layer dropped (writes, ``invalidate``, ``clear``), for the entries its index does not know:
     those stored before it started, by an earlier process on the same file. Such an entry answers no
@@ -113,7 +119,7 @@ class _View:
     def __init__(self, storage: Any, keep: float, clock: Callable[[], float], *, finds: bool, timed: bool,
                  started: float) -> None:
         self._storage = storage
-        self._keep, self._clock, self._started = keep, clock, started
+        self._keep, self._clock, self.started = keep, clock, started
         #: whether a lookup finds entries at all (a refresh's view finds none), and only fresh ones answering
         #: the request (ttl mode, where hishel serves the first entry of the key it finds)
         self._finds, self._timed = finds, timed
@@ -149,7 +155,9 @@ class _View:
     def _found(self, entries: list[Any]) -> list[Any]:
         """The entries a lookup may answer with: stored since the layer started (it knows their keys, and so
         what a write drops), and in ttl mode fresh and of the request's variant."""
-        found = [entry for entry in entries if stored_at(entry) >= self._started]
+        # The latest first: a refresh adds an entry beside the one it replaces, and hishel's ttl path
+        # serves the first it is given.
+        found = sorted((entry for entry in entries if stored_at(entry) >= self.started), key=stored_at, reverse=True)
         if not self._timed:
             return found
         now, request = self._clock(), self._request

@@ -22,7 +22,16 @@ from ..streams import OnClose
 from .coalesce import Flight, Flights, SaveWhenRead
 from .freshness import conditional_headers, forbids_stale, merge_not_modified, rfc_age, rfc_staleness
 from .health import FAILURES
-from .hishel_view import MARKS, AsyncStorageView, Forgotten, StorageView, answers, fresh_until
+from .hishel_view import (
+    MARKS,
+    AsyncStorageView,
+    Forgotten,
+    StorageView,
+    answers,
+    fresh_until,
+    restamped,
+    stored_at,
+)
 from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage, Record, hishel_headers
 from .near_invalidation import NearInvalidation
 from .policy import EXTENSION, CachePolicy, Plan
@@ -120,7 +129,7 @@ class CacheCore:
         #: hishel's own storage (SQLite): what hishel sees of it, for a lookup and for a refresh (see
         #: :mod:`.hishel_view`); entries are kept past their freshness for stale-if-error
         self._own = not (self._direct or self._shared)
-        self._kept_for = settings.stale_if_error if self._own else 0.0
+        self._kept_for = max(settings.stale_if_error, settings.stale_while_revalidate) if self._own else 0.0
         view: Any = AsyncStorageView if is_async else StorageView
         started = clock()
         self._views: tuple[Any, Any] | None = (
@@ -144,6 +153,9 @@ class CacheCore:
         # answers; with stale_while_revalidate the layer reads the entry first (a round trip more), so that
         # an expired one answers at once while one refresh revalidates it behind.
         self._fleet_stale_first = self._shared and self.policy.rfc and settings.stale_while_revalidate > 0
+        # On hishel's own storage (SQLite), which goes to the origin first for an expired entry, the layer
+        # reads the entry first when a stale one may answer while it is refreshed.
+        self._own_stale_first = self._own and settings.stale_while_revalidate > 0
         # The near cache: entries in process memory in front of Redis, dropped on any process's invalidation.
         self.near: Any = None
         self._near_sub: NearInvalidation | None = None
@@ -221,11 +233,22 @@ class CacheCore:
         return response
 
     def _own_choice(self, entries: list[Any], request: httpx.Request) -> Any:
-        """The first of ``entries`` (hishel's, of its own storage) answering ``request`` that nothing this
-        layer dropped covers; None if none does."""
+        """The latest of ``entries`` (hishel's, of its own storage) answering ``request`` that nothing this
+        layer dropped covers (a refresh adds an entry beside the one it replaces); None if none does."""
         forgotten = self._forgotten
-        return next((entry for entry in entries
+        return next((entry for entry in sorted(entries, key=stored_at, reverse=True)  # the latest first
                      if answers(entry, request) and not (forgotten is not None and forgotten.covers(entry))), None)
+
+    def _own_fresh_enough(self, entries: list[Any], request: httpx.Request) -> Any:
+        """Of ``entries`` (read before hishel, for stale-while-revalidate), the one answering ``request`` among
+        those this layer stored (an earlier process's answer no lookup as fresh, nor while refreshed)."""
+        assert self._views is not None
+        started = self._views[0].started
+        return self._own_choice([entry for entry in entries if stored_at(entry) >= started], request)
+
+    def _own_revalidated(self, confirmed: tuple[uuid.UUID, hishel.Headers]) -> tuple[uuid.UUID, hishel.Headers]:
+        """A 304's update of an entry of hishel's own storage, with its marks (it is this layer's again)."""
+        return (confirmed[0], restamped(confirmed[1], self.policy.clock())) if self._own else confirmed
 
     def _own_record(self, entry: Any, body: bytes) -> Record:
         """An entry of hishel's own storage as a record timed for a stale answer: by its mark in ttl mode,
@@ -289,7 +312,7 @@ class CacheCore:
     def _fleet_revalidated(self, response: httpx.Response, stale: Record | None) -> tuple[uuid.UUID, hishel.Headers] | None:
         """rfc mode on Redis: a background refresh's 304 for the stale entry, as the entry's id and the
         headers it now has (RFC 9111 §4.3.4), for the storage's ``update_headers``; None otherwise."""
-        if not (self.policy.rfc and self._shared and stale is not None and response.status_code == 304):
+        if not (self.policy.rfc and (self._shared or self._own) and stale is not None and response.status_code == 304):
             return None
         merged = merge_not_modified(stale.httpx_headers(), dated(response).headers)
         return uuid.UUID(str(stale.id)), hishel_headers(merged)
@@ -307,6 +330,17 @@ class CacheCore:
         return {"key": plan.key, "method": request.method, "url": str(request.url), "status": response.status_code,
                 "raw_headers": raw, "body": response.content, "ttl": plan.ttl, "vary": decision.vary,
                 "keep_stale": self._keep_stale}
+
+    def _own_put(self, plan: Plan, request: httpx.Request, response: httpx.Response, stream: Any) -> tuple[Any, ...] | None:
+        """What a background refresh stores in hishel's own storage (SQLite): the arguments of the refresh
+        view's ``create_entry`` (``stream`` the body, as the storage iterates it), or None."""
+        if response.status_code >= 500 or not self.policy.decide(request, response).store or self._views is None:
+            return None
+        raw = decoded_headers(list(response.headers.raw), len(response.content))
+        internal = hishel.Request(request.method, str(request.url), hishel_headers(request.headers.raw))
+        answer = hishel.Response(response.status_code, hishel_headers(raw), stream=stream)
+        ttl = None if plan.ttl is None else plan.ttl + self._kept_for
+        return internal, answer, plan.key, ttl
 
     @property
     def _keep_stale(self) -> float:
@@ -401,8 +435,8 @@ class CacheCore:
     def _refreshed(self, plan: Plan, request: httpx.Request, response: httpx.Response, stale: Record | None,
                    token: object | None) -> None:
         """A background refresh answered (its body read): store it, or keep the stale entry if it failed."""
-        if self._shared:
-            pass  # stored by the caller, which awaits Redis where the layer is async (_fleet_put)
+        if self._shared or self._own:
+            pass  # stored by the caller, which awaits the storage where the layer is async (_fleet_put, _own_put)
         elif stale is not None and response.status_code == 304:
             self._abandon(plan, token)
             self._apply_not_modified(plan, request, response, stale)

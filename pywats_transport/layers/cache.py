@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -83,6 +83,15 @@ class CacheLayer(CacheCore, Layer):
                 self._storage_failed(exc)
                 return self._bypassed(self.inner.handle_request(request))
             if (hit := self._fleet_hit(plan, request, self._timed(record), near_token)) is not None:
+                return hit
+        elif self._own_stale_first and not plan.revalidate:
+            try:
+                entry = self._own_fresh_enough(self.storage.get_entries(plan.key), request)
+                record = None if entry is None else self._own_record(entry, b"".join(entry.response.stream))
+            except Exception as exc:
+                self._storage_failed(exc)
+                return self._bypassed(self.inner.handle_request(request))
+            if (hit := self._fleet_hit(plan, request, record, None)) is not None:
                 return hit
         self._prepare(request, plan)
         flight = self._join(plan)
@@ -182,24 +191,32 @@ class CacheLayer(CacheCore, Layer):
 
     def _spawn_refresh(self, plan: Plan, original: httpx.Request, stale: Record) -> None:
         def run() -> None:
+            end = None
             try:
                 request = self._refresh_request(original)
                 token = self._refresh_token(plan, request)
                 lease = self.storage.take_lease(plan.key, str(request.url)) if self._shared else None
+                end = self._tracked_fetch(plan, request) if self._own else None
                 with validating(request, stale if self.policy.rfc else None):
                     response = self.inner.handle_request(request)
                 try:
                     response.read()
                     if (confirmed := self._fleet_revalidated(response, stale)) is not None:
-                        self.storage.update_headers(*confirmed)
+                        self.storage.update_headers(*self._own_revalidated(confirmed))
                     elif lease is not None and (put := self._fleet_put(plan, request, response)) is not None:
                         self.storage.put(**put, lease=lease)
+                    elif self._views is not None and (own := self._own_put(plan, request, response,
+                                                                           iter([response.content]))) is not None:
+                        for _ in self._views[1].create_entry(*own[:3], ttl=own[3]).response.stream:
+                            pass  # stored as it is read
                     self._refreshed(plan, request, response, stale, token)
                 finally:
                     response.close()
             except Exception:  # the stale entry stays; the next lookup in the window tries again
                 self.policy.stats.refresh_failures += 1
             finally:
+                if end is not None:
+                    end()
                 self._refresh_done(plan.key)
 
         self._refresher.submit(run)
@@ -220,6 +237,11 @@ class CacheLayer(CacheCore, Layer):
         if self._near_sub is not None:
             self._near_sub.close()
         self.storage.close()
+
+
+async def _chunks(body: bytes) -> AsyncIterator[bytes]:
+    """A body as hishel's asyncio storage reads a stream."""
+    yield body
 
 
 class AsyncCacheLayer(CacheCore, AsyncLayer):
@@ -283,6 +305,16 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
                 self._storage_failed(exc)
                 return self._bypassed(await self.inner.handle_async_request(request))
             if (hit := self._fleet_hit(plan, request, self._timed(record), near_token)) is not None:
+                return hit
+        elif self._own_stale_first and not plan.revalidate:
+            try:
+                entry = self._own_fresh_enough(await self.storage.get_entries(plan.key), request)
+                record = None if entry is None else self._own_record(
+                    entry, b"".join([chunk async for chunk in entry.response.stream]))
+            except Exception as exc:
+                self._storage_failed(exc)
+                return self._bypassed(await self.inner.handle_async_request(request))
+            if (hit := self._fleet_hit(plan, request, record, None)) is not None:
                 return hit
         self._prepare(request, plan)
         flight = self._join(plan)
@@ -406,17 +438,26 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         request = self._refresh_request(original)
         token = self._refresh_token(plan, request)
         lease = await self.storage.take_lease(plan.key, str(request.url)) if self._shared else None
-        with validating(request, stale if self.policy.rfc else None):
-            response = await self.inner.handle_async_request(request)
+        end = self._tracked_fetch(plan, request) if self._own else None
         try:
-            await response.aread()
-            if (confirmed := self._fleet_revalidated(response, stale)) is not None:
-                await self.storage.update_headers(*confirmed)
-            elif lease is not None and (put := self._fleet_put(plan, request, response)) is not None:
-                await self.storage.put(**put, lease=lease)
-            self._refreshed(plan, request, response, stale, token)
+            with validating(request, stale if self.policy.rfc else None):
+                response = await self.inner.handle_async_request(request)
+            try:
+                await response.aread()
+                if (confirmed := self._fleet_revalidated(response, stale)) is not None:
+                    await self.storage.update_headers(*self._own_revalidated(confirmed))
+                elif lease is not None and (put := self._fleet_put(plan, request, response)) is not None:
+                    await self.storage.put(**put, lease=lease)
+                elif self._views is not None and (own := self._own_put(plan, request, response,
+                                                                       _chunks(response.content))) is not None:
+                    async for _ in (await self._views[1].create_entry(*own[:3], ttl=own[3])).response.stream:
+                        pass  # stored as it is read
+                self._refreshed(plan, request, response, stale, token)
+            finally:
+                await response.aclose()
         finally:
-            await response.aclose()
+            if end is not None:
+                end()
 
     async def _fleet_drop_written(self, request: httpx.Request, response: httpx.Response | None) -> None:
         """Before the write's answer returns: no process reads the pre-write entry after it."""
