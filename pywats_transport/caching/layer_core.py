@@ -239,7 +239,7 @@ class CacheCore:
         return next((entry for entry in sorted(entries, key=stored_at, reverse=True)  # the latest first
                      if answers(entry, request) and not (forgotten is not None and forgotten.covers(entry))), None)
 
-    def _own_fresh_enough(self, entries: list[Any], request: httpx.Request) -> Any:
+    def _own_latest(self, entries: list[Any], request: httpx.Request) -> Any:
         """Of ``entries`` (read before hishel, for stale-while-revalidate), the one answering ``request`` among
         those this layer stored (an earlier process's answer no lookup as fresh, nor while refreshed)."""
         assert self._views is not None
@@ -331,7 +331,7 @@ class CacheCore:
                 "raw_headers": raw, "body": response.content, "ttl": plan.ttl, "vary": decision.vary,
                 "keep_stale": self._keep_stale}
 
-    def _own_put(self, plan: Plan, request: httpx.Request, response: httpx.Response, stream: Any) -> tuple[Any, ...] | None:
+    def _own_put(self, plan: Plan, request: httpx.Request, response: httpx.Response, stream: Any) -> dict[str, Any] | None:
         """What a background refresh stores in hishel's own storage (SQLite): the arguments of the refresh
         view's ``create_entry`` (``stream`` the body, as the storage iterates it), or None."""
         if response.status_code >= 500 or not self.policy.decide(request, response).store or self._views is None:
@@ -340,7 +340,7 @@ class CacheCore:
         internal = hishel.Request(request.method, str(request.url), hishel_headers(request.headers.raw))
         answer = hishel.Response(response.status_code, hishel_headers(raw), stream=stream)
         ttl = None if plan.ttl is None else plan.ttl + self._kept_for
-        return internal, answer, plan.key, ttl
+        return {"request": internal, "response": answer, "key": plan.key, "ttl": ttl}
 
     @property
     def _keep_stale(self) -> float:

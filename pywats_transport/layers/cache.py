@@ -86,7 +86,7 @@ class CacheLayer(CacheCore, Layer):
                 return hit
         elif self._own_stale_first and not plan.revalidate:
             try:
-                entry = self._own_fresh_enough(self.storage.get_entries(plan.key), request)
+                entry = self._own_latest(self.storage.get_entries(plan.key), request)
                 record = None if entry is None else self._own_record(entry, b"".join(entry.response.stream))
             except Exception as exc:
                 self._storage_failed(exc)
@@ -207,7 +207,7 @@ class CacheLayer(CacheCore, Layer):
                         self.storage.put(**put, lease=lease)
                     elif self._views is not None and (own := self._own_put(plan, request, response,
                                                                            iter([response.content]))) is not None:
-                        for _ in self._views[1].create_entry(*own[:3], ttl=own[3]).response.stream:
+                        for _ in self._views[1].create_entry(**own).response.stream:
                             pass  # stored as it is read
                     self._refreshed(plan, request, response, stale, token)
                 finally:
@@ -308,7 +308,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
                 return hit
         elif self._own_stale_first and not plan.revalidate:
             try:
-                entry = self._own_fresh_enough(await self.storage.get_entries(plan.key), request)
+                entry = self._own_latest(await self.storage.get_entries(plan.key), request)
                 record = None if entry is None else self._own_record(
                     entry, b"".join([chunk async for chunk in entry.response.stream]))
             except Exception as exc:
@@ -450,7 +450,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
                     await self.storage.put(**put, lease=lease)
                 elif self._views is not None and (own := self._own_put(plan, request, response,
                                                                        _chunks(response.content))) is not None:
-                    async for _ in (await self._views[1].create_entry(*own[:3], ttl=own[3])).response.stream:
+                    async for _ in (await self._views[1].create_entry(**own)).response.stream:
                         pass  # stored as it is read
                 self._refreshed(plan, request, response, stale, token)
             finally:
