@@ -59,6 +59,12 @@ def answers(entry: Any, request: Any) -> bool:
                for name in vary if name)
 
 
+def latest_first(entries: list[Any], since: float = float("-inf")) -> list[Any]:
+    """The entries stored at ``since`` or later, the latest first: a refresh adds an entry beside the one it
+    replaces, and hishel's ttl path serves the first it is given."""
+    return sorted((entry for entry in entries if stored_at(entry) >= since), key=stored_at, reverse=True)
+
+
 def fresh_until(entry: Any) -> float:
     """When ``entry`` stops being fresh (ttl mode); an entry stored without the mark never does."""
     return _mark(entry, FRESH_UNTIL, float("inf"))
@@ -155,9 +161,7 @@ class _View:
     def _found(self, entries: list[Any]) -> list[Any]:
         """The entries a lookup may answer with: stored since the layer started (it knows their keys, and so
         what a write drops), and in ttl mode fresh and of the request's variant."""
-        # The latest first: a refresh adds an entry beside the one it replaces, and hishel's ttl path
-        # serves the first it is given.
-        found = sorted((entry for entry in entries if stored_at(entry) >= self.started), key=stored_at, reverse=True)
+        found = latest_first(entries, self.started)
         if not self._timed:
             return found
         now, request = self._clock(), self._request

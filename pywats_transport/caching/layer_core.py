@@ -29,8 +29,8 @@ from .hishel_view import (
     StorageView,
     answers,
     fresh_until,
+    latest_first,
     restamped,
-    stored_at,
 )
 from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage, Record, hishel_headers
 from .near_invalidation import NearInvalidation
@@ -232,19 +232,18 @@ class CacheCore:
             response.stream = OnClose(response.stream, end)
         return response
 
-    def _own_choice(self, entries: list[Any], request: httpx.Request) -> Any:
-        """The latest of ``entries`` (hishel's, of its own storage) answering ``request`` that nothing this
-        layer dropped covers (a refresh adds an entry beside the one it replaces); None if none does."""
+    def _own_choice(self, entries: list[Any], request: httpx.Request, since: float = float("-inf")) -> Any:
+        """The latest of ``entries`` (hishel's, of its own storage) stored at ``since`` or later answering
+        ``request`` that nothing this layer dropped covers; None if none does."""
         forgotten = self._forgotten
-        return next((entry for entry in sorted(entries, key=stored_at, reverse=True)  # the latest first
+        return next((entry for entry in latest_first(entries, since)
                      if answers(entry, request) and not (forgotten is not None and forgotten.covers(entry))), None)
 
     def _own_latest(self, entries: list[Any], request: httpx.Request) -> Any:
         """Of ``entries`` (read before hishel, for stale-while-revalidate), the one answering ``request`` among
         those this layer stored (an earlier process's answer no lookup as fresh, nor while refreshed)."""
         assert self._views is not None
-        started = self._views[0].started
-        return self._own_choice([entry for entry in entries if stored_at(entry) >= started], request)
+        return self._own_choice(entries, request, self._views[0].started)
 
     def _own_revalidated(self, confirmed: tuple[uuid.UUID, hishel.Headers]) -> tuple[uuid.UUID, hishel.Headers]:
         """A 304's update of an entry of hishel's own storage, with its marks (it is this layer's again)."""
@@ -334,7 +333,7 @@ class CacheCore:
     def _own_put(self, plan: Plan, request: httpx.Request, response: httpx.Response, stream: Any) -> dict[str, Any] | None:
         """What a background refresh stores in hishel's own storage (SQLite): the arguments of the refresh
         view's ``create_entry`` (``stream`` the body, as the storage iterates it), or None."""
-        if response.status_code >= 500 or not self.policy.decide(request, response).store or self._views is None:
+        if response.status_code >= 500 or not self.policy.decide(request, response).store:
             return None
         raw = decoded_headers(list(response.headers.raw), len(response.content))
         internal = hishel.Request(request.method, str(request.url), hishel_headers(request.headers.raw))

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 
-from ..config import TransportConfig, describe_validation_error, read_json_file
+from ..config import FLAG_ALIASES, TransportConfig, describe_validation_error, read_json_file
 from ..errors import ConfigError
 from ..wats.client import api_suffix_problem
 
@@ -163,25 +163,16 @@ class ClientConfig(BaseModel):
         """The flags this file (or the environment) gives, for the WATS client: a flag left out leaves the
         ``transport`` section's value. ``enable_metrics`` is always given, as the service serves /metrics by it."""
         given = self.model_fields_set | {"enable_metrics"}
-        flags = {
-            "enable_cache": self.enable_cache,
-            "cache_ttl": self.cache_ttl_seconds,
-            "cache_max_size": self.cache_max_size,
-            "enable_retry": self.enable_retry,
-            "enable_throttling": self.enable_throttling,
-            "rate_limit": self.rate_limit,
-            "enable_metrics": self.enable_metrics,
-            "plugins": tuple(self.plugins),
-        }
-        field = {"cache_ttl": "cache_ttl_seconds"}
-        return {flag: value for flag, value in flags.items() if field.get(flag, flag) in given}
+        flags: dict[str, Any] = {flag: getattr(self, field) for field, flag in _FLAG_OF.items() if field in given}
+        if "plugins" in given:
+            flags["plugins"] = tuple(self.plugins)
+        return flags
 
 
+#: the service's own keys that are WATS client flags (named alike, but for the TTL's unit), by flag
+_FLAG_OF = {("cache_ttl_seconds" if flag == "cache_ttl" else flag): flag for flag in FLAG_ALIASES}
 #: the service's own keys and the ``transport`` settings they stand for
-_SECTION_OF = {"enable_cache": ("cache", "enabled"), "cache_ttl_seconds": ("cache", "ttl"),
-               "cache_max_size": ("cache", "max_size"), "enable_retry": ("retry", "enabled"),
-               "enable_throttling": ("throttle", "enabled"), "rate_limit": ("throttle", "rate"),
-               "enable_metrics": ("metrics", "enabled")}
+_SECTION_OF = {field: FLAG_ALIASES[flag] for field, flag in _FLAG_OF.items()}
 
 
 def _refuse_both_in_file(config: ClientConfig, keys: set[str], path: str | os.PathLike[str]) -> None:
