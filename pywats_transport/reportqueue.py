@@ -12,7 +12,8 @@ Files dropped in the folder are best written elsewhere and renamed in; one that 
 again on later scans until it has stayed unchanged (size and time) for ``write_grace`` seconds of this
 process's clock (it may still be being written in place: a folder on a share whose clock is off is no
 different), and goes to ``error/`` only then. Only ``*.json`` files (any case: ``.JSON`` too) are
-picked up, and links are never followed.
+picked up, and links are never followed. Processes may share a folder: the one sending a report holds a
+:class:`~pywats_transport.report_claim.Claim` on it, and the others pass it by.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StartupError
+from .report_claim import Claim
 from .wats.errors import RequestValidationError, WATSError
 
 log = logging.getLogger("pywats_transport.queue")
@@ -50,8 +52,12 @@ SWEEP_EVERY = 3600.0
 MAX_UNPARSABLE = 1024
 
 FOLDER_PROBLEM = "folder"
+#: the key of one file's problem: this and its name
+FILE_PROBLEM = "file:"
 # What became of a report handed to the sender.
 CONFIRMED, REJECTED, FAILED, KEPT, GONE = "confirmed", "rejected", "failed", "kept", "gone"
+#: being sent by another process sharing the folder
+BUSY = "busy"
 #: confirmed by the server before this hand-over (the same report id was sent earlier)
 ALREADY = "already confirmed"
 
@@ -92,7 +98,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, data: bytes, claim: Claim | None = None) -> None:
     # A temporary name of its own: two writers of one file (processes sharing a folder, a report handed
     # over twice at once) must not rename each other's temporary file away.
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
@@ -100,6 +106,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+        if claim is not None:  # claimed before it takes the name: no other sender finds it free
+            claim.extend_to(fh.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
@@ -257,11 +265,15 @@ class ReportQueue:
         if message is not None:
             log.info("queue problem recovered: %s", message)
 
+    def _gone(self, names: list[str]) -> list[str]:
+        """Those of ``names`` in neither pending/ nor sending/ (blocking)."""
+        return [name for name in names if not any((self.dirs[state] / name).exists() for state in ("pending", "sending"))]
+
     def _os_failure(self, path: Path, exc: OSError) -> None:
         if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             self._problem(FOLDER_PROBLEM, f"queue folder not writable ({exc.strerror}): {path.parent}")
         else:
-            self._problem(f"file:{path.name}", f"{path.name}: {exc.strerror or exc}")
+            self._problem(FILE_PROBLEM + path.name, f"{path.name}: {exc.strerror or exc}")
 
     # -- one step -------------------------------------------------------------------------
 
@@ -280,6 +292,10 @@ class ReportQueue:
             self.stats.done_deleted += deleted
             self._counts["done"] = max(0, self._counts["done"] - deleted)
         scan = await asyncio.to_thread(self.scan, limit)
+        files = [key.removeprefix(FILE_PROBLEM) for key in self.problems if key.startswith(FILE_PROBLEM)]
+        if files:  # a file deleted, or moved on by another process, takes its problem with it
+            for name in await asyncio.to_thread(self._gone, files):
+                self._recovered(FILE_PROBLEM + name)
         self._counts.update(scan.counts)
         self._oldest_mtime, self.ignored = scan.oldest_mtime, scan.ignored
         for link in scan.links:
@@ -300,19 +316,28 @@ class ReportQueue:
     async def _take_and_send(self, path: Path) -> str:
         """Claim a pending report (or resume one in sending/) and send it; returns the outcome."""
         self._in_flight.add(path.name)
+        claim: Claim | None = None
         try:
             if path.parent != self.dirs["sending"]:
-                claimed = await asyncio.to_thread(self._claim, path)
-                if claimed is None:
+                moved = await asyncio.to_thread(self._claim, path)
+                if moved is None:
                     return GONE
                 self._recovered(FOLDER_PROBLEM)
                 self._move_counted("pending", "sending")
-                path = claimed
-            return await self._send(path)
+                path = moved
+            claim = await asyncio.to_thread(Claim.take, path)
+            if claim is None:
+                return BUSY
+            return await self._send(path, claim)
         except OSError as exc:  # this file's problem, not the queue's: go on with the others
+            if isinstance(exc, FileNotFoundError) and not await asyncio.to_thread(path.exists):
+                self._recovered(FILE_PROBLEM + path.name)  # moved on by another hand (a process sharing the folder)
+                return GONE
             self._os_failure(path, exc)
             return KEPT
         finally:
+            if claim is not None:
+                claim.release()
             self._in_flight.discard(path.name)
 
     # -- handing a report over (the WATS clients' outbox) ------------------------------------
@@ -362,7 +387,9 @@ class ReportQueue:
             if not path.exists():
                 return ALREADY if (self.dirs["done"] / path.name).exists() else KEPT
         outcome = await self._take_and_send(path)
-        return KEPT if outcome in (FAILED, GONE) else outcome
+        if outcome == GONE and (self.dirs["done"] / path.name).exists():
+            return ALREADY  # confirmed by another process sharing the folder
+        return KEPT if outcome in (FAILED, GONE, BUSY) else outcome
 
     def wake(self) -> None:
         """Have the sender scan now rather than at its next poll."""
@@ -401,7 +428,8 @@ class ReportQueue:
     # problems and the stats change on the event loop, after them.
 
     def _claim(self, path: Path) -> Path | None:
-        """pending -> sending (atomic rename); None: taken by someone else."""
+        """pending -> sending (atomic rename); None: taken by someone else. Sending it needs a
+        :class:`Claim` on the moved file too: another process may find it in sending/ first."""
         target = self.dirs["sending"] / path.name
         if target.exists():
             target = self.dirs["sending"] / f"{path.stem}.{uuid.uuid4().hex[:8]}{path.suffix}"
@@ -413,13 +441,13 @@ class ReportQueue:
         return target
 
     @staticmethod
-    def _load(path: Path) -> dict[str, Any]:
+    def _load(path: Path, claim: Claim) -> dict[str, Any]:
         """The report in ``path``, an id-less one given its content-derived id (written back first)."""
         content = path.read_bytes()
         report = parse_report(content)
         if report.get("id") is None:
             report["id"] = report_id_for(content)
-            _write_atomic(path, json.dumps(report).encode())
+            _write_atomic(path, json.dumps(report).encode(), claim)
         return report
 
     def _being_written(self, path: Path) -> bool:
@@ -479,10 +507,10 @@ class ReportQueue:
         self._counts[source] = max(0, self._counts[source] - 1)
         self._counts[target] += 1
 
-    async def _send(self, path: Path) -> str:
+    async def _send(self, path: Path, claim: Claim) -> str:
         started = time.perf_counter()
         try:
-            report = await asyncio.to_thread(self._load, path)
+            report = await asyncio.to_thread(self._load, path, claim)
         except Malformed as exc:
             if await asyncio.to_thread(self._being_written, path):
                 return KEPT  # read again on a later scan, from sending/ (a writer's open file moved with it)
@@ -511,7 +539,7 @@ class ReportQueue:
         return CONFIRMED
 
     def _confirmed(self, path: Path, result: Any, seconds: float) -> None:
-        self._recovered(f"file:{path.name}")
+        self._recovered(FILE_PROBLEM + path.name)
         self._move_counted("sending", "done")
         self._failures = 0
         self._not_before = 0.0
@@ -534,7 +562,7 @@ class ReportQueue:
 
     async def _to_error(self, path: Path, reason: str) -> None:
         target = await asyncio.to_thread(self._move, path, self.dirs["error"], reason)
-        self._recovered(f"file:{path.name}")
+        self._recovered(FILE_PROBLEM + path.name)
         self._move_counted("sending" if path.parent == self.dirs["sending"] else "pending", "error")
         log.warning("report %s moved to %s: %s", path.name, target, reason)
         self.on_processed(0.0, "error")
