@@ -6,12 +6,13 @@ Sources, later ones winning: defaults, a JSON file or dict, environment variable
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -447,13 +448,27 @@ def env_overrides_named(prefix: str, environ: Mapping[str, str]) -> tuple[dict[s
         try:
             value: Any = json.loads(raw)
         except ValueError:
-            value = [v.strip() for v in raw.split(",") if v.strip()] if path in (["plugins"], ["blocked_plugins"], ["order"]) else raw
+            value = raw
+        if ".".join(path) in _list_fields():  # comma-separated, or a JSON list; one value is a list of one
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            elif value is not None and not isinstance(value, list):
+                value = [value]
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
         names[".".join(path)] = name
     return out, names
+
+
+@functools.cache
+def _list_fields() -> frozenset[str]:
+    """The dotted paths of the config's list-valued fields."""
+    models: list[tuple[str, type[BaseModel]]] = [("", TransportConfig), ("redis.", RedisSettings)]
+    models += [(f"{name}.", section) for name, section in BUILTIN_SECTIONS.items()]
+    return frozenset(prefix + name for prefix, model in models for name, field in model.model_fields.items()
+                     if any(t is list for t in (get_origin(field.annotation), *map(get_origin, get_args(field.annotation)))))
 
 
 def _split_paths(data: Mapping[str, Any], paths: set[str], prefix: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
@@ -596,7 +611,8 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel], sour
     for err in exc.errors():
         loc = tuple(err["loc"])
         field = ".".join(str(p) for p in loc) or "(root)"
-        origin = (sources or {}).get(field, "")
+        # An item of a list is named by where the list came from.
+        origin = next((sources[p] for p in _prefixes(field) if p in sources), "") if sources else ""
         where = f" (from {origin})" if origin and origin != source and not origin.startswith("profile ") else ""
         if err["type"] == "extra_forbidden":
             # Named without its value: a misspelt key (``apitokn``) most likely holds a secret.
@@ -615,6 +631,12 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel], sour
             problems.append(f"{field}{where} = {shown}: {err['msg'].removeprefix('Value error, ')}")
     where = f" in {source}" if source else ""
     return ConfigError(f"invalid {model.__name__}{where}: " + "; ".join(problems), problems)
+
+
+def _prefixes(field: str) -> list[str]:
+    """``a.b.1`` -> ``["a.b.1", "a.b", "a"]``."""
+    parts = field.split(".")
+    return [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -46,6 +46,30 @@ def test_env_overrides_file_and_flags_override_env(tmp_path: Path, monkeypatch: 
         assert stack.get_layer("throttle").policy.settings.rate == 3
 
 
+@pytest.mark.parametrize(("name", "raw", "field", "expected"), [
+    ("PYWATS_TRANSPORT_RETRY__STATUSES", "429,503", ("retry", "statuses"), [429, 503]),
+    ("PYWATS_TRANSPORT_RETRY__STATUSES", "429", ("retry", "statuses"), [429]),
+    ("PYWATS_TRANSPORT_RETRY__STATUSES", "[429, 503]", ("retry", "statuses"), [429, 503]),
+    ("PYWATS_TRANSPORT_RETRY__METHODS", "get, put", ("retry", "methods"), ["GET", "PUT"]),
+    ("PYWATS_TRANSPORT_CACHE__IDENTITY_HEADERS", "x-api-key", ("cache", "identity_headers"), ["x-api-key"]),
+    ("PYWATS_TRANSPORT_ORDER", "retry,cache", ("order",), ["retry", "cache"]),
+    ("PYWATS_TRANSPORT_ORDER", "null", ("order",), None),
+])
+def test_a_list_from_the_environment_is_comma_separated_as_plugins_are(
+        name: str, raw: str, field: tuple[str, ...], expected: object) -> None:
+    cfg = TransportConfig.load(environ={name: raw})
+    value: object = cfg
+    for part in field:
+        value = getattr(value, part)
+    assert value == expected  # before: "Input should be a valid list"
+
+
+def test_a_bad_item_of_a_list_names_the_variable_it_came_from() -> None:
+    with pytest.raises(ConfigError, match=r"retry\.statuses\.1 \(from environment PYWATS_TRANSPORT_RETRY__STATUSES\) = "
+                                          r"'x': Input should be a valid integer"):
+        TransportConfig.load(environ={"PYWATS_TRANSPORT_RETRY__STATUSES": "429,x"})
+
+
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
