@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,42 @@ async def test_the_async_client_refuses_such_a_path_parameter_too() -> None:
         async with AsyncWATS(BASE, TOKEN, **no_layers()) as api:
             with pytest.raises(ValueError, match="path parameter 'idOrSerial' must not be '..'"):
                 await api.asset.get("..")
+    assert not route.called
+
+
+def test_a_path_parameter_left_none_is_refused_not_sent_as_the_word_none() -> None:
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        route = mock.route().respond(200, json={"partNumber": "None"})
+        with WATS(BASE, token=TOKEN, **no_layers()) as wats:
+            # before: GET /api/Product/None, and the server's 404 "product None not found"
+            with pytest.raises(ValueError, match="GET /api/Product/{partNumber}: path parameter 'partNumber' must be "
+                                                 "given, got None"):
+                wats.product.get(None)  # type: ignore[arg-type]
+    assert not route.called
+
+
+@pytest.mark.parametrize(("given", "sent"), [
+    ("2026-01-31", "start ge '2026-01-31'"),
+    ("2026-01-31T08:00:00+01:00", "start ge '2026-01-31T08:00:00+01:00'"),
+    (datetime(2026, 1, 31, 8, tzinfo=timezone.utc), "start ge '2026-01-31T08:00:00+00:00'"),
+    (date(2026, 1, 31), "start ge '2026-01-31'"),
+])
+def test_a_report_query_takes_a_moment_as_a_datetime_a_date_or_iso_8601_text(given: Any, sent: str) -> None:
+    with respx.mock(base_url=BASE) as mock:
+        route = mock.get("/api/Report/Query/Header").respond(200, json=[])
+        with WATS(BASE, token=TOKEN, **no_layers()) as wats:
+            assert wats.report.query_headers(date_from=given) == []
+    assert route.calls.last.request.url.params["$filter"] == sent
+
+
+@pytest.mark.parametrize("given", ["yesterday", "31.01.2026", 20260131])
+def test_a_report_query_refuses_what_is_no_moment_before_sending(given: Any) -> None:
+    with respx.mock(base_url=BASE, assert_all_called=False) as mock:
+        route = mock.route().respond(200, json=[])
+        with WATS(BASE, token=TOKEN, **no_layers()) as wats:
+            # before: sent as "start le 'yesterday'", and whatever the server made of it answered
+            with pytest.raises(ValueError, match=f"date_to must be a datetime, a date or an ISO 8601 text, got {given!r}"):
+                wats.report.query_headers(date_to=given)
     assert not route.called
 
 

@@ -33,6 +33,8 @@ class Call(Generic[T]):
     def url(self) -> str:
         values = {}
         for name, value in self.path.items():
+            if value is None:  # str() would send the word "None"
+                raise ValueError(f"{self.method} {self.route}: path parameter {name!r} must be given, got None")
             text = str(value)
             # Each would name another resource: "" the collection, "." and ".." (dot segments, which
             # URL parsing removes) the collection or its parent.

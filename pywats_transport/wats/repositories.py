@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from .calls import Call
@@ -49,6 +49,21 @@ def odata_filter(**fields: Any) -> str | None:
     return " and ".join(parts) or None
 
 
+def moment(name: str, value: datetime | date | str | None) -> str | None:
+    """A point in time for a query as the server reads it: a datetime, a date, or ISO 8601 text (checked
+    here: a server given something else answers as if it were no condition, or not at all)."""
+    if value is None or isinstance(value, date):  # a datetime is a date too
+        return None if value is None else value.isoformat()
+    if isinstance(value, str):
+        try:
+            # Python < 3.11 reads no "Z" for UTC; the text is sent as given.
+            datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value)
+            return value
+        except ValueError:
+            pass
+    raise ValueError(f"{name} must be a datetime, a date or an ISO 8601 text, got {value!r}")
+
+
 class ProductRepository(Repository):
     def get(self, part_number: str) -> Any:
         return self._run(Call("GET", "/api/Product/{partNumber}", Product, path={"partNumber": part_number}))
@@ -76,8 +91,10 @@ _SUBMIT_EXTENSIONS = {"retry": {"idempotent": True}, "cache": {"invalidates": ["
 
 class ReportRepository(Repository):
     def query_headers(self, *, part_number: str | None = None, serial_number: str | None = None,
-                      date_from: datetime | None = None, date_to: datetime | None = None, top: int | None = None) -> Any:
-        expr = odata_filter(partNumber=part_number, serialNumber=serial_number, start__ge=date_from, start__le=date_to)
+                      date_from: datetime | date | str | None = None, date_to: datetime | date | str | None = None,
+                      top: int | None = None) -> Any:
+        expr = odata_filter(partNumber=part_number, serialNumber=serial_number,
+                            start__ge=moment("date_from", date_from), start__le=moment("date_to", date_to))
         return self._run(Call("GET", "/api/Report/Query/Header", list[ReportHeader], params={"$filter": expr, "$top": top}))
 
     def submit(self, report: UUTReport | dict[str, Any]) -> Any:
