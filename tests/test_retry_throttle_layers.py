@@ -167,6 +167,55 @@ async def test_throttle_max_wait_fails_fast_with_clear_error(mode: str) -> None:
 
 
 @pytest.mark.anyio
+async def test_async_waiters_cancelled_before_their_turns_give_them_back() -> None:
+    """``asyncio.wait_for`` around a throttled call (or a task cancelled) kept its turn reserved: ten
+    callers who gave up pushed the next request's turn ten seconds out, and callers timing out faster
+    than the rate starved every request that came after them."""
+    clock = [100.0]
+    asked: list[float] = []
+    forever = anyio.Event()
+
+    async def sleep(seconds: float) -> None:
+        asked.append(seconds)
+        if len(asked) <= 10:
+            await forever.wait()  # these callers give up before their turn
+
+    layer = AsyncThrottleLayer(httpx.MockTransport(lambda r: httpx.Response(200)), rate=1, burst=1, sleep=sleep,
+                               policy_kwargs={"clock": lambda: clock[0]})
+    async with httpx.AsyncClient(transport=layer, base_url="http://h", timeout=60) as client:
+        await client.get("/")  # the burst
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(client.get, "/")
+            while len(asked) < 10:
+                await anyio.sleep(0.001)
+            clock[0] += 0.5
+            tg.cancel_scope.cancel()
+        assert (await client.get("/")).status_code == 200
+    assert asked[:10] == [pytest.approx(float(n)) for n in range(1, 11)]
+    assert asked[10] == pytest.approx(0.5)  # the first turn given back; before: 10.5
+
+
+def test_a_sync_waiter_interrupted_before_its_turn_gives_it_back() -> None:
+    clock = [100.0]
+    asked: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        asked.append(seconds)
+        if len(asked) == 1:
+            raise KeyboardInterrupt  # Ctrl-C while it waits
+
+    layer = ThrottleLayer(httpx.MockTransport(lambda r: httpx.Response(200)), rate=1, burst=1, sleep=sleep,
+                          policy_kwargs={"clock": lambda: clock[0]})
+    with httpx.Client(transport=layer, base_url="http://h") as client:
+        client.get("/")
+        with pytest.raises(KeyboardInterrupt):
+            client.get("/")
+        client.get("/")
+    assert asked == [pytest.approx(1.0), pytest.approx(1.0)]  # before: the second waited 2 s
+
+
+@pytest.mark.anyio
 async def test_async_waiting_does_not_block_the_event_loop() -> None:
     layer = AsyncThrottleLayer(httpx.MockTransport(lambda r: httpx.Response(200)), rate=5, burst=1)
     ticks = 0

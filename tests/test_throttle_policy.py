@@ -179,3 +179,66 @@ def test_a_slow_down_never_speeds_a_host_configured_below_min_rate_up() -> None:
     p, _ = make(rate=10, burst=5)
     p.on_response("h", 429, "1")
     assert p.rates() == {"h": 5.0} and p.slowed == 1  # above min_rate, a slow-down halves as before
+
+
+def conforms(times: list[float], rate: float, burst: int) -> bool:
+    """Whether requests sent at ``times`` are ones a token bucket of ``rate`` and ``burst`` lets through."""
+    level, last = float(burst), None
+    for t in sorted(times):
+        if last is not None:
+            level = min(float(burst), level + (t - last) * rate)
+        if level < 1.0 - 1e-9:
+            return False
+        level -= 1.0
+        last = t
+    return True
+
+
+def test_a_turn_given_back_is_the_next_arrivals() -> None:
+    p, clock = make(rate=1, burst=1)
+    assert p.acquire("h") == 0.0
+    turns = [p.turn("h") for _ in range(10)]  # turns at +1 s .. +10 s
+    assert [t[0] for t in turns if t] == [pytest.approx(float(n)) for n in range(1, 11)]
+    clock.t += 0.5
+    for _, at in turns[:3]:  # type: ignore[misc]
+        p.give_back("h", at)  # three waiters left before their turns
+    assert [p.acquire("h") for _ in range(4)] == [pytest.approx(0.5), pytest.approx(1.5), pytest.approx(2.5),
+                                                  pytest.approx(10.5)]
+    clock.t += 100
+    p.give_back("h", turns[3][1])  # type: ignore[index]  # a turn already passed is nobody's
+    assert p.acquire("h") == 0.0 and p.acquire("h") == pytest.approx(1.0)
+
+
+def test_a_turn_given_back_is_not_taken_past_the_wait_limit_or_inside_a_hold() -> None:
+    p, clock = make(rate=1, burst=1)
+    p.acquire("h")
+    turns = [p.turn("h") for _ in range(5)]
+    p.give_back("h", turns[4][1])  # type: ignore[index]  # the turn at +5 s
+    assert p.acquire("h", max_wait=1.0) is None
+    p.on_response("h", 429, "8")  # the server asks for 8 s: a turn inside that hold cannot be handed on
+    assert p.acquire("h") >= 8.0  # not the turn at +5 s
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_turns_given_back_keep_the_schedule_one_the_bucket_allows(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    p, clock = make(rate=5, burst=3)
+    start = clock.t
+    waiting: list[float] = []  # turns of those still waiting
+    sent: list[float] = []
+    while clock.t < start + 60:
+        clock.t += rng.expovariate(12)  # arrivals well over the rate: a queue forms
+        sent += [at for at in waiting if at <= clock.t]
+        waiting = [at for at in waiting if at > clock.t]
+        for at in list(waiting):
+            if rng.random() < 0.15:  # callers give up (timeouts, cancellations) before their turn
+                waiting.remove(at)
+                p.give_back("h", at)
+        turn = p.turn("h", max_wait=3.0)
+        if turn is not None:
+            waiting.append(turn[1])
+    sent += waiting
+    assert conforms(sent, rate=5, burst=3)
+    assert len(sent) >= 0.9 * 5 * 60  # the turns given back were used: close to the rate all along

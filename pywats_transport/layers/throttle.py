@@ -75,15 +75,17 @@ class _ThrottleCore:
             return None, ""
         return min(limits)
 
-    def _wait_for(self, request: httpx.Request) -> float:
+    def _wait_for(self, request: httpx.Request) -> tuple[float, float]:
+        """Seconds to wait for this request's turn, and the turn's instant (to give it back if the wait is
+        abandoned)."""
         host = request.url.host
         if self.policy.take_now(host):  # a token was there: no wait, so no limit to work out
             if self.collector is not None:
                 self.collector.record_throttle_wait(0.0, host)
-            return 0.0
+            return 0.0, 0.0
         limit, why = self._limit(request)
-        wait = self.policy.acquire(host, limit)
-        if wait is None:
+        turn = self.policy.turn(host, limit)
+        if turn is None:
             if self.collector is not None:
                 self.collector.add_throttle_rejection(host)
             needed = self.policy.would_wait(host)
@@ -91,9 +93,10 @@ class _ThrottleCore:
                 f"throttle timeout: a request to {host} would wait {needed:.3f}s for a token, over {why}",
                 host=host, wait=needed, limit=why, request=request,
             )
+        wait = turn[0]
         if self.collector is not None:
             self.collector.record_throttle_wait(wait, host)
-        return wait
+        return turn
 
     def _observe(self, request: httpx.Request, response: httpx.Response) -> tuple[float, bool]:
         """Feed the adaptive policy; returns how long the fleet should hold the host (0: not at all) and
@@ -230,9 +233,13 @@ class ThrottleLayer(_ThrottleCore, Layer):
                 if pause is None:
                     return
                 self._sleep(pause)
-        wait = self._wait_for(request)
+        wait, at = self._wait_for(request)
         if wait > 0:
-            self._sleep(wait)
+            try:
+                self._sleep(wait)
+            except BaseException:  # interrupted (Ctrl-C): the turn is someone else's
+                self.policy.give_back(request.url.host, at)
+                raise
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self._take_turn(request)
@@ -296,15 +303,25 @@ class AsyncThrottleLayer(_ThrottleCore, AsyncLayer):
                 if pause is None:
                     return
                 await self._sleep(pause)
-        wait = self._wait_for(request)
+        wait, at = self._wait_for(request)
         if wait > 0:
+            await self._wait_turn(request, wait, at)
+
+    async def _wait_turn(self, request: httpx.Request, wait: float, at: float) -> None:
+        """Wait for the local bucket's turn; a waiter cancelled meanwhile gives its turn back."""
+        try:
             await self._sleep(wait)
+        except BaseException:
+            self.policy.give_back(request.url.host, at)
+            raise
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.fleet is not None:
             await self._take_turn(request)
-        elif (wait := self._wait_for(request)) > 0:  # the local bucket, without a coroutine per request
-            await self._sleep(wait)
+        else:
+            wait, at = self._wait_for(request)
+            if wait > 0:  # only then a coroutine to wait in
+                await self._wait_turn(request, wait, at)
         cap = self.settings.max_concurrency
         if not cap:
             response = await self.inner.handle_async_request(request)

@@ -2,11 +2,15 @@
 
 Each request reserves its slot in a token bucket at arrival, so waiters are
 served in arrival order (no starvation) and a reservation that would wait past
-``max_wait`` is refused without taking a token.
+``max_wait`` is refused without taking a token. A waiter that leaves before its
+turn (cancelled, interrupted) gives the turn back, and the next arrival takes it:
+the turns given stay those of one schedule the bucket allows, and callers who give
+up do not push everyone else's turns further out.
 """
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +41,9 @@ class TokenBucket:
         self.stamp = now
         self.not_before = 0.0  # set from Retry-After: nothing goes before this
         self.throttled_in_a_row = 0
+        #: turns still ahead that their waiters gave back (a heap). Only these exact instants can be handed
+        #: on: any other would put two requests closer together than the schedule they were part of.
+        self.given_back: list[float] = []
 
     def _refill(self, now: float) -> None:
         if now > self.stamp:
@@ -45,6 +52,15 @@ class TokenBucket:
 
     def reserve(self, now: float, max_wait: float | None) -> float | None:
         """Take a token; return seconds to wait before using it, or None (refused, nothing taken)."""
+        given_back = self.given_back
+        while given_back and (given_back[0] < now or given_back[0] < self.not_before):
+            heapq.heappop(given_back)  # passed unused, or inside a hold the server asked for since
+        if given_back:
+            wait = given_back[0] - now
+            if max_wait is not None and wait > max_wait:
+                return None  # a fresh turn would come later still
+            heapq.heappop(given_back)
+            return wait
         self._refill(now)
         wait = 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
         wait = max(wait, self.not_before - now)
@@ -134,13 +150,25 @@ class ThrottlePolicy:
     def acquire(self, host: str, max_wait: float | None = None) -> float | None:
         """Seconds this request must wait before going, or None when it would wait over ``max_wait``
         (default: the setting of that name)."""
+        turn = self.turn(host, max_wait)
+        return None if turn is None else turn[0]
+
+    def turn(self, host: str, max_wait: float | None = None) -> tuple[float, float] | None:
+        """:meth:`acquire`, and the instant (on the policy's clock) of the turn, for :meth:`give_back`."""
         key = self._key(host)
         with self._lock:
             now = self.clock()
             bucket = self._buckets.get(key) or self._bucket(key, now)
             wait = bucket.reserve(now, self.settings.max_wait if max_wait is None else max_wait)
             self._count(wait)
-            return wait
+            return None if wait is None else (wait, now + wait)
+
+    def give_back(self, host: str, at: float) -> None:
+        """The waiter for the turn at ``at`` left before it (cancelled, interrupted): the next arrival takes it."""
+        with self._lock:
+            bucket = self._buckets.get(self._key(host))
+            if bucket is not None and at > self.clock():
+                heapq.heappush(bucket.given_back, at)
 
     def count_fleet_turn(self, waited: float | None) -> None:
         """A turn the fleet's rate gave after ``waited`` seconds (None: refused), counted as the bucket's are."""
