@@ -174,6 +174,7 @@ async def test_health_endpoints_and_metrics(tmp_path: Path, emulator: EmulatorSe
             details = (await client.get("/health/details")).json()
             assert set(details) >= {"version", "uptime_seconds", "api", "transport", "cache", "retry", "throttle", "queue"}
             assert details["api"]["reachable"] is True and details["queue"]["depth"]["done"] == 1
+            assert details["queue"]["folder"] == str(queue.absolute())
             assert [t["name"] for t in details["transport"]] == ["metrics", "cache", "retry", "throttle", "transport"]
             assert details["cache"]["hits"] >= 1 and TOKEN not in json.dumps(details)
             text = await client.get("/metrics")
@@ -354,6 +355,26 @@ def test_config_init_writes_a_loadable_example(tmp_path: Path) -> None:
     again = subprocess.run([sys.executable, "-m", "pywats_transport", "config", "init", str(out)],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+@pytest.mark.parametrize("given", ["queue", None], ids=["given", "default"])
+def test_a_relative_queue_dir_in_a_file_is_the_files_neighbour(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               given: str | None) -> None:
+    """A service started elsewhere than its file's folder (by systemd, a shortcut, a scheduled task) watched a
+    queue under whatever folder it started in, while the station wrote its reports beside the file."""
+    folder = tmp_path / "station"
+    folder.mkdir()
+    path = folder / "client.json"
+    data = {"service_address": "http://127.0.0.1:9", "api_token": TOKEN}
+    path.write_text(json.dumps(data if given is None else {**data, "queue_dir": given}))
+    monkeypatch.chdir(tmp_path)  # elsewhere
+    expected = folder / (given or "pywats_queue")
+    assert ClientConfig.load(path).queue_dir == str(expected)
+    # From the environment (or given in code) it is the current folder's, as any path given there.
+    assert ClientConfig.load(path, environ={"PYWATS_CLIENT_QUEUE_DIR": "q2"}).queue_dir == "q2"
+    assert ClientConfig.load(path, queue_dir="q3").queue_dir == "q3"
+    home = ClientConfig.load(path, environ={"PYWATS_CLIENT_QUEUE_DIR": "~/q4"})
+    assert home.queue_dir == str(Path("~/q4").expanduser())
 
 
 # -- a real service process, killed with SIGKILL while sending ------------------------------------

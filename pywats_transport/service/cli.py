@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
     service = AsyncClientService(config)
 
     def banner(started: AsyncClientService) -> None:
-        print(f"pywats-transport client service: queue {config.queue_dir}, health on "
+        print(f"pywats-transport client service: queue {os.path.abspath(config.queue_dir)}, health on "
               f"http://{config.health_host}:{started.health_port} (Ctrl+C to stop)", flush=True)
 
     asyncio.run(service.run_forever(on_started=banner))

@@ -107,7 +107,7 @@ class ClientConfig(BaseModel):
     def _folder(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must name a folder (an empty name would make the current directory the queue)")
-        return value
+        return os.path.expanduser(value)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None,
@@ -132,6 +132,11 @@ class ClientConfig(BaseModel):
                 except ValueError:
                     data[name] = raw
         token_file = path is not None and "api_token" in data and "api_token" not in overrides
+        if path is not None and "queue_dir" not in from_env and "queue_dir" not in overrides:
+            # The file's neighbour, wherever the service was started from (systemd, a shortcut, a task).
+            queue = data.get("queue_dir", cls.model_fields["queue_dir"].default)
+            if isinstance(queue, str) and queue.strip() and not os.path.isabs(os.path.expanduser(queue)):
+                data["queue_dir"] = str(Path(path).absolute().parent / queue)
         data.update(overrides)
         try:
             loaded = cls.model_validate(data)
@@ -225,7 +230,7 @@ EXAMPLE = {
     "_health": "The health server binds 127.0.0.1 unless told otherwise.",
     "health_host": "127.0.0.1",
     "health_port": 8080,
-    "_queue_dir": "Drop WSJF report files (*.json) here, best written elsewhere and renamed in (a file that does not parse is read again until it has stayed unchanged for write_grace_seconds).",
+    "_queue_dir": "Drop WSJF report files (*.json) here, best written elsewhere and renamed in (a file that does not parse is read again until it has stayed unchanged for write_grace_seconds). A relative folder is this file's neighbour.",
     "queue_dir": "pywats_queue",
     "_done_retention_days": "Confirmed reports are deleted from queue_dir/done after this many days (WATS has them); null keeps every one.",
     "done_retention_days": 30,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -235,6 +236,7 @@ class AsyncClientService:
             "retry": stats.get("retry"),
             "throttle": stats.get("throttle"),
             "queue": {
+                "folder": os.path.abspath(self.config.queue_dir),
                 "depth": q.depth() if q else {s: 0 for s in STATES},
                 "confirmed": q.stats.confirmed if q else 0,
                 "duplicates": q.stats.duplicates if q else 0,
