@@ -189,7 +189,8 @@ class ReportQueue:
             self._counts[state] = sum(1 for e in os.scandir(self.dirs[state]) if _is_report_name(e.name))
         self._oldest_mtime: float | None = None
         self.ignored: list[dict[str, str]] = []
-        self._in_flight: set[str] = set()  # names being sent now: a second sender leaves them alone
+        #: names being sent now, and what each send came to: a second sender leaves them alone, a hand-over waits
+        self._in_flight: dict[str, asyncio.Future[str]] = {}
         # Hand-overs write in worker threads: one at a time, so that the same report handed over twice
         # at once is written once (and one write does not rename the other's temporary file away).
         self._writing = threading.Lock()
@@ -315,7 +316,18 @@ class ReportQueue:
 
     async def _take_and_send(self, path: Path) -> str:
         """Claim a pending report (or resume one in sending/) and send it; returns the outcome."""
-        self._in_flight.add(path.name)
+        name = path.name
+        finished: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._in_flight[name] = finished
+        outcome = KEPT
+        try:
+            outcome = await self._claim_and_send(path)
+            return outcome
+        finally:
+            self._in_flight.pop(name, None)
+            finished.set_result(outcome)
+
+    async def _claim_and_send(self, path: Path) -> str:
         claim: Claim | None = None
         try:
             if path.parent != self.dirs["sending"]:
@@ -338,7 +350,6 @@ class ReportQueue:
         finally:
             if claim is not None:
                 claim.release()
-            self._in_flight.discard(path.name)
 
     # -- handing a report over (the WATS clients' outbox) ------------------------------------
 
@@ -380,13 +391,17 @@ class ReportQueue:
         (the server is unreachable or busy, or the queue is waiting for it: a sender will send it later)."""
         if (self.dirs["done"] / path.name).exists():
             return ALREADY
-        if self.backing_off() > 0 or path.name in self._in_flight:
+        running = self._in_flight.get(path.name)
+        if running is not None:  # the sender took it up first: its send is this hand-over's
+            outcome = await asyncio.shield(running)
+        elif self.backing_off() > 0:
             return KEPT
-        if not path.exists():
-            path = self.dirs["sending"] / path.name
+        else:
             if not path.exists():
-                return ALREADY if (self.dirs["done"] / path.name).exists() else KEPT
-        outcome = await self._take_and_send(path)
+                path = self.dirs["sending"] / path.name
+                if not path.exists():
+                    return ALREADY if (self.dirs["done"] / path.name).exists() else KEPT
+            outcome = await self._take_and_send(path)
         if outcome == GONE and (self.dirs["done"] / path.name).exists():
             return ALREADY  # confirmed by another process sharing the folder
         return KEPT if outcome in (FAILED, GONE, BUSY) else outcome

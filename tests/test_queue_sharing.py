@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from pywats_transport.emulator import EmulatorServer
-from pywats_transport.reportqueue import ReportQueue
+from pywats_transport.reportqueue import CONFIRMED, ReportQueue
 
 from .test_service import TOKEN, drop, report, until
 
@@ -173,3 +173,22 @@ async def test_two_services_on_one_folder_send_each_report_once_and_stay_healthy
                 proc.terminate()
             for proc in procs:
                 proc.wait(timeout=30)
+
+
+@pytest.mark.anyio
+async def test_a_report_handed_over_while_this_process_sends_it_waits_for_that_send(tmp_path: Path) -> None:
+    """The outbox's background sender can pick a report up between its write and the hand-over's own
+    send: the hand-over said "queued" for a report the server confirmed a moment later."""
+    folder = tmp_path / "q"
+    sender = Sender("SN-1")
+    queue = ReportQueue(folder, sender)
+    path = await queue.aput(report("SN-1"))
+    background = asyncio.create_task(queue.process_once())
+    await asyncio.wait_for(sender.entered.wait(), 10)
+    handed_over = asyncio.create_task(queue.send_now(path))
+    await asyncio.sleep(0.05)
+    assert not handed_over.done()  # before: "kept" at once
+    sender.release.set()
+    assert await asyncio.wait_for(handed_over, 10) == CONFIRMED
+    await background
+    assert sender.sent == ["SN-1"]
