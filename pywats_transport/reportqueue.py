@@ -144,7 +144,9 @@ class Scan:
     batch: list[Path]
     links: list[Path]
     counts: dict[str, int]
-    oldest_mtime: float | None
+    #: when this process first found each waiting report (its clock), and the earliest of those
+    found_at: dict[str, float]
+    oldest_found: float | None
     ignored: list[dict[str, str]]
 
 
@@ -187,7 +189,8 @@ class ReportQueue:
         self._counts = {state: 0 for state in STATES}
         for state in ("done", "error"):
             self._counts[state] = sum(1 for e in os.scandir(self.dirs[state]) if _is_report_name(e.name))
-        self._oldest_mtime: float | None = None
+        self._found_at: dict[str, float] = {}
+        self._oldest_found: float | None = None
         self.ignored: list[dict[str, str]] = []
         #: names being sent now, and what each send came to: a second sender leaves them alone, a hand-over waits
         self._in_flight: dict[str, asyncio.Future[str]] = {}
@@ -220,7 +223,8 @@ class ReportQueue:
         links: list[Path] = []
         ignored: list[dict[str, str]] = []
         counts = {"done": self._counts["done"], "error": self._counts["error"]}
-        oldest: float | None = None
+        now, known = self.clock(), self._found_at
+        found_at: dict[str, float] = {}
         for state in ("sending", "pending"):
             found: list[tuple[float, str]] = []
             for entry in os.scandir(self.dirs[state]):
@@ -241,17 +245,19 @@ class ReportQueue:
                     continue  # moved meanwhile
             found.sort()
             counts[state] = len(found)
-            if found:
-                oldest = found[0][0] if oldest is None else min(oldest, found[0][0])
+            for _, name in found:
+                found_at[name] = known.get(name, now)
             batch += [self.dirs[state] / name for _, name in found[: limit - len(batch)]]
-        return Scan(batch, links, counts, oldest, ignored)
+        return Scan(batch, links, counts, found_at, min(found_at.values(), default=None), ignored)
 
     def depth(self) -> dict[str, int]:
         """Reports per state, as of the last scan and the moves since (no disk access)."""
         return {state: self._counts[state] for state in STATES}
 
     def oldest_waiting_age(self) -> float:
-        return max(0.0, time.time() - self._oldest_mtime) if self._oldest_mtime is not None else 0.0
+        """Seconds the longest-waiting report has waited since this process found it. Not by the file's time:
+        a copy keeps its original's (robocopy, ``cp -p``), and a share's clock may be far off."""
+        return max(0.0, self.clock() - self._oldest_found) if self._oldest_found is not None else 0.0
 
     # -- problems ---------------------------------------------------------------------------
 
@@ -298,7 +304,7 @@ class ReportQueue:
             for name in await asyncio.to_thread(self._gone, files):
                 self._recovered(FILE_PROBLEM + name)
         self._counts.update(scan.counts)
-        self._oldest_mtime, self.ignored = scan.oldest_mtime, scan.ignored
+        self._found_at, self._oldest_found, self.ignored = scan.found_at, scan.oldest_found, scan.ignored
         for link in scan.links:
             try:
                 await self._to_error(link, "a symbolic link: the queue does not follow links; "

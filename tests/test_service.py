@@ -235,6 +235,27 @@ async def test_unhealthy_when_queue_stuck(tmp_path: Path) -> None:
             assert (await client.get("/health/live")).status_code == 200
 
 
+@pytest.mark.anyio
+async def test_a_report_with_an_old_file_time_is_not_a_stuck_queue(tmp_path: Path) -> None:
+    """A report copied in with its time kept (robocopy, Explorer, ``cp -p``), moved from a folder it was
+    buffered in, or written on a share whose clock is behind made the queue "stuck" (503) the moment it
+    arrived: its wait was timed from the file's time. The service times it from when it found the file."""
+    cfg = config(tmp_path, f"http://127.0.0.1:{free_port()}", stuck_after=600)
+    queue = Path(cfg.queue_dir)
+    drop(queue, "old.json", report("SN-OLD"))
+    week_ago = time.time() - 7 * 86400
+    os.utime(queue / "old.json", (week_ago, week_ago))
+    async with AsyncClientService(cfg) as service:
+        assert service.queue is not None
+        await service.queue.process_once()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.health_port}") as client:
+            health = await client.get("/health")
+            assert health.status_code == 200, health.text  # before: 503, "queue stuck"
+            details = (await client.get("/health/details")).json()
+        assert details["queue"]["depth"]["pending"] + details["queue"]["depth"]["sending"] == 1
+        assert details["queue"]["oldest_waiting_seconds"] < 60  # before: a week
+
+
 def test_client_config_errors_name_field_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "client.json"
     path.write_text(json.dumps({"service_address": "wats.example", "api_token": "s3cret-token", "cache_ttl_seconds": -1}))
