@@ -401,13 +401,15 @@ class TransportConfig(BaseModel):
 def read_json_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        content = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+    try:
+        # From bytes, JSON's own detection reads UTF-8 with or without a byte order mark, and UTF-16 and
+        # UTF-32, as Windows editors and PowerShell save text.
+        data = json.loads(content)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    try:
-        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"config file {p} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     if not isinstance(data, dict):

@@ -28,6 +28,22 @@ def test_from_json_file_and_comments(tmp_path: Path) -> None:
     assert TransportConfig.from_file(path).cache.ttl == 12
 
 
+def test_a_file_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    """Windows PowerShell's ``Set-Content -Encoding UTF8`` and older Notepad save UTF-8 with a byte order
+    mark: such a file was "not valid JSON: Unexpected UTF-8 BOM"."""
+    from pywats_transport.service import ClientConfig
+
+    path = tmp_path / "t.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"cache": {"ttl": 12}}).encode())
+    assert TransportConfig.from_file(path).cache.ttl == 12
+    path.write_bytes(json.dumps({"cache": {"ttl": 13}}).encode("utf-16"))  # PowerShell 5's `>`: UTF-16, marked
+    assert TransportConfig.from_file(path).cache.ttl == 13
+    client = tmp_path / "client.json"
+    client.write_bytes(b"\xef\xbb\xbf" + json.dumps({"service_address": "http://127.0.0.1:9", "api_token": "tok-1234",
+                                                     "rate_limit": 3}).encode())
+    assert ClientConfig.load(client).rate_limit == 3
+
+
 def test_env_overrides_file_and_flags_override_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"cache": {"ttl": 12, "max_size": 5}}))
