@@ -4,6 +4,7 @@ import asyncio
 import gc
 import logging
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pywats_transport import ConfigError, build_async_transport, build_transport
 from pywats_transport._server import BackgroundServer
 from pywats_transport.config import CacheSettings
 from pywats_transport.layers.cache import AsyncCacheLayer, CacheLayer
@@ -580,6 +582,19 @@ async def test_the_sqlite_file_is_readable_by_its_owner_only(mode: str, tmp_path
         assert (await caller.get("/x", headers={"Authorization": "Bearer tok-1"})).extensions["caching"]["from_cache"]
         await caller.close()
         assert made.stat().st_mode & 0o777 == 0o600, sqlite_path
+
+
+@pytest.mark.parametrize("where", ["under a file", "a folder"])
+def test_a_sqlite_path_that_cannot_be_used_is_refused_when_the_stack_is_built(mode: str, tmp_path: Path,
+                                                                              where: str) -> None:
+    """Before, the stack was built and every request answered uncached, each with two tracebacks logged by
+    hishel ("could not read entries", "could not store entry"), and said ``stored: True``."""
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-folder.db").mkdir()
+    path = tmp_path / "a-file" / "c.db" if where == "under a file" else tmp_path / "a-folder.db"
+    build = build_transport if mode == "sync" else build_async_transport
+    with pytest.raises(ConfigError, match=rf"cache\.sqlite_path '{re.escape(str(path))}' cannot be used: "):
+        build(inner=httpx.MockTransport(Counter()), cache={"storage": "sqlite", "sqlite_path": str(path)})
 
 
 @pytest.mark.anyio

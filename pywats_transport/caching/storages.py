@@ -5,32 +5,54 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hishel
 
 from ..config import CacheSettings
+from ..errors import ConfigError
 from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage
 from .redis_connect import async_client, is_cluster, one_server, sync_client
 from .redis_store import RedisStore
 from .redis_store_async import AsyncRedisStore
 
 
-def _owner_only(sqlite_path: str) -> None:
-    """The SQLite file readable by its owner only: it holds what hishel stores, the answers and the requests'
-    headers with them (a station's token). Made so before hishel opens it (SQLite gives its journal the
-    file's permissions), or narrowed if an earlier run left it open to others; where hishel puts it (a
-    bare name under .cache/hishel/). Where this cannot be done, hishel's own open says why."""
+def _prepared(sqlite_path: str) -> None:
+    """The SQLite file made ready before hishel opens it, or refused at once when it cannot be used: hishel
+    would log two tracebacks on every request and answer each uncached, for the life of the process.
+
+    Its folder is made (as hishel makes it; a bare name goes under .cache/hishel/), and the file made
+    readable by its owner only: it holds what hishel stores, the answers and the requests' headers with
+    them (a station's token). Made so before hishel opens it (SQLite gives its journal the file's
+    permissions), or narrowed if an earlier run left it open to others."""
     path = Path(sqlite_path)
     if path.parent == Path("."):
         path = Path(".cache/hishel") / path.name
+    if path.is_dir():
+        _refuse(sqlite_path, "it is a folder; name a file in it")
+    for above in (path.parent, *path.parent.parents):
+        if above.exists():
+            if not above.is_dir():
+                _refuse(sqlite_path, f"{str(above)!r} is a file, not a folder")
+            break
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        # SQLite writes its journal beside the file, and hishel a .gitignore: the folder must take new files.
+        probe = path.parent / f".{path.name}.{os.getpid()}.probe"
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        _refuse(sqlite_path, f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+    try:
         if os.name == "posix" and path.stat().st_mode & 0o077:
             path.chmod(0o600)
     except OSError:
-        pass
+        pass  # another user's file we may write: theirs to narrow
+
+
+def _refuse(sqlite_path: str, why: str) -> NoReturn:
+    raise ConfigError(f"cache.sqlite_path {sqlite_path!r} cannot be used: {why}")
 
 
 def make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_async: bool) -> Any:
@@ -39,7 +61,7 @@ def make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asyn
         cls = AsyncMemoryStorage if is_async else MemoryStorage
         return cls(max_entries=settings.max_size, max_bytes=settings.max_bytes, default_ttl=settings.ttl, clock=clock)
     if settings.storage == "sqlite":
-        _owner_only(settings.sqlite_path)
+        _prepared(settings.sqlite_path)
         if is_async:
             try:
                 import anysqlite  # noqa: F401
