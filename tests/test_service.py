@@ -256,6 +256,36 @@ async def test_a_report_with_an_old_file_time_is_not_a_stuck_queue(tmp_path: Pat
         assert details["queue"]["oldest_waiting_seconds"] < 60  # before: a week
 
 
+@pytest.mark.parametrize(("query", "accept", "answer"), [
+    ("format=json", "", "json"),
+    ("format=prometheus", "application/json", "text"),
+    ("", "application/json", "json"),
+    ("", "text/plain;q=0.1, application/json", "json"),  # before: the text, JSON's higher weight unread
+    ("", "application/json;q=0.2, */*;q=0.5", "text"),
+    ("", "application/json, text/plain", "text"),  # a tie: the exposition scrapers expect
+    ("", "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1", "text"),
+    ("", "", "text"),
+])
+def test_metrics_answers_as_the_query_or_the_accept_weights_ask(query: str, accept: str, answer: str) -> None:
+    from pywats_transport.metrics import MetricsCollector
+    from pywats_transport.service.health import metrics_answer
+
+    service: Any = type("Service", (), {"collector": MetricsCollector()})()
+    headers = [(b"accept", accept.encode())] if accept else []
+    status, _, content_type = metrics_answer(service, {"query_string": query.encode(), "headers": headers})
+    assert status == 200 and content_type.startswith(b"application/json" if answer == "json" else b"text/plain")
+
+
+def test_metrics_refuses_a_format_it_does_not_know() -> None:
+    from pywats_transport.metrics import MetricsCollector
+    from pywats_transport.service.health import metrics_answer
+
+    service: Any = type("Service", (), {"collector": MetricsCollector()})()
+    status, body, _ = metrics_answer(service, {"query_string": b"format=jsno", "headers": []})
+    # before: 200 and the Prometheus text, the typo unnoticed
+    assert status == 400 and json.loads(body) == {"error": "format must be 'json' or 'prometheus', got 'jsno'"}
+
+
 def test_client_config_errors_name_field_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "client.json"
     path.write_text(json.dumps({"service_address": "wats.example", "api_token": "s3cret-token", "cache_ttl_seconds": -1}))

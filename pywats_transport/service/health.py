@@ -37,14 +37,41 @@ def _header(scope: Scope, name: bytes) -> str:
     return ""
 
 
+#: the answers /metrics gives by ``?format=``; None: as the Accept header asks
+FORMATS = (None, "json", "prometheus")
+#: media types the Prometheus exposition answers (what scrapers and browsers accept)
+_TEXT_TYPES = frozenset({"text/plain", "text/*", "*/*", "application/openmetrics-text"})
+
+
+def _prefers_json(accept: str) -> bool:
+    """Whether ``accept`` weighs JSON above the exposition (a tie is the exposition, which scrapers expect)."""
+    best = {"json": 0.0, "text": 0.0}
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        kind = "json" if media.lower() == "application/json" else "text" if media.lower() in _TEXT_TYPES else None
+        if kind is None:
+            continue
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        best[kind] = max(best[kind], weight)
+    return best["json"] > best["text"]
+
+
 def metrics_answer(service: AsyncClientService, scope: Scope) -> Answer:
     collector = service.collector
     if collector is None:
         return _json({"error": "metrics are disabled (enable_metrics: false)"}, 404)
     query = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"))
-    accept = _header(scope, b"accept")
-    wants_json = query.get("format") == ["json"] or ("application/json" in accept and "text/plain" not in accept)
-    if wants_json:
+    asked = query.get("format", [None])[-1]
+    if asked not in FORMATS:
+        return _json({"error": f"format must be 'json' or 'prometheus', got {asked!r}"}, 400)
+    if asked == "json" or (asked is None and _prefers_json(_header(scope, b"accept"))):
         return _json(collector.summary())
     return 200, collector.render_prometheus().encode(), PROMETHEUS_CONTENT_TYPE.encode()
 
