@@ -327,6 +327,8 @@ async def test_a_report_dict_without_an_id_is_retried_under_one_id(mode: str) ->
     ({"partNumber": "PN-1", "serialNumber": ""}, "serialNumber\n  Value error, must not be empty"),
     ({"partNumber": "PN-1", "serialNumber": "SN-1", "id": "report-7"},
      "id\n  Value error, must be a UUID, as str(uuid.uuid4()) gives (the default)"),
+    ({"partNumber": "PN-1", "serialNumber": "SN-1", "start": "yesterday"},  # before: accepted, and sent
+     "start\n  Value error, must be a datetime or ISO 8601 text, got 'yesterday'"),
 ])
 def test_a_report_the_server_would_refuse_is_refused_where_it_is_made(fields: dict[str, Any], says: str) -> None:
     """An id that is no UUID, or an empty part or serial number, went as far as the server's 400 (or the
@@ -336,3 +338,17 @@ def test_a_report_the_server_would_refuse_is_refused_where_it_is_made(fields: di
     assert says in str(info.value)
     report = UUTReport(partNumber="PN-1", serialNumber="SN-1", id="6C1A3F0E-2D4B-4E58-9A57-1F0D3C2B7E11")
     assert report.id == "6c1a3f0e-2d4b-4e58-9a57-1f0d3c2b7e11"  # as the server and the queue spell it
+
+
+def test_a_report_starts_at_a_datetime_as_well_as_at_iso_8601_text() -> None:
+    """``UUTReport(start=datetime.now(timezone.utc))`` was refused: "Input should be a valid string"."""
+    aware = datetime(2026, 11, 30, 8, 15, tzinfo=timezone.utc)
+    assert UUTReport(partNumber="PN-1", serialNumber="SN-1", start=aware).start == "2026-11-30T08:15:00+00:00"
+    naive = datetime(2026, 11, 30, 8, 15)  # a station's clock: local time, sent with the local offset
+    assert UUTReport(partNumber="PN-1", serialNumber="SN-1", start=naive).start == naive.astimezone().isoformat()
+    assert UUTReport(partNumber="PN-1", serialNumber="SN-1", start="2026-11-30T08:15:00Z").start == "2026-11-30T08:15:00Z"
+    # the server's answer is taken as it wrote it
+    from pywats_transport.wats.models import ANSWER
+
+    answer = UUTReport.model_validate({"partNumber": "P", "serialNumber": "S", "start": "30.11.2026"}, context=ANSWER)
+    assert answer.start == "30.11.2026"

@@ -16,6 +16,15 @@ def _answer(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("answer"))
 
 
+def is_iso_8601(text: str) -> bool:
+    """Whether ``text`` is an ISO 8601 date or date and time (Python < 3.11 reads no "Z" for UTC)."""
+    try:
+        datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
+    except ValueError:
+        return False
+    return True
+
+
 class WATSModel(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -75,6 +84,7 @@ class UUTReport(WATSModel):
     result: Literal["P", "F", "E", "T"] = "P"
     stationName: str = "station-1"
     operator: str | None = None
+    #: ISO 8601 text; a datetime given is written so (a naive one as local time, with its offset)
     start: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     steps: list[Step] = Field(default_factory=list)
 
@@ -84,6 +94,18 @@ class UUTReport(WATSModel):
     def _named(cls, value: str, info: ValidationInfo) -> str:
         if not value and not _answer(info):
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _moment(cls, value: object, info: ValidationInfo) -> object:
+        if _answer(info):
+            return value
+        if isinstance(value, datetime):
+            # A naive one is the station's local time, sent with the local offset: the server must not guess.
+            return (value if value.tzinfo is not None else value.astimezone()).isoformat()
+        if isinstance(value, str) and not is_iso_8601(value):
+            raise ValueError(f"must be a datetime or ISO 8601 text, got {value!r}")
         return value
 
     @field_validator("id")

@@ -25,6 +25,7 @@ from .models import (
     SoftwarePackage,
     SubmitResult,
     UUTReport,
+    is_iso_8601,
 )
 
 Runner = Callable[[Call[Any]], Any]
@@ -54,13 +55,8 @@ def moment(name: str, value: datetime | date | str | None) -> str | None:
     here: a server given something else answers as if it were no condition, or not at all)."""
     if value is None or isinstance(value, date):  # a datetime is a date too
         return None if value is None else value.isoformat()
-    if isinstance(value, str):
-        try:
-            # Python < 3.11 reads no "Z" for UTC; the text is sent as given.
-            datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value)
-            return value
-        except ValueError:
-            pass
+    if isinstance(value, str) and is_iso_8601(value):
+        return value  # sent as given
     raise ValueError(f"{name} must be a datetime, a date or an ISO 8601 text, got {value!r}")
 
 
