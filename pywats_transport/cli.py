@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .config import PROFILES
@@ -53,7 +54,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         from .scaffold import write_plugin
 
         folder = write_plugin(args.name, args.output)
-        print(f"wrote {folder}: pip install {folder}, then `pywats-transport plugins` lists {args.name!r}")
+        # Spelt as a path: pip takes a bare name for a requirement and looks it up in the package index.
+        target = str(folder) if Path(folder).parent != Path(".") else os.path.join(".", folder)
+        shown = f'"{target}"' if " " in target else target
+        print(f"wrote {folder}: pip install {shown}, then `pywats-transport plugins` lists {args.name!r}")
         return 0
     from .plugins import get_plugin_manager
 

@@ -87,6 +87,24 @@ def test_the_kit_can_be_switched_off(tmp_path: Path) -> None:
     assert run.returncode != 0 and "fixture 'wats_emulator' not found" in run.stdout
 
 
+@pytest.mark.parametrize("output", [None, "my plugins"])
+def test_plugins_new_prints_a_pip_command_that_installs_the_folder_not_a_name_from_the_index(
+        tmp_path: Path, output: str | None) -> None:
+    """It printed ``pip install pywats-transport-stamp``: pip reads a bare name as a requirement and looks
+    it up in the package index, where another project of that name may be."""
+    import shlex
+
+    extra = ["-o", output] if output else []
+    run = subprocess.run([sys.executable, "-m", "pywats_transport", "plugins", "new", "stamp", *extra],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    command = shlex.split(run.stdout.split(": ", 1)[1].split(", then")[0])
+    assert command[:2] == ["pip", "install"] and len(command) == 3
+    target = command[2]
+    assert "/" in target or "\\" in target  # what pip takes for a path
+    assert (tmp_path / target / "pyproject.toml").is_file()
+
+
 def test_plugins_new_writes_a_distribution_that_installs_lists_and_passes_its_tests(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "pywats_transport", "plugins", "new", "station_tag", "-o", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
