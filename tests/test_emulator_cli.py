@@ -41,6 +41,15 @@ def test_emulator_rejects_bad_rates() -> None:
     assert run.returncode == 2 and "fail_rate must be within 0..1, got 2.0" in run.stderr
 
 
+def test_an_outage_length_or_mode_without_its_start_is_refused() -> None:
+    """``--outage-seconds 5`` alone started an emulator that never went down, saying nothing."""
+    for args in (["--outage-seconds", "5"], ["--outage-mode", "503"]):
+        run = subprocess.run([sys.executable, "-m", "pywats_transport", "emulator", "--port", "0", *args],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2, run.stdout
+        assert f"{args[0]} needs --outage-after SECONDS (when the outage starts)" in run.stderr
+
+
 def _get(url: str) -> httpx.Response:
     return httpx.get(f"{url}/api/App/Version", headers={"Authorization": "Basic T"}, timeout=2)
 

@@ -15,6 +15,13 @@ from ..cli_types import number, port
 def _run(args: argparse.Namespace) -> int:
     from .server import EmulatorServer
 
+    if args.outage_after is None:
+        given = [flag for flag, value in (("--outage-seconds", args.outage_seconds), ("--outage-mode", args.outage_mode))
+                 if value is not None]
+        if given:
+            print(f"pywats-transport emulator: error: {given[0]} needs --outage-after SECONDS (when the outage "
+                  "starts)", file=sys.stderr)
+            return 2
     try:
         emu = EmulatorServer(
             token=args.token, host=args.host, port=args.port, drop_rate=args.drop_rate, latency_ms=args.latency_ms,
@@ -30,7 +37,8 @@ def _run(args: argparse.Namespace) -> int:
     with emu:
         print(f"WATS emulator listening on {emu.url} (Ctrl+C to stop)", flush=True)
         if args.outage_after is not None:
-            timer = threading.Timer(args.outage_after, emu.outage, args=(args.outage_seconds, args.outage_mode))
+            timer = threading.Timer(args.outage_after, emu.outage,
+                                    args=(args.outage_seconds or 5.0, args.outage_mode or "refuse"))
             timer.daemon = True
             timer.start()
         try:
@@ -63,8 +71,8 @@ def register(sub: Any) -> None:
     p.add_argument("--slow-body-ms", type=float, default=0.0, help="trickle each body out over this long")
     p.add_argument("--outage-after", type=number(0), metavar="SECONDS",
                    help="start an outage this long after starting (also: POST /_emulator/outage)")
-    p.add_argument("--outage-seconds", type=number(0, above=True), default=5.0, help="how long the outage lasts")
-    p.add_argument("--outage-mode", choices=["503", "refuse"], default="refuse",
-                   help="503: answer 503; refuse: leave the network (connections refused)")
+    p.add_argument("--outage-seconds", type=number(0, above=True), help="how long the outage lasts (default: 5)")
+    p.add_argument("--outage-mode", choices=["503", "refuse"],
+                   help="503: answer 503; refuse: leave the network, connections refused (the default)")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO (default: warnings only)")
     p.set_defaults(func=_run)
