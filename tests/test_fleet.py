@@ -404,7 +404,15 @@ async def test_a_shared_entry_answers_for_a_failed_origin_in_any_process(mode: s
         assert answer.extensions["caching"]["stale"] is True
     assert other_layer.stats()["stale_served"] == 1
     state["down"] = ""
-    fresh = await other.get(path)  # the origin is back: fetched, not stale
+    # The origin is back, and not known to be yet: answered at once, while a refresh hears it is back ...
+    assert (await other.get(path)).extensions["caching"]["stale"] is True
+    deadline = time.monotonic() + 10
+    while other_layer.stats()["refreshes"] < 1:
+        assert time.monotonic() < deadline, "no refresh"
+        await asyncio.sleep(0.01)
+    # ... and a lookup of an expired entry waits for the origin again, as a station's does when it is up.
+    time.sleep(0.3)
+    fresh = await other.get(path)
     assert fresh.extensions["caching"]["from_cache"] is False and "stale" not in fresh.extensions["caching"]
     await one.close()
     await other.close()

@@ -299,11 +299,17 @@ async def test_rfc_mode_on_redis_answers_a_failed_origin_from_the_stale_entry(mo
         for origin in (configured, own):
             origin.failure = 503
         for caller, path in zip(callers, paths, strict=True):
+            # known to be failing: answered at once, and refreshed behind (the refresh meets the 503 too)
             assert (await caller.get(path)).json() == {"version": 1}
             assert caller.transport.stats()["stale_served"] == 2
+            await wait_for(lambda c=caller: c.transport.stats()["refreshes"] == 1)  # type: ignore[misc]
         for origin in (configured, own):
             origin.failure = None
-        for caller, path in zip(callers, paths, strict=True):  # the origin is back: its answer, not the stale one
+        for caller, path in zip(callers, paths, strict=True):
+            # The origin is back, and not known to be yet: answered at once, while a refresh hears it is back
+            behind = await caller.get(path)
+            assert behind.json() == {"version": 1} and behind.extensions["caching"]["stale"] is True
+            await wait_for(lambda c=caller: c.transport.stats()["refreshes"] == 2)  # type: ignore[misc]
             fresh = await caller.get(path)
             assert fresh.json() == {"version": 2} and not fresh.extensions["caching"].get("stale")
     finally:
@@ -464,3 +470,80 @@ async def test_closing_the_async_layer_cancels_its_refreshes() -> None:
         await asyncio.wait_for(started.wait(), 5)
         assert len(layer._background) == 1
     assert not layer._background  # cancelled and awaited by aclose
+
+
+class Blocking(Origin):
+    """While its gate is closed, a call waits at it (an async client's, without holding its event loop);
+    ``blocked`` counts the calls waiting there now."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocked = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.gate is not None and not self.gate.is_set():
+            with self.lock:
+                self.blocked += 1
+            try:
+                return super().__call__(request)
+            finally:
+                with self.lock:
+                    self.blocked -= 1
+        return super().__call__(request)
+
+    async def answer(self, request: httpx.Request) -> httpx.Response:
+        if self.gate is not None and not self.gate.is_set():
+            self.blocked += 1
+            try:
+                deadline = time.monotonic() + 5  # as long as a sync call waits at the gate
+                while not self.gate.is_set() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+            finally:
+                self.blocked -= 1
+        return super().__call__(request)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("storage", ["memory", "sqlite", "redis"])
+@pytest.mark.parametrize("cache_mode", ["ttl", "rfc"])
+async def test_while_the_origin_fails_a_lookup_is_answered_at_once_and_refreshed_behind(
+        mode: str, storage: str, cache_mode: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Every lookup of an outage waited for the origin to fail again before its stale answer: a timeout
+    and the retries' backoff each time (90 s a lookup when the server's host stopped answering, with the WATS
+    client's 30 s timeout and 3 attempts). Once a fetch of an origin failed and was answered stale, a lookup
+    with an entry in its stale-if-error window is answered from it at once, and refreshed behind; the first
+    answer from the origin ends that."""
+    settings: dict[str, Any] = {"mode": cache_mode, "storage": storage, "stale_if_error": 600}
+    origin = Blocking()
+    if cache_mode == "rfc":
+        origin.headers = {"cache-control": "max-age=1", "date": formatdate(time.time(), usegmt=True)}
+    if storage == "redis":
+        settings.update(redis_url=request.getfixturevalue("redis_url"), ttl=1)
+    else:
+        settings.update(sqlite_path=str(tmp_path / "cache.db"), ttl=1)
+    clock = Clock()
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    layer = cls(httpx.MockTransport(origin if mode == "sync" else origin.answer), clock=clock, **settings)
+    caller = Caller(mode, layer)
+    base = f"/outage/{mode}/{storage}/{cache_mode}/{time.monotonic_ns()}"
+    try:
+        for path in ("/a", "/b"):
+            assert (await caller.get(base + path)).json() == {"version": 1}
+        clock.now += 2
+        await asyncio.sleep(1.2)  # past max-age, and on Redis's clock past the ttl
+        origin.failure = httpx.ConnectError("refused")
+        first = await caller.get(base + "/a")  # finds the origin failing: waited for it, as before
+        assert first.json() == {"version": 1} and first.extensions["caching"]["stale"]
+        origin.gate = threading.Event()  # the origin stops answering at all: a call waits here
+        quick = await caller.get(base + "/b")
+        assert quick.json() == {"version": 1} and quick.extensions["caching"]["stale"]
+        await wait_for(lambda: origin.blocked == 1)  # the refresh; before: 0, the caller itself had waited there
+        origin.failure, origin.version = None, 2
+        origin.gate.set()  # back: the refresh behind the stale answer is the first to hear it
+        await wait_for(lambda: layer.stats()["refreshes"] >= 1)
+        again = await caller.get(base + "/b")
+        assert again.json() == {"version": 2} and not again.extensions["caching"].get("stale")
+        back = await caller.get(base + "/a")  # the origin answers again: a lookup waits for it, as it did
+        assert back.json() == {"version": 2} and not back.extensions["caching"].get("stale")
+    finally:
+        await caller.close()

@@ -100,6 +100,15 @@ def _failed(failure: BaseException | httpx.Response) -> bool:
     return failure.status_code >= 500 if isinstance(failure, httpx.Response) else isinstance(failure, FALLBACK_ERRORS)
 
 
+#: answers that say the origin itself is unavailable, as an error below the cache does
+_ORIGIN_DOWN = frozenset({502, 503, 504})
+
+
+def _origin(request: httpx.Request) -> tuple[str, str, int | None]:
+    url = request.url
+    return url.scheme, url.host, url.port
+
+
 class CacheCore:
     """What the sync and async cache layers share."""
 
@@ -156,6 +165,11 @@ class CacheCore:
         # On hishel's own storage (SQLite), which goes to the origin first for an expired entry, the layer
         # reads the entry first when a stale one may answer while it is refreshed.
         self._own_stale_first = self._own and settings.stale_while_revalidate > 0
+        #: origins whose last fetch failed and was answered from a stale entry (stale-if-error). While one
+        #: fails, a lookup with an entry in its stale-if-error window is answered from it at once and
+        #: refreshed behind, as in a stale-while-revalidate window: a station does not wait out the
+        #: timeouts (and the retries) of every lookup of an outage, and the refreshes find the origin back.
+        self._failing: set[tuple[str, str, int | None]] = set()
         # The near cache: entries in process memory in front of Redis, dropped on any process's invalidation.
         self.near: Any = None
         self._near_sub: NearInvalidation | None = None
@@ -187,8 +201,7 @@ class CacheCore:
         if not plan.revalidate:
             if now < record.fresh_until:
                 return self._served(plan, request, record, False, now), None
-            if (now < record.fresh_until + max(record.stale_while_revalidate, self.settings.stale_while_revalidate)
-                    and self._may_serve_stale(record)):
+            if now < record.fresh_until + self._stale_window(record, request) and self._may_serve_stale(record):
                 self._refresh_later(plan, request, record)
                 return self._served_stale(plan, request, record, now), None
         return None, record
@@ -270,8 +283,7 @@ class CacheCore:
             return None
         now = self._records_now()
         if now >= record.fresh_until:
-            window = max(record.stale_while_revalidate, self.settings.stale_while_revalidate)
-            if now < record.fresh_until + window and self._may_serve_stale(record):
+            if now < record.fresh_until + self._stale_window(record, request) and self._may_serve_stale(record):
                 self._refresh_later(plan, request, record)
                 return self._served_stale(plan, request, record, now)
             return None
@@ -288,7 +300,7 @@ class CacheCore:
         if not _failed(failure) or not self._may_fall_back(record):
             return None
         assert record is not None
-        return self._fallback(plan, request, record, flight)
+        return self._fallback(plan, request, record, flight, failure)
 
     def _stale_wanted(self, record: Record | None, failure: BaseException | httpx.Response) -> bool:
         """hishel went to the origin, which failed; the layer has not read the entry (hishel did, or found
@@ -386,6 +398,30 @@ class CacheCore:
         window = max(stale.stale_if_error, self.settings.stale_if_error)
         return window > 0 and self._records_now() < stale.fresh_until + window
 
+    def _stale_window(self, record: Record, request: httpx.Request) -> float:
+        """How long past its freshness ``record`` answers at once while it is refreshed behind: its
+        stale-while-revalidate window, or its stale-if-error window while the origin is failing."""
+        window = max(record.stale_while_revalidate, self.settings.stale_while_revalidate)
+        if self._failing and _origin(request) in self._failing:
+            window = max(window, record.stale_if_error, self.settings.stale_if_error)
+        return window
+
+    def _fleet_reads_first(self, request: httpx.Request) -> bool:
+        """Whether a lookup on Redis reads the entry before hishel: in ttl mode always; in rfc mode when a
+        stale one may answer at once (a stale-while-revalidate window, or the origin failing)."""
+        return self._fleet_lookup or self._fleet_stale_first or bool(
+            self._shared and self._failing and _origin(request) in self._failing)
+
+    def _own_reads_first(self, request: httpx.Request) -> bool:
+        """Whether a lookup on hishel's own storage (SQLite) reads the entry before hishel, which would go to
+        the origin first for an expired one: when a stale one may answer at once."""
+        return self._own_stale_first or bool(self._own and self._failing and _origin(request) in self._failing)
+
+    def _origin_answered(self, request: httpx.Request, response: httpx.Response) -> None:
+        """The origin answered (not with a 5xx): it is failing no longer."""
+        if self._failing and response.status_code < 500:
+            self._failing.discard(_origin(request))
+
     def _may_serve_stale(self, record: Record) -> bool:
         """Whether an entry past its freshness may answer at all: in rfc mode, not one the server said to
         revalidate first (the ttl mode takes no orders from the server's headers)."""
@@ -400,11 +436,14 @@ class CacheCore:
         """The request below raised: answer from the stale entry when allowed (stale-if-error), else re-raise."""
         self._abandon(plan, token)
         if isinstance(exc, FALLBACK_ERRORS) and stale is not None and self._may_fall_back(stale):
-            return self._fallback(plan, request, stale, flight)
+            return self._fallback(plan, request, stale, flight, exc)
         self._failed(flight)
         raise exc
 
-    def _fallback(self, plan: Plan, request: httpx.Request, stale: Record, flight: Flight | None) -> httpx.Response:
+    def _fallback(self, plan: Plan, request: httpx.Request, stale: Record, flight: Flight | None,
+                  failure: BaseException | httpx.Response) -> httpx.Response:
+        if not isinstance(failure, httpx.Response) or failure.status_code in _ORIGIN_DOWN:
+            self._failing.add(_origin(request))  # (a 500 is one resource's fault, not the origin's)
         self._flights.land(flight)
         return self._served_stale(plan, request, stale, self.policy.clock())
 
@@ -434,6 +473,7 @@ class CacheCore:
     def _refreshed(self, plan: Plan, request: httpx.Request, response: httpx.Response, stale: Record | None,
                    token: object | None) -> None:
         """A background refresh answered (its body read): store it, or keep the stale entry if it failed."""
+        self._origin_answered(request, response)
         if self._shared or self._own:
             pass  # stored by the caller, which awaits the storage where the layer is async (_fleet_put, _own_put)
         elif stale is not None and response.status_code == 304:
@@ -530,6 +570,7 @@ class CacheCore:
 
     def _direct_end(self, plan: Plan, request: httpx.Request, response: httpx.Response,
                     flight: Flight | None, stale: Record | None, token: object | None) -> httpx.Response:
+        self._origin_answered(request, response)
         if stale is not None and response.status_code == 304 and self.policy.rfc:
             self._abandon(plan, token)
             self._apply_not_modified(plan, request, response, stale)
@@ -537,7 +578,7 @@ class CacheCore:
             return self._served(plan, request, stale, True, self.policy.clock())
         if stale is not None and response.status_code >= 500 and self._may_fall_back(stale):
             self._abandon(plan, token)
-            return self._fallback(plan, request, stale, flight)
+            return self._fallback(plan, request, stale, flight, response)
         self._direct_store(plan, request, response, token)
         self._after_lookup(plan, request, response)
         return self._flights.land_when_read(flight, response, self._body_bound)
@@ -568,6 +609,8 @@ class CacheCore:
 
     def _after_lookup(self, plan: Plan, request: httpx.Request, response: httpx.Response) -> None:
         status = response.extensions.get("caching")
+        if self._failing and (not status or not status.get("from_cache") or status.get("revalidated")):
+            self._origin_answered(request, response)  # hishel's answer came from the origin
         result = self.policy.record_lookup(plan, request, status)
         response.extensions["caching"] = {**(status or NOT_CACHED), "lookup": result}
         if self.collector is not None:

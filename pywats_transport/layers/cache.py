@@ -76,7 +76,7 @@ class CacheLayer(CacheCore, Layer):
         record: Record | None = None
         if plan.refresh:
             self._remove_now(plan.key)
-        elif self._fleet_lookup or self._fleet_stale_first:
+        elif self._fleet_reads_first(request):
             try:
                 record = self.storage.find(plan.key, request.method, request.headers, str(request.url))
             except Exception as exc:
@@ -84,7 +84,7 @@ class CacheLayer(CacheCore, Layer):
                 return self._bypassed(self.inner.handle_request(request))
             if (hit := self._fleet_hit(plan, request, self._timed(record), near_token)) is not None:
                 return hit
-        elif self._own_stale_first and not plan.revalidate:
+        elif self._own_reads_first(request) and not plan.revalidate:
             try:
                 entry = self._own_latest(self.storage.get_entries(plan.key), request)
                 record = None if entry is None else self._own_record(entry, b"".join(entry.response.stream))
@@ -298,7 +298,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         record: Record | None = None
         if plan.refresh:
             await self._remove_now(plan.key)
-        elif self._fleet_lookup or self._fleet_stale_first:
+        elif self._fleet_reads_first(request):
             try:
                 record = await self.storage.find(plan.key, request.method, request.headers, str(request.url))
             except Exception as exc:
@@ -306,7 +306,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
                 return self._bypassed(await self.inner.handle_async_request(request))
             if (hit := self._fleet_hit(plan, request, self._timed(record), near_token)) is not None:
                 return hit
-        elif self._own_stale_first and not plan.revalidate:
+        elif self._own_reads_first(request) and not plan.revalidate:
             try:
                 entry = self._own_latest(await self.storage.get_entries(plan.key), request)
                 record = None if entry is None else self._own_record(
