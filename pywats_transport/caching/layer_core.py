@@ -102,6 +102,8 @@ def _failed(failure: BaseException | httpx.Response) -> bool:
 
 #: answers that say the origin itself is unavailable, as an error below the cache does
 _ORIGIN_DOWN = frozenset({502, 503, 504})
+#: failing origins remembered at once
+MAX_FAILING = 1024
 
 
 def _origin(request: httpx.Request) -> tuple[str, str, int | None]:
@@ -443,6 +445,8 @@ class CacheCore:
     def _fallback(self, plan: Plan, request: httpx.Request, stale: Record, flight: Flight | None,
                   failure: BaseException | httpx.Response) -> httpx.Response:
         if not isinstance(failure, httpx.Response) or failure.status_code in _ORIGIN_DOWN:
+            if len(self._failing) >= MAX_FAILING:  # a client of ever new hosts: forgetting costs one wait each
+                self._failing.clear()
             self._failing.add(_origin(request))  # (a 500 is one resource's fault, not the origin's)
         self._flights.land(flight)
         return self._served_stale(plan, request, stale, self.policy.clock())
