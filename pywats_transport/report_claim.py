@@ -57,7 +57,7 @@ class Claim:
         """Hold the file open as ``fd`` too: its replacement, written before it takes the report's name.
 
         The replaced file stays locked until :meth:`release`: a sender that opened it before the
-        replacement and waits for its lock finds, once it has it, that the name is another file's.
+        replacement and takes its lock after that finds the name another file's, and passes it by.
         """
         if fcntl is None:
             return
