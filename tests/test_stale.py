@@ -547,3 +547,27 @@ async def test_while_the_origin_fails_a_lookup_is_answered_at_once_and_refreshed
         assert back.json() == {"version": 2} and not back.extensions["caching"].get("stale")
     finally:
         await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("heard", ["bypass", "write"])
+async def test_any_answer_from_the_origin_ends_its_failing(mode: str, heard: str) -> None:
+    """A request past the cache (the client service's ping) or a write that the origin answered tells
+    that it is back, as a lookup's answer does: the next expired lookup waits for the origin again."""
+    clock, origin = Clock(), Origin()
+    caller, layer = make(mode, origin, clock, ttl=60, stale_if_error=600)
+    try:
+        for path in ("/a", "/b"):
+            await caller.get(path)
+        clock.now += 61
+        origin.failure = httpx.ConnectError("refused")
+        assert (await caller.get("/a")).extensions["caching"]["stale"]
+        origin.failure, origin.version = None, 2
+        if heard == "bypass":
+            await caller.get("/ping", extensions={"cache": {"bypass": True}})
+        else:
+            await caller.request("POST", "/reports", json={})
+        answer = await caller.get("/b")  # before: answered stale, the origin taken for failing still
+        assert answer.json() == {"version": 2} and not answer.extensions["caching"].get("stale")
+    finally:
+        await caller.close()

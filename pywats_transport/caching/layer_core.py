@@ -629,6 +629,7 @@ class CacheCore:
     def _written(self, request: httpx.Request, response: httpx.Response) -> httpx.Response:
         """A write went through: drop what it invalidates, and the stores of answers fetched meanwhile, and
         say so on the response."""
+        self._origin_answered(request, response)
         n = self._drop_written(request, response)
         response.extensions["caching"] = {**NOT_CACHED, "lookup": "write", "invalidated": n}
         return response
@@ -645,7 +646,8 @@ class CacheCore:
         if self.collector is not None:
             self.collector.add_cache_lookup("miss")
 
-    def _bypassed(self, response: httpx.Response) -> httpx.Response:
+    def _bypassed(self, response: httpx.Response, request: httpx.Request) -> httpx.Response:
+        self._origin_answered(request, response)
         self.policy.stats.bypasses += 1
         response.extensions["caching"] = {**NOT_CACHED, "lookup": "bypass"}
         if self.collector is not None:

@@ -44,7 +44,7 @@ class CacheLayer(CacheCore, Layer):
             raise RuntimeError(CLOSED_MESSAGE)
         plan = self.policy.plan(request)
         if plan.action == "bypass":
-            return self._bypassed(self.inner.handle_request(request))
+            return self._bypassed(self.inner.handle_request(request), request)
         if plan.action == "write":
             try:
                 response = self.inner.handle_request(request)
@@ -81,7 +81,7 @@ class CacheLayer(CacheCore, Layer):
                 record = self.storage.find(plan.key, request.method, request.headers, str(request.url))
             except Exception as exc:
                 self._storage_failed(exc)
-                return self._bypassed(self.inner.handle_request(request))
+                return self._bypassed(self.inner.handle_request(request), request)
             if (hit := self._fleet_hit(plan, request, self._timed(record), near_token)) is not None:
                 return hit
         elif self._own_reads_first(request) and not plan.revalidate:
@@ -90,7 +90,7 @@ class CacheLayer(CacheCore, Layer):
                 record = None if entry is None else self._own_record(entry, b"".join(entry.response.stream))
             except Exception as exc:
                 self._storage_failed(exc)
-                return self._bypassed(self.inner.handle_request(request))
+                return self._bypassed(self.inner.handle_request(request), request)
             if (hit := self._fleet_hit(plan, request, record, None)) is not None:
                 return hit
         self._prepare(request, plan)
@@ -115,7 +115,7 @@ class CacheLayer(CacheCore, Layer):
         except Exception as exc:  # the storage failed: the request still gets its answer
             self._flights.land(flight, settled=True)  # one at a time would not mend the storage
             self._storage_failed(exc)
-            return self._bypassed(self.inner.handle_request(request))
+            return self._bypassed(self.inner.handle_request(request), request)
         except BaseException:  # interrupted (Ctrl-C): the others fetch at once, not after the lock's expiry
             if self._shared:
                 self.storage.release(plan.key)
@@ -262,7 +262,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
             raise RuntimeError(CLOSED_MESSAGE)
         plan = self.policy.plan(request)
         if plan.action == "bypass":
-            return self._bypassed(await self.inner.handle_async_request(request))
+            return self._bypassed(await self.inner.handle_async_request(request), request)
         if plan.action == "write":
             try:
                 response = await self.inner.handle_async_request(request)
@@ -303,7 +303,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
                 record = await self.storage.find(plan.key, request.method, request.headers, str(request.url))
             except Exception as exc:
                 self._storage_failed(exc)
-                return self._bypassed(await self.inner.handle_async_request(request))
+                return self._bypassed(await self.inner.handle_async_request(request), request)
             if (hit := self._fleet_hit(plan, request, self._timed(record), near_token)) is not None:
                 return hit
         elif self._own_reads_first(request) and not plan.revalidate:
@@ -313,7 +313,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
                     entry, b"".join([chunk async for chunk in entry.response.stream]))
             except Exception as exc:
                 self._storage_failed(exc)
-                return self._bypassed(await self.inner.handle_async_request(request))
+                return self._bypassed(await self.inner.handle_async_request(request), request)
             if (hit := self._fleet_hit(plan, request, record, None)) is not None:
                 return hit
         self._prepare(request, plan)
@@ -338,7 +338,7 @@ class AsyncCacheLayer(CacheCore, AsyncLayer):
         except Exception as exc:  # as the sync layer's
             self._flights.land(flight, settled=True)
             self._storage_failed(exc)
-            return self._bypassed(await self.inner.handle_async_request(request))
+            return self._bypassed(await self.inner.handle_async_request(request), request)
         except BaseException:
             # Cancelled (a timeout around the call): the others, here and in the fleet, fetch at once
             # instead of waiting out the lock. Shielded, so the cancellation does not cut the release short.
