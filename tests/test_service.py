@@ -409,6 +409,22 @@ def test_config_init_writes_a_loadable_example(tmp_path: Path) -> None:
     assert again.returncode == 2 and "exists" in again.stderr
 
 
+def test_config_init_makes_the_folder_and_says_in_one_line_what_it_cannot_write(tmp_path: Path) -> None:
+    """``config init C:\\pywats\\client.json`` on a fresh station, the folder not made yet, ended in a traceback."""
+    target = tmp_path / "pywats" / "station-1" / "client.json"
+    run = subprocess.run([sys.executable, "-m", "pywats_transport", "config", "init", str(target)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert ClientConfig.load(target).queue_dir == str(target.parent / "pywats_queue")
+    (tmp_path / "a-folder.json").mkdir()
+    for bad in (tmp_path / "a-folder.json", tmp_path / "a-file" / "client.json"):
+        (tmp_path / "a-file").write_text("")
+        run = subprocess.run([sys.executable, "-m", "pywats_transport", "config", "init", "--force", str(bad)],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1 and f"cannot write {bad}" in run.stderr
+
+
 @pytest.mark.parametrize("given", ["queue", None], ids=["given", "default"])
 def test_a_relative_queue_dir_in_a_file_is_the_files_neighbour(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                given: str | None) -> None:

@@ -247,7 +247,11 @@ def write_example(path: Path, *, force: bool = False) -> None:
     """The commented example, readable by its owner only: the token goes into it."""
     if path.exists() and not force:
         raise ConfigError(f"{path} exists; pass --force to overwrite it")
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as out:
-        out.write(json.dumps(EXAMPLE, indent=2) + "\n")
-    if os.name == "posix":
-        path.chmod(0o600)  # a file --force overwrote keeps its mode otherwise
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # a fresh station's folder, not made yet
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as out:
+            out.write(json.dumps(EXAMPLE, indent=2) + "\n")
+        if os.name == "posix":
+            path.chmod(0o600)  # a file --force overwrote keeps its mode otherwise
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
