@@ -167,7 +167,11 @@ def write_plugin(name: str, output: str | Path = ".") -> Path:
         root / package / "plugin.py": PLUGIN,
         root / "tests" / f"test_{name}.py": TEST,
     }
-    for path, template in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(template.format(**values), encoding="utf-8")
+    try:
+        for path, template in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(template.format(**values), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the plugin under --output {str(output)!r}: {exc.strerror or exc}"
+                          + (f" ({exc.filename})" if exc.filename else "")) from None
     return root

@@ -124,6 +124,11 @@ def test_plugins_new_writes_a_distribution_that_installs_lists_and_passes_its_te
     again = subprocess.run([sys.executable, "-m", "pywats_transport", "plugins", "new", "station_tag", "-o",
                             str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr
+    (tmp_path / "a-file").write_text("")
+    blocked = subprocess.run([sys.executable, "-m", "pywats_transport", "plugins", "new", "other", "-o",
+                              str(tmp_path / "a-file")], capture_output=True, text=True, timeout=60)
+    # before: a NotADirectoryError traceback
+    assert blocked.returncode == 2 and "Traceback" not in blocked.stderr and "cannot write the plugin" in blocked.stderr
     bad = subprocess.run([sys.executable, "-m", "pywats_transport", "plugins", "new", "Bad-Name"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "lower-case Python identifier" in bad.stderr
