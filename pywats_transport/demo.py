@@ -147,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(_demo(args))
 
 
+#: station processes ``demo --fleet`` starts at most
+MAX_FLEET = 64
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the station workload against the embedded emulator, cached and uncached")
     p.add_argument("--stations", type=whole(1), default=3, help="test stations running at once (default: 3)")
@@ -155,9 +159,10 @@ def register(sub: Any) -> None:
     p.add_argument("--fail-rate", type=number(0, 1), default=0.03,
                    help="share of requests the emulator answers 503/429 with Retry-After (default: 0.03)")
     p.add_argument("--seed", type=int, default=1, help="seed of the injected failures: the same seed, the same run")
-    p.add_argument("--fleet", type=whole(1), metavar="N", default=None,
-                   help="N station processes sharing a local redis-server (cache, invalidation, rate), against "
-                        "the same N without it")
+    # Each station is a process of its own, on this one machine: a bound that a typo (1000) does not pass.
+    p.add_argument("--fleet", type=whole(1, MAX_FLEET), metavar="N", default=None,
+                   help=f"N station processes (at most {MAX_FLEET}) sharing a local redis-server (cache, "
+                        "invalidation, rate), against the same N without it")
     p.add_argument("--outage-seconds", type=number(0), default=2.0,
                    help="the outage run's WATS outage (0: no outage run)")
     p.add_argument("--test-ms", type=number(0), default=100.0, help="outage run: how long each test operation takes")

@@ -50,9 +50,11 @@ def test_fleet_demo_says_how_to_get_redis_when_missing(tmp_path) -> None:  # typ
 @pytest.mark.parametrize(("argv", "message"), [
     (["demo", "--stations", "0"], "argument --stations: must be a whole number >= 1, got '0'"),
     (["demo", "--units", "-1"], "argument --units: must be a whole number >= 1, got '-1'"),
-    (["demo", "--fleet", "0"], "argument --fleet: must be a whole number >= 1, got '0'"),
-    (["demo", "--fleet", "-1"], "argument --fleet: must be a whole number >= 1, got '-1'"),
-    (["demo", "--fleet", "two"], "argument --fleet: must be a whole number >= 1, got 'two'"),
+    (["demo", "--fleet", "0"], "argument --fleet: must be a whole number within 1..64, got '0'"),
+    (["demo", "--fleet", "-1"], "argument --fleet: must be a whole number within 1..64, got '-1'"),
+    (["demo", "--fleet", "two"], "argument --fleet: must be a whole number within 1..64, got 'two'"),
+    # before: a thousand station processes started on this one machine
+    (["demo", "--fleet", "1000"], "argument --fleet: must be a whole number within 1..64, got '1000'"),
     (["demo", "--fail-rate", "2"], "argument --fail-rate: must be a number within 0..1, got '2'"),
     (["demo", "--latency-ms", "-5"], "argument --latency-ms: must be a number >= 0, got '-5'"),
     (["demo", "--test-ms", "nan"], "argument --test-ms: must be a number >= 0, got 'nan'"),
