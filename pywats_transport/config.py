@@ -346,8 +346,11 @@ class TransportConfig(BaseModel):
             data, given_flags = _split_paths(data, {path for path, where in inherited.items() if where == "flags"})
         elif isinstance(config, (str, os.PathLike)):
             data, source, inherited = read_json_file(config), f"file {config}", {}
-        else:
+        elif config is None or isinstance(config, Mapping):
             data, source, inherited = dict(config or {}), "config" if config else "", {}
+        else:
+            raise TypeError(f"config must be a TransportConfig, a dict or the path of a JSON file, "
+                            f"got {type(config).__name__}")
         env, env_names = env_overrides_named(ENV_PREFIX, os.environ if environ is None else environ)
         flag_data = flags_to_dict(flags)
         chosen = flag_data.get("profile") or env.get("profile") or data.get("profile") or profile or "generic"

@@ -166,7 +166,10 @@ class ReportQueue:
 
     def __init__(self, root: str | os.PathLike[str], submit: Submit, *, backoff_base: float = 0.5,
                  backoff_max: float = 60.0, write_grace: float = 5.0, keep_done: float | None = KEEP_DONE,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, named: str = "queue_dir") -> None:
+        #: what the caller calls the folder, in the errors about it (the service's ``queue_dir``, the
+        #: WATS clients' ``outbox``)
+        self.named = named
         self.root = Path(root)
         self.dirs = {"pending": self.root, **{s: self.root / s for s in STATES[1:]}}
         self._prepare_folders()
@@ -202,9 +205,9 @@ class ReportQueue:
     def _prepare_folders(self) -> None:
         root = self.root
         if root.exists() and not root.is_dir():
-            raise QueueFolderError(f"queue_dir {str(root)!r} is a file, not a folder")
+            raise QueueFolderError(f"{self.named} {str(root)!r} is a file, not a folder")
         if not root.parent.is_dir():
-            raise QueueFolderError(f"queue_dir {str(root)!r}: the folder above it, {str(root.parent)!r}, does not exist")
+            raise QueueFolderError(f"{self.named} {str(root)!r}: the folder above it, {str(root.parent)!r}, does not exist")
         try:
             for d in self.dirs.values():
                 d.mkdir(exist_ok=True)
@@ -212,7 +215,7 @@ class ReportQueue:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise QueueFolderError(f"queue_dir {str(root)!r} is not writable: {exc.strerror or exc}") from None
+            raise QueueFolderError(f"{self.named} {str(root)!r} is not writable: {exc.strerror or exc}") from None
 
     # -- inspection -------------------------------------------------------------------
 

@@ -186,3 +186,10 @@ def test_a_near_cache_without_redis_is_refused_naming_the_storage(storage: str) 
     with pytest.raises(ConfigError, match=f"cache.near_cache .*it needs storage 'redis', and storage is '{storage}'"):
         TransportConfig.load({"cache": {"near_cache": True, "storage": storage}})
     assert TransportConfig.load({"cache": {"near_cache": True, "storage": "redis"}}).cache.near_cache
+
+
+@pytest.mark.parametrize("config", [5, 2.5, ["cache"]])
+def test_a_config_of_no_accepted_form_says_which_it_takes(config: object) -> None:
+    """``build_transport(5)`` said "'int' object is not iterable"."""
+    with pytest.raises(TypeError, match=r"config must be a TransportConfig, a dict or the path of a JSON file, got "):
+        build_transport(config)  # type: ignore[arg-type]

@@ -255,3 +255,10 @@ def test_two_writers_of_one_report_file_do_not_trip_over_each_other(tmp_path: Pa
         t.join()
     assert failures == [] and target.read_bytes() == b'{"id": "x"}'
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind
+
+
+def test_an_outbox_that_cannot_be_a_folder_is_named_as_the_caller_named_it(tmp_path: Path) -> None:
+    """It said "queue_dir '...' is a file", the client service's word, to a caller who gave ``outbox=``."""
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(Exception, match=r"^outbox '.*a-file' is a file, not a folder$"):
+        WATS("http://127.0.0.1:9", TOKEN, outbox=tmp_path / "a-file")

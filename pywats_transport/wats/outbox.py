@@ -64,7 +64,7 @@ class AsyncOutbox:
 
     def __init__(self, folder: str | os.PathLike[str], submit: Callable[[dict[str, Any]], Awaitable[Any]], *,
                  poll_interval: float = 0.5, backoff_max: float = 2.0) -> None:
-        self.queue = ReportQueue(folder, submit, backoff_max=backoff_max)
+        self.queue = ReportQueue(folder, submit, backoff_max=backoff_max, named="outbox")
         self.poll_interval = poll_interval
         self._stopping: asyncio.Event | None = None
         self._sender: asyncio.Task[None] | None = None
