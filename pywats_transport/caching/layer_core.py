@@ -404,20 +404,23 @@ class CacheCore:
         """How long past its freshness ``record`` answers at once while it is refreshed behind: its
         stale-while-revalidate window, or its stale-if-error window while the origin is failing."""
         window = max(record.stale_while_revalidate, self.settings.stale_while_revalidate)
-        if self._failing and _origin(request) in self._failing:
+        if self._origin_failing(request):
             window = max(window, record.stale_if_error, self.settings.stale_if_error)
         return window
 
     def _fleet_reads_first(self, request: httpx.Request) -> bool:
         """Whether a lookup on Redis reads the entry before hishel: in ttl mode always; in rfc mode when a
         stale one may answer at once (a stale-while-revalidate window, or the origin failing)."""
-        return self._fleet_lookup or self._fleet_stale_first or bool(
-            self._shared and self._failing and _origin(request) in self._failing)
+        return self._fleet_lookup or self._fleet_stale_first or (self._shared and self._origin_failing(request))
 
     def _own_reads_first(self, request: httpx.Request) -> bool:
         """Whether a lookup on hishel's own storage (SQLite) reads the entry before hishel, which would go to
         the origin first for an expired one: when a stale one may answer at once."""
-        return self._own_stale_first or bool(self._own and self._failing and _origin(request) in self._failing)
+        return self._own_stale_first or (self._own and self._origin_failing(request))
+
+    def _origin_failing(self, request: httpx.Request) -> bool:
+        """Whether ``request``'s origin failed last (nothing to look up while no origin does)."""
+        return bool(self._failing) and _origin(request) in self._failing
 
     def _origin_answered(self, request: httpx.Request, response: httpx.Response) -> None:
         """The origin answered (not with a 5xx): it is failing no longer."""
