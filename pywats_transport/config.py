@@ -72,7 +72,9 @@ class CacheSettings(Section):
         "`ttl` seconds whatever the server's freshness headers say (variants by `Vary` are still kept apart).",
     )
     storage: Literal["memory", "sqlite", "redis"] = Field("memory", description="Where entries live.")
-    sqlite_path: str = Field("pywats_transport_cache.db", description="Database file for `storage: sqlite` (a bare name goes under .cache/hishel/).")
+    sqlite_path: str = Field("pywats_transport_cache.db", description="Database file for `storage: sqlite` (a bare "
+                             "name goes under .cache/hishel/; `~` is the user's home; relative to the current folder, "
+                             "or in the client service's client.json to the file's folder).")
     redis_url: RedisURL = Field("redis://127.0.0.1:6379/0", description="Server for `storage: redis` when set here; "
                            "else `redis.url` (the forms are listed there).")
     redis_timeout: float = Field(0.25, gt=0, description="Longest a request waits on Redis (seconds) before it "
@@ -109,6 +111,13 @@ class CacheSettings(Section):
         0.0, ge=0, description="Seconds past freshness an entry is served at once while one background request "
         "per key refreshes it (RFC 5861).",
     )
+
+    @field_validator("sqlite_path")
+    @classmethod
+    def _database_file(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a database file, as in 'pywats_transport_cache.db'")
+        return os.path.expanduser(value)  # else a folder named "~" is made in the current one
 
     @field_validator("near_cache")
     @classmethod

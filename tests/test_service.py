@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pywats_transport import ConfigError
+from pywats_transport import ConfigError, TransportConfig
 from pywats_transport.emulator import EmulatorServer
 from pywats_transport.service import AsyncClientService, ClientConfig
 
@@ -443,6 +443,58 @@ def test_a_relative_queue_dir_in_a_file_is_the_files_neighbour(tmp_path: Path, m
     assert ClientConfig.load(path, queue_dir="q3").queue_dir == "q3"
     home = ClientConfig.load(path, environ={"PYWATS_CLIENT_QUEUE_DIR": "~/q4"})
     assert home.queue_dir == str(Path("~/q4").expanduser())
+
+
+@pytest.mark.parametrize(("given", "where"), [
+    ("cache.db", ".cache/hishel/cache.db"),  # a bare name, where hishel puts one: under .cache/hishel/
+    ("data/cache.db", "data/cache.db"),
+    (None, ".cache/hishel/pywats_transport_cache.db"),
+], ids=["bare", "folder", "default"])
+def test_a_relative_sqlite_path_in_a_file_is_the_files_neighbour(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 given: str | None, where: str) -> None:
+    """The SQLite cache of a service started elsewhere (by systemd, in /) went under that folder, while its
+    queue was beside the file: an outage's stale answers were kept, or refused (not writable), elsewhere."""
+    folder = tmp_path / "station"
+    folder.mkdir()
+    path = folder / "client.json"
+    cache: dict[str, Any] = {"storage": "sqlite"} if given is None else {"storage": "sqlite", "sqlite_path": given}
+    path.write_text(json.dumps({"service_address": "http://127.0.0.1:9", "api_token": TOKEN,
+                                "health_port": 0, "metrics_port": None, "transport": {"cache": cache}}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    service = AsyncClientService(ClientConfig.load(path))
+
+    async def built() -> None:
+        await service.start()
+        await service.stop()
+
+    asyncio.run(built())
+    assert (folder / where).is_file()
+    assert list(elsewhere.rglob("*")) == []
+    # From the environment it is the current folder's, as any path given there.
+    loaded = ClientConfig.load(path, environ={"PYWATS_CLIENT_TRANSPORT": json.dumps({"cache": cache})})
+    assert loaded.transport["cache"].get("sqlite_path") == given
+    # SQLite named by the environment, the file's path (or the default) is still the file's neighbour.
+    path.write_text(json.dumps({"service_address": "http://127.0.0.1:9", "api_token": TOKEN,
+                                "transport": {"cache": {k: v for k, v in cache.items() if k != "storage"}}}))
+    loaded = ClientConfig.load(path, environ={"PYWATS_TRANSPORT_CACHE__STORAGE": "sqlite"})
+    assert loaded.transport["cache"]["sqlite_path"] == str(folder / where)
+    # Another storage: the section stays as given.
+    path.write_text(json.dumps({"service_address": "http://127.0.0.1:9", "api_token": TOKEN}))
+    assert ClientConfig.load(path).transport == {}
+
+
+@pytest.mark.parametrize(("given", "expected"), [("~/cache.db", str(Path("~/cache.db").expanduser())),
+                                                 ("cache.db", "cache.db")])
+def test_sqlite_path_expands_home(given: str, expected: str) -> None:
+    # "~/cache.db" made a folder named "~" in the current one.
+    assert TransportConfig.load({"cache": {"sqlite_path": given}}, environ={}).cache.sqlite_path == expected
+
+
+def test_an_empty_sqlite_path_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"cache\.sqlite_path.*must name a database file"):
+        TransportConfig.load({"cache": {"sqlite_path": " "}}, environ={})
 
 
 # -- a real service process, killed with SIGKILL while sending ------------------------------------

@@ -13,7 +13,14 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 
-from ..config import FLAG_ALIASES, TransportConfig, describe_validation_error, read_json_file
+from ..config import (
+    FLAG_ALIASES,
+    CacheSettings,
+    TransportConfig,
+    deep_merge,
+    describe_validation_error,
+    read_json_file,
+)
 from ..errors import ConfigError
 from ..wats.client import api_suffix_problem
 
@@ -132,11 +139,15 @@ class ClientConfig(BaseModel):
                 except ValueError:
                     data[name] = raw
         token_file = path is not None and "api_token" in data and "api_token" not in overrides
-        if path is not None and "queue_dir" not in from_env and "queue_dir" not in overrides:
-            # The file's neighbour, wherever the service was started from (systemd, a shortcut, a task).
-            queue = data.get("queue_dir", cls.model_fields["queue_dir"].default)
-            if isinstance(queue, str) and queue.strip() and not os.path.isabs(os.path.expanduser(queue)):
-                data["queue_dir"] = str(Path(path).absolute().parent / queue)
+        if path is not None:
+            # The file's neighbours, wherever the service was started from (systemd, a shortcut, a task).
+            folder = Path(path).absolute().parent
+            if "queue_dir" not in from_env and "queue_dir" not in overrides:
+                queue = data.get("queue_dir", cls.model_fields["queue_dir"].default)
+                if isinstance(queue, str) and queue.strip() and not os.path.isabs(os.path.expanduser(queue)):
+                    data["queue_dir"] = str(folder / queue)
+            if "transport" not in from_env and "transport" not in overrides:
+                _database_beside(data, folder, env)
         data.update(overrides)
         try:
             loaded = cls.model_validate(data)
@@ -172,6 +183,27 @@ class ClientConfig(BaseModel):
         if "plugins" in given:
             flags["plugins"] = tuple(self.plugins)
         return flags
+
+
+def _database_beside(data: dict[str, Any], folder: Path, env: Mapping[str, str]) -> None:
+    """The SQLite cache file of a relative ``transport.cache.sqlite_path`` found from ``folder`` as hishel
+    finds it from the current one (a bare name under ``.cache/hishel/``); the default too, when SQLite is
+    the storage. Otherwise the section stays as given."""
+    transport = data.get("transport", {})
+    if not isinstance(transport, dict) or not isinstance(transport.get("cache", {}), dict):
+        return  # not the shape asked for: validation names it
+    cache = transport.get("cache", {})
+    if "sqlite_path" in cache:
+        given = cache["sqlite_path"]
+    elif "sqlite" in (cache.get("storage"), env.get("PYWATS_TRANSPORT_CACHE__STORAGE")):
+        given = CacheSettings.model_fields["sqlite_path"].default
+    else:
+        return
+    if not isinstance(given, str) or not given.strip() or os.path.isabs(os.path.expanduser(given)):
+        return
+    where = Path(given)
+    where = folder / (where if where.parent != Path(".") else Path(".cache/hishel") / where)
+    data["transport"] = deep_merge(transport, {"cache": {"sqlite_path": str(where)}})
 
 
 #: the service's own keys that are WATS client flags (named alike, but for the TTL's unit), by flag
