@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import socket
@@ -262,3 +263,66 @@ def test_an_outbox_that_cannot_be_a_folder_is_named_as_the_caller_named_it(tmp_p
     (tmp_path / "a-file").write_text("")
     with pytest.raises(Exception, match=r"^outbox '.*a-file' is a file, not a folder$"):
         WATS("http://127.0.0.1:9", TOKEN, outbox=tmp_path / "a-file")
+
+
+class HungServer:
+    """A host that takes connections and never answers (a hung WATS, a half-open path): no error comes
+    before the client's timeout."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def __enter__(self) -> HungServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+@pytest.mark.anyio
+async def test_a_hand_over_to_a_server_that_does_not_answer_waits_at_most_wait(tmp_path: Path) -> None:
+    """A station handing a report to a WATS that neither answered nor refused waited for the client's
+    timeout and retries (3 x 30 s) on every report."""
+    with HungServer() as server:
+        async with AsyncWATS(server.url, "t", outbox=tmp_path / "o") as api:
+            assert api.outbox.wait == 10.0
+            api.outbox.wait = 0.3
+            started = time.monotonic()
+            first = await asyncio.wait_for(api.outbox.submit(report("SN-1")), 20)
+            assert first.status == "queued" and "not answered" in (first.reason or "")
+            assert 0.3 <= time.monotonic() - started < 5
+            # Its send goes on behind: the next hand-overs do not wait again.
+            started = time.monotonic()
+            more = [await api.outbox.submit(report(f"SN-{i}"), wait=30) for i in range(2, 5)]
+            assert [m.status for m in more] == ["queued"] * 3 and time.monotonic() - started < 1
+            assert api.outbox.pending() == 4
+        # Closed with its send unanswered: the report stays for the next run.
+        names = {p.stem for p in (tmp_path / "o").rglob("*.json") if p.parent.name in ("o", "sending")}
+        assert names == {first.id, *(m.id for m in more)}
+
+
+def test_a_sync_hand_over_waits_at_most_wait(tmp_path: Path) -> None:
+    with HungServer() as server, WATS(server.url, "t", outbox=tmp_path / "o") as api:
+        started = time.monotonic()
+        assert api.outbox.submit(report("SN-1"), wait=0.3).status == "queued"
+        assert time.monotonic() - started < 5
+        with pytest.raises(ValueError, match=r"wait must be seconds >= 0 .*got -1"):
+            api.outbox.wait = -1
+        with pytest.raises(ValueError, match=r"wait must be seconds >= 0"):
+            api.outbox.submit(report("SN-2"), wait=float("nan"))
+
+
+@pytest.mark.anyio
+async def test_a_slow_answer_past_wait_is_still_confirmed_once(tmp_path: Path) -> None:
+    """Past its wait a report is queued, not given up: its send is confirmed when the server answers, the
+    hand-overs meanwhile are queued at once, and once the server has answered they are sent again."""
+    with EmulatorServer(token=TOKEN, latency_ms=1500) as emu:
+        async with AsyncWATS(emu.url, TOKEN, outbox=tmp_path / "o", **FAST) as api:
+            slow = await api.outbox.submit(report("SN-1"), wait=0.2)
+            meanwhile = await api.outbox.submit(report("SN-2"), wait=0.2)
+            assert (slow.status, meanwhile.status) == ("queued", "queued")
+            assert await api.outbox.drain(timeout=20)
+            assert (await api.outbox.submit(report("SN-3"), wait=math.inf)).status == "sent"
+        assert len(stored_ids(emu)) == 3 and {slow.id, meanwhile.id} < set(stored_ids(emu))
+        assert emu.state.report_posts == 3  # none sent twice

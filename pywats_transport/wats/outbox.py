@@ -10,12 +10,14 @@ same folder. Exactly once by report id: the id is fixed before the first send, a
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
@@ -50,9 +52,22 @@ def _as_dict(report: Any) -> dict[str, Any]:
     raise TypeError(f"report must be a UUTReport or a dict, got {type(report).__name__}")
 
 
+_NO_ANSWER = "WATS has not answered yet; the report is kept and its send goes on"
+
+
 def closed_error(folder: str | os.PathLike[str]) -> RuntimeError:
     return RuntimeError(f"the outbox is closed (its client was closed); what it holds stays in {str(folder)!r} "
                         "for the next client that opens that folder")
+
+
+#: seconds a hand-over waits for the server's answer before it says ``queued`` (its send goes on)
+WAIT = 10.0
+
+
+def _checked_wait(wait: float) -> float:
+    if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait >= 0:  # NaN is not
+        return float(wait)
+    raise ValueError(f"wait must be seconds >= 0 (math.inf: however long the server takes), got {wait!r}")
 
 
 class AsyncOutbox:
@@ -60,14 +75,19 @@ class AsyncOutbox:
 
     While the server is down the sender tries again at most every ``backoff_max`` seconds (a station
     wants its reports out soon after WATS is back; a fleet of stations asking every 2 s is still light).
+    A hand-over waits at most :attr:`wait` seconds for the server: a server that neither answers nor
+    refuses would otherwise hold the station for the client's timeout, each retry's.
     """
 
     def __init__(self, folder: str | os.PathLike[str], submit: Callable[[dict[str, Any]], Awaitable[Any]], *,
-                 poll_interval: float = 0.5, backoff_max: float = 2.0) -> None:
+                 poll_interval: float = 0.5, backoff_max: float = 2.0, wait: float = WAIT) -> None:
         self.queue = ReportQueue(folder, submit, backoff_max=backoff_max, named="outbox")
         self.poll_interval = poll_interval
+        self._wait = _checked_wait(wait)
         self._stopping: asyncio.Event | None = None
         self._sender: asyncio.Task[None] | None = None
+        #: hand-overs' sends the server has not answered within their wait, going on behind
+        self._unanswered: set[asyncio.Task[str]] = set()
         self._closed = False
 
     def _ensure_sender(self) -> None:
@@ -82,13 +102,35 @@ class AsyncOutbox:
         """Start the background sender (reports left by an earlier process go out too)."""
         self._ensure_sender()
 
-    async def submit(self, report: Any) -> Submitted:
+    @property
+    def wait(self) -> float:
+        """The longest a hand-over waits for the server's answer, in seconds (10; ``math.inf``: however long
+        the client's timeout and retries take). Past it the report is ``queued`` and its send goes on
+        behind; further hand-overs are queued at once until the server answers."""
+        return self._wait
+
+    @wait.setter
+    def wait(self, value: float) -> None:
+        self._wait = _checked_wait(value)
+
+    async def submit(self, report: Any, *, wait: float | None = None) -> Submitted:
+        """Write ``report`` to the folder, then send it at once unless the server is known down; ``wait``
+        (default :attr:`wait`) bounds how long this hand-over waits for the server's answer."""
+        limit = self._wait if wait is None else _checked_wait(wait)
         if self._closed:
             raise closed_error(self.queue.root)
         path = await self.queue.aput(_as_dict(report))
         report_id = path.stem
         self._ensure_sender()
-        outcome = await self.queue.send_now(path)
+        if self._unanswered:
+            return Submitted(report_id, "queued", reason=_NO_ANSWER)
+        send = asyncio.ensure_future(self.queue.send_now(path))
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(send), None if math.isinf(limit) else limit)
+        except asyncio.TimeoutError:
+            self._unanswered.add(send)
+            send.add_done_callback(self._unanswered.discard)
+            return Submitted(report_id, "queued", reason=_NO_ANSWER)
         if outcome == ALREADY:
             return Submitted(report_id, "sent", duplicate=True)  # this id was confirmed before: not sent again
         if outcome == CONFIRMED:
@@ -117,12 +159,16 @@ class AsyncOutbox:
     async def aclose(self) -> None:
         """Stop the sender; what is still queued stays on disk for the next run."""
         self._closed = True
+        unanswered = list(self._unanswered)  # a report whose send is stopped stays in sending/ for the next run
+        for send in unanswered:
+            send.cancel()
         if self._sender is not None:
             assert self._stopping is not None
             self._stopping.set()
             self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
             self._sender = None
+        await asyncio.gather(*unanswered, return_exceptions=True)
 
 
 class Outbox:
@@ -154,8 +200,18 @@ class Outbox:
     def queue(self) -> ReportQueue:
         return self._async.queue
 
-    def submit(self, report: Any) -> Submitted:
-        return self._call(self._async.submit, report)
+    @property
+    def wait(self) -> float:
+        """The longest a hand-over waits for the server's answer (as :attr:`AsyncOutbox.wait`)."""
+        return self._async.wait
+
+    @wait.setter
+    def wait(self, value: float) -> None:
+        self._async.wait = value
+
+    def submit(self, report: Any, *, wait: float | None = None) -> Submitted:
+        """As :meth:`AsyncOutbox.submit`."""
+        return self._call(partial(self._async.submit, report, wait=wait))
 
     def pending(self) -> int:
         return self._async.pending()
