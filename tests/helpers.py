@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -124,3 +126,43 @@ class TcpProxy:
     def close(self) -> None:
         self.cut()
         self.listener.close()
+
+
+class TlsVersionServer:
+    """A WATS on https whose certificate a private CA signed (a factory's own), answering
+    ``GET /api/App/Version``; the CA's certificate is written to ``ca_file``."""
+
+    def __init__(self, ca_file: Path) -> None:
+        import ssl
+
+        import trustme
+
+        ca = trustme.CA()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert("127.0.0.1").configure_cert(context)
+        ca.cert_pem.write_to_path(str(ca_file))
+        self.ca_file = ca_file
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Version)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_port}"
+
+    def __enter__(self) -> TlsVersionServer:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _Version(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b'{"version": "24.1"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass

@@ -22,6 +22,8 @@ from pywats_transport import ConfigError, TransportConfig
 from pywats_transport.emulator import EmulatorServer
 from pywats_transport.service import AsyncClientService, ClientConfig
 
+from .helpers import TlsVersionServer
+
 TOKEN = "service-token-123"
 
 
@@ -495,6 +497,36 @@ def test_sqlite_path_expands_home(given: str, expected: str) -> None:
 def test_an_empty_sqlite_path_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"cache\.sqlite_path.*must name a database file"):
         TransportConfig.load({"cache": {"sqlite_path": " "}}, environ={})
+
+
+@pytest.mark.anyio
+async def test_a_wats_signed_by_a_factory_ca(tmp_path: Path) -> None:
+    """A service could not be told a factory's own CA but through SSL_CERT_FILE, and said only "WATS not
+    reached yet (... failed: ConnectError)", with nothing of the certificate."""
+    folder = tmp_path / "station"
+    folder.mkdir()
+    with TlsVersionServer(folder / "factory-ca.pem") as server:
+        path = folder / "client.json"
+        data = {"service_address": server.url, "api_token": TOKEN, "health_port": 0, "metrics_port": None,
+                "queue_dir": str(tmp_path / "q")}
+        for given, reached in ((None, False), ("factory-ca.pem", True)):  # relative: the file's neighbour
+            path.write_text(json.dumps(data if given is None else {**data, "verify_ssl": given}))
+            service = AsyncClientService(ClientConfig.load(path))
+            await service.start()
+            try:
+                deadline = time.monotonic() + 10
+                while service.last_contact is None and service.last_contact_error is None:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
+                assert (service.server_version == "24.1") is reached
+                if not reached:
+                    assert "CERTIFICATE_VERIFY_FAILED" in (service.last_contact_error or "")
+                    assert "verify_ssl" in (service.last_contact_error or "")
+            finally:
+                await service.stop()
+    path.write_text(json.dumps({**data, "verify_ssl": "missing.pem"}))
+    with pytest.raises(ConfigError, match=r"verify_ssl = '/.*: cannot be used as CA certificates: No such file"):
+        ClientConfig.load(path)
 
 
 # -- a real service process, killed with SIGKILL while sending ------------------------------------

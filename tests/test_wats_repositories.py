@@ -24,6 +24,8 @@ from pywats_transport.wats import (
 from pywats_transport.wats.calls import Call
 from pywats_transport.wats.repositories import odata_filter
 
+from .helpers import TlsVersionServer
+
 BASE = "https://wats.example"
 TOKEN = "c2VjcmV0LXRva2Vu"
 
@@ -172,10 +174,11 @@ def test_errors_map_to_hierarchy_with_status_and_route(status: int, error: type[
 
 @respx.mock
 def test_connection_errors_and_bad_answers() -> None:
-    respx.get(f"{BASE}/api/App/Version").mock(side_effect=httpx.ConnectError("refused"))
+    respx.get(f"{BASE}/api/App/Version").mock(side_effect=httpx.ConnectError(f"refused for {TOKEN}"))
     respx.get(f"{BASE}/api/Product/PN-1").mock(return_value=httpx.Response(200, json={"unexpected": True}))
     with WATS(BASE, TOKEN, **no_layers()) as api:
-        with pytest.raises(WATSConnectionError, match=r"GET /api/App/Version failed: ConnectError"):
+        # Why it failed, never the token (a proxy or a TLS library may echo what it was given).
+        with pytest.raises(WATSConnectionError, match=r"^GET /api/App/Version failed: ConnectError: refused for \*\*\*$"):
             api.app.version()
         with pytest.raises(WATSError, match="unexpected answer"):
             api.product.get("PN-1")
@@ -352,3 +355,52 @@ def test_a_report_starts_at_a_datetime_as_well_as_at_iso_8601_text() -> None:
 
     answer = UUTReport.model_validate({"partNumber": "P", "serialNumber": "S", "start": "30.11.2026"}, context=ANSWER)
     assert answer.start == "30.11.2026"
+
+
+@pytest.fixture
+def tls_wats(tmp_path: Path) -> Any:
+    with TlsVersionServer(tmp_path / "factory-ca.pem") as server:
+        yield server.url, server.ca_file
+
+
+def _version(cls: Any, url: str, **kw: Any) -> str:
+    import asyncio
+
+    if cls is WATS:
+        with WATS(url, TOKEN, **no_layers(), **kw) as api:
+            return str(api.app.version().version)
+
+    async def run() -> str:
+        async with AsyncWATS(url, TOKEN, **no_layers(), **kw) as api:
+            return str((await api.app.version()).version)
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("cls", [WATS, AsyncWATS])
+def test_a_server_certificate_of_a_private_ca(cls: Any, tls_wats: Any, tmp_path: Path) -> None:
+    """An untrusted certificate, a refused connection and an unknown host all said "failed: ConnectError",
+    with nothing of which it was; and verify_ssl took only True or False, so a factory's own CA could be
+    trusted only through the environment."""
+    import ssl
+
+    url, ca_file = tls_wats
+    with pytest.raises(WATSConnectionError) as info:
+        _version(cls, url)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(info.value) and "give verify_ssl the CA certificate" in str(info.value)
+    assert _version(cls, url, verify_ssl=str(ca_file)) == "24.1"
+    assert _version(cls, url, verify_ssl=ca_file) == "24.1"
+    assert _version(cls, url, verify_ssl=ssl.create_default_context(cafile=str(ca_file))) == "24.1"
+    folder = tmp_path / "certs"  # a folder of hashed names, as c_rehash makes (OpenSSL's capath)
+    folder.mkdir()
+    with pytest.raises(WATSConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        _version(cls, url, verify_ssl=folder)  # empty: trusts nothing
+    with pytest.raises(ValueError, match=r"verify_ssl '.*missing.pem' cannot be used as CA certificates: No such file"):
+        cls(url, TOKEN, verify_ssl=tmp_path / "missing.pem")
+    (tmp_path / "not-a-cert.pem").write_text("hello")
+    with pytest.raises(ValueError, match=r"verify_ssl '.*not-a-cert.pem' cannot be used as CA certificates"):
+        cls(url, TOKEN, verify_ssl=tmp_path / "not-a-cert.pem")
+    with pytest.raises(ValueError, match=r"verify_ssl must be True, False, a CA certificate file or folder, or an "
+                                         r"ssl.SSLContext, got 1"):
+        cls(url, TOKEN, verify_ssl=1)
+    with pytest.raises(WATSConnectionError, match=r"failed: ConnectError: .*(refused|Errno)"):
+        _version(cls, "http://127.0.0.1:9")

@@ -22,7 +22,7 @@ from ..config import (
     read_json_file,
 )
 from ..errors import ConfigError
-from ..wats.client import api_suffix_problem
+from ..wats.client import api_suffix_problem, ca_context
 
 ENV_PREFIX = "PYWATS_CLIENT_"
 log = logging.getLogger("pywats_transport.service")
@@ -33,6 +33,9 @@ class ClientConfig(BaseModel):
 
     service_address: str = Field(..., description="WATS server URL, e.g. https://wats.example.com")
     api_token: SecretStr = Field(..., description="WATS API token (sent as `Authorization: Basic <token>`).")
+    verify_ssl: bool | str = Field(True, description="Check the server's certificate: true (the public CAs), false "
+                                   "(no check), or the CA certificate a factory's own servers are signed by (a PEM "
+                                   "file or a folder of them; a relative one is this file's neighbour).")
     enable_cache: bool = Field(True, description="Cache GET lookups.")
     cache_ttl_seconds: float = Field(300.0, ge=0, description="Seconds a cached answer is served.")
     cache_max_size: int = Field(1000, ge=1, description="Cached entries kept (LRU).")
@@ -109,6 +112,16 @@ class ClientConfig(BaseModel):
         TransportConfig.load(value, environ={}, profile="wats")
         return value
 
+    @field_validator("verify_ssl")
+    @classmethod
+    def _ca(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError("must be true, false or a CA certificate file or folder")
+            ca_context(os.path.expanduser(value))  # a path that holds no certificate stops `serve` here
+            return os.path.expanduser(value)
+        return value
+
     @field_validator("queue_dir")
     @classmethod
     def _folder(cls, value: str) -> str:
@@ -146,6 +159,10 @@ class ClientConfig(BaseModel):
                 queue = data.get("queue_dir", cls.model_fields["queue_dir"].default)
                 if isinstance(queue, str) and queue.strip() and not os.path.isabs(os.path.expanduser(queue)):
                     data["queue_dir"] = str(folder / queue)
+            ca = data.get("verify_ssl")
+            if ("verify_ssl" not in from_env and "verify_ssl" not in overrides and isinstance(ca, str)
+                    and ca.strip() and not os.path.isabs(os.path.expanduser(ca))):
+                data["verify_ssl"] = str(folder / ca)
             if "transport" not in from_env and "transport" not in overrides:
                 _database_beside(data, folder, env)
         data.update(overrides)
@@ -248,6 +265,9 @@ EXAMPLE = {
     "service_address": "https://wats.example.com",
     "_api_token": "Prefer the environment: PYWATS_CLIENT_API_TOKEN. The token is never logged or echoed.",
     "api_token": "replace-me",
+    "_verify_ssl": "true checks the server's certificate against the public CAs; a factory's own CA: the path "
+                   "of its certificate (PEM), relative to this file or absolute.",
+    "verify_ssl": True,
     "_cache": "Lookups (products, processes, ...) are cached for cache_ttl_seconds; writes invalidate them.",
     "enable_cache": True,
     "cache_ttl_seconds": 300,

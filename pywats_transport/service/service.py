@@ -59,7 +59,8 @@ class AsyncClientService:
         cfg = self.config
         if cfg.enable_metrics:
             self.collector = MetricsCollector()
-        self.api = AsyncWATS(cfg.service_address, cfg.api_token.get_secret_value(), metrics_collector=self.collector,
+        self.api = AsyncWATS(cfg.service_address, cfg.api_token.get_secret_value(), verify_ssl=cfg.verify_ssl,
+                             metrics_collector=self.collector,
                              transport=self._transport, config=cfg.transport or None, **cfg.transport_flags())
         self.queue = ReportQueue(cfg.queue_dir, self._submit, backoff_max=cfg.retry_backoff_max,
                                  write_grace=cfg.write_grace_seconds,

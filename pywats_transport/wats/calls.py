@@ -60,7 +60,7 @@ class Call(Generic[T]):
         server's words in an error are the caller's to read, but never one of ``secrets`` (a server may
         echo the token it refused): each is masked before the message is cut to length."""
         if response.status_code >= 400:
-            message = _cut(scrubbed(_message(response), secrets))
+            message = cut(scrubbed(_message(response), secrets))
             raise error_for_status(response.status_code, message, route=self.route, method=self.method)
         if self.answer is None:
             return None  # type: ignore[return-value]
@@ -69,7 +69,7 @@ class Call(Generic[T]):
         except (ValueError, ValidationError) as exc:
             raise WATSError(
                 f"{self.method} {self.route}: unexpected answer ({type(exc).__name__}: "
-                f"{_cut(scrubbed(_problem(exc), secrets))})",
+                f"{cut(scrubbed(_problem(exc), secrets))})",
                 status=response.status_code, route=self.route, method=self.method,
             ) from None
 
@@ -99,7 +99,7 @@ def _problem(exc: ValueError) -> str:
     return str(exc)
 
 
-def _cut(text: str) -> str:
+def cut(text: str) -> str:
     return text[:200]
 
 

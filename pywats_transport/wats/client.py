@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +14,7 @@ import httpx
 from ..builder import build_async_transport, build_transport
 from ..config import RetrySettings, TransportConfig, read_json_file, redacted
 from ..errors import ConfigError
-from .calls import Call
+from .calls import Call, cut, scrubbed
 from .errors import WATSConnectionError, WATSError
 from .outbox import AsyncOutbox, Outbox
 from .repositories import (
@@ -73,7 +74,7 @@ class _ClientBase:
         token: str,
         *,
         timeout: float = 30.0,
-        verify_ssl: bool = True,
+        verify_ssl: bool | str | os.PathLike[str] | ssl.SSLContext = True,
         enable_cache: bool | None = None,
         cache_ttl: float | None = None,
         cache_max_size: int | None = None,
@@ -104,7 +105,7 @@ class _ClientBase:
         self.config = resolve_config(config, flags)
         headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
         self._secrets = secrets_of(token)
-        self.transport = self._build_stack(self.config, transport, verify_ssl, metrics_collector)
+        self.transport = self._build_stack(self.config, transport, tls_verify(verify_ssl), metrics_collector)
         self.metrics_collector = getattr(self.transport.get_layer("metrics"), "collector", metrics_collector)
         self._http = self._build_client(headers, timeout)
         run = self._run
@@ -130,7 +131,7 @@ class _ClientBase:
             )
         return self._outbox
 
-    def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool, collector: Any) -> Any:
+    def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool | ssl.SSLContext, collector: Any) -> Any:
         raise NotImplementedError
 
     def _build_client(self, headers: dict[str, str], timeout: float) -> Any:
@@ -152,10 +153,15 @@ class _ClientBase:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={redacted(self.base_url)!r}, token=***)"
 
-    @staticmethod
-    def _connection_error(call: Call[Any], exc: httpx.HTTPError) -> WATSError:
-        # The message names the call, not the URL with its query, and never the headers.
-        return WATSConnectionError(f"{call.method} {call.route} failed: {type(exc).__name__}", route=call.route, method=call.method)
+    def _connection_error(self, call: Call[Any], exc: httpx.HTTPError) -> WATSError:
+        # The message names the call, not the URL with its query, and never the headers; and why, for a
+        # refused connection, an unknown host and an untrusted certificate each want their own remedy.
+        why = cut(scrubbed(redacted(_first_cause(exc)), self._secrets))
+        message = f"{call.method} {call.route} failed: {type(exc).__name__}" + (f": {why}" if why else "")
+        if "CERTIFICATE_VERIFY_FAILED" in why:
+            message += ("; the server's certificate is not trusted on this machine: give verify_ssl the CA "
+                        "certificate (a PEM file or folder) or an ssl.SSLContext, or set SSL_CERT_FILE")
+        return WATSConnectionError(message, route=call.route, method=call.method)
 
     # Cache controls, forwarded to the stack.
     def clear_cache(self) -> int:
@@ -163,6 +169,42 @@ class _ClientBase:
 
     def invalidate_cache(self, prefix: str) -> int:
         return self.transport.invalidate_cache(prefix)  # type: ignore[no-any-return]
+
+
+def _first_cause(exc: BaseException) -> str:
+    """The words of the system's error that began it, else of ``exc``: httpx's async path says "All
+    connection attempts failed" over the refused connection that was the reason."""
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain and len(chain) < 10:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    return next((str(e) for e in reversed(chain) if isinstance(e, OSError) and str(e)), str(exc))
+
+
+def tls_verify(verify_ssl: Any) -> bool | ssl.SSLContext:
+    """``verify_ssl`` as httpx takes it: True, False, an ``ssl.SSLContext``, or a CA certificate file or
+    folder (a factory's own CA) made into a context here, so that a wrong path is named at once."""
+    if isinstance(verify_ssl, (bool, ssl.SSLContext)):
+        return verify_ssl
+    if not isinstance(verify_ssl, (str, os.PathLike)) or not os.fspath(verify_ssl):
+        raise ValueError("verify_ssl must be True, False, a CA certificate file or folder, or an ssl.SSLContext, "
+                         f"got {verify_ssl!r}")
+    path = os.path.expanduser(os.fspath(verify_ssl))
+    try:
+        return ca_context(path)
+    except ValueError as exc:
+        raise ValueError(f"verify_ssl {path!r} {exc}") from None
+
+
+def ca_context(path: str) -> ssl.SSLContext:
+    """A context trusting the CA certificates of a PEM file or a folder of them; a ValueError saying why not."""
+    try:
+        if os.path.isdir(path):
+            return ssl.create_default_context(capath=path)
+        return ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot be used as CA certificates: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 MIN_MASKED = 4
@@ -193,7 +235,7 @@ class AsyncWATS(_ClientBase):
     ``transport`` replaces the innermost network transport (an ``httpx.AsyncBaseTransport``).
     """
 
-    def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool, collector: Any) -> Any:
+    def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool | ssl.SSLContext, collector: Any) -> Any:
         inner = transport if transport is not None else httpx.AsyncHTTPTransport(verify=verify_ssl)
         return build_async_transport(config, inner=inner, metrics_collector=collector)
 
@@ -239,7 +281,7 @@ class WATS(_ClientBase):
     ``transport`` replaces the innermost network transport (an ``httpx.BaseTransport``).
     """
 
-    def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool, collector: Any) -> Any:
+    def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool | ssl.SSLContext, collector: Any) -> Any:
         inner = transport if transport is not None else httpx.HTTPTransport(verify=verify_ssl)
         return build_transport(config, inner=inner, metrics_collector=collector)
 
