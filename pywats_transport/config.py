@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from .errors import ConfigError
@@ -51,6 +52,18 @@ class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        """A layer's section may be just its switch: ``"retry": false``, as the flag ``retry=False``."""
+        if "enabled" not in cls.model_fields:
+            return value
+        if isinstance(value, bool):
+            return {"enabled": value}
+        if not isinstance(value, (Mapping, BaseModel)):
+            raise ValueError("must be true, false or an object of its settings")
+        return value
 
 
 class PluginSettings(Section):
@@ -361,6 +374,10 @@ class TransportConfig(BaseModel):
             raise TypeError(f"config must be a TransportConfig, a dict or the path of a JSON file, "
                             f"got {type(config).__name__}")
         env, env_names = env_overrides_named(ENV_PREFIX, os.environ if environ is None else environ)
+        # `"retry": false` switches a layer, as the flag retry=False does: made {"enabled": false} before
+        # merging, so that `"cache": true` keeps the profile's cache settings rather than replacing them.
+        data, env = _switches(data), _switches(env)
+        env_names.update({f"{key}.enabled": env_names[key] for key in BUILTIN_SECTIONS if key in env_names})
         flag_data = flags_to_dict(flags)
         chosen = flag_data.get("profile") or env.get("profile") or data.get("profile") or profile or "generic"
         if chosen not in PROFILES:
@@ -408,6 +425,11 @@ class TransportConfig(BaseModel):
 
     def enabled_names(self) -> list[str]:
         return [name for name in BUILTIN_SECTIONS if getattr(self, name).enabled] + list(self.plugins)
+
+
+def _switches(layer: dict[str, Any]) -> dict[str, Any]:
+    return {key: {"enabled": value} if key in BUILTIN_SECTIONS and isinstance(value, bool) else value
+            for key, value in layer.items()}
 
 
 def read_json_file(path: str | os.PathLike[str]) -> dict[str, Any]:

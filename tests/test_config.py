@@ -193,3 +193,24 @@ def test_a_config_of_no_accepted_form_says_which_it_takes(config: object) -> Non
     """``build_transport(5)`` said "'int' object is not iterable"."""
     with pytest.raises(TypeError, match=r"config must be a TransportConfig, a dict or the path of a JSON file, got "):
         build_transport(config)  # type: ignore[arg-type]
+
+
+def test_a_layer_is_switched_by_true_or_false_in_a_file_a_dict_or_the_environment(tmp_path: Path) -> None:
+    """``retry=False`` worked as a flag, but ``"retry": false`` in a JSON file or a dict, and
+    ``PYWATS_TRANSPORT_RETRY=false``, were "Input should be a valid dictionary"."""
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"retry": False, "cache": True}))
+    cfg = TransportConfig.load(path, environ={}, profile="wats")
+    assert cfg.enabled_names() == ["cache", "throttle"]
+    # `true` switches the layer on and keeps the rest of its section as it was (here the profile's).
+    assert (cfg.cache.mode, cfg.cache.ttl) == ("ttl", 300.0)
+    assert cfg.source_of("retry.enabled") == f"file {path}" and cfg.source_of("cache.mode") == "profile wats"
+    cfg = TransportConfig.load({"throttle": False}, environ={"PYWATS_TRANSPORT_CACHE": "false"}, profile="wats")
+    assert cfg.enabled_names() == ["retry"]
+    assert cfg.source_of("cache.enabled") == "environment PYWATS_TRANSPORT_CACHE"
+    assert TransportConfig.model_validate({"metrics": True}).metrics.enabled
+    with build_transport({"retry": False, "cache": False}) as stack:
+        assert stack.names == []
+    with pytest.raises(ConfigError, match=r"retry \(from environment PYWATS_TRANSPORT_RETRY\) = 3: must be true, "
+                                          r"false or an object of its settings"):
+        TransportConfig.load(environ={"PYWATS_TRANSPORT_RETRY": "3"})
