@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from pydantic import Field
 
 from pywats_transport import PluginSettings, TransportError
@@ -30,8 +31,12 @@ class BreakerSettings(PluginSettings):
                                         description="Statuses counted as failures (exceptions always are).")
 
 
-class CircuitOpenError(TransportError, RuntimeError):
-    """The circuit for a host is open: the request was not sent."""
+class CircuitOpenError(TransportError, httpx.TransportError, RuntimeError):
+    """The circuit for a host is open: the request was not sent.
+
+    An ``httpx.TransportError``, as any failure of a transport: an app's ``except httpx.HTTPError`` handles
+    it, and the WATS clients raise it as a ``WATSConnectionError``. The retry layer does not retry it.
+    """
 
     def __init__(self, host: str, retry_in: float, failures: int) -> None:
         super().__init__(f"circuit for {host} is open after {failures} failure(s); next probe in {retry_in:.1f}s")

@@ -210,3 +210,41 @@ def test_a_client_of_ever_new_hosts_keeps_a_bounded_number_of_circuits() -> None
     hosts = breaker.snapshot()
     assert len(hosts) <= 1024 + 1
     assert hosts["down.test"]["state"] in ("open", "half_open") and "h4999.test" in hosts
+
+
+@pytest.mark.anyio
+async def test_an_open_circuit_is_an_httpx_error_to_the_app_and_a_connection_error_to_wats(mode: str) -> None:
+    """An app's ``except httpx.HTTPError`` (and the WATS clients' own handling) let an open circuit through:
+    it was a RuntimeError, so a drop-in stack crashed code that handled every failure of httpx's own."""
+    from pywats_transport import WATS, AsyncWATS
+    from pywats_transport.wats import ServerError, WATSConnectionError
+
+    server = Server()
+    settings = {"plugin_settings": {"circuitbreaker": {"failure_threshold": 1}}, "retry": False, "cache": False}
+    if mode == "sync":
+        with httpx.Client(transport=build_transport(settings, inner=httpx.MockTransport(server),
+                                                    plugins=["circuitbreaker"])) as client:
+            assert client.get("http://wats.test/a").status_code == 503
+            with pytest.raises(httpx.HTTPError) as info:
+                client.get("http://wats.test/a")
+        with WATS("http://wats.test", "token-1", transport=httpx.MockTransport(server), plugins=["circuitbreaker"],
+                  config=settings) as api:
+            with pytest.raises(ServerError):
+                api.app.version()  # the 503 opens it
+            with pytest.raises(WATSConnectionError, match=r"GET /api/App/Version failed: CircuitOpenError: circuit "
+                                                          r"for wats.test is open after 1 failure"):
+                api.app.version()
+    else:
+        async with httpx.AsyncClient(transport=build_async_transport(
+                settings, inner=httpx.MockTransport(server), plugins=["circuitbreaker"])) as aclient:
+            assert (await aclient.get("http://wats.test/a")).status_code == 503
+            with pytest.raises(httpx.HTTPError) as info:
+                await aclient.get("http://wats.test/a")
+        async with AsyncWATS("http://wats.test", "token-1", transport=httpx.MockTransport(server),
+                             plugins=["circuitbreaker"], config=settings) as aapi:
+            with pytest.raises(ServerError):
+                await aapi.app.version()
+            with pytest.raises(WATSConnectionError, match=r"failed: CircuitOpenError: circuit for wats.test is open"):
+                await aapi.app.version()
+    assert isinstance(info.value, CircuitOpenError) and info.value.request.url == "http://wats.test/a"
+    assert server.calls == 2  # one each: neither open circuit sent anything
