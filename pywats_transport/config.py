@@ -6,6 +6,7 @@ Sources, later ones winning: defaults, a JSON file or dict, environment variable
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import os
@@ -653,7 +654,11 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel], sour
         if err["type"] == "extra_forbidden":
             # Named without its value: a misspelt key (``apitokn``) most likely holds a secret.
             allowed = _allowed_keys(model, loc[:-1])
-            problems.append(f"{field}{where}: unknown key; allowed keys: {', '.join(allowed)}")
+            near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            if not near and len(loc) == 1 and "plugin_settings" in model.model_fields:  # a plugin's name
+                hint = f" (a plugin's settings go under plugin_settings.{field})"
+            problems.append(f"{field}{where}: unknown key; allowed keys: {', '.join(allowed)}{hint}")
         elif err["type"] == "missing":
             problems.append(f"{field}{where}: required, not given")
         elif isinstance(nested := (err.get("ctx") or {}).get("error"), ConfigError):

@@ -214,3 +214,15 @@ def test_a_layer_is_switched_by_true_or_false_in_a_file_a_dict_or_the_environmen
     with pytest.raises(ConfigError, match=r"retry \(from environment PYWATS_TRANSPORT_RETRY\) = 3: must be true, "
                                           r"false or an object of its settings"):
         TransportConfig.load(environ={"PYWATS_TRANSPORT_RETRY": "3"})
+
+
+def test_an_unknown_key_names_the_nearest_one_or_where_a_plugins_settings_go() -> None:
+    """``{"circuitbreaker": {...}}`` (the plugin's name, as a section) was only "unknown key", with nothing
+    of plugin_settings; a misspelt key likewise left the reader to search the list."""
+    with pytest.raises(ConfigError) as info:
+        TransportConfig.load({"circuitbreaker": {"failure_threshold": 2}, "chache": {}, "retry": {"max_attempt": 2}},
+                             environ={})
+    problems = sorted(info.value.problems)
+    assert problems[0].startswith("chache: unknown key;") and problems[0].endswith("(did you mean cache?)")
+    assert problems[1].endswith("(a plugin's settings go under plugin_settings.circuitbreaker)")
+    assert problems[2].startswith("retry.max_attempt: unknown key;") and problems[2].endswith("(did you mean max_attempts?)")
