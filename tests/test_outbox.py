@@ -326,3 +326,19 @@ async def test_a_slow_answer_past_wait_is_still_confirmed_once(tmp_path: Path) -
             assert (await api.outbox.submit(report("SN-3"), wait=math.inf)).status == "sent"
         assert len(stored_ids(emu)) == 3 and {slow.id, meanwhile.id} < set(stored_ids(emu))
         assert emu.state.report_posts == 3  # none sent twice
+
+
+@pytest.mark.anyio
+async def test_a_hand_over_the_caller_stopped_waiting_for_is_sent_or_kept_never_left_running(tmp_path: Path) -> None:
+    """A caller's own timeout around ``submit`` left the send running unowned: closing the client did not
+    stop it, and it went on through a closed client."""
+    with EmulatorServer(token=TOKEN, latency_ms=1000) as emu:
+        async with AsyncWATS(emu.url, TOKEN, outbox=tmp_path / "o", **FAST) as api:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(api.outbox.submit(report("SN-1"), wait=math.inf), 0.2)
+            assert api.outbox.pending() == 1
+        assert [t for t in asyncio.all_tasks() if "send_now" in repr(t.get_coro())] == []
+        assert len(list((tmp_path / "o").rglob("*.json"))) == 1  # kept (or confirmed), never lost
+        async with AsyncWATS(emu.url, TOKEN, outbox=tmp_path / "o", **FAST) as api:
+            assert await api.outbox.drain(timeout=20)
+        assert len(stored_ids(emu)) == 1

@@ -87,7 +87,9 @@ class AsyncOutbox:
         self._stopping: asyncio.Event | None = None
         self._sender: asyncio.Task[None] | None = None
         #: hand-overs' sends the server has not answered within their wait, going on behind
-        self._unanswered: set[asyncio.Task[str]] = set()
+        self._unanswered: set[asyncio.Future[str]] = set()
+        #: every send going on behind a hand-over that stopped waiting (timed out or cancelled): stopped by aclose
+        self._behind: set[asyncio.Future[str]] = set()
         self._closed = False
 
     def _ensure_sender(self) -> None:
@@ -128,9 +130,11 @@ class AsyncOutbox:
         try:
             outcome = await asyncio.wait_for(asyncio.shield(send), None if math.isinf(limit) else limit)
         except asyncio.TimeoutError:
-            self._unanswered.add(send)
-            send.add_done_callback(self._unanswered.discard)
+            self._goes_on(send, self._unanswered)
             return Submitted(report_id, "queued", reason=_NO_ANSWER)
+        except asyncio.CancelledError:  # the caller stopped waiting; the report is on disk and its send goes on
+            self._goes_on(send)
+            raise
         if outcome == ALREADY:
             return Submitted(report_id, "sent", duplicate=True)  # this id was confirmed before: not sent again
         if outcome == CONFIRMED:
@@ -139,6 +143,11 @@ class AsyncOutbox:
         if outcome == REJECTED:
             return Submitted(report_id, "rejected", reason=self.queue.last_rejection)
         return Submitted(report_id, "queued", reason=self.queue.stats.last_error)
+
+    def _goes_on(self, send: asyncio.Future[str], *sets: set[asyncio.Future[str]]) -> None:
+        for kept in (self._behind, *sets):
+            kept.add(send)
+            send.add_done_callback(kept.discard)
 
     def pending(self) -> int:
         """Reports handed over and not yet confirmed (counted on disk)."""
@@ -159,8 +168,8 @@ class AsyncOutbox:
     async def aclose(self) -> None:
         """Stop the sender; what is still queued stays on disk for the next run."""
         self._closed = True
-        unanswered = list(self._unanswered)  # a report whose send is stopped stays in sending/ for the next run
-        for send in unanswered:
+        behind = list(self._behind)  # a report whose send is stopped stays in sending/ for the next run
+        for send in behind:
             send.cancel()
         if self._sender is not None:
             assert self._stopping is not None
@@ -168,7 +177,7 @@ class AsyncOutbox:
             self._sender.cancel()
             await asyncio.gather(self._sender, return_exceptions=True)
             self._sender = None
-        await asyncio.gather(*unanswered, return_exceptions=True)
+        await asyncio.gather(*behind, return_exceptions=True)
 
 
 class Outbox:
