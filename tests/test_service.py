@@ -527,6 +527,11 @@ async def test_a_wats_signed_by_a_factory_ca(tmp_path: Path) -> None:
     path.write_text(json.dumps({**data, "verify_ssl": "missing.pem"}))
     with pytest.raises(ConfigError, match=r"verify_ssl = '/.*: cannot be used as CA certificates: No such file"):
         ClientConfig.load(path)
+    # A switch in words, as the environment gives every switch, is not a file's name.
+    for word, expected in (("False", False), ("0", False), ("yes", True)):
+        assert ClientConfig.load(path, environ={"PYWATS_CLIENT_VERIFY_SSL": word}).verify_ssl is expected
+        path.write_text(json.dumps({**data, "verify_ssl": word}))
+        assert ClientConfig.load(path).verify_ssl is expected
 
 
 # -- a real service process, killed with SIGKILL while sending ------------------------------------

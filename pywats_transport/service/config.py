@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..wats.client import api_suffix_problem, ca_context
 
 ENV_PREFIX = "PYWATS_CLIENT_"
+_SWITCH_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 log = logging.getLogger("pywats_transport.service")
 
 
@@ -112,15 +113,19 @@ class ClientConfig(BaseModel):
         TransportConfig.load(value, environ={}, profile="wats")
         return value
 
-    @field_validator("verify_ssl")
+    @field_validator("verify_ssl", mode="before")
     @classmethod
-    def _ca(cls, value: bool | str) -> bool | str:
-        if isinstance(value, str):
-            if not value.strip():
-                raise ValueError("must be true, false or a CA certificate file or folder")
-            ca_context(os.path.expanduser(value))  # a path that holds no certificate stops `serve` here
-            return os.path.expanduser(value)
-        return value
+    def _ca(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        # Read as the other switches are (PYWATS_CLIENT_VERIFY_SSL=False, =0, =no), not as a file's name.
+        switch = _SWITCH_WORDS.get(value.strip().lower())
+        if switch is not None:
+            return switch
+        if not value.strip():
+            raise ValueError("must be true, false or a CA certificate file or folder")
+        ca_context(os.path.expanduser(value))  # a path that holds no certificate stops `serve` here
+        return os.path.expanduser(value)
 
     @field_validator("queue_dir")
     @classmethod
@@ -161,7 +166,8 @@ class ClientConfig(BaseModel):
                     data["queue_dir"] = str(folder / queue)
             ca = data.get("verify_ssl")
             if ("verify_ssl" not in from_env and "verify_ssl" not in overrides and isinstance(ca, str)
-                    and ca.strip() and not os.path.isabs(os.path.expanduser(ca))):
+                    and ca.strip() and ca.strip().lower() not in _SWITCH_WORDS
+                    and not os.path.isabs(os.path.expanduser(ca))):
                 data["verify_ssl"] = str(folder / ca)
             if "transport" not in from_env and "transport" not in overrides:
                 _database_beside(data, folder, env)
