@@ -404,3 +404,16 @@ def test_a_server_certificate_of_a_private_ca(cls: Any, tls_wats: Any, tmp_path:
         cls(url, TOKEN, verify_ssl=1)
     with pytest.raises(WATSConnectionError, match=r"failed: ConnectError: .*(refused|Errno)"):
         _version(cls, "http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize("cls", [WATS, AsyncWATS])
+def test_timeout_takes_seconds_or_an_httpx_timeout(cls: Any) -> None:
+    """``timeout=httpx.Timeout(30, connect=5)`` (httpx's own way to say it) was "'<=' not supported between
+    instances of 'Timeout' and 'int'", as was any other wrong type."""
+    api = cls(BASE, TOKEN, timeout=httpx.Timeout(30, connect=5))
+    assert api._http.timeout == httpx.Timeout(30, connect=5)
+    assert cls(BASE, TOKEN, timeout=12)._http.timeout == httpx.Timeout(12)
+    for bad in ("30", None, 0, -1, float("inf"), float("nan"), True):
+        with pytest.raises(ValueError, match=r"timeout must be seconds > 0 or an httpx.Timeout \(httpx.Timeout\(30, "
+                                             r"connect=5\); httpx.Timeout\(None\): no limit\), got "):
+            cls(BASE, TOKEN, timeout=bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import os
 import ssl
 from collections.abc import Sequence
@@ -73,7 +74,7 @@ class _ClientBase:
         base_url: str,
         token: str,
         *,
-        timeout: float = 30.0,
+        timeout: float | httpx.Timeout = 30.0,
         verify_ssl: bool | str | os.PathLike[str] | ssl.SSLContext = True,
         enable_cache: bool | None = None,
         cache_ttl: float | None = None,
@@ -95,8 +96,7 @@ class _ClientBase:
             raise ValueError(f"base_url {problem}, got {base_url!r}")
         if not token:
             raise ValueError("token must be a non-empty WATS API token")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        timeout = checked_timeout(timeout)
         flags = dict(enable_cache=enable_cache, cache_ttl=cache_ttl, cache_max_size=cache_max_size,
                      enable_retry=enable_retry, retry=retry, enable_throttling=enable_throttling,
                      rate_limit=rate_limit, enable_metrics=enable_metrics,
@@ -134,7 +134,7 @@ class _ClientBase:
     def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool | ssl.SSLContext, collector: Any) -> Any:
         raise NotImplementedError
 
-    def _build_client(self, headers: dict[str, str], timeout: float) -> Any:
+    def _build_client(self, headers: dict[str, str], timeout: float | httpx.Timeout) -> Any:
         raise NotImplementedError
 
     def _run(self, call: Call[Any]) -> Any:
@@ -180,6 +180,17 @@ def _first_cause(exc: BaseException) -> str:
         chain.append(link)
         link = link.__cause__ or link.__context__
     return next((str(e) for e in reversed(chain) if isinstance(e, OSError) and str(e)), str(exc))
+
+
+def checked_timeout(timeout: Any) -> float | httpx.Timeout:
+    """Seconds for every phase of a request, or an ``httpx.Timeout`` for each its own (a short ``connect``
+    finds a host that does not answer at all sooner)."""
+    if isinstance(timeout, httpx.Timeout):
+        return timeout
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and 0 < timeout < math.inf:
+        return float(timeout)
+    raise ValueError(f"timeout must be seconds > 0 or an httpx.Timeout (httpx.Timeout(30, connect=5); "
+                     f"httpx.Timeout(None): no limit), got {timeout!r}")
 
 
 def tls_verify(verify_ssl: Any) -> bool | ssl.SSLContext:
@@ -239,7 +250,7 @@ class AsyncWATS(_ClientBase):
         inner = transport if transport is not None else httpx.AsyncHTTPTransport(verify=verify_ssl)
         return build_async_transport(config, inner=inner, metrics_collector=collector)
 
-    def _build_client(self, headers: dict[str, str], timeout: float) -> httpx.AsyncClient:
+    def _build_client(self, headers: dict[str, str], timeout: float | httpx.Timeout) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base_url, transport=self.transport, headers=headers, timeout=timeout)
 
     def _build_outbox(self, folder: str | os.PathLike[str]) -> AsyncOutbox:
@@ -285,7 +296,7 @@ class WATS(_ClientBase):
         inner = transport if transport is not None else httpx.HTTPTransport(verify=verify_ssl)
         return build_transport(config, inner=inner, metrics_collector=collector)
 
-    def _build_client(self, headers: dict[str, str], timeout: float) -> httpx.Client:
+    def _build_client(self, headers: dict[str, str], timeout: float | httpx.Timeout) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, transport=self.transport, headers=headers, timeout=timeout)
 
     def _build_outbox(self, folder: str | os.PathLike[str]) -> Outbox:
