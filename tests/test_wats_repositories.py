@@ -404,6 +404,9 @@ def test_a_server_certificate_of_a_private_ca(cls: Any, tls_wats: Any, tmp_path:
         cls(url, TOKEN, verify_ssl=1)
     with pytest.raises(WATSConnectionError, match=r"failed: ConnectError: .*(refused|Errno)"):
         _version(cls, "http://127.0.0.1:9")
+    # With a transport of the caller's own, the check is that transport's: verify_ssl would do nothing.
+    with pytest.raises(ValueError, match=r"verify_ssl applies to the network transport the client makes"):
+        cls(url, TOKEN, verify_ssl=ca_file, transport=httpx.MockTransport(lambda r: httpx.Response(200)))
 
 
 @pytest.mark.parametrize("cls", [WATS, AsyncWATS])

@@ -59,7 +59,8 @@ class AsyncClientService:
         cfg = self.config
         if cfg.enable_metrics:
             self.collector = MetricsCollector()
-        self.api = AsyncWATS(cfg.service_address, cfg.api_token.get_secret_value(), verify_ssl=cfg.verify_ssl,
+        tls = {"verify_ssl": cfg.verify_ssl} if self._transport is None else {}  # else the given transport's own
+        self.api = AsyncWATS(cfg.service_address, cfg.api_token.get_secret_value(), **tls,
                              metrics_collector=self.collector,
                              transport=self._transport, config=cfg.transport or None, **cfg.transport_flags())
         self.queue = ReportQueue(cfg.queue_dir, self._submit, backoff_max=cfg.retry_backoff_max,

@@ -105,6 +105,9 @@ class _ClientBase:
         self.config = resolve_config(config, flags)
         headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
         self._secrets = secrets_of(token)
+        if transport is not None and verify_ssl is not True:
+            raise ValueError("verify_ssl applies to the network transport the client makes, and transport= replaces "
+                             "it: give the certificate check to that transport (httpx.HTTPTransport(verify=...))")
         self.transport = self._build_stack(self.config, transport, tls_verify(verify_ssl), metrics_collector)
         self.metrics_collector = getattr(self.transport.get_layer("metrics"), "collector", metrics_collector)
         self._http = self._build_client(headers, timeout)
