@@ -59,8 +59,8 @@ class AsyncClientService:
         cfg = self.config
         if cfg.enable_metrics:
             self.collector = MetricsCollector()
-        tls = {"verify_ssl": cfg.verify_ssl} if self._transport is None else {}  # else the given transport's own
-        self.api = AsyncWATS(cfg.service_address, cfg.api_token.get_secret_value(), **tls,
+        verify = cfg.verify_ssl if self._transport is None else True  # else the given transport's own check
+        self.api = AsyncWATS(cfg.service_address, cfg.api_token.get_secret_value(), verify_ssl=verify,
                              metrics_collector=self.collector,
                              transport=self._transport, config=cfg.transport or None, **cfg.transport_flags())
         self.queue = ReportQueue(cfg.queue_dir, self._submit, backoff_max=cfg.retry_backoff_max,
