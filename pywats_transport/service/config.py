@@ -7,8 +7,9 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
@@ -158,19 +159,7 @@ class ClientConfig(BaseModel):
                     data[name] = raw
         token_file = path is not None and "api_token" in data and "api_token" not in overrides
         if path is not None:
-            # The file's neighbours, wherever the service was started from (systemd, a shortcut, a task).
-            folder = Path(path).absolute().parent
-            if "queue_dir" not in from_env and "queue_dir" not in overrides:
-                queue = data.get("queue_dir", cls.model_fields["queue_dir"].default)
-                if isinstance(queue, str) and queue.strip() and not os.path.isabs(os.path.expanduser(queue)):
-                    data["queue_dir"] = str(folder / queue)
-            ca = data.get("verify_ssl")
-            if ("verify_ssl" not in from_env and "verify_ssl" not in overrides and isinstance(ca, str)
-                    and ca.strip() and ca.strip().lower() not in _SWITCH_WORDS
-                    and not os.path.isabs(os.path.expanduser(ca))):
-                data["verify_ssl"] = str(folder / ca)
-            if "transport" not in from_env and "transport" not in overrides:
-                _database_beside(data, folder, env)
+            _beside_the_file(data, Path(path).absolute().parent, from_env.keys() | overrides.keys(), env)
         data.update(overrides)
         try:
             loaded = cls.model_validate(data)
@@ -208,6 +197,26 @@ class ClientConfig(BaseModel):
         return flags
 
 
+def _relative(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and bool(value.strip()) and not os.path.isabs(os.path.expanduser(value))
+
+
+def _beside_the_file(data: dict[str, Any], folder: Path, given_elsewhere: AbstractSet[str],
+                     env: Mapping[str, str]) -> None:
+    """The file's relative paths (and the defaults it leaves) found from its ``folder``, wherever the service
+    was started from (systemd, a shortcut, a scheduled task); a path the environment or code gives is the
+    current folder's, as any path given there."""
+    if "queue_dir" not in given_elsewhere:
+        queue = data.get("queue_dir", ClientConfig.model_fields["queue_dir"].default)
+        if _relative(queue):
+            data["queue_dir"] = str(folder / queue)
+    ca = data.get("verify_ssl")
+    if "verify_ssl" not in given_elsewhere and _relative(ca) and ca.strip().lower() not in _SWITCH_WORDS:
+        data["verify_ssl"] = str(folder / ca)
+    if "transport" not in given_elsewhere:
+        _database_beside(data, folder, env)
+
+
 def _database_beside(data: dict[str, Any], folder: Path, env: Mapping[str, str]) -> None:
     """The SQLite cache file of a relative ``transport.cache.sqlite_path`` found from ``folder`` as hishel
     finds it from the current one (a bare name under ``.cache/hishel/``); the default too, when SQLite is
@@ -222,7 +231,7 @@ def _database_beside(data: dict[str, Any], folder: Path, env: Mapping[str, str])
         given = CacheSettings.model_fields["sqlite_path"].default
     else:
         return
-    if not isinstance(given, str) or not given.strip() or os.path.isabs(os.path.expanduser(given)):
+    if not _relative(given):
         return
     where = Path(given)
     where = folder / (where if where.parent != Path(".") else Path(".cache/hishel") / where)
