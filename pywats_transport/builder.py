@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import httpx
 
 from . import ordering
-from .config import BUILTIN_SECTIONS, TransportConfig, validate_section
+from .config import BUILTIN_SECTIONS, TRANSPORT_OPTIONS, TransportConfig, validate_section
 from .errors import ConfigError, PluginError
 from .hookspecs import BuildContext, LayerSpec
 from .plugins import PluginManager, get_plugin_manager
@@ -20,12 +21,6 @@ PROJECT_PLUGINS = {"circuitbreaker": "pywats-transport-circuitbreaker", "tracing
 
 ConfigLike = TransportConfig | Mapping[str, Any] | str | os.PathLike[str] | None
 
-#: httpx.HTTPTransport / AsyncHTTPTransport options the builders pass to the network transport they create.
-#: (httpx ignores ``Client(verify=, http2=, proxy=, ...)`` once ``transport=`` is given: they go here.)
-TRANSPORT_OPTIONS = ("verify", "cert", "trust_env", "http1", "http2", "limits", "proxy", "uds",
-                     "local_address", "retries", "socket_options")
-
-
 def _network_options(flags: dict[str, Any], inner: Any) -> dict[str, Any]:
     options = {name: flags.pop(name) for name in TRANSPORT_OPTIONS if name in flags}
     if options and inner is not None:
@@ -33,6 +28,9 @@ def _network_options(flags: dict[str, Any], inner: Any) -> dict[str, Any]:
             f"transport options ({', '.join(sorted(options))}) configure the network transport the builder "
             "creates; with inner= given, pass them to that transport instead"
         )
+    if options.get("http2") and importlib.util.find_spec("h2") is None:
+        # httpx would take it and fail at the first request a server answers in HTTP/2, deep in httpcore.
+        raise ConfigError("http2=True needs the h2 package, which is not installed: pip install 'httpx[http2]'")
     return options
 
 

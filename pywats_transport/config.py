@@ -265,6 +265,11 @@ BUILTIN_SECTIONS: dict[str, type[Section]] = {
     "throttle": ThrottleSettings,
 }
 
+#: httpx.HTTPTransport / AsyncHTTPTransport options the builders pass to the network transport they create.
+#: (httpx ignores ``Client(verify=, http2=, proxy=, ...)`` once ``transport=`` is given: they go here.)
+TRANSPORT_OPTIONS = ("verify", "cert", "trust_env", "http1", "http2", "limits", "proxy", "uds",
+                     "local_address", "retries", "socket_options")
+
 #: Named sets of defaults, applied beneath a config's own values. A profile is data, not a code path.
 PROFILES: dict[str, dict[str, Any]] = {
     # What any httpx app can take unseen: HTTP-correct caching, retry of idempotent requests only,
@@ -568,14 +573,19 @@ def flags_to_dict(flags: Mapping[str, Any]) -> dict[str, Any]:
         elif key in FLAG_ALIASES:
             section, field = FLAG_ALIASES[key]
             out = deep_merge(out, {section: {field: value}})
+        elif key in TRANSPORT_OPTIONS:
+            raise ConfigError(f"{key} is an option of httpx's network transport, not of a config: give it to "
+                              "build_transport() / build_async_transport(), which pass it to the transport they make")
         else:
             owner = next((s for s in BUILTIN_SECTIONS if key.startswith(s + "_")), None)
             if owner is None:
                 allowed = sorted([*BUILTIN_SECTIONS, "redis", "plugins", "plugin_settings", "profile", "order",
                                   "positions", "blocked_plugins", *FLAG_ALIASES])
+                near = difflib.get_close_matches(key, [*allowed, *TRANSPORT_OPTIONS], n=1)
                 raise ConfigError(
-                    f"unknown flag {key!r}; allowed: {', '.join(allowed)} or <section>_<field> "
-                    f"(for example cache_ttl, retry_max_attempts)"
+                    f"unknown flag {key!r}" + (f" (did you mean {near[0]}?)" if near else "") + f"; allowed: "
+                    f"{', '.join(allowed)} or <section>_<field> (for example cache_ttl, retry_max_attempts); and, "
+                    f"to the builders, httpx's transport options: {', '.join(TRANSPORT_OPTIONS)}"
                 )
             out = deep_merge(out, {owner: {key[len(owner) + 1:]: value}})
     return out

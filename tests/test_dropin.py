@@ -483,8 +483,26 @@ def test_transport_options_reach_the_network_transport(mode: str) -> None:
     assert (pool._max_connections, pool._max_keepalive_connections, pool._retries) == (7, 3, 2)
     with pytest.raises(ConfigError, match=r"transport options \(verify\).*with inner= given"):
         builder(inner=httpx.MockTransport(lambda r: httpx.Response(200)), verify=False)
-    with pytest.raises(ConfigError, match="unknown flag 'verfy'"):
+    with pytest.raises(ConfigError, match=r"unknown flag 'verfy' \(did you mean verify\?\); allowed: .*; and, to "
+                                          r"the builders, httpx's transport options: verify, cert, "):
         builder(verfy=False)
+    with pytest.raises(ConfigError, match=r"verify is an option of httpx's network transport, not of a config"):
+        TransportConfig.load(verify=False)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_http2_without_h2_is_refused_when_the_stack_is_built(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx takes http2=True without the h2 package and fails at the first request a server answers in
+    HTTP/2 (any nginx), deep in httpcore: said when the stack is built."""
+    import importlib.util
+
+    builder = build_transport if mode == "sync" else build_async_transport
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "h2" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"http2=True needs the h2 package, which is not installed: "
+                                          r"pip install 'httpx\[http2\]'"):
+        builder(http2=True)
+    assert builder(http2=False).names == ["cache", "retry"]
 
 
 # -- 10. clear errors at construction -------------------------------------------------------------
