@@ -371,6 +371,11 @@ def test_client_flags_override_the_transport_section_only_when_given(tmp_path: P
         "cache_ttl_seconds = 300.0 and transport.cache.ttl = 60 both set it: keep one (the key would win)",
         "enable_throttling = true and transport.throttle.enabled = false both set it: keep one (the key would win)",
     ]
+    # The section given as just its switch says the same.
+    path.write_text(json.dumps({"service_address": "https://w", "api_token": "t", "transport": {"throttle": False},
+                                "enable_throttling": True}))
+    with pytest.raises(ConfigError, match=r"enable_throttling = true and transport.throttle.enabled = false both set it"):
+        ClientConfig.load(path, environ={})
 
 
 @pytest.mark.anyio

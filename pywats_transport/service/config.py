@@ -250,6 +250,8 @@ def _refuse_both_in_file(config: ClientConfig, keys: set[str], path: str | os.Pa
     problems = []
     for name, (section, field) in _SECTION_OF.items():
         given = config.transport.get(section)
+        if isinstance(given, bool):  # a section given as just its switch
+            given = {"enabled": given}
         if name in keys and isinstance(given, dict) and field in given and given[field] != getattr(config, name):
             problems.append(f"{name} = {json.dumps(getattr(config, name))} and transport.{section}.{field} = "
                             f"{json.dumps(given[field])} both set it: keep one (the key would win)")
