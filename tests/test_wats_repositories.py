@@ -390,10 +390,17 @@ def test_a_server_certificate_of_a_private_ca(cls: Any, tls_wats: Any, tmp_path:
     assert _version(cls, url, verify_ssl=str(ca_file)) == "24.1"
     assert _version(cls, url, verify_ssl=ca_file) == "24.1"
     assert _version(cls, url, verify_ssl=ssl.create_default_context(cafile=str(ca_file))) == "24.1"
-    folder = tmp_path / "certs"  # a folder of hashed names, as c_rehash makes (OpenSSL's capath)
+    folder = tmp_path / "certs"
     folder.mkdir()
-    with pytest.raises(WATSConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
-        _version(cls, url, verify_ssl=folder)  # empty: trusts nothing
+    with pytest.raises(ValueError, match=r"cannot be used as CA certificates: the folder holds no .pem, .crt, .cer"):
+        cls(url, TOKEN, verify_ssl=folder)
+    # A folder of certificates copied in by name (not as OpenSSL's c_rehash names them), among other files.
+    (folder / "README.txt").write_text("the factory's CAs")
+    (folder / "Factory-CA.CRT").write_bytes(ca_file.read_bytes())
+    assert _version(cls, url, verify_ssl=folder) == "24.1"
+    (folder / "broken.pem").write_text("not a certificate")
+    with pytest.raises(ValueError, match=r"cannot be used as CA certificates: broken.pem: "):
+        cls(url, TOKEN, verify_ssl=folder)
     with pytest.raises(ValueError, match=r"verify_ssl '.*missing.pem' cannot be used as CA certificates: No such file"):
         cls(url, TOKEN, verify_ssl=tmp_path / "missing.pem")
     (tmp_path / "not-a-cert.pem").write_text("hello")

@@ -211,14 +211,32 @@ def tls_verify(verify_ssl: Any) -> bool | ssl.SSLContext:
         raise ValueError(f"verify_ssl {path!r} {exc}") from None
 
 
+CA_FILES = (".pem", ".crt", ".cer")
+
+
 def ca_context(path: str) -> ssl.SSLContext:
-    """A context trusting the CA certificates of a PEM file or a folder of them; a ValueError saying why not."""
-    try:
-        if os.path.isdir(path):
-            return ssl.create_default_context(capath=path)
-        return ssl.create_default_context(cafile=path)
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"cannot be used as CA certificates: {getattr(exc, 'strerror', None) or exc}") from None
+    """A context trusting the CA certificates of a PEM file, or of each such file in a folder (by name, not
+    only as OpenSSL's ``c_rehash`` names them, which a folder of certificates copied in is not); a
+    ValueError saying why not."""
+    files = [path]
+    if os.path.isdir(path):
+        files = sorted(entry.path for entry in os.scandir(path)
+                       if entry.name.lower().endswith(CA_FILES) and entry.is_file())
+        if not files:
+            raise ValueError(f"cannot be used as CA certificates: the folder holds no {', '.join(CA_FILES)} file")
+    context = None
+    for file in files:
+        try:
+            if context is None:
+                context = ssl.create_default_context(cafile=file)
+            else:
+                context.load_verify_locations(cafile=file)
+        except (OSError, ssl.SSLError) as exc:
+            where = f"{os.path.basename(file)}: " if file != path else ""
+            raise ValueError(f"cannot be used as CA certificates: {where}"
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+    assert context is not None
+    return context
 
 
 MIN_MASKED = 4
