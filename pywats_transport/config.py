@@ -60,11 +60,24 @@ class Section(BaseModel):
         """A layer's section may be just its switch: ``"retry": false``, as the flag ``retry=False``."""
         if "enabled" not in cls.model_fields:
             return value
-        if isinstance(value, bool):
-            return {"enabled": value}
+        if (switch := as_switch(value)) is not None:
+            return {"enabled": switch}
         if not isinstance(value, (Mapping, BaseModel)):
             raise ValueError("must be true, false or an object of its settings")
         return value
+
+
+#: words a switch is given in, as pydantic reads a bool (an environment variable gives `False`, `0`, `no`)
+SWITCH_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def as_switch(value: Any) -> bool | None:
+    """``value`` as a switch, when it is one: a bool, 0 or 1, or one of :data:`SWITCH_WORDS`; else None."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):  # PYWATS_TRANSPORT_CACHE=0 reads as JSON
+        return bool(value)
+    return SWITCH_WORDS.get(value.strip().lower()) if isinstance(value, str) else None
 
 
 class PluginSettings(Section):
@@ -434,8 +447,8 @@ class TransportConfig(BaseModel):
 
 
 def _switches(layer: dict[str, Any]) -> dict[str, Any]:
-    return {key: {"enabled": value} if key in BUILTIN_SECTIONS and isinstance(value, bool) else value
-            for key, value in layer.items()}
+    return {key: {"enabled": switch} if key in BUILTIN_SECTIONS and (switch := as_switch(value)) is not None
+            else value for key, value in layer.items()}
 
 
 def read_json_file(path: str | os.PathLike[str]) -> dict[str, Any]:

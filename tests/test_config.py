@@ -211,6 +211,10 @@ def test_a_layer_is_switched_by_true_or_false_in_a_file_a_dict_or_the_environmen
     assert TransportConfig.model_validate({"metrics": True}).metrics.enabled
     with build_transport({"retry": False, "cache": False}) as stack:
         assert stack.names == []
+    # As the environment gives every other switch (PYWATS_TRANSPORT_CACHE__ENABLED=False works).
+    for word, on in (("False", False), ("0", False), ("no", False), ("1", True), ("True", True), ("on", True)):
+        cfg = TransportConfig.load(environ={"PYWATS_TRANSPORT_CACHE": word}, profile="wats")
+        assert (cfg.cache.enabled, cfg.cache.mode) == (on, "ttl")
     with pytest.raises(ConfigError, match=r"retry \(from environment PYWATS_TRANSPORT_RETRY\) = 3: must be true, "
                                           r"false or an object of its settings"):
         TransportConfig.load(environ={"PYWATS_TRANSPORT_RETRY": "3"})

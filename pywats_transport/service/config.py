@@ -18,6 +18,7 @@ from ..config import (
     FLAG_ALIASES,
     CacheSettings,
     TransportConfig,
+    as_switch,
     deep_merge,
     describe_validation_error,
     read_json_file,
@@ -26,7 +27,6 @@ from ..errors import ConfigError
 from ..wats.client import api_suffix_problem, ca_context
 
 ENV_PREFIX = "PYWATS_CLIENT_"
-_SWITCH_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 log = logging.getLogger("pywats_transport.service")
 
 
@@ -120,7 +120,7 @@ class ClientConfig(BaseModel):
         if not isinstance(value, str):
             return value
         # Read as the other switches are (PYWATS_CLIENT_VERIFY_SSL=False, =0, =no), not as a file's name.
-        switch = _SWITCH_WORDS.get(value.strip().lower())
+        switch = as_switch(value)
         if switch is not None:
             return switch
         if not value.strip():
@@ -211,7 +211,7 @@ def _beside_the_file(data: dict[str, Any], folder: Path, given_elsewhere: Abstra
         if _relative(queue):
             data["queue_dir"] = str(folder / queue)
     ca = data.get("verify_ssl")
-    if "verify_ssl" not in given_elsewhere and _relative(ca) and ca.strip().lower() not in _SWITCH_WORDS:
+    if "verify_ssl" not in given_elsewhere and _relative(ca) and as_switch(ca) is None:
         data["verify_ssl"] = str(folder / ca)
     if "transport" not in given_elsewhere:
         _database_beside(data, folder, env)
