@@ -109,7 +109,7 @@ def test_several_problems_in_one_error() -> None:
 
 
 def test_unknown_flag_lists_allowed() -> None:
-    with pytest.raises(ConfigError, match="unknown flag 'cach_ttl'; allowed: .*enable_cache"):
+    with pytest.raises(ConfigError, match=r"unknown flag 'cach_ttl' \(did you mean cache_ttl\?\); allowed: .*enable_cache"):
         build_transport(cach_ttl=5)
 
 
