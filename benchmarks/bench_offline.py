@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import statistics
 import tempfile
 import time
@@ -13,7 +14,7 @@ from pywats_transport import build_async_transport
 from pywats_transport.demo import Outage
 from pywats_transport.emulator import EmulatorServer
 from pywats_transport.layers.cache import AsyncCacheLayer
-from pywats_transport.wats import AsyncWATS
+from pywats_transport.wats import AsyncWATS, UUTReport
 from pywats_transport.workload import RunResult, run_workload
 
 from .common import Row, ok_response, quiet_service_logs
@@ -171,6 +172,35 @@ def known_down(quick: bool) -> list[Row]:
     ]
 
 
+def silent_handovers(quick: bool) -> list[Row]:
+    """Reports handed to the outbox while WATS takes connections and never answers (a hung server, a
+    firewall dropping packets): each hand-over waits at most the outbox's ``wait``, not the client's
+    timeout on every attempt. Here the timeout is 2 s and the wait 0.5 s (10 s by default, 30 s timeout)."""
+    reports = 3 if quick else 10
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)  # never accepts: no answer, no refusal
+
+    async def run(folder: str) -> list[float]:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        times = []
+        async with AsyncWATS(url, TOKEN, timeout=2.0, outbox=folder) as api:
+            api.outbox.wait = 0.5
+            for i in range(reports):
+                start = time.perf_counter()
+                outcome = await api.outbox.submit(UUTReport(partNumber="PN-1", serialNumber=f"SN-{i}"))
+                times.append(time.perf_counter() - start)
+                assert outcome.status == "queued", outcome
+        return times
+
+    with listener, tempfile.TemporaryDirectory() as folder:
+        times = asyncio.run(run(folder))
+    return [
+        Row(SUITE, f"{reports} report hand-overs to a WATS that never answers: the first (wait 0.5 s, timeout 2 s)",
+            times[0], "s", "<= 1", times[0] <= 1),
+        Row(SUITE, "... the longest of the others (queued at once while its send goes on)", max(times[1:]), "s",
+            "<= 0.1", max(times[1:]) <= 0.1),
+    ]
+
+
 def run(quick: bool = False) -> list[Row]:
     quiet_service_logs()
-    return stale_while_revalidate(quick) + known_down(quick) + outage_run(quick)
+    return stale_while_revalidate(quick) + known_down(quick) + silent_handovers(quick) + outage_run(quick)
