@@ -85,6 +85,7 @@ class _ClientBase:
         rate_limit: float | None = None,
         enable_metrics: bool | None = None,
         metrics_collector: Any = None,
+        plugin_context: dict[str, Any] | None = None,
         plugins: Sequence[str] = (),
         config: TransportConfig | dict[str, Any] | str | os.PathLike[str] | None = None,
         transport: Any = None,
@@ -108,7 +109,8 @@ class _ClientBase:
         if transport is not None and verify_ssl is not True:
             raise ValueError("verify_ssl applies to the network transport the client makes, and transport= replaces "
                              "it: give the certificate check to that transport (httpx.HTTPTransport(verify=...))")
-        self.transport = self._build_stack(self.config, transport, tls_verify(verify_ssl), metrics_collector)
+        self.transport = self._build_stack(self.config, transport, tls_verify(verify_ssl), metrics_collector,
+                                           plugin_context)
         self.metrics_collector = getattr(self.transport.get_layer("metrics"), "collector", metrics_collector)
         self._http = self._build_client(headers, timeout)
         run = self._run
@@ -134,7 +136,8 @@ class _ClientBase:
             )
         return self._outbox
 
-    def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool | ssl.SSLContext, collector: Any) -> Any:
+    def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool | ssl.SSLContext, collector: Any,
+                     plugin_context: dict[str, Any] | None) -> Any:
         raise NotImplementedError
 
     def _build_client(self, headers: dict[str, str], timeout: float | httpx.Timeout) -> Any:
@@ -267,9 +270,10 @@ class AsyncWATS(_ClientBase):
     ``transport`` replaces the innermost network transport (an ``httpx.AsyncBaseTransport``).
     """
 
-    def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool | ssl.SSLContext, collector: Any) -> Any:
+    def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool | ssl.SSLContext, collector: Any,
+                     plugin_context: dict[str, Any] | None) -> Any:
         inner = transport if transport is not None else httpx.AsyncHTTPTransport(verify=verify_ssl)
-        return build_async_transport(config, inner=inner, metrics_collector=collector)
+        return build_async_transport(config, inner=inner, metrics_collector=collector, plugin_context=plugin_context)
 
     def _build_client(self, headers: dict[str, str], timeout: float | httpx.Timeout) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base_url, transport=self.transport, headers=headers, timeout=timeout)
@@ -313,9 +317,10 @@ class WATS(_ClientBase):
     ``transport`` replaces the innermost network transport (an ``httpx.BaseTransport``).
     """
 
-    def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool | ssl.SSLContext, collector: Any) -> Any:
+    def _build_stack(self, config: TransportConfig, transport: Any, verify_ssl: bool | ssl.SSLContext, collector: Any,
+                     plugin_context: dict[str, Any] | None) -> Any:
         inner = transport if transport is not None else httpx.HTTPTransport(verify=verify_ssl)
-        return build_transport(config, inner=inner, metrics_collector=collector)
+        return build_transport(config, inner=inner, metrics_collector=collector, plugin_context=plugin_context)
 
     def _build_client(self, headers: dict[str, str], timeout: float | httpx.Timeout) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, transport=self.transport, headers=headers, timeout=timeout)

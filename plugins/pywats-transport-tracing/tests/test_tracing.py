@@ -97,3 +97,23 @@ def test_attempt_spans_can_be_switched_off(exporter: Any) -> None:
     with httpx.Client(transport=stack) as client:
         client.get("http://wats.test/x")
     assert [s.kind for s in exp.get_finished_spans()] == [SpanKind.INTERNAL]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_the_wats_clients_pass_their_plugin_context_to_the_layers(mode: str, exporter: Any) -> None:
+    """A WATS client could not be given the application's TracerProvider (its spans went to the global one):
+    it takes ``plugin_context`` as the builders do."""
+    from pywats_transport import WATS, AsyncWATS
+
+    provider, exp = exporter
+    version = httpx.MockTransport(lambda request: httpx.Response(200, json={"version": "24.1"}))
+    kwargs: dict[str, Any] = dict(transport=version, plugins=["tracing"], plugin_context={"tracer_provider": provider})
+    if mode == "sync":
+        with WATS("http://wats.test", "token-1", **kwargs) as api:
+            assert api.app.version().version == "24.1"
+    else:
+        async with AsyncWATS("http://wats.test", "token-1", **kwargs) as aapi:
+            assert (await aapi.app.version()).version == "24.1"
+    names = sorted(s.name for s in exp.get_finished_spans())
+    assert names == ["GET /api/App/Version"] * 2  # the request span and its attempt, in this provider
