@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -427,3 +428,34 @@ def test_timeout_takes_seconds_or_an_httpx_timeout(cls: Any) -> None:
         with pytest.raises(ValueError, match=r"timeout must be seconds > 0 or an httpx.Timeout \(httpx.Timeout\(30, "
                                              r"connect=5\); httpx.Timeout\(None\): no limit\), got "):
             cls(BASE, TOKEN, timeout=bad)
+
+
+@pytest.mark.parametrize(("address", "problem"), [
+    ("https://", "must name a host, as in https://wats.example.com"),
+    ("https://wats example.com", "must not contain spaces"),
+    (" https://wats.example.com", "must not contain spaces"),
+    ("https://wats.example.com?site=2", "must be the server's address alone, without a query or fragment"),
+    ("ftp://wats.example.com", "must be an http:// or https:// URL"),
+])
+def test_a_wats_address_is_checked_alike_in_code_the_environment_and_client_json(
+        address: str, problem: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``WATS("https://", token)`` was taken (its base became "https:", every call failing later, far from
+    the cause), as were a space in the host and a query; ``HTTPS://`` (a scheme is case-blind) was refused."""
+    from pywats_transport.service import ClientConfig
+
+    with pytest.raises(ValueError, match=rf"^base_url {re.escape(problem)}, got "):
+        WATS(address, TOKEN)
+    monkeypatch.setenv("WATS_BASE_URL", address)
+    monkeypatch.setenv("WATS_AUTH_TOKEN", TOKEN)
+    with pytest.raises(ValueError, match=rf"^environment variable WATS_BASE_URL {re.escape(problem)}, got "):
+        AsyncWATS.from_env()
+    path = tmp_path / "client.json"
+    path.write_text(json.dumps({"service_address": address, "api_token": TOKEN}))
+    with pytest.raises(ConfigError, match=rf"service_address = .*: {re.escape(problem)}"):
+        ClientConfig.load(path, environ={})
+
+
+def test_a_wats_address_takes_any_case_of_scheme_and_a_path() -> None:
+    with WATS("HTTPS://wats.example.com/wats/", TOKEN) as api:
+        assert api.base_url == "HTTPS://wats.example.com/wats"
+        assert str(api._http.build_request("GET", "/api/App/Version").url) == "https://wats.example.com/wats/api/App/Version"

@@ -11,7 +11,6 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 
 from ..config import (
@@ -24,7 +23,7 @@ from ..config import (
     read_json_file,
 )
 from ..errors import ConfigError
-from ..wats.client import api_suffix_problem, ca_context
+from ..wats.client import address_problem, ca_context
 
 ENV_PREFIX = "PYWATS_CLIENT_"
 log = logging.getLogger("pywats_transport.service")
@@ -94,15 +93,7 @@ class ClientConfig(BaseModel):
     @field_validator("service_address")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        try:
-            host = httpx.URL(value).host
-        except httpx.InvalidURL:
-            host = ""
-        if not host:
-            raise ValueError("must name a host, as in https://wats.example.com")
-        if (problem := api_suffix_problem(value)) is not None:
+        if (problem := address_problem(value)) is not None:
             raise ValueError(problem)
         return value.rstrip("/")
 

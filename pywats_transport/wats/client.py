@@ -30,6 +30,26 @@ from .repositories import (
 
 log = logging.getLogger("pywats_transport.wats")
 
+def address_problem(address: Any) -> str | None:
+    """Why ``address`` is not a WATS server's address (None when it is one): an http(s) URL naming a host,
+    with no query, no fragment and no /api at its end."""
+    if not isinstance(address, str) or not address:
+        return "must be an http:// or https:// URL"
+    if any(c.isspace() for c in address):
+        return "must not contain spaces"
+    try:
+        url = httpx.URL(address)
+    except httpx.InvalidURL as exc:
+        return f"is not a URL ({exc})"
+    if url.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if not url.host:
+        return "must name a host, as in https://wats.example.com"
+    if url.query or url.fragment:
+        return "must be the server's address alone, without a query or fragment"
+    return api_suffix_problem(address)
+
+
 def api_suffix_problem(address: str) -> str | None:
     """Why a WATS address ending with ``/api`` is wrong (None when it does not): every route starts with
     /api, so such a base asks for /api/api/... and meets a 404 on every call."""
@@ -91,9 +111,7 @@ class _ClientBase:
         transport: Any = None,
         outbox: str | os.PathLike[str] | None = None,
     ) -> None:
-        if not base_url or not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
-        if (problem := api_suffix_problem(base_url)) is not None:
+        if (problem := address_problem(base_url)) is not None:
             raise ValueError(f"base_url {problem}, got {base_url!r}")
         if not token:
             raise ValueError("token must be a non-empty WATS API token")
@@ -353,6 +371,6 @@ def _env_credentials() -> tuple[str, str]:
     missing = [name for name, value in (("WATS_BASE_URL", base_url), ("WATS_AUTH_TOKEN", token)) if not value]
     if missing:
         raise ValueError(f"environment variable(s) {', '.join(missing)} must be set")
-    if (problem := api_suffix_problem(str(base_url))) is not None:
+    if (problem := address_problem(base_url)) is not None:
         raise ValueError(f"environment variable WATS_BASE_URL {problem}, got {base_url!r}")
     return str(base_url), str(token)
