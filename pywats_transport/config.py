@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -67,17 +68,22 @@ class Section(BaseModel):
         return value
 
 
-#: words a switch is given in, as pydantic reads a bool (an environment variable gives `False`, `0`, `no`)
-SWITCH_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+_SWITCH = TypeAdapter(bool)
 
 
 def as_switch(value: Any) -> bool | None:
-    """``value`` as a switch, when it is one: a bool, 0 or 1, or one of :data:`SWITCH_WORDS`; else None."""
+    """``value`` as a switch, read as pydantic reads a bool (``False``, ``0``, ``no``, ``on``: what an
+    environment variable gives), when it is one; else None."""
     if isinstance(value, bool):
         return value
-    if isinstance(value, int) and value in (0, 1):  # PYWATS_TRANSPORT_CACHE=0 reads as JSON
-        return bool(value)
-    return SWITCH_WORDS.get(value.strip().lower()) if isinstance(value, str) else None
+    if isinstance(value, str):
+        value = value.strip()
+    elif not isinstance(value, int):
+        return None
+    try:
+        return _SWITCH.validate_python(value)
+    except ValidationError:
+        return None
 
 
 class PluginSettings(Section):
