@@ -489,9 +489,34 @@ async def test_a_hit_is_one_redis_command(mode: str, own_redis: Any) -> None:
         assert (await caller.get("/one/trip")).extensions["caching"]["from_cache"]
     calls = {name: stat["calls"] for name, stat in admin.info("commandstats").items()
              if name not in ("cmdstat_info", "cmdstat_config|resetstat")}
-    # One script per hit; in it, the read of the entry, the check of its three index sets ("/", "/one",
-    # "/one/trip") and the touch of the epoch, which redis-server counts too.
-    assert calls == {"cmdstat_eval": 10, "cmdstat_hgetall": 10, "cmdstat_sismember": 30, "cmdstat_touch": 10}
+    # One script per hit, sent by its SHA1; in it, the read of the entry, the check of its three index sets
+    # ("/", "/one", "/one/trip") and the touch of the epoch, which redis-server counts too.
+    assert calls == {"cmdstat_evalsha": 10, "cmdstat_hgetall": 10, "cmdstat_sismember": 30, "cmdstat_touch": 10}
+    admin.close()
+    await caller.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_hit_after_redis_forgot_its_script_loads_it_again(mode: str, own_redis: Any) -> None:
+    """Redis forgets its scripts on a restart and on ``SCRIPT FLUSH``: a hit sent by the script's SHA1 is
+    answered NOSCRIPT, and is sent once more in full (which loads it), still a hit and no outage."""
+    import redis
+
+    cls = CacheLayer if mode == "sync" else AsyncCacheLayer
+    caller = Caller(mode, cls(httpx.MockTransport(Counter()), mode="ttl", storage="redis", redis_url=own_redis.url))
+    await caller.get("/forgot")
+    assert (await caller.get("/forgot")).extensions["caching"]["from_cache"]
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.script_flush()
+    admin.config_resetstat()
+    for _ in range(3):
+        assert (await caller.get("/forgot")).extensions["caching"]["from_cache"]
+    calls = admin.info("commandstats")
+    assert (calls["cmdstat_evalsha"]["calls"], calls["cmdstat_eval"]["calls"]) == (3, 1)
+    assert calls["cmdstat_evalsha"]["failed_calls"] == 1  # the NOSCRIPT
+    stats = caller.transport.stats()
+    assert (stats["redis_outages"], stats["storage_errors"]) == (0, 0)
     admin.close()
     await caller.close()
 

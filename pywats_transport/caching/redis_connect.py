@@ -281,6 +281,23 @@ def async_client(url: str, timeout: float, *, single_connection: bool = False, *
     return redis.asyncio.Redis.from_url(url, single_connection_client=single_connection, **options)
 
 
+def lookup_connection(url: str, timeout: float, **extra: Any) -> Any:
+    """A ``redis.Connection`` to a one-server URL, as its clients' pools make them, for
+    :class:`~.redis_lookup.Lookups`; it connects on its first command."""
+    import redis
+
+    return redis.ConnectionPool.from_url(url, **{**redis_options(timeout), **extra}).make_connection()
+
+
+def async_lookup_connection(url: str, timeout: float, **extra: Any) -> Any:
+    """A ``redis.asyncio.Connection`` for :class:`~.redis_lookup.AsyncLookups`: no socket timeout (each
+    lookup runs under its own deadline), ``timeout`` to connect."""
+    import redis.asyncio
+
+    options = {**redis_options(timeout), "socket_timeout": None, **extra}
+    return redis.asyncio.ConnectionPool.from_url(url, **options).make_connection()
+
+
 async def aclose_quietly(client: Any) -> None:
     """Close an asyncio client without raising: redis-py may time out closing a connection (an event loop
     busy with hundreds), and a layer's close must neither raise that nor leave its other clients open."""

@@ -26,7 +26,11 @@ class RedisStore(StoreCore, BaseStorage):
     """Sync: ``RedisStore(redis.Redis.from_url(url, socket_timeout=0.25))``."""
 
     def _call(self, fn: Callable[[], Any]) -> Any:
-        with self.slots.taken(), self.guard.calling():
+        with self.slots.taken():
+            return self._guarded(fn)
+
+    def _guarded(self, fn: Callable[[], Any]) -> Any:
+        with self.guard.calling():
             if self.unconfirmed:
                 self._replay()
             return fn()
@@ -44,8 +48,14 @@ class RedisStore(StoreCore, BaseStorage):
     def find(self, key: str, method: str, headers: Any, url: str | None = None) -> Record | None:
         """The layer's lookup (ttl mode) of the request for ``url``: one round trip, the variant chosen by
         method and ``Vary``."""
-        with self.lookup_client() as client:
-            found = self._call(lambda: self._look(client, key, url))
+        reader = self.free_reader() if url is not None else None
+        if reader is None:
+            found = self._call(lambda: self._look(self.client, key, url))
+        else:
+            try:  # no slot: the slots bound the pool's connections, and this one is not the pool's
+                found = self._guarded(lambda: reader.look(key, url))
+            finally:
+                self.reader_done()
         return self._choose(key, found, method, headers)
 
     def get_entries(self, key: str) -> list[Entry]:
@@ -200,6 +210,6 @@ class RedisStore(StoreCore, BaseStorage):
             pass
         self._lost()
         self.unconfirmed.clear()  # said once, here: not again by the sync store beside an async one
-        if self._reader is not None and self._reader is not self.client:
+        if self._reader is not None:
             self._reader.close()
         self.client.close()

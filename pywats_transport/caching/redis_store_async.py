@@ -60,10 +60,13 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
 
     async def _call(self, fn: Callable[[], Any]) -> Any:
         async with self.slots.taken():
-            with self.guard.calling():
-                if self.unconfirmed:
-                    await self._replay()
-                return await fn()
+            return await self._guarded(fn)
+
+    async def _guarded(self, fn: Callable[[], Any]) -> Any:
+        with self.guard.calling():
+            if self.unconfirmed:
+                await self._replay()
+            return await fn()
 
     async def _replay(self) -> None:
         for origin, path in list(self.unconfirmed):
@@ -79,8 +82,14 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
 
     async def find(self, key: str, method: str, headers: Any, url: str | None = None) -> Record | None:
         """As the sync store's."""
-        with self.lookup_client() as client:
-            found = await self._call(lambda: self._look(client, key, url))
+        reader = self.free_reader() if url is not None else None
+        if reader is None:
+            found = await self._call(lambda: self._look(self.client, key, url))
+        else:
+            try:  # no slot: the slots bound the pool's connections, and this one is not the pool's
+                found = await self._guarded(lambda: reader.look(key, url))
+            finally:
+                self.reader_done()
         return self._choose(key, found, method, headers)
 
     async def get_entries(self, key: str) -> list[Entry]:
@@ -225,7 +234,7 @@ class AsyncRedisStore(StoreCore, AsyncBaseStorage):
             pass
         self._lost()
         self.unconfirmed.clear()  # said once, here: not again by the sync store beside an async one
-        if self._reader is not None and self._reader is not self.client:
+        if self._reader is not None:
             await aclose_quietly(self._reader)
         await aclose_quietly(self.client)
         if self._sync is not None:

@@ -26,8 +26,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Generator
 from typing import Any
 
 from hishel import Entry, Headers, Request, Response
@@ -108,11 +107,10 @@ class StoreCore:
                  max_calls: int = DEFAULT_CALLS, call_wait: float = 1.0) -> None:
         self.client = client
         self.slots: Any = self.slots_type(max_calls, call_wait)  # Slots, or AsyncSlots in the async store
-        # Lookups may go through a client of their own (a single-connection client skips the pool on
-        # every hit), made on first use: a sync one connects when made, which must not fail here.
+        # Lookups may go through a connection of their own (redis_lookup), made on first use.
         self._reader_factory = reader
         self._reader: Any = None
-        self._reader_free = threading.Lock()  # only ever tried, never waited on (lookup_client)
+        self._reader_free = threading.Lock()  # only ever tried, never waited on (free_reader)
         forks.follow(self)
         self.default_ttl = default_ttl
         #: seconds an entry hishel's rules stored (rfc mode) stays past ``ttl``: the layer's stale windows
@@ -233,8 +231,10 @@ class StoreCore:
         return client.eval(LOOK, 2, ENTRY + key, EPOCH, key, *prefixes(url))
 
     def reader(self) -> Any:
-        if self._reader is None:
-            self._reader = self._reader_factory() if self._reader_factory is not None else self.client
+        """The lookups' own connection (:mod:`.redis_lookup`), or None where the store was given none (a
+        cluster or sentinel client routes every command itself)."""
+        if self._reader is None and self._reader_factory is not None:
+            self._reader = self._reader_factory()
         return self._reader
 
     def _held_token(self, key: str, mine: str | None) -> str | None:
@@ -249,18 +249,21 @@ class StoreCore:
         self._reader_free = threading.Lock()
         self.slots.after_fork()
 
-    @contextmanager
-    def lookup_client(self) -> Iterator[Any]:
-        """The lookup connection when it is free, else the pool. A lookup never queues behind another's: on a
-        hung Redis, lookups in flight together each wait their one timeout side by side, not one after the
-        other, and one that starts after the first failure skips Redis at once."""
-        if not self._reader_free.acquire(blocking=False):
-            yield self.client
-            return
+    def free_reader(self) -> Any:
+        """The lookups' own connection if it is free, taken (give it back with :meth:`reader_done`); else
+        None, and the lookup goes through the pool. A lookup never queues behind another's: on a hung Redis,
+        lookups in flight together each wait their one timeout side by side, not one after the other, and
+        one that starts after the first failure skips Redis at once."""
+        if self._reader_factory is None or not self._reader_free.acquire(blocking=False):
+            return None
         try:
-            yield self.reader()
-        finally:
+            return self.reader()
+        except BaseException:
             self._reader_free.release()
+            raise
+
+    def reader_done(self) -> None:
+        self._reader_free.release()
 
     def _ttl_ms(self, ttl: float | None) -> int | None:
         ttl = ttl if ttl is not None else self.default_ttl

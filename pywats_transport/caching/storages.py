@@ -12,7 +12,14 @@ import hishel
 from ..config import CacheSettings
 from ..errors import ConfigError
 from .memory import MAX_BODY, AsyncMemoryStorage, MemoryStorage
-from .redis_connect import async_client, is_cluster, one_server, sync_client
+from .redis_connect import (
+    async_client,
+    async_lookup_connection,
+    is_cluster,
+    lookup_connection,
+    one_server,
+    sync_client,
+)
 from .redis_store import RedisStore
 from .redis_store_async import AsyncRedisStore
 
@@ -85,6 +92,7 @@ def make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asyn
     # as much as the round trip itself. A cluster or sentinel client routes every command itself.
     own = one_server(url)
     from . import redis_epoch  # imports redis: an optional extra
+    from .redis_lookup import AsyncLookups, Lookups
     from .redis_slots import queue_wait
 
     # Each new connection checks that Redis is the process the cache was written on (redis_epoch).
@@ -94,12 +102,12 @@ def make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asyn
     achecked: dict[str, Any] = {"redis_connect_func": redis_epoch.acheck}
     if is_async:
         return AsyncRedisStore(async_client(url, timeout, **achecked), sync_client=sync_client(url, timeout, **checked),
-                               reader=(lambda: async_client(url, timeout, single_connection=True, **achecked))
-                               if own else None,
+                               reader=(lambda: AsyncLookups(lambda: async_lookup_connection(url, timeout, **achecked),
+                                                            timeout)) if own else None,
                                default_ttl=settings.ttl, retry_after=settings.redis_retry_after, flight_timeout=flight,
                                max_calls=settings.redis_max_connections, call_wait=queue_wait(timeout))
     return RedisStore(sync_client(url, timeout, **checked), default_ttl=settings.ttl,
-                      reader=(lambda: sync_client(url, timeout, single_connection=True, **checked)) if own else None,
+                      reader=(lambda: Lookups(lambda: lookup_connection(url, timeout, **checked))) if own else None,
                       retry_after=settings.redis_retry_after, flight_timeout=flight,
                       max_calls=settings.redis_max_connections, call_wait=queue_wait(timeout))
 

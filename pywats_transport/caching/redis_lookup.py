@@ -1,0 +1,120 @@
+"""A hit's one round trip, on a Redis connection of the lookups' own.
+
+A hit is one script call (``LOOK``). Through redis-py's client each call also passes its retry wrapper,
+its connection lock and its observability hooks, and in asyncio a task per command for the socket
+timeout: more, together, than the round trip itself. Lookups keep one redis-py connection instead, made
+by a pool from the same URL and options as every other connection of the cache's (TLS, password, the
+epoch check on connect), and send the script by its SHA1 (``EVALSHA``), by ``EVAL`` only when Redis does
+not know it (a restart, ``SCRIPT FLUSH``), which loads it again.
+
+What the client's retry gave is kept: a connection Redis closed (an idle timeout, a restart) is found as
+it is used, and the call goes on once over a new one; a timeout is not retried, so a lookup waits at
+most one timeout on a dead or hung Redis. The async connection has no socket timeout of its own: the
+call runs under one deadline, which closes the connection when it passes (redis-py closes a connection
+whose command was cancelled, as its answer would be read by the next).
+
+One lookup at a time uses it (the store's ``lookup_client``); others go through the client's pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .redis_keys import ENTRY, EPOCH, LOOK, prefixes
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _deadline
+else:  # redis-py depends on async-timeout before Python 3.11.3
+    from async_timeout import timeout as _deadline
+
+LOOK_SHA = hashlib.sha1(LOOK.encode()).hexdigest()  # noqa: S324 - Redis names scripts by their SHA1
+
+
+def look_args(key: str, url: str) -> tuple[Any, ...]:
+    """``LOOK``'s keys and arguments for ``key``, the request for ``url``."""
+    return 2, ENTRY + key, EPOCH, key, *prefixes(url)
+
+
+def _errors() -> tuple[type[Exception], type[Exception], type[Exception]]:
+    from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
+
+    return ConnectionError, NoScriptError, TimeoutError
+
+
+class Lookups:
+    """Sync: ``Lookups(lambda: redis.ConnectionPool.from_url(url, ...).make_connection())``; the connection
+    is made on the first lookup and connects as it sends."""
+
+    def __init__(self, make_connection: Callable[[], Any]) -> None:
+        self._make = make_connection
+        self._conn: Any = None
+        self._closed_conn, self._no_script, _ = _errors()
+
+    def look(self, key: str, url: str) -> Any:
+        args = look_args(key, url)
+        try:
+            return self._call("EVALSHA", LOOK_SHA, *args)
+        except self._no_script:
+            return self._call("EVAL", LOOK, *args)
+
+    def _call(self, *command: Any) -> Any:
+        if self._conn is None:
+            self._conn = self._make()
+        try:
+            return self._send(command)
+        except self._closed_conn:
+            self._conn.disconnect()
+            return self._send(command)
+
+    def _send(self, command: tuple[Any, ...]) -> Any:
+        conn = self._conn
+        conn.send_packed_command(conn.pack_command(*command), check_health=False)
+        return conn.read_response()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.disconnect()
+
+
+class AsyncLookups:
+    """Async: as :class:`Lookups`, with a ``redis.asyncio`` connection made without a socket timeout, and
+    ``timeout`` the deadline of each lookup (a ``redis.exceptions.TimeoutError`` when it passes)."""
+
+    def __init__(self, make_connection: Callable[[], Any], timeout: float) -> None:
+        self._make = make_connection
+        self.timeout = timeout
+        self._conn: Any = None
+        self._closed_conn, self._no_script, self._timed_out = _errors()
+
+    async def look(self, key: str, url: str) -> Any:
+        args = look_args(key, url)
+        try:
+            async with _deadline(self.timeout):
+                try:
+                    return await self._call("EVALSHA", LOOK_SHA, *args)
+                except self._no_script:
+                    return await self._call("EVAL", LOOK, *args)
+        except asyncio.TimeoutError:  # the deadline's
+            raise self._timed_out(f"Timeout reading from Redis after {self.timeout:g} s") from None
+
+    async def _call(self, *command: Any) -> Any:
+        if self._conn is None:
+            self._conn = self._make()
+        try:
+            return await self._send(command)
+        except self._closed_conn:
+            await self._conn.disconnect()
+            return await self._send(command)
+
+    async def _send(self, command: tuple[Any, ...]) -> Any:
+        conn = self._conn
+        await conn.send_packed_command(conn.pack_command(*command), check_health=False)
+        return await conn.read_response()
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            await self._conn.disconnect()
