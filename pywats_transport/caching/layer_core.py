@@ -376,8 +376,9 @@ class CacheCore:
         headers: Any = record.response_headers()
         if self.policy.rfc:  # say how old the stored answer is (RFC 9111 §5.1)
             headers = [*record.httpx_headers(), (b"age", str(int(record.age + max(0.0, now - record.stored_at))).encode())]
-        return httpx.Response(record.status_code, headers=headers, stream=httpx.ByteStream(record.body),
-                              extensions={"caching": caching})
+        # The body as content, not a stream: the answer is read as it is made, which costs less than the
+        # client's asynchronous read of a stream would, and the length is known.
+        return httpx.Response(record.status_code, headers=headers, content=record.body, extensions={"caching": caching})
 
     def _served(self, plan: Plan, request: httpx.Request, record: Record, revalidated: bool,
                 now: float) -> httpx.Response:
@@ -782,7 +783,11 @@ class CacheCore:
         def save(body: bytes) -> None:
             near.store(key, method, url, status, raw, body, near_ttl, vary=decision.vary, token=token, fresh_for=fresh)
 
-        response.stream = SaveWhenRead(response.stream, save, lambda: near.abandon(key, token), near.max_stream_size)
+        if response.is_closed:  # an answer made from an entry read from Redis: its body is at hand
+            save(response.content)
+        else:
+            response.stream = SaveWhenRead(response.stream, save, lambda: near.abandon(key, token),
+                                           near.max_stream_size)
         self.policy.remember(plan, request)
 
     def _near_drop_now(self, targets: list[tuple[str | None, str]]) -> None:

@@ -67,6 +67,13 @@ class Record:
     _response_headers: tuple[list[tuple[bytes, bytes]], httpx.Headers] | None = field(
         default=None, init=False, repr=False, compare=False)
 
+    def copied(self) -> Record:
+        """A copy to time and serve (its fields may be set), sharing the values nothing changes in place:
+        the body, the header lists, and the headers built for a hit."""
+        copy = object.__new__(Record)
+        copy.__dict__.update(self.__dict__)
+        return copy
+
     def matches(self, method: str, headers: Any) -> bool:
         if self.request.method != method:
             return False

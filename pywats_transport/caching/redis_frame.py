@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -90,13 +91,43 @@ def record_of(key: str, entry_id: bytes, data: bytes) -> Record:
         raise Unreadable(f"incomplete frame: {type(exc).__name__}: {exc}") from None
 
 
+class Decoded:
+    """Entries as read from Redis, decoded once. A station looks up the same entries again and again, and
+    decoding a frame (its JSON, its headers as httpx holds them) cost a good part of a hit. An entry is
+    taken from here while Redis answers the very value decoded, compared in full: a variant stored again
+    keeps its id. Holds ``size`` entries of at most ``largest`` bytes (a larger one is decoded each time),
+    the oldest let go first."""
+
+    def __init__(self, size: int = 256, largest: int = 64 * 1024) -> None:
+        self.size, self.largest = size, largest
+        self._kept: OrderedDict[bytes, tuple[bytes, Record]] = OrderedDict()
+
+    def record(self, key: str, entry_id: bytes, data: bytes) -> Record:
+        """As :func:`record_of`; a copy of the caller's own (it may time it)."""
+        kept = self._kept.get(entry_id)
+        if kept is not None and kept[0] == data:
+            return kept[1].copied()
+        record = record_of(key, entry_id, data)
+        if len(data) > self.largest:
+            return record
+        record.response_headers()  # built once here, shared by the copies
+        while len(self._kept) >= self.size:
+            try:
+                self._kept.popitem(last=False)
+            except KeyError:  # another thread emptied it meanwhile
+                break
+        self._kept[entry_id] = (data, record)
+        return record.copied()
+
+
 def choose(key: str, found: dict[bytes, bytes], method: str, headers: Any,
-           unreadable: Callable[[Unreadable], None]) -> Record | None:
+           unreadable: Callable[[Unreadable], None], decode: Callable[[str, bytes, bytes], Record] = record_of,
+           ) -> Record | None:
     """The stored variant answering ``method`` and, by ``Vary``, these request headers; ``unreadable`` is
     told of each value skipped."""
     for entry_id, data in found.items():
         try:
-            record = record_of(key, entry_id, data)
+            record = decode(key, entry_id, data)
         except Unreadable as exc:
             unreadable(exc)
             continue

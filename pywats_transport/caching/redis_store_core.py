@@ -36,7 +36,16 @@ from .freshness import Vary, own_windows
 from .memory import NOT_KEPT, Record
 from .redis_clock import CLOCK
 from .redis_fetch import current, headers_in_progress, lease_of, url_in_progress, url_of
-from .redis_frame import Unreadable, choose, framed, record_of, request_for_hishel, unframe, variant_id
+from .redis_frame import (
+    Decoded,
+    Unreadable,
+    choose,
+    framed,
+    record_of,
+    request_for_hishel,
+    unframe,
+    variant_id,
+)
 from .redis_guard import Guard, log
 from .redis_keys import (
     CHANNEL,
@@ -116,6 +125,7 @@ class StoreCore:
         #: seconds an entry hishel's rules stored (rfc mode) stays past ``ttl``: the layer's stale windows
         self.keep_stale = 0.0
         self.guard = Guard(retry_after, full_is_down=False)
+        self.decoded = Decoded()
         #: seconds a miss waits for another process's fetch (0: no single flight)
         self.flight_timeout = flight_timeout
         self.lock_ms = max(1, int(lock_ttl * 1000))
@@ -175,7 +185,7 @@ class StoreCore:
         return usable
 
     def _choose(self, key: str, found: Found, method: str, headers: Any) -> Record | None:
-        return choose(key, _fields(found), method, headers, self._skip)
+        return choose(key, _fields(found), method, headers, self._skip, self.decoded.record)
 
     def _entries(self, found: Found, stream: Callable[[bytes], Any]) -> list[Entry]:
         entries = []
