@@ -89,3 +89,21 @@ async def test_a_station_that_read_an_entry_sees_another_stations_newer_answer(m
     assert hit.extensions["caching"]["from_cache"] and hit.json()["n"] == 2
     await a.close()
     await b.close()
+
+
+@pytest.mark.redis
+def test_the_lookups_keep_each_keys_packed_command_for_a_bounded_number_of_keys(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each key's lookup is packed once and kept (a station looks up the same keys again and again), for at
+    most ``PACKED`` keys, the oldest let go first; what Redis answers is the same either way."""
+    from pywats_transport.caching import redis_lookup
+    from pywats_transport.caching.redis_connect import lookup_connection
+
+    monkeypatch.setattr(redis_lookup, "PACKED", 3)
+    lookups = redis_lookup.Lookups(lambda: lookup_connection(redis_url, 1.0))
+    try:
+        for key in ("k1", "k2", "k1", "k3", "k4"):
+            assert lookups.look(key, f"http://test/{key}") == []  # nothing stored: an empty answer
+        assert list(lookups._packed) == [(k, f"http://test/{k}") for k in ("k2", "k3", "k4")]
+    finally:
+        lookups.close()

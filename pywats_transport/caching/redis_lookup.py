@@ -13,7 +13,9 @@ most one timeout on a dead or hung Redis. The async connection has no socket tim
 call runs under one deadline, which closes the connection when it passes (redis-py closes a connection
 whose command was cancelled, as its answer would be read by the next).
 
-One lookup at a time uses it (the store's ``lookup_client``); others go through the client's pool.
+One lookup at a time uses it (the store's ``free_reader``); others go through the client's pool. A
+station looks up the same keys again and again: each one's command is packed once (by redis-py), and
+kept for the next (``PACKED`` keys at most).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sys
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -39,40 +42,62 @@ def look_args(key: str, url: str) -> tuple[Any, ...]:
     return 2, ENTRY + key, EPOCH, key, *prefixes(url)
 
 
+PACKED = 1024
+
+
+class _Packing:
+    """The ``EVALSHA`` of each key's lookup, as packed for the connection, kept for the next."""
+
+    def __init__(self) -> None:
+        self._packed: OrderedDict[tuple[str, str], Any] = OrderedDict()
+
+    def _packed_look(self, conn: Any, key: str, url: str) -> Any:
+        packed = self._packed.get((key, url))
+        if packed is None:
+            packed = conn.pack_command("EVALSHA", LOOK_SHA, *look_args(key, url))
+            while len(self._packed) >= PACKED:
+                try:
+                    self._packed.popitem(last=False)
+                except KeyError:  # another thread emptied it meanwhile
+                    break
+            self._packed[key, url] = packed
+        return packed
+
+
 def _errors() -> tuple[type[Exception], type[Exception], type[Exception]]:
     from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
 
     return ConnectionError, NoScriptError, TimeoutError
 
 
-class Lookups:
+class Lookups(_Packing):
     """Sync: ``Lookups(lambda: redis.ConnectionPool.from_url(url, ...).make_connection())``; the connection
     is made on the first lookup and connects as it sends."""
 
     def __init__(self, make_connection: Callable[[], Any]) -> None:
+        super().__init__()
         self._make = make_connection
         self._conn: Any = None
         self._closed_conn, self._no_script, _ = _errors()
 
     def look(self, key: str, url: str) -> Any:
-        args = look_args(key, url)
         try:
-            return self._call("EVALSHA", LOOK_SHA, *args)
+            return self._call(lambda conn: self._packed_look(conn, key, url))
         except self._no_script:
-            return self._call("EVAL", LOOK, *args)
+            return self._call(lambda conn: conn.pack_command("EVAL", LOOK, *look_args(key, url)))
 
-    def _call(self, *command: Any) -> Any:
+    def _call(self, pack: Callable[[Any], Any]) -> Any:
         if self._conn is None:
             self._conn = self._make()
         try:
-            return self._send(command)
+            return self._send(pack)
         except self._closed_conn:
             self._conn.disconnect()
-            return self._send(command)
+            return self._send(pack)
 
-    def _send(self, command: tuple[Any, ...]) -> Any:
+    def _send(self, pack: Callable[[Any], Any]) -> Any:
         conn = self._conn
-        conn.send_packed_command(conn.pack_command(*command), check_health=False)
+        conn.send_packed_command(pack(conn), check_health=False)
         return conn.read_response()
 
     def close(self) -> None:
@@ -80,39 +105,39 @@ class Lookups:
             self._conn.disconnect()
 
 
-class AsyncLookups:
+class AsyncLookups(_Packing):
     """Async: as :class:`Lookups`, with a ``redis.asyncio`` connection made without a socket timeout, and
     ``timeout`` the deadline of each lookup (a ``redis.exceptions.TimeoutError`` when it passes)."""
 
     def __init__(self, make_connection: Callable[[], Any], timeout: float) -> None:
+        super().__init__()
         self._make = make_connection
         self.timeout = timeout
         self._conn: Any = None
         self._closed_conn, self._no_script, self._timed_out = _errors()
 
     async def look(self, key: str, url: str) -> Any:
-        args = look_args(key, url)
         try:
             async with _deadline(self.timeout):
                 try:
-                    return await self._call("EVALSHA", LOOK_SHA, *args)
+                    return await self._call(lambda conn: self._packed_look(conn, key, url))
                 except self._no_script:
-                    return await self._call("EVAL", LOOK, *args)
+                    return await self._call(lambda conn: conn.pack_command("EVAL", LOOK, *look_args(key, url)))
         except asyncio.TimeoutError:  # the deadline's
             raise self._timed_out(f"Timeout reading from Redis after {self.timeout:g} s") from None
 
-    async def _call(self, *command: Any) -> Any:
+    async def _call(self, pack: Callable[[Any], Any]) -> Any:
         if self._conn is None:
             self._conn = self._make()
         try:
-            return await self._send(command)
+            return await self._send(pack)
         except self._closed_conn:
             await self._conn.disconnect()
-            return await self._send(command)
+            return await self._send(pack)
 
-    async def _send(self, command: tuple[Any, ...]) -> Any:
+    async def _send(self, pack: Callable[[Any], Any]) -> Any:
         conn = self._conn
-        await conn.send_packed_command(conn.pack_command(*command), check_health=False)
+        await conn.send_packed_command(pack(conn), check_health=False)
         return await conn.read_response()
 
     async def aclose(self) -> None:
