@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from types import TracebackType
 
 from ..config import redacted
 
@@ -53,6 +53,7 @@ class Guard:
         self.full_since = 0.0
         self.refused_full = 0
         self._lock = threading.Lock()
+        self._calling = _Calling(self)
 
     def down_for(self) -> float:
         """Seconds since the outage in course began (0.0: Redis answered last)."""
@@ -86,19 +87,17 @@ class Guard:
             self.log.warning("Redis unavailable for the %s (%s); %s, and Redis is tried again every %g s", self.use,
                         kind, self.fallback, self.retry_after)
 
-    @contextmanager
-    def calling(self) -> Iterator[None]:
-        """One Redis call (or a few in one round trip): skipped while Redis is down, and its outcome noted."""
-        self.check()
-        try:
-            yield
-        except Exception as exc:
-            if self.full_is_down or not refused_as_full(exc):
-                self.failed(exc)
-            else:
-                self.refused()
-            raise
-        self.ok()
+    def calling(self) -> _Calling:
+        """One Redis call (or a few in one round trip): skipped while Redis is down, and its outcome noted.
+        ``with guard.calling(): ...``"""
+        return self._calling
+
+    def noted(self, exc: Exception) -> None:
+        """A call failed with ``exc``."""
+        if self.full_is_down or not refused_as_full(exc):
+            self.failed(exc)
+        else:
+            self.refused()
 
     def refused(self) -> None:
         """Redis answered, refusing a write for want of memory."""
@@ -126,3 +125,22 @@ class Guard:
             if since:
                 self.log.warning("Redis answers the %s again, after %.1f s", self.use, self.clock() - since)
         self.down_until = 0.0
+
+
+class _Calling:
+    """:meth:`Guard.calling`'s context: a class rather than a generator, as every lookup enters one, and
+    without state of its own, so one serves every thread and task."""
+
+    __slots__ = ("_guard",)
+
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+
+    def __enter__(self) -> None:
+        self._guard.check()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is None:
+            self._guard.ok()
+        elif isinstance(exc, Exception):
+            self._guard.noted(exc)
