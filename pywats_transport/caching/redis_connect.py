@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -218,12 +219,23 @@ class Deferred:
             self._made.close()
 
 
-def _cluster_version_check() -> None:
-    import redis
+#: the oldest redis-py the fleet tier runs on. Before 7.2 an asyncio pool connected its new connections
+#: while it held its lock: on a hung Redis, the requests of a burst that each needed one waited the
+#: timeouts of those before them (two, three timeouts and more), where each should wait one.
+REDIS_PY_MIN = (7, 2)
 
-    if int(redis.__version__.split(".")[0]) < 7:
-        raise ImportError(f"a Redis Cluster URL needs redis-py 7 or later (installed: {redis.__version__}): "
-                          "pip install -U 'redis>=7'")
+
+def require_redis(use: str) -> None:
+    """An ImportError naming ``use`` and what to install, unless redis-py is installed and recent enough."""
+    try:
+        import redis
+    except ImportError:
+        raise ImportError(f"{use} needs the redis package: pip install 'pywats-transport[redis]'") from None
+    installed = tuple(int(part) for part in re.findall(r"\d+", redis.__version__)[:2])
+    if installed < REDIS_PY_MIN:
+        wanted = ".".join(map(str, REDIS_PY_MIN))
+        raise ImportError(f"{use} needs redis-py {wanted} or later (installed: {redis.__version__}): "
+                          f"pip install -U 'redis>={wanted}'")
 
 
 def _reconnect_once(retry_cls: Any, *, cluster: bool = False) -> Any:
@@ -246,7 +258,7 @@ def sync_client(url: str, timeout: float, *, single_connection: bool = False, **
 
     options = {**redis_options(timeout), "retry": _reconnect_once(Retry), **extra}
     if is_cluster(url):
-        _cluster_version_check()
+        require_redis("a Redis Cluster URL")
         from redis.cluster import ClusterNode, RedisCluster
 
         address = nodes_address(url)
@@ -268,7 +280,7 @@ def async_client(url: str, timeout: float, *, single_connection: bool = False, *
 
     options = {**redis_options(timeout), "retry": _reconnect_once(Retry), **extra}
     if is_cluster(url):
-        _cluster_version_check()
+        require_redis("a Redis Cluster URL")
         from redis.asyncio.cluster import ClusterNode
 
         address = nodes_address(url)

@@ -18,6 +18,7 @@ from .redis_connect import (
     is_cluster,
     lookup_connection,
     one_server,
+    require_redis,
     sync_client,
 )
 from .redis_store import RedisStore
@@ -81,10 +82,7 @@ def make_storage(settings: CacheSettings, clock: Callable[[], float], *, is_asyn
         # max_bytes bounds the file as it bounds the memory storage (hishel's own default is 1 GiB).
         return hishel.SqliteStorage(database_path=settings.sqlite_path, default_ttl=settings.ttl, max_stream_size=MAX_BODY,
                                     max_size=settings.max_bytes)
-    try:
-        import redis  # noqa: F401 - the one check that it is installed
-    except ImportError:
-        raise ImportError("cache storage 'redis' needs the redis package: pip install 'pywats-transport[redis]'") from None
+    require_redis("cache storage 'redis'")
     url, timeout = settings.redis_url, settings.redis_timeout
     # Fleet-wide single flight follows the coalescing switch: a miss waits for another process's fetch.
     flight = settings.coalesce_timeout if settings.coalesce else 0.0

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import httpx
 
-from ..caching.redis_connect import async_client, sync_client
+from ..caching.redis_connect import async_client, require_redis, sync_client
 from ..config import ThrottleSettings
 from ..errors import ThrottledError
 from ..hookspecs import LayerSpec, hookimpl
@@ -32,11 +32,11 @@ class _ThrottleCore:
         self.in_flight = 0
         self.fleet: Any = None
         if settings.backend == "redis":
+            require_redis("throttle backend 'redis'")
             try:
                 import pyrate_limiter  # noqa: F401
-                import redis  # noqa: F401
             except ImportError:
-                raise ImportError("throttle backend 'redis' needs redis and pyrate-limiter: "
+                raise ImportError("throttle backend 'redis' needs pyrate-limiter: "
                                   "pip install 'pywats-transport[redis]'") from None
             self.fleet = self._fleet_rate(settings)
             # While Redis is down each process takes its share of the fleet's rate and burst, so that the
