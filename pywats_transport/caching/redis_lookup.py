@@ -42,6 +42,7 @@ def look_args(key: str, url: str) -> tuple[Any, ...]:
     return 2, ENTRY + key, EPOCH, key, *prefixes(url)
 
 
+#: keys whose packed lookup is kept (a station's lookup URLs are few; a serial number each are many)
 PACKED = 1024
 
 
