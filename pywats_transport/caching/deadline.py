@@ -47,11 +47,9 @@ class SharedDeadline:
             self._timer, self._timer_loop = loop.call_at(self._at, self._check, loop), loop
 
     def _check(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._timer_loop is not loop:
-            return  # set in an event loop the calls have left; the current one has its own
         self._timer = None
         task = self._task
-        if task is None:
+        if task is None or self._timer_loop is not loop:
             return  # no call in progress: the next one sets the timer again
         if loop.time() >= self._at:
             self._fired = task
