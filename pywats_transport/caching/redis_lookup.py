@@ -10,8 +10,8 @@ not know it (a restart, ``SCRIPT FLUSH``), which loads it again.
 What the client's retry gave is kept: a connection Redis closed (an idle timeout, a restart) is found as
 it is used, and the call goes on once over a new one; a timeout is not retried, so a lookup waits at
 most one timeout on a dead or hung Redis. The async connection has no socket timeout of its own: the
-call runs under one deadline (:mod:`.deadline`), which closes the connection when it passes (redis-py
-closes a connection whose command was cancelled, as its answer would be read by the next).
+call runs under one deadline, which closes the connection when it passes (redis-py closes a connection
+whose command was cancelled, as its answer would be read by the next).
 
 One lookup at a time uses it (the store's ``free_reader``); others go through the client's pool. A
 station looks up the same keys again and again: each one's command is packed once (by redis-py), and
@@ -20,13 +20,19 @@ kept for the next (``PACKED`` keys at most).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from .deadline import Expired, SharedDeadline
 from .redis_keys import ENTRY, EPOCH, LOOK, prefixes
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _deadline
+else:  # redis-py depends on async-timeout before Python 3.11.3
+    from async_timeout import timeout as _deadline
 
 LOOK_SHA = hashlib.sha1(LOOK.encode()).hexdigest()  # noqa: S324 - Redis names scripts by their SHA1
 
@@ -108,18 +114,17 @@ class AsyncLookups(_Packing):
         super().__init__()
         self._make = make_connection
         self.timeout = timeout
-        self._deadline = SharedDeadline(timeout)
         self._conn: Any = None
         self._closed_conn, self._no_script, self._timed_out = _errors()
 
     async def look(self, key: str, url: str) -> Any:
         try:
-            with self._deadline.running():
+            async with _deadline(self.timeout):
                 try:
                     return await self._call(lambda conn: self._packed_look(conn, key, url))
                 except self._no_script:
                     return await self._call(lambda conn: conn.pack_command("EVAL", LOOK, *look_args(key, url)))
-        except Expired:
+        except asyncio.TimeoutError:  # the deadline's
             raise self._timed_out(f"Timeout reading from Redis after {self.timeout:g} s") from None
 
     async def _call(self, pack: Callable[[Any], Any]) -> Any:
