@@ -38,6 +38,16 @@ MAX_BODY = 10 * 1024 * 1024
 _direct_ids = itertools.count(1)
 
 
+def keep_at_most(kept: OrderedDict[Any, Any], key: Any, value: Any, size: int) -> None:
+    """``kept[key] = value``, the oldest let go first to hold ``size`` at most (threads may share ``kept``)."""
+    while len(kept) >= size:
+        try:
+            kept.popitem(last=False)
+        except KeyError:  # another thread emptied it meanwhile
+            break
+    kept[key] = value
+
+
 @dataclass
 class Record:
     #: hishel's entries get a UUID, the layer's own path a cheaper counter value, a Redis entry its field

@@ -23,7 +23,7 @@ from typing import Any
 from hishel import Headers, Request
 
 from .freshness import Vary
-from .memory import NOT_KEPT, Record
+from .memory import NOT_KEPT, Record, keep_at_most
 from .url_parts import without_userinfo
 
 #: the frame format's version: bumped whenever a reader of the old one would misread the new (2: ``Vary``
@@ -111,12 +111,7 @@ class Decoded:
         if len(data) > self.largest:
             return record
         record.response_headers()  # built once here, shared by the copies
-        while len(self._kept) >= self.size:
-            try:
-                self._kept.popitem(last=False)
-            except KeyError:  # another thread emptied it meanwhile
-                break
-        self._kept[entry_id] = (data, record)
+        keep_at_most(self._kept, entry_id, (data, record), self.size)
         return record.copied()
 
 

@@ -18,6 +18,7 @@ lease or store deletes it, and a fetch whose key went unlisted meanwhile stores 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 from .url_parts import place_of
 
@@ -189,6 +190,11 @@ def prefixes(url: str) -> tuple[str, ...]:
     origin, path = place_of(url)
     segments = [s for s in path.split("/") if s]
     return tuple(INDEX + origin + "/" + "/".join(segments[:i]) for i in range(len(segments) + 1))
+
+
+def look_args(key: str, url: str) -> tuple[Any, ...]:
+    """``LOOK``'s keys and arguments for ``key``, the request for ``url``."""
+    return 2, ENTRY + key, EPOCH, key, *prefixes(url)
 
 
 def index_name(origin: str | None, path: str) -> str:

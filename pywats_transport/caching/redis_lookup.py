@@ -27,7 +27,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from .redis_keys import ENTRY, EPOCH, LOOK, prefixes
+from redis.exceptions import ConnectionError as Closed
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeout
+
+from .memory import keep_at_most
+from .redis_keys import LOOK, look_args
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as _deadline
@@ -35,11 +40,6 @@ else:  # redis-py depends on async-timeout before Python 3.11.3
     from async_timeout import timeout as _deadline
 
 LOOK_SHA = hashlib.sha1(LOOK.encode()).hexdigest()  # noqa: S324 - Redis names scripts by their SHA1
-
-
-def look_args(key: str, url: str) -> tuple[Any, ...]:
-    """``LOOK``'s keys and arguments for ``key``, the request for ``url``."""
-    return 2, ENTRY + key, EPOCH, key, *prefixes(url)
 
 
 #: keys whose packed lookup is kept (a station's lookup URLs are few; a serial number each are many)
@@ -56,19 +56,8 @@ class _Packing:
         packed = self._packed.get((key, url))
         if packed is None:
             packed = conn.pack_command("EVALSHA", LOOK_SHA, *look_args(key, url))
-            while len(self._packed) >= PACKED:
-                try:
-                    self._packed.popitem(last=False)
-                except KeyError:  # another thread emptied it meanwhile
-                    break
-            self._packed[key, url] = packed
+            keep_at_most(self._packed, (key, url), packed, PACKED)
         return packed
-
-
-def _errors() -> tuple[type[Exception], type[Exception], type[Exception]]:
-    from redis.exceptions import ConnectionError, NoScriptError, TimeoutError
-
-    return ConnectionError, NoScriptError, TimeoutError
 
 
 class Lookups(_Packing):
@@ -79,12 +68,11 @@ class Lookups(_Packing):
         super().__init__()
         self._make = make_connection
         self._conn: Any = None
-        self._closed_conn, self._no_script, _ = _errors()
 
     def look(self, key: str, url: str) -> Any:
         try:
             return self._call(lambda conn: self._packed_look(conn, key, url))
-        except self._no_script:
+        except NoScriptError:
             return self._call(lambda conn: conn.pack_command("EVAL", LOOK, *look_args(key, url)))
 
     def _call(self, pack: Callable[[Any], Any]) -> Any:
@@ -92,7 +80,7 @@ class Lookups(_Packing):
             self._conn = self._make()
         try:
             return self._send(pack)
-        except self._closed_conn:
+        except Closed:
             self._conn.disconnect()
             return self._send(pack)
 
@@ -115,24 +103,23 @@ class AsyncLookups(_Packing):
         self._make = make_connection
         self.timeout = timeout
         self._conn: Any = None
-        self._closed_conn, self._no_script, self._timed_out = _errors()
 
     async def look(self, key: str, url: str) -> Any:
         try:
             async with _deadline(self.timeout):
                 try:
                     return await self._call(lambda conn: self._packed_look(conn, key, url))
-                except self._no_script:
+                except NoScriptError:
                     return await self._call(lambda conn: conn.pack_command("EVAL", LOOK, *look_args(key, url)))
         except asyncio.TimeoutError:  # the deadline's
-            raise self._timed_out(f"Timeout reading from Redis after {self.timeout:g} s") from None
+            raise RedisTimeout(f"Timeout reading from Redis after {self.timeout:g} s") from None
 
     async def _call(self, pack: Callable[[Any], Any]) -> Any:
         if self._conn is None:
             self._conn = self._make()
         try:
             return await self._send(pack)
-        except self._closed_conn:
+        except Closed:
             await self._conn.disconnect()
             return await self._send(pack)
 

@@ -51,7 +51,6 @@ from .redis_keys import (
     CHANNEL,
     DROP_PREFIX,
     ENTRY,
-    EPOCH,
     INDEX,
     LEASE,
     LOCK,
@@ -61,6 +60,7 @@ from .redis_keys import (
     TAKE_LEASE,
     UPDATE,
     index_name,
+    look_args,
     prefixes,
 )
 from .redis_slots import DEFAULT as DEFAULT_CALLS
@@ -238,7 +238,7 @@ class StoreCore:
         as they are)."""
         if url is None:
             return client.hgetall(ENTRY + key)
-        return client.eval(LOOK, 2, ENTRY + key, EPOCH, key, *prefixes(url))
+        return client.eval(LOOK, *look_args(key, url))
 
     def reader(self) -> Any:
         """The lookups' own connection (:mod:`.redis_lookup`), or None where the store was given none (a

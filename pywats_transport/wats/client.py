@@ -30,6 +30,7 @@ from .repositories import (
 
 log = logging.getLogger("pywats_transport.wats")
 
+
 def address_problem(address: Any) -> str | None:
     """Why ``address`` is not a WATS server's address (None when it is one): an http(s) URL naming a host,
     with no query, no fragment and no /api at its end."""
